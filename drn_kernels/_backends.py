@@ -1,0 +1,87 @@
+"""Backend names, availability and the "auto" choice.
+
+A backend is available when the code behind it can run on the given device *now*:
+- "triton": triton imports, and the tensor is CUDA, or CPU with TRITON_INTERPRET=1 set before import.
+- "cpu" / "cuda": the compiled extension drn_kernels._C loaded with kernels for that device.
+- "cuda-sim": the CUDA kernel sources built for the host through csrc/sim (tests only, slow).
+- "reference": always.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "cuda-sim", "reference")
+
+_warned_fallback: set[str] = set()
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def why_unavailable(backend: str, device: torch.device) -> str | None:
+    """None when `backend` can run on `device`, else a sentence saying what is missing."""
+    from . import _extension
+
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if not triton_importable():
+            return "the triton package is not installed"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and triton_interpreting():
+            return None
+        return (f"triton kernels run on CUDA tensors, or on CPU tensors only when TRITON_INTERPRET=1 is set "
+                f"before drn_kernels is imported (got a {device.type} tensor)")
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"backend 'cpu' needs CPU tensors, got {device.type}"
+        return _extension.why_unavailable("cpu")
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"backend 'cuda' needs CUDA tensors, got {device.type}"
+        return _extension.why_unavailable("cuda")
+    if backend == "cuda-sim":
+        if device.type != "cpu":
+            return f"backend 'cuda-sim' runs CUDA kernel sources on CPU tensors, got {device.type}"
+        return _extension.why_unavailable("cuda-sim")
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve(backend: str, device: torch.device, op: str) -> str:
+    """The concrete backend for `backend` on `device`; raises naming what is missing."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        reason = why_unavailable(backend, device)
+        if reason is not None:
+            raise RuntimeError(f"drn_kernels.{op}: backend {backend!r} is not available: {reason}")
+        return backend
+    preferred = ("triton", "cuda") if device.type == "cuda" else ("cpu",)
+    reasons = []
+    for name in preferred:
+        reason = why_unavailable(name, device)
+        if reason is None:
+            return name
+        reasons.append(f"{name}: {reason}")
+    key = f"{device.type}"
+    if key not in _warned_fallback:
+        _warned_fallback.add(key)
+        warnings.warn(f"drn_kernels: no kernel backend for {device.type} tensors ({'; '.join(reasons)}); "
+                      f"falling back to the PyTorch reference", RuntimeWarning, stacklevel=3)
+    return "reference"
+
+
+def load_triton_op(module: str):
+    """Import drn_kernels.triton.<module>, which registers its torch.ops.drn.*_triton ops."""
+    return importlib.import_module(f"drn_kernels.triton.{module}")

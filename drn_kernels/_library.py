@@ -1,0 +1,144 @@
+"""torch.library registration of the ops in the `drn` namespace.
+
+Public ops (take a concrete backend name; drn_kernels.ops resolves "auto" before calling them):
+    drn::conv_bn_act, drn::class_head, drn::localize
+Backend ops, one schema per kernel family, defined here so they exist (with fake kernels) even when the
+compiled extension is missing:
+    drn::*_native  — implemented by drn_kernels._C for the CPU and CUDA dispatch keys (csrc/)
+    drn::*_sim     — implemented for CPU tensors by the host (SIMT shim) build of the CUDA sources
+    drn::*_triton  — torch.library.triton_op in drn_kernels/triton/ (registered when that module is imported)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _backends, _checks, reference
+
+_CONV_ARGS = ("Tensor x, Tensor weight, Tensor bias, SymInt[] stride, SymInt[] padding, SymInt[] dilation, "
+              "Tensor? residual, bool relu")
+_HEAD_ARGS = "Tensor x, Tensor weight, Tensor bias, int upsample, ScalarType label_dtype"
+_LOC_ARGS = "Tensor x, Tensor weight, Tensor bias, float threshold, int stride"
+
+for _suffix in ("native", "sim"):
+    torch.library.define(f"drn::conv_bn_act_{_suffix}", f"({_CONV_ARGS}) -> Tensor")
+    torch.library.define(f"drn::class_head_{_suffix}", f"({_HEAD_ARGS}) -> (Tensor, Tensor)")
+    torch.library.define(f"drn::localize_{_suffix}", f"({_LOC_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+# ---- output allocation shared by fake kernels (and usable by kernels) -----------------------------------------
+
+def empty_conv_output(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:
+    """(N, K, P, Q) in channels_last, dtype and device of x."""
+    n, _, h, w = x.shape
+    k, _, r, s = weight.shape
+    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, p, q, k)).permute(0, 3, 1, 2)
+
+
+def empty_class_head_output(x: Tensor, upsample: int, label_dtype: torch.dtype):
+    n, _, h, w = x.shape
+    shape = (n, h * upsample, w * upsample)
+    return x.new_empty(shape, dtype=label_dtype), x.new_empty(shape, dtype=torch.float32)
+
+
+def empty_localize_output(x: Tensor, weight: Tensor):
+    n, _, h, w = x.shape
+    k = weight.shape[0]
+    return (x.new_empty((n, k)), x.new_empty((n, h, w), dtype=torch.int64),
+            x.new_empty((n, h, w), dtype=torch.float32), x.new_empty((n, 4), dtype=torch.float32))
+
+
+def _conv_fake(x, weight, bias, stride, padding, dilation, residual, relu, *rest):
+    return empty_conv_output(x, weight, stride, padding, dilation)
+
+
+def _head_fake(x, weight, bias, upsample, label_dtype, *rest):
+    return empty_class_head_output(x, upsample, label_dtype)
+
+
+def _loc_fake(x, weight, bias, threshold, stride, *rest):
+    return empty_localize_output(x, weight)
+
+
+for _suffix in ("native", "sim"):
+    torch.library.register_fake(f"drn::conv_bn_act_{_suffix}")(_conv_fake)
+    torch.library.register_fake(f"drn::class_head_{_suffix}")(_head_fake)
+    torch.library.register_fake(f"drn::localize_{_suffix}")(_loc_fake)
+
+
+# ---- public ops ---------------------------------------------------------------------------------------------
+
+def _backend_op(name: str, backend: str):
+    if backend in ("cpu", "cuda"):
+        return getattr(torch.ops.drn, f"{name}_native")
+    if backend == "cuda-sim":
+        return getattr(torch.ops.drn, f"{name}_sim")
+    if backend == "triton":
+        _backends.load_triton_op(name if name != "localize" else "class_head")
+        return getattr(torch.ops.drn, f"{name}_triton")
+    raise ValueError(f"no backend op for {backend!r}")
+
+
+def _concrete(backend: str, x: Tensor, op: str) -> str:
+    if backend == "auto":
+        raise ValueError(f"torch.ops.drn.{op} takes a concrete backend; use drn_kernels.{op} for 'auto'")
+    return _backends.resolve(backend, x.device, op)
+
+
+@torch.library.custom_op("drn::conv_bn_act", mutates_args=())
+def conv_bn_act_op(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int], padding: list[int],
+                   dilation: list[int], residual: Optional[Tensor], relu: bool, backend: str) -> Tensor:
+    backend = _concrete(backend, x, "conv_bn_act")
+    _checks.check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
+    if x.shape[0] == 0:
+        return empty_conv_output(x, weight, stride, padding, dilation)
+    if backend == "reference":
+        return reference.conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu)
+    return _backend_op("conv_bn_act", backend)(x, weight, bias, stride, padding, dilation, residual, relu)
+
+
+@conv_bn_act_op.register_fake
+def _(x, weight, bias, stride, padding, dilation, residual, relu, backend):
+    return empty_conv_output(x, weight, stride, padding, dilation)
+
+
+@torch.library.custom_op("drn::class_head", mutates_args=())
+def class_head_op(x: Tensor, weight: Tensor, bias: Tensor, upsample: int, label_dtype: torch.dtype,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    backend = _concrete(backend, x, "class_head")
+    _checks.check_class_head(x, weight, bias, upsample, label_dtype, backend)
+    if x.shape[0] == 0:
+        return empty_class_head_output(x, upsample, label_dtype)
+    if backend == "reference":
+        labels, probs = reference.class_head(x, weight.view(weight.shape[0], -1, 1, 1), bias, upsample, label_dtype)
+        return labels, probs.float()
+    return _backend_op("class_head", backend)(x, weight, bias, upsample, label_dtype)
+
+
+@class_head_op.register_fake
+def _(x, weight, bias, upsample, label_dtype, backend):
+    return empty_class_head_output(x, upsample, label_dtype)
+
+
+@torch.library.custom_op("drn::localize", mutates_args=())
+def localize_op(x: Tensor, weight: Tensor, bias: Tensor, threshold: float, stride: int,
+                backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    backend = _concrete(backend, x, "localize")
+    _checks.check_localize(x, weight, bias, threshold, stride, backend)
+    if x.shape[0] == 0:
+        logits, labels, scores, boxes = empty_localize_output(x, weight)
+        return logits, labels, scores, boxes
+    if backend == "reference":
+        logits, labels, scores, boxes = reference.localize(x, weight.view(weight.shape[0], -1, 1, 1), bias,
+                                                           threshold, stride)
+        return logits, labels, scores.float(), boxes
+    return _backend_op("localize", backend)(x, weight, bias, threshold, stride)
+
+
+@localize_op.register_fake
+def _(x, weight, bias, threshold, stride, backend):
+    return empty_localize_output(x, weight)
