@@ -1,0 +1,22 @@
+"""drn: the Dilated Residual Network model zoo (DRN-A/B/C/D), exact to the reference implementation (fyu/drn),
+with fused inference on drn_kernels.
+
+    drn.list_models() -> names
+    drn.build(name, *, task, num_classes, pretrained, fused, backend, dtype, device) -> nn.Module
+    drn.fuse(model, backend="auto") -> inference-only model on drn_kernels ops
+    drn.load_checkpoint(model, path_or_state_dict) -> model
+"""
+from .checkpoint import load_checkpoint
+from .factory import TASKS, build
+from .heads import DRNSeg, Localization
+from .registry import PRETRAINED, list_models
+
+
+def fuse(model, backend="auto"):
+    """BatchNorm folded into the convs, channels_last, Conv-BN(-add)-ReLU groups on drn_kernels.conv_bn_act."""
+    from .fused import fuse as _fuse
+
+    return _fuse(model, backend=backend)
+
+
+__all__ = ["build", "fuse", "list_models", "load_checkpoint", "Localization", "DRNSeg", "PRETRAINED", "TASKS"]
