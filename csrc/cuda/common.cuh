@@ -1,0 +1,132 @@
+// Device helpers shared by the CUDA kernels, written once for two compilers:
+//   nvcc (device pass, __CUDA_ARCH__ defined)  -> the real instructions (inline PTX);
+//   g++ with csrc/sim/simt.h (DRN_SIMT_HOST)    -> host models of the same instructions;
+//   nvcc host pass                              -> declarations only (these are __device__ functions).
+// Element types: on the GPU float, __half, __nv_bfloat16; in the simulator float, c10::Half, c10::BFloat16.
+// Both 16-bit types are IEEE/bfloat16 bit patterns, so the host launcher reinterprets at::Half storage freely.
+//
+// Which path each architecture takes: sm_80 and sm_90 both run mma.sync.m16n8k16 (fp16/bf16) fed by cp.async;
+// there is no wgmma/TMA path (the simulator could not model it, and mma.sync runs on sm_90 at reduced peak).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(DRN_SIMT_HOST)
+#include <cmath>
+#include <cstring>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+namespace drn {
+
+#if defined(DRN_SIMT_HOST)
+using half_t = c10::Half;
+using bf16_t = c10::BFloat16;
+#else
+using half_t = __half;
+using bf16_t = __nv_bfloat16;
+#endif
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+#if defined(DRN_SIMT_HOST)
+inline float to_float(half_t v) { return static_cast<float>(v); }
+inline float to_float(bf16_t v) { return static_cast<float>(v); }
+#else
+__device__ __forceinline__ float to_float(half_t v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(bf16_t v) { return __bfloat162float(v); }
+#endif
+
+template <class T>
+__device__ __forceinline__ T from_float(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+#if defined(DRN_SIMT_HOST)
+    return T(v);  // c10 rounds to nearest even, like __float2half_rn / __float2bfloat16_rn
+#else
+    if constexpr (std::is_same_v<T, half_t>) return __float2half_rn(v);
+    else return __float2bfloat16_rn(v);
+#endif
+  }
+}
+
+__device__ __forceinline__ bool is_nan(float v) { return v != v; }
+
+// 32-bit load of two adjacent 16-bit elements from shared memory (one mma fragment register).
+__device__ __forceinline__ uint32_t load_u32(const void* p) {
+#if defined(DRN_SIMT_HOST)
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+#else
+  return *static_cast<const uint32_t*>(p);
+#endif
+}
+
+// 16-byte global->shared copy; zero-fills when !valid (src is then never read, but must be a mapped address).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__)
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+#elif defined(DRN_SIMT_HOST)
+  if (valid) std::memcpy(smem, gmem, 16);
+  else std::memset(smem, 0, 16);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Wait until at most `Pending` committed groups are still in flight (the simulator copies synchronously).
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+#endif
+}
+
+// c[0..3] += A(16x16) * B(16x8) on tensor cores, T = half_t or bf16_t, fragments in the PTX ISA layout.
+template <class T>
+__device__ __forceinline__ void mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  static_assert(std::is_same_v<T, half_t> || std::is_same_v<T, bf16_t>, "mma_m16n8k16 takes fp16 or bf16");
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<T, half_t>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#elif defined(DRN_SIMT_HOST)
+  sim::mma_m16n8k16(c, a, b, [](uint16_t bits) {
+    T v;
+    std::memcpy(&v, &bits, 2);
+    return static_cast<float>(v);
+  });
+#endif
+}
+
+// torch.argmax order: NaN beats everything (the first NaN wins), otherwise larger wins, ties go to the lower
+// index. Total and symmetric, so any reduction tree gives the same answer.
+__device__ __forceinline__ bool argmax_better(float a, int64_t ia, float b, int64_t ib) {
+  const bool na = is_nan(a), nb = is_nan(b);
+  if (na || nb) return na && (!nb || ia < ib);
+  return a > b || (a == b && ia < ib);
+}
+
+}  // namespace drn

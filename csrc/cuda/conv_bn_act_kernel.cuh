@@ -1,0 +1,213 @@
+// conv_bn_act: y = relu?(conv2d(x, w) + bias + residual?) as an implicit GEMM on tensor cores.
+//
+// Math. With output pixel m = (n, p, q) (M = N*P*Q rows) and reduction index kk = (r, s, c) (Kdim = R*S*C, c
+// fastest), y[m, k] = sum_kk A[m, kk] * B[k, kk] where A[m, (r,s,c)] = x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, c]
+// (zero outside the image) and B = the weight packed (K, R, S, C). Accumulation is fp32.
+// Layout. x NHWC (channels_last), weight (K, R*S*C) row-major, y and residual NHWC, so y's offset is m*K + k.
+// Element offsets are int64 (x, y can exceed 2^31 elements); per-image coordinates are int.
+// Tiling. One block = a 64 (pixels) x 64 (channels) tile of y, 4 warps in a 2x2 arrangement of 32x32 warp tiles.
+// The reduction walks BK-wide slices (64 bytes: 32 fp16/bf16 or 16 fp32) through a 3-stage shared-memory ring
+// filled by cp.async (16-byte chunks; kVec) or, when C is not a multiple of a chunk (the C=3 stem), by scalar
+// gathers (!kVec). Rows are padded by one chunk so the fragment loads hit 32 distinct banks.
+// fp16/bf16: each warp issues 2x4 mma.sync.m16n8k16 per 16-deep step. fp32: an exact FFMA micro-kernel that
+// produces the same accumulator layout (no TF32 rounding), so the epilogue is shared.
+// Epilogue from registers: + bias, + residual, ReLU (NaN kept, as torch.relu), cast to OutT, masked stores.
+#pragma once
+
+#include "common.cuh"
+
+namespace drn {
+
+struct ConvParams {
+  const void* x;         // (N, H, W, C) T
+  const void* w;         // (K, R, S, C) T
+  const void* bias;      // (K,) T
+  const void* residual;  // (N, P, Q, K) OutT, or nullptr
+  void* y;               // (N, P, Q, K) OutT
+  int N, H, W, C, K, R, S, P, Q;
+  int stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int64_t M;  // N * P * Q
+  int Kdim;   // R * S * C
+  bool relu;
+};
+
+namespace conv {
+constexpr int kBlockM = 64;
+constexpr int kBlockN = 64;
+constexpr int kThreads = 128;
+constexpr int kStages = 3;
+}  // namespace conv
+
+template <class T, class OutT, bool kVec>
+__global__ void __launch_bounds__(conv::kThreads, 2) conv_bn_act_kernel(ConvParams p) {
+  using namespace conv;
+  constexpr int kVecElems = 16 / sizeof(T);    // elements per 16-byte chunk
+  constexpr int kBlockK = 64 / sizeof(T);      // 4 chunks per row
+  constexpr int kLds = kBlockK + kVecElems;    // padded row (80 bytes)
+  constexpr bool kFloat = std::is_same_v<T, float>;
+
+  __shared__ __align__(16) T a_tile[kStages][kBlockM][kLds];
+  __shared__ __align__(16) T b_tile[kStages][kBlockN][kLds];
+
+  const T* __restrict__ x = static_cast<const T*>(p.x);
+  const T* __restrict__ w = static_cast<const T*>(p.w);
+  const int tid = threadIdx.x;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBlockM;
+  const int n0 = blockIdx.y * kBlockN;
+
+  // Each thread copies chunk `load_chunk` of rows load_row and load_row + 32 of both tiles, every k step.
+  const int load_row = tid / 4, load_chunk = tid % 4;
+  int a_h0[2], a_w0[2];
+  int64_t a_base[2];
+  bool a_ok[2];
+  const int pq = p.P * p.Q;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t m = m0 + load_row + 32 * i;
+    a_ok[i] = m < p.M;
+    const int64_t mm = a_ok[i] ? m : 0;
+    const int n = static_cast<int>(mm / pq);
+    const int rem = static_cast<int>(mm - static_cast<int64_t>(n) * pq);
+    const int pp = rem / p.Q, qq = rem - pp * p.Q;
+    a_h0[i] = pp * p.stride_h - p.pad_h;
+    a_w0[i] = qq * p.stride_w - p.pad_w;
+    a_base[i] = static_cast<int64_t>(n) * p.H * p.W * p.C;
+  }
+
+  // x offset of reduction index kk for A row i, or -1 when it falls in the padding / past the end.
+  auto a_offset = [&](int i, int kk) -> int64_t {
+    if (!a_ok[i] || kk >= p.Kdim) return -1;
+    const int rs = kk / p.C, c = kk - rs * p.C;
+    const int r = rs / p.S, s = rs - r * p.S;
+    const int h = a_h0[i] + r * p.dil_h, ww = a_w0[i] + s * p.dil_w;
+    if (h < 0 || h >= p.H || ww < 0 || ww >= p.W) return -1;
+    return a_base[i] + (static_cast<int64_t>(h) * p.W + ww) * p.C + c;
+  };
+
+  auto load_tiles = [&](int stage, int kt) {
+    const int k0 = kt * kBlockK + load_chunk * kVecElems;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = load_row + 32 * i;
+      T* a_dst = &a_tile[stage][row][load_chunk * kVecElems];
+      T* b_dst = &b_tile[stage][row][load_chunk * kVecElems];
+      const int k = n0 + row;
+      if constexpr (kVec) {  // C % kVecElems == 0: a chunk is 16 contiguous, aligned bytes of one (r, s)
+        const int64_t off = a_offset(i, k0);
+        cp_async16(a_dst, off >= 0 ? x + off : x, off >= 0);
+        const bool b_ok = k < p.K && k0 < p.Kdim;
+        cp_async16(b_dst, b_ok ? w + static_cast<int64_t>(k) * p.Kdim + k0 : w, b_ok);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVecElems; ++e) {
+          const int64_t off = a_offset(i, k0 + e);
+          a_dst[e] = off >= 0 ? x[off] : from_float<T>(0.f);
+          const bool b_ok = k < p.K && k0 + e < p.Kdim;
+          b_dst[e] = b_ok ? w[static_cast<int64_t>(k) * p.Kdim + k0 + e] : from_float<T>(0.f);
+        }
+      }
+    }
+  };
+
+  const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  float acc[2][4][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  auto compute = [&](int stage) {
+    if constexpr (kFloat) {
+#pragma unroll 4
+      for (int k = 0; k < kBlockK; ++k) {
+        float a[2][2], b[4][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) a[i][h] = a_tile[stage][wm + i * 16 + h * 8 + g][k];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) b[j][e] = b_tile[stage][wn + j * 8 + 2 * t + e][k];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = fmaf(a[i][e / 2], b[j][e % 2], acc[i][j][e]);
+      }
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < kBlockK; ks += 16) {
+        uint32_t a[2][4], b[4][2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int r = wm + i * 16 + g, c = ks + 2 * t;
+          a[i][0] = load_u32(&a_tile[stage][r][c]);
+          a[i][1] = load_u32(&a_tile[stage][r + 8][c]);
+          a[i][2] = load_u32(&a_tile[stage][r][c + 8]);
+          a[i][3] = load_u32(&a_tile[stage][r + 8][c + 8]);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int n = wn + j * 8 + g, c = ks + 2 * t;
+          b[j][0] = load_u32(&b_tile[stage][n][c]);
+          b[j][1] = load_u32(&b_tile[stage][n][c + 8]);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) mma_m16n8k16<T>(acc[i][j], a[i], b[j]);
+      }
+    }
+  };
+
+  // Multi-buffered main loop: stage kt % kStages is consumed while kStages - 1 later slices are in flight.
+  const int k_tiles = (p.Kdim + kBlockK - 1) / kBlockK;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_tiles) load_tiles(s, s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<kStages - 2>();
+    // Makes slice kt visible to every warp, and guarantees all warps finished reading slice kt - 1, whose
+    // stage the prefetch below overwrites.
+#if !defined(DRN_SIM_DROP_MAINLOOP_SYNC)  // negative control for the race test only
+    __syncthreads();
+#endif
+    const int next = kt + kStages - 1;
+    if (next < k_tiles) load_tiles(next % kStages, next);
+    cp_async_commit();
+    compute(kt % kStages);
+  }
+  cp_async_wait<0>();
+
+  const T* __restrict__ bias = static_cast<const T*>(p.bias);
+  const OutT* __restrict__ residual = static_cast<const OutT*>(p.residual);
+  OutT* __restrict__ y = static_cast<OutT*>(p.y);
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = m0 + wm + i * 16 + h * 8 + g;
+      if (m >= p.M) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int k = n0 + wn + j * 8 + 2 * t + e;
+          if (k >= p.K) continue;
+          const int64_t off = m * p.K + k;
+          float v = acc[i][j][h * 2 + e] + to_float(bias[k]);
+          if (residual != nullptr) v += to_float(residual[off]);
+          if (p.relu && v < 0.f) v = 0.f;
+          y[off] = from_float<OutT>(v);
+        }
+    }
+}
+
+}  // namespace drn

@@ -1,0 +1,194 @@
+// Host side of the CUDA kernels, shared by the CUDA build (conv_bn_act.cu, class_head.cu: real launches on the
+// current stream) and the simulator build (csrc/sim/sim_ops.cpp: sim::launch on CPU tensors).
+// The caller holds the device guard; input validity was checked once by the public op (drn_kernels._checks).
+// Every output is allocated here with at::empty: a kernel that forgets an element leaves garbage, which the
+// tests catch by comparing every element.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "class_head_kernel.cuh"
+#include "conv_bn_act_kernel.cuh"
+
+#if !defined(DRN_SIMT_HOST)
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace drn {
+
+template <class... P, class... A>
+void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
+#if defined(DRN_SIMT_HOST)
+  sim::launch(grid, block, kernel, args...);
+#else
+  kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
+template <class T>
+struct TypeTag {
+  using type = T;
+};
+
+// f(TypeTag<element type>) for the floating dtypes a kernel takes.
+template <class F>
+void dispatch_float(at::ScalarType dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case at::kFloat: return f(TypeTag<float>{});
+    case at::kHalf: return f(TypeTag<half_t>{});
+    case at::kBFloat16: return f(TypeTag<bf16_t>{});
+    default: TORCH_CHECK(false, what, ": unsupported dtype ", dtype);
+  }
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Launches conv_bn_act_kernel<T, OutT> for prepared NHWC tensors: x (N,H,W,C) dense, w (K,R,S,C) dense.
+template <class T, class OutT>
+void launch_conv(ConvParams p) {
+  constexpr int vec = 16 / sizeof(T);
+  const bool vec_ok = p.C % vec == 0 && aligned16(p.x) && aligned16(p.w);
+  const dim3 grid(static_cast<unsigned>((p.M + conv::kBlockM - 1) / conv::kBlockM),
+                  static_cast<unsigned>((p.K + conv::kBlockN - 1) / conv::kBlockN));
+  if (vec_ok) launch_kernel(conv_bn_act_kernel<T, OutT, true>, grid, dim3(conv::kThreads), p);
+  else launch_kernel(conv_bn_act_kernel<T, OutT, false>, grid, dim3(conv::kThreads), p);
+}
+
+inline ConvParams conv_params(const at::Tensor& x_nhwc, const at::Tensor& w_krsc, const at::Tensor& bias,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t P,
+                              int64_t Q) {
+  ConvParams p{};
+  p.x = x_nhwc.data_ptr();
+  p.w = w_krsc.data_ptr();
+  p.bias = bias.data_ptr();
+  p.N = static_cast<int>(x_nhwc.size(0));
+  p.C = static_cast<int>(x_nhwc.size(1));
+  p.H = static_cast<int>(x_nhwc.size(2));
+  p.W = static_cast<int>(x_nhwc.size(3));
+  p.K = static_cast<int>(w_krsc.size(0));
+  p.R = static_cast<int>(w_krsc.size(2));
+  p.S = static_cast<int>(w_krsc.size(3));
+  p.P = static_cast<int>(P);
+  p.Q = static_cast<int>(Q);
+  p.stride_h = static_cast<int>(stride[0]);
+  p.stride_w = static_cast<int>(stride[1]);
+  p.pad_h = static_cast<int>(padding[0]);
+  p.pad_w = static_cast<int>(padding[1]);
+  p.dil_h = static_cast<int>(dilation[0]);
+  p.dil_w = static_cast<int>(dilation[1]);
+  p.M = static_cast<int64_t>(p.N) * P * Q;
+  p.Kdim = p.R * p.S * p.C;
+  return p;
+}
+
+// Weight (K, C, R, S) in any memory format -> dense (K, R, S, C) memory, viewed back as (K, C, R, S).
+// A channels_last weight (what drn.fuse stores) is already that memory: no copy.
+inline at::Tensor weight_krsc(const at::Tensor& weight) {
+  return weight.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::Tensor conv_bn_act_host(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                   const std::optional<at::Tensor>& residual, bool relu) {
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor w = weight_krsc(weight);
+  const at::Tensor b = bias.contiguous();
+  const int64_t N = x.size(0), H = x.size(2), W = x.size(3), K = w.size(0), R = w.size(2), S = w.size(3);
+  const int64_t P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) / stride[0] + 1;
+  const int64_t Q = (W + 2 * padding[1] - dilation[1] * (S - 1) - 1) / stride[1] + 1;
+  at::Tensor y = at::empty({N, K, P, Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor res;
+  ConvParams p = conv_params(x, w, b, stride, padding, dilation, P, Q);
+  if (residual.has_value()) {
+    res = residual->to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
+    p.residual = res.data_ptr();
+  }
+  p.y = y.data_ptr();
+  p.relu = relu;
+  dispatch_float(x.scalar_type(), "conv_bn_act", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_conv<T, T>(p);
+  });
+  return y;
+}
+
+// fp32 (N, h, w, K) logits of the 1x1 classifier (weight (K, C, 1, 1) or (K, C)), on tensor cores.
+inline at::Tensor classifier_logits(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias) {
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t K = weight.size(0), C = x.size(1);
+  const at::Tensor w = weight.reshape({K, C, 1, 1}).contiguous();
+  const at::Tensor b = bias.contiguous();
+  const int64_t one[2] = {1, 1}, zero[2] = {0, 0};
+  at::Tensor logits = at::empty({x.size(0), x.size(2), x.size(3), K}, x.options().dtype(at::kFloat));
+  ConvParams p = conv_params(x, w, b, one, zero, one, x.size(2), x.size(3));
+  p.y = logits.data_ptr();
+  p.relu = false;
+  dispatch_float(x.scalar_type(), "classifier", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_conv<T, float>(p);
+  });
+  return logits;
+}
+
+template <class F>
+void dispatch_label(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kLong: return f(TypeTag<int64_t>{});
+    case at::kInt: return f(TypeTag<int32_t>{});
+    case at::kShort: return f(TypeTag<int16_t>{});
+    case at::kByte: return f(TypeTag<uint8_t>{});
+    default: TORCH_CHECK(false, "class_head: unsupported label_dtype ", dtype);
+  }
+}
+
+template <class LabelT>
+void launch_pixels(const at::Tensor& logits, at::Tensor& labels, at::Tensor& probs, int64_t upsample) {
+  const int64_t total = labels.numel();
+  const dim3 grid(static_cast<unsigned>((total + head::kPixelThreads - 1) / head::kPixelThreads));
+  launch_kernel(class_head_pixel_kernel<LabelT>, grid, dim3(head::kPixelThreads), logits.data_ptr<float>(),
+                labels.data_ptr<LabelT>(), probs.data_ptr<float>(), static_cast<int>(logits.size(0)),
+                static_cast<int>(logits.size(1)), static_cast<int>(logits.size(2)),
+                static_cast<int>(logits.size(3)), static_cast<int>(upsample));
+}
+
+inline std::tuple<at::Tensor, at::Tensor> class_head_host(const at::Tensor& x, const at::Tensor& weight,
+                                                          const at::Tensor& bias, int64_t upsample,
+                                                          at::ScalarType label_dtype) {
+  const at::Tensor logits = classifier_logits(x, weight, bias);
+  const int64_t N = x.size(0), H = x.size(2) * upsample, W = x.size(3) * upsample;
+  at::Tensor labels = at::empty({N, H, W}, x.options().dtype(label_dtype));
+  at::Tensor probs = at::empty({N, H, W}, x.options().dtype(at::kFloat));
+  dispatch_label(label_dtype, [&](auto tag) {
+    using L = typename decltype(tag)::type;
+    launch_pixels<L>(logits, labels, probs, upsample);
+  });
+  return {labels, probs};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> localize_host(const at::Tensor& x,
+                                                                                const at::Tensor& weight,
+                                                                                const at::Tensor& bias,
+                                                                                double threshold, int64_t stride) {
+  const at::Tensor maps = classifier_logits(x, weight, bias);
+  const int64_t N = x.size(0), h = x.size(2), w = x.size(3), K = weight.size(0);
+  at::Tensor labels = at::empty({N, h, w}, x.options().dtype(at::kLong));
+  at::Tensor scores = at::empty({N, h, w}, x.options().dtype(at::kFloat));
+  launch_pixels<int64_t>(maps, labels, scores, 1);
+  at::Tensor logits = at::empty({N, K}, x.options());
+  at::Tensor boxes = at::empty({N, 4}, x.options().dtype(at::kFloat));
+  dispatch_float(x.scalar_type(), "localize", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch_kernel(localize_image_kernel<T>, dim3(static_cast<unsigned>(N)), dim3(head::kImageThreads),
+                  maps.data_ptr<float>(), labels.data_ptr<int64_t>(), scores.data_ptr<float>(),
+                  static_cast<T*>(logits.data_ptr()), boxes.data_ptr<float>(), static_cast<int>(h),
+                  static_cast<int>(w), static_cast<int>(K), static_cast<float>(threshold),
+                  static_cast<int>(stride));
+  });
+  return {logits, labels, scores, boxes};
+}
+
+}  // namespace drn

@@ -1,0 +1,178 @@
+// SIMT host shim: compile CUDA kernel headers with g++ and run them on the CPU, thread for thread.
+//
+// Model. A launch runs its blocks one after another. Each CUDA thread of a block is one std::jthread, and the
+// same OS threads run every block of the launch (a block-wide barrier separates blocks, because __shared__ is
+// static storage that the next block reuses). So:
+//   __syncthreads()        -> std::barrier over the block's threads
+//   __shared__             -> `static` (one copy per kernel instantiation, shared by all threads: right for one
+//                             block at a time; launches are serialised by a mutex)
+//   threadIdx, blockIdx... -> thread_local variables set by the launcher
+//   *_sync warp intrinsics -> a per-warp std::barrier plus per-warp scratch registers (write, barrier, read,
+//                             barrier: the second barrier keeps the next exchange from overwriting this one)
+//   atomics                -> std::atomic_ref
+// Tensor-core and async-copy instructions are wrapped in csrc/cuda/common.cuh; their host branches call the
+// models below (mma_m16n8k16 gathers the warp's fragments by the PTX ISA layout, computes, hands each lane its
+// accumulators). Because every exchange goes through real synchronisation objects, a build with
+// -fsanitize=thread sees exactly the happens-before edges the CUDA program has, and a missing __syncthreads is
+// reported as a data race.
+#pragma once
+
+#include <atomic>
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#define DRN_SIMT_HOST 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+
+struct uint3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+constexpr int warpSize = 32;
+
+namespace sim {
+
+constexpr int kScratchWords = 16;  // per lane: enough for an mma's A, B fragments (6 words) or a 64-bit shuffle
+
+struct Warp {
+  explicit Warp(std::ptrdiff_t lanes) : bar(lanes) {}
+  std::barrier<> bar;
+  uint32_t scratch[32][kScratchWords] = {};
+};
+
+struct Launch {
+  explicit Launch(unsigned threads) : block(threads) {
+    for (unsigned t = 0; t < threads; t += 32) warps.push_back(std::make_unique<Warp>(std::min(32u, threads - t)));
+  }
+  std::barrier<> block;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+
+inline thread_local Launch* current = nullptr;
+inline thread_local unsigned linear_tid = 0;
+
+inline unsigned lane_id() { return linear_tid % 32; }
+inline Warp& warp() { return *current->warps[linear_tid / 32]; }
+
+// Runs kernel(args...) over grid x block. Arguments are copied per thread, as kernel parameters are.
+template <class... P, class... A>
+void launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args) {
+  static std::mutex serial;  // __shared__ statics are per process: one launch at a time
+  std::lock_guard<std::mutex> lock(serial);
+  const unsigned threads = block.x * block.y * block.z;
+  Launch state(threads);
+  std::tuple<P...> params(args...);
+  {
+    std::vector<std::jthread> pool;
+    pool.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        current = &state;
+        linear_tid = t;
+        blockDim = block;
+        gridDim = grid;
+        threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+        for (unsigned bz = 0; bz < grid.z; ++bz)
+          for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+              blockIdx = {bx, by, bz};
+              std::apply(kernel, params);
+              state.block.arrive_and_wait();  // the next block reuses the static __shared__ storage
+            }
+      });
+    }
+  }  // jthreads join here
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}: D = A(16x16, row) * B(16x8, col) + C, fp32 accumulate.
+// Fragment layout (PTX ISA, "Matrix Fragments for mma.m16n8k16"), g = lane / 4, t = lane % 4:
+//   A regs a[0..3] hold (row, k) pairs (g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..)
+//   B regs b[0..1] hold (k, col) pairs (2t..2t+1, g), (2t+8.., g)
+//   C c[0..3]      hold (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1)
+// The low 16 bits of a register hold the element with the smaller index. `decode` turns 16 bits into float.
+template <class Decode>
+void mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2], Decode decode) {
+  Warp& w = warp();
+  const unsigned lane = lane_id();
+  for (int i = 0; i < 4; ++i) w.scratch[lane][i] = a[i];
+  for (int i = 0; i < 2; ++i) w.scratch[lane][4 + i] = b[i];
+  w.bar.arrive_and_wait();
+  auto half_of = [](uint32_t v, int k) { return static_cast<uint16_t>(k % 2 ? v >> 16 : v & 0xffffu); };
+  auto A = [&](int row, int k) {
+    return decode(half_of(w.scratch[(row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)], k));
+  };
+  auto B = [&](int k, int col) { return decode(half_of(w.scratch[col * 4 + (k % 8) / 2][4 + k / 8], k)); };
+  const int g = lane / 4, t = lane % 4;
+  float d[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    float s = 0.f;
+    for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+    d[i] = c[i] + s;
+  }
+  w.bar.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) c[i] = d[i];
+}
+
+}  // namespace sim
+
+inline void __syncthreads() { sim::current->block.arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { sim::warp().bar.arrive_and_wait(); }
+
+template <class T>
+T __shfl_sync_impl(T v, unsigned src_lane) {
+  static_assert(sizeof(T) <= sizeof(uint32_t) * sim::kScratchWords);
+  sim::Warp& w = sim::warp();
+  std::memcpy(w.scratch[sim::lane_id()], &v, sizeof(T));
+  w.bar.arrive_and_wait();
+  T r;
+  std::memcpy(&r, w.scratch[src_lane % 32], sizeof(T));
+  w.bar.arrive_and_wait();
+  return r;
+}
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask, int = 32) { return __shfl_sync_impl(v, sim::lane_id() ^ lane_mask); }
+template <class T>
+T __shfl_sync(unsigned, T v, int src_lane, int = 32) { return __shfl_sync_impl(v, src_lane); }
+template <class T>
+T __shfl_down_sync(unsigned, T v, unsigned delta, int = 32) {
+  const unsigned src = sim::lane_id() + delta;
+  return __shfl_sync_impl(v, src < 32 ? src : sim::lane_id());
+}
+
+template <class T>
+T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
+template <class T>
+T atomicMin(T* p, T v) {
+  std::atomic_ref<T> a(*p);
+  T old = a.load();
+  while (v < old && !a.compare_exchange_weak(old, v)) {}
+  return old;
+}
+template <class T>
+T atomicMax(T* p, T v) {
+  std::atomic_ref<T> a(*p);
+  T old = a.load();
+  while (v > old && !a.compare_exchange_weak(old, v)) {}
+  return old;
+}

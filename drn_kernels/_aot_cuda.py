@@ -1,0 +1,234 @@
+"""Static facts about the CUDA kernels (csrc/cuda) read from their cubins, no GPU needed.
+
+`cuda_records()` returns one record per kernel instance x arch:
+    {"source": "cuda", "kernel": str, "arch": "sm_80"|"sm_90", "dtype": "fp16"|"bf16"|"fp32", "config": str,
+     "registers": int, "spill_bytes": int, "shared_bytes": int, "tensor_core_instructions": int}
+from `cuobjdump --dump-resource-usage` (REG, SHARED, LOCAL) and `cuobjdump -sass` (HMMA/HGMMA count per function).
+spill_bytes is the per-thread local memory (register spills plus any stack frame), so 0 means neither.
+
+Where the cubins come from: the built extension (drn_kernels._extension.library_path()) when it exists and holds
+device code; otherwise the kernel headers are compiled here with nvcc for sm_80 and sm_90a into cubins, cached
+by source digest (so this works before, and independently of, the extension build). The instances compiled in
+that case are the ones csrc/cuda/host_ops.cuh launches (_INSTANCES below; keep the two in step).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+_CUDA_SRC = _ROOT / "csrc" / "cuda"
+ARCHS = {"sm_80": "sm_80", "sm_90a": "sm_90", "sm_90": "sm_90"}  # cubin arch -> record arch
+_NVCC_ARCHS = ("sm_80", "sm_90a")
+
+_INSTANCES = [
+    f"template __global__ void drn::conv_bn_act_kernel<{t}, {o}, {v}>(drn::ConvParams);"
+    for t in ("float", "drn::half_t", "drn::bf16_t") for o in dict.fromkeys((t, "float")) for v in ("true", "false")
+] + [
+    f"template __global__ void drn::class_head_pixel_kernel<{lab}>(const float*, {lab}*, float*, int, int, int, "
+    f"int, int);" for lab in ("int64_t", "int32_t", "int16_t", "uint8_t")
+] + [
+    f"template __global__ void drn::localize_image_kernel<{t}>(const float*, const int64_t*, const float*, {t}*, "
+    f"float*, int, int, int, float, int);" for t in ("float", "drn::half_t", "drn::bf16_t")
+]
+
+_DTYPES = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}
+_TORCH_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+
+
+def _cuda_home() -> Path | None:
+    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda-13.0", "/usr/local/cuda"):
+        if cand and (Path(cand) / "bin" / "nvcc").is_file():
+            return Path(cand)
+    nvcc = shutil.which("nvcc")
+    return Path(nvcc).resolve().parent.parent if nvcc else None
+
+
+def nvcc_path() -> str | None:
+    home = _cuda_home()
+    return str(home / "bin" / "nvcc") if home else None
+
+
+def cuobjdump_path() -> str | None:
+    """cuobjdump from the CUDA toolkit, or the copy triton ships (backends/nvidia/bin)."""
+    home = _cuda_home()
+    if home and (home / "bin" / "cuobjdump").is_file():
+        return str(home / "bin" / "cuobjdump")
+    try:
+        import triton
+
+        cand = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        if cand.is_file():
+            return str(cand)
+    except ImportError:
+        pass
+    return shutil.which("cuobjdump")
+
+
+def why_unavailable() -> str | None:
+    if cuobjdump_path() is None:
+        return "cuobjdump not found (CUDA toolkit or triton's backends/nvidia/bin)"
+    if _extension_library() is None and nvcc_path() is None:
+        return "neither a CUDA build of drn_kernels._C nor nvcc (set CUDA_HOME) is available"
+    return None
+
+
+def _run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def _extension_library() -> Path | None:
+    """The _C library when it is already built (loaded in this process, or built in place by setup.py) and
+    contains cubins for our archs. Never starts a build: a CUDA build of _C takes many minutes."""
+    path = None
+    try:
+        from . import _extension
+
+        if getattr(_extension, "_tried", False):
+            path = _extension.library_path()
+        else:
+            import importlib.util
+
+            spec = importlib.util.find_spec("drn_kernels._C")
+            path = spec.origin if spec is not None else None
+    except Exception:
+        return None
+    if not path or not Path(path).is_file() or cuobjdump_path() is None:
+        return None
+    listing = subprocess.run([cuobjdump_path(), "-lelf", str(path)], capture_output=True, text=True).stdout
+    return Path(path) if any(a in listing for a in ARCHS) else None
+
+
+def _digest() -> str:
+    h = hashlib.sha256("\n".join(_INSTANCES).encode())
+    for p in sorted(_CUDA_SRC.glob("*.cuh")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_cubins(ptxas_verbose: bool = False) -> dict[str, Path]:
+    """Compile the kernel headers for sm_80 and sm_90a with nvcc (no torch headers); {arch: cubin path}.
+
+    With ptxas_verbose the -Xptxas=-v report is written next to each cubin (<arch>.ptxas.txt).
+    """
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise RuntimeError("nvcc not found (set CUDA_HOME)")
+    from torch.utils.cpp_extension import _get_build_directory
+
+    out = Path(_get_build_directory("drn_kernels_aot_cuda", verbose=False)) / _digest()
+    out.mkdir(parents=True, exist_ok=True)
+    tu = out / "instances.cu"
+    tu.write_text('#include "conv_bn_act_kernel.cuh"\n#include "class_head_kernel.cuh"\n' + "\n".join(_INSTANCES)
+                  + "\n")
+    cubins = {}
+    for arch in _NVCC_ARCHS:
+        cubin = out / f"{arch}.cubin"
+        report = out / f"{arch}.ptxas.txt"
+        if not cubin.is_file() or (ptxas_verbose and not report.is_file()):
+            cmd = [nvcc, "-std=c++20", "-O3", "-cubin", f"-arch={arch}", f"-I{_CUDA_SRC}", *_TORCH_FLAGS,
+                   "-Xptxas=-v", str(tu), "-o", str(cubin) + ".tmp"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
+            report.write_text(proc.stderr)
+            os.replace(str(cubin) + ".tmp", cubin)
+        cubins[arch] = cubin
+    return cubins
+
+
+def _split_by_arch(text: str, arch: str | None) -> list[tuple[str, str]]:
+    """[(arch, section text)] of a cuobjdump listing: one section per cubin embedded in a library; a lone cubin
+    has no arch header, so its arch is given."""
+    parts = re.split(r"^\s*arch = (sm_\w+)\s*$", text, flags=re.M)
+    if len(parts) == 1:
+        return [(arch, text)] if arch else []
+    return [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
+
+
+def _demangle(names: list[str]) -> dict[str, str]:
+    cxxfilt = shutil.which("c++filt")
+    if not cxxfilt or not names:
+        return {n: n for n in names}
+    out = subprocess.run([cxxfilt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
+def _describe(demangled: str) -> tuple[str, str, str]:
+    """(kernel, dtype, config) from e.g. 'void drn::conv_bn_act_kernel<__half, float, true>(drn::ConvParams)'."""
+    m = re.search(r"drn::(\w+)<(.*)>\(", demangled)
+    if not m:
+        return demangled, "fp32", ""
+    kernel, args = m.group(1), [a.strip() for a in m.group(2).split(",")]
+    if kernel == "conv_bn_act_kernel":
+        dtype = _DTYPES.get(args[0], args[0])
+        out = _DTYPES.get(args[1], args[1])
+        load = "cp.async16" if args[2] == "true" else "scalar-gather"
+        bk = 16 if dtype == "fp32" else 32
+        math = "ffma" if dtype == "fp32" else "mma.m16n8k16"
+        return kernel, dtype, f"BM64_BN64_BK{bk}_stages3_warps4 {math} {load} out={out}"
+    if kernel == "class_head_pixel_kernel":
+        label = {"long": "int64", "int": "int32", "short": "int16", "unsigned char": "uint8"}.get(args[0], args[0])
+        return kernel, "fp32", f"threads256 labels={label}"
+    if kernel == "localize_image_kernel":
+        return kernel, _DTYPES.get(args[0], args[0]), "threads128 block-per-image"
+    return kernel, _DTYPES.get(args[0], "fp32"), ",".join(args)
+
+
+def records_from_binary(path: Path, arch: str | None = None) -> list[dict]:
+    """Records for every kernel of a shared library with embedded cubins, or of one cubin built for `arch`."""
+    tool = cuobjdump_path()
+    if tool is None:
+        raise RuntimeError("cuobjdump not found")
+    usage = _run([tool, "--dump-resource-usage", str(path)])
+    sass = _run([tool, "-sass", str(path)])
+    resources: dict[tuple[str, str], dict] = {}
+    for arch, section in _split_by_arch(usage, arch):
+        for name, fields in re.findall(r"Function (\S+?):\s*\n\s*(REG:.*)", section):
+            kv = dict(re.findall(r"([A-Z]+(?:\[\d+\])?):(\d+)", fields))
+            resources[(arch, name)] = kv
+    tensor_core: dict[tuple[str, str], int] = {}
+    for arch, section in _split_by_arch(sass, arch):
+        blocks = re.split(r"^\s*Function : (\S+)\s*$", section, flags=re.M)
+        for i in range(1, len(blocks) - 1, 2):
+            tensor_core[(arch, blocks[i])] = len(re.findall(r"\b(?:HMMA|HGMMA)\.", blocks[i + 1]))
+    names = _demangle(sorted({n for _, n in resources}))
+    records, seen = [], set()
+    for (cubin_arch, name), kv in sorted(resources.items()):
+        if cubin_arch not in ARCHS or not name.startswith("_ZN3drn"):
+            continue
+        kernel, dtype, config = _describe(names[name])
+        if (cubin_arch, name) in seen:  # a template instance launched from two .cu files is in two cubins
+            continue
+        seen.add((cubin_arch, name))
+        records.append({
+            "source": "cuda", "kernel": kernel, "arch": ARCHS[cubin_arch], "dtype": dtype, "config": config,
+            "registers": int(kv.get("REG", 0)),
+            "spill_bytes": int(kv.get("LOCAL", 0)) + int(kv.get("STACK", 0)),
+            "shared_bytes": int(kv.get("SHARED", 0)),
+            "tensor_core_instructions": tensor_core.get((cubin_arch, name), 0),
+        })
+    return records
+
+
+def cuda_records() -> list[dict]:
+    """Records for the CUDA kernels, from the built extension or (without one) from nvcc-built cubins."""
+    lib = _extension_library()
+    if lib is not None:
+        return records_from_binary(lib)
+    return [r for arch, cubin in build_cubins().items() for r in records_from_binary(cubin, arch)]
+
+
+if __name__ == "__main__":  # python -m drn_kernels._aot_cuda
+    import json
+
+    print(json.dumps(cuda_records(), indent=1))
