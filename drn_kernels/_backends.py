@@ -66,12 +66,16 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
         reason = why_unavailable(backend, device)
         if reason is not None:
             raise RuntimeError(f"drn_kernels.{op}: backend {backend!r} is not available: {reason}")
+        if backend == "triton":
+            _import_triton_ops()
         return backend
     preferred = ("triton", "cuda") if device.type == "cuda" else ("cpu",)
     reasons = []
     for name in preferred:
         reason = why_unavailable(name, device)
         if reason is None:
+            if name == "triton":
+                _import_triton_ops()
             return name
         reasons.append(f"{name}: {reason}")
     key = f"{device.type}"
@@ -83,5 +87,16 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
 
 
 def load_triton_op(module: str):
-    """Import drn_kernels.triton.<module>, which registers its torch.ops.drn.*_triton ops."""
+    """Import drn_kernels.triton.<module>, which registers its torch.ops.drn.*_triton ops.
+
+    Dynamo cannot trace importlib; while compiling, the module was already imported by the eager backend
+    choice (resolve() imports every Triton op module when it picks "triton").
+    """
+    if torch.compiler.is_compiling():
+        return None
     return importlib.import_module(f"drn_kernels.triton.{module}")
+
+
+def _import_triton_ops():
+    for module in ("conv_bn_act", "class_head"):
+        load_triton_op(module)

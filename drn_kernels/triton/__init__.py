@@ -1,0 +1,24 @@
+"""Hand-written Triton kernels, one file per op; importing a module registers its torch.ops.drn.*_triton ops.
+
+On a GPU each op is a torch.library.triton_op launching through wrap_triton, so torch.compile sees (and inductor
+can inline) the kernel. Under TRITON_INTERPRET=1 wrap_triton hands back the raw InterpretedFunction, which fake
+tensors cannot trace; there the same Python function is registered as an opaque torch.library.custom_op with an
+explicit fake kernel, so torch.compile(fullgraph=True) still works on CPU (the op is called, not inlined).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._backends import triton_interpreting
+
+
+def register_op(name: str, fake):
+    """Decorator: register `fn` as torch.ops.<name> (triton_op on GPU, custom_op + `fake` under the interpreter)."""
+    def decorate(fn):
+        if triton_interpreting():
+            op = torch.library.custom_op(name, mutates_args=())(fn)
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(name, mutates_args=())(fn)
+
+    return decorate

@@ -1,0 +1,277 @@
+# conv_bn_act: y = relu?(conv2d(x, w, stride, padding, dilation) + bias + residual?), one Triton kernel.
+#
+# Math: implicit GEMM. Rows M = N*P*Q output pixels, columns = K output channels, reduction over R*S*C taps with
+#   C fastest. The A operand (M x RSC) is the im2col matrix, gathered on the fly from x: a tap (r, s) only moves
+#   the input coordinates to (p*stride_h - pad_h + r*dil_h, q*stride_w - pad_w + s*dil_w); out-of-image taps are
+#   masked to zero (the padding). Nothing im2col-shaped ever reaches memory.
+# Layout: x in any strides (channels_last makes the C axis unit-stride, which triton specialises on, so the
+#   gather vectorises); the weight packed once to (K, R, S, C) contiguous, i.e. B[k, (r*S+s)*C + c], cached with
+#   the weight (a channels_last weight already is that layout: free view); y written as (N, P, Q, K) contiguous,
+#   which is the (N, K, P, Q) channels_last tensor the op returns.
+# Tiling: a program owns a BLOCK_M x BLOCK_N output tile and accumulates it in fp32 registers with tl.dot
+#   (tensor cores: HMMA/HGMMA for fp16/bf16, TF32 or exact-fp32 for fp32). Two reduction orders:
+#   - NESTED (C >= 32): steps over (tap (r, s), BLOCK_C slice of channels) in one loop (so the pipeliner sees
+#     all of them); a tap moves each row by one offset and the channel slice is contiguous (vector loads).
+#   - FLAT (C < 32, the 7x7 stems with C=3): the reduction index t in [0, R*S*C) is split into (r, s, c) per
+#     element, so a 3-channel stem does not waste 13/16 of every dot on masked channels.
+#   Epilogue in registers: + bias (folded BN shift), + residual, ReLU (NaN-preserving), cast, store.
+# Offsets are int32 unless a tensor can exceed 2**31-1 elements (or DRN_FORCE_INT64=1): then USE_INT64 widens
+#   every row offset before it is multiplied by a stride.
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .. import _backends
+from .._library import empty_conv_output
+from . import register_op
+
+INT32_LIMIT = 2**31 - 1
+
+# GPU autotune space: tensor-core friendly tiles with 4-8 warps; the reduction tile is 32 (64 bytes of fp16
+# per row, one 128B line per two rows) so shared memory per stage stays small on sm_80.
+CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_C": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_C": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 64}, num_warps=4, num_stages=3),
+]
+# The FLAT gather computes an address per element (no vector loads), so its tiles are shallower: a 16-32 wide
+# reduction step and two stages keep the per-thread pointer tensors from spilling.
+FLAT_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+]
+# fp32 (TF32, and above all the exact "ieee" dot, which is FMA-based) needs twice the registers per element:
+# narrower tiles keep it from spilling.
+FP32_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 32}, num_warps=4, num_stages=2),
+]
+FP32_FLAT_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+]
+# Under TRITON_INTERPRET=1 (CPU tests) there is nothing to tune: one small tile keeps numpy fast.
+INTERPRET_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_C": 16}
+SHARED_LIMIT = 160 * 1024  # bytes; sm_80's 163 KB opt-in, less a margin (sm_90 has more)
+FLAT_BELOW_C = 32
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop tiles that cannot fit in shared memory, and column tiles far wider than K (pure masked waste)."""
+    k = named_args["K"]
+    elt = named_args["x_ptr"].element_size()
+    kept = []
+    for cfg in configs:
+        m, n, c = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_C"]
+        if (m * c + c * n) * elt * cfg.num_stages > SHARED_LIMIT:
+            continue
+        if n > 32 and n >= 2 * k:
+            continue
+        kept.append(cfg)
+    return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_N"])]
+
+
+@triton.jit
+def _conv_bn_act_kernel(
+    x_ptr,  # input (N, C, H, W), element strides sxn, sxc, sxh, sxw (any memory format)
+    w_ptr,  # packed weight (K, R, S, C) contiguous: row k at k * R*S*C
+    b_ptr,  # bias (K,), the folded BatchNorm shift
+    res_ptr,  # residual (N, K, P, Q), strides srn, srk, srp, srq; unused unless HAS_RES
+    y_ptr,  # output (N, P, Q, K) contiguous (= (N, K, P, Q) channels_last)
+    M, C, H, W, K, P, Q, R, S,  # M = N*P*Q
+    sxn, sxc, sxh, sxw,
+    srn, srk, srp, srq,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    HAS_RES: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, USE_INT64: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < K
+    if USE_INT64:
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+    pq = P * Q
+    n_img = rows // pq
+    p = (rows % pq) // Q
+    q = rows % Q
+    ih0 = p * stride_h - pad_h
+    iw0 = q * stride_w - pad_w
+    x_row = n_img * sxn
+    rsc = R * S * C
+    w_col = cols * rsc
+    offs_c = tl.arange(0, BLOCK_C)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FLAT:
+        # t = (r*S + s)*C + c over the whole reduction; each element finds its own tap.
+        for t0 in range(0, rsc, BLOCK_C):
+            t = t0 + offs_c
+            t_ok = t < rsc
+            c = t % C
+            rs = t // C
+            ih = ih0[:, None] + (rs // S)[None, :] * dil_h
+            iw = iw0[:, None] + (rs % S)[None, :] * dil_w
+            a_ok = row_ok[:, None] & t_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + x_row[:, None] + ih * sxh + iw * sxw + c[None, :] * sxc, mask=a_ok, other=0.0)
+            b = tl.load(w_ptr + w_col[None, :] + t[:, None], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
+            if DOT_IN_FP32:  # interpreter only (dot_in_fp32)
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    else:
+        # one flat loop over (tap, channel slice) so the software pipeliner sees every reduction step
+        c_steps = tl.cdiv(C, BLOCK_C)
+        for step in range(0, R * S * c_steps):
+            rs = step // c_steps
+            c0 = (step - rs * c_steps) * BLOCK_C
+            ih = ih0 + (rs // S) * dil_h
+            iw = iw0 + (rs % S) * dil_w
+            a_row_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_row = x_row + ih * sxh + iw * sxw
+            c = c0 + offs_c
+            c_ok = c < C
+            a = tl.load(x_ptr + a_row[:, None] + c[None, :] * sxc, mask=a_row_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + w_col[None, :] + rs * C + c[:, None], mask=c_ok[:, None] & col_ok[None, :],
+                        other=0.0)
+            if DOT_IN_FP32:  # interpreter only (dot_in_fp32)
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    # Epilogue, all in fp32 registers: the reference adds bias and residual before the single rounding.
+    acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    out_ok = row_ok[:, None] & col_ok[None, :]
+    if HAS_RES:
+        res_row = n_img * srn + p * srp + q * srq
+        res = tl.load(res_ptr + res_row[:, None] + cols[None, :] * srk, mask=out_ok, other=0.0)
+        acc += res.to(tl.float32)
+    if RELU:
+        acc = tl.where(acc < 0.0, 0.0, acc)  # not tl.maximum: a NaN must stay NaN, as torch.relu keeps it
+    tl.store(y_ptr + rows[:, None] * K + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+
+
+_TUNE_KEY = ["C", "K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w"]  # triton adds the tensors' dtypes
+
+
+def config_list(flat: bool, fp32: bool) -> list:
+    """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.aot compiles the same."""
+    return {(False, False): CONFIGS, (True, False): FLAT_CONFIGS,
+            (False, True): FP32_CONFIGS, (True, True): FP32_FLAT_CONFIGS}[(flat, fp32)]
+
+
+_tuned = {
+    (flat, fp32): triton.autotune(configs=config_list(flat, fp32), key=_TUNE_KEY,
+                                  prune_configs_by={"early_config_prune": _prune_configs})(_conv_bn_act_kernel)
+    for flat in (False, True) for fp32 in (False, True)
+}
+
+
+# ---- weight packing, once per weight ------------------------------------------------------------------------
+
+# id(weight) -> (weakref to weight, version key, packed copy). Keyed on identity (tensors compare elementwise, so
+# they cannot be dict keys by value); a finalizer drops the entry when the weight dies.
+_packed: dict[int, tuple] = {}
+
+
+def _is_plain(t: Tensor) -> bool:
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and not torch.compiler.is_compiling()
+
+
+def packed_weight(weight: Tensor) -> Tensor:
+    """weight (K, C, R, S) as (K, R, S, C) contiguous. A channels_last weight is already that: a free view.
+    Otherwise the copy is cached with the weight and rebuilt only when the weight changes in place."""
+    view = weight.permute(0, 2, 3, 1)
+    if view.is_contiguous():
+        return view
+    if not _is_plain(weight):
+        return view.contiguous()
+    key = (weight._version, weight.data_ptr(), weight.shape, weight.dtype, weight.device)
+    hit = _packed.get(id(weight))
+    if hit is not None and hit[0]() is weight and hit[1] == key:
+        return hit[2]
+    packed = view.contiguous()
+    if hit is None or hit[0]() is not weight:
+        weakref.finalize(weight, _packed.pop, id(weight), None)
+    _packed[id(weight)] = (weakref.ref(weight), key, packed)
+    return packed
+
+
+# ---- launcher -----------------------------------------------------------------------------------------------
+
+def force_int64() -> bool:
+    """DRN_FORCE_INT64=1 selects the int64-offset kernel even for small tensors (read per call, for tests)."""
+    return os.environ.get("DRN_FORCE_INT64", "0") == "1"
+
+
+def max_offset(t: Tensor) -> int:
+    """One past the largest element offset the tensor's strides can reach (its numel when dense)."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * abs(st) for size, st in zip(t.shape, t.stride()))
+
+
+def needs_int64(*tensors: Optional[Tensor]) -> bool:
+    return force_int64() or any(t is not None and max_offset(t) > INT32_LIMIT for t in tensors)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 runs on TF32 tensor cores exactly when cuDNN would (torch.backends.cudnn.allow_tf32), else exact."""
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _conv_fake(x, weight, bias, stride, padding, dilation, residual, relu):
+    return empty_conv_output(x, weight, stride, padding, dilation)
+
+
+def dot_in_fp32(dtype: torch.dtype) -> bool:
+    """The interpreter's tl.dot is numpy matmul, which has no bfloat16: feed it exact fp32 copies instead."""
+    return dtype == torch.bfloat16 and _backends.triton_interpreting()
+
+
+@register_op("drn::conv_bn_act_triton", _conv_fake)
+def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int], padding: list[int],
+                       dilation: list[int], residual: Optional[Tensor], relu: bool) -> Tensor:
+    y = empty_conv_output(x, weight, stride, padding, dilation)
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    _, _, p, q = y.shape
+    m = n * p * q
+    if y.numel() == 0:
+        return y
+    w_packed = packed_weight(weight)
+    has_res = residual is not None
+    res = residual if has_res else y  # a valid pointer; never read when HAS_RES is False
+    args = (x, w_packed, bias, res, y, m, c, h, w, k, p, q, r, s, *x.stride(), *res.stride(),
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+    flags = dict(HAS_RES=has_res, RELU=relu, FLAT=c < FLAT_BELOW_C,
+                 USE_INT64=needs_int64(x, w_packed, residual, y), DOT_PRECISION=dot_precision(x.dtype),
+                 DOT_IN_FP32=dot_in_fp32(x.dtype))
+    if _backends.triton_interpreting():
+        cfg = INTERPRET_CONFIG
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_N"]))
+        torch.library.wrap_triton(_conv_bn_act_kernel)[grid](*args, **flags, **cfg)
+    else:
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
+
+        tuned = _tuned[(flags["FLAT"], x.dtype == torch.float32)]
+        torch.library.wrap_triton(tuned)[grid](*args, **flags)
+    return y

@@ -1,0 +1,74 @@
+"""python -m drn_kernels.aot: the GPU kernels compile for sm_80 and sm_90 without a GPU, with 0 spills, tensor-core
+instructions in every fp16/bf16 GEMM kernel and shared memory within the device limit.
+
+The compile runs in a subprocess with TRITON_INTERPRET unset (this test process has it set, so its kernels are
+interpreted functions). The test covers the first config of every kernel list (fp16, plus fp32 conv on sm_80) to stay around a minute on 2 cores; the full list (every config x dtype) runs through the CLI.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_LIMITS = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
+
+
+def _run_aot(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "drn_kernels.aot", "--json", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+def _check_record(r):
+    where = f"{r['kernel']} {r['arch']} {r['dtype']} [{r['config']}]"
+    assert r["spill_bytes"] == 0, where
+    assert 0 < r["registers"] <= 255, where
+    assert r["shared_bytes"] <= SHARED_LIMITS[r["arch"]], where
+    if r["kernel"] in ("conv_bn_act", "class_head") and r["dtype"] in ("fp16", "bf16"):
+        # sm_80: HMMA; sm_90: HGMMA (wgmma) or HMMA, both counted in tensor_core_instructions
+        assert r["tensor_core_instructions"] > 0, where
+
+
+def test_aot_subset():
+    rc, recs, err = _run_aot("--no-cuda", "--max-configs", "1", "--dtypes", "fp16", "--kernels", "conv_bn_act",
+                             "class_head")
+    rc2, recs2, err2 = _run_aot("--no-cuda", "--max-configs", "1", "--kernels", "upsample_argmax", "box")
+    recs, rc, err = recs + recs2, rc or rc2, err + err2
+    keys = {"source", "kernel", "arch", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
+            "tensor_core_instructions"}
+    assert recs and all(set(r) == keys and r["source"] == "triton" for r in recs)
+    assert {r["kernel"] for r in recs} == {"conv_bn_act", "class_head", "upsample_argmax", "box"}
+    assert {r["arch"] for r in recs} == {"sm_80", "sm_90"}
+    assert any("FLAT=1" in r["config"] for r in recs) and any("INT64=1" in r["config"] for r in recs)
+    for r in recs:
+        _check_record(r)
+    assert rc == 0, err
+
+
+def test_aot_exact_fp32_conv():
+    rc, recs, err = _run_aot("--no-cuda", "--max-configs", "1", "--dtypes", "fp32", "--kernels", "conv_bn_act",
+                             "--arches", "sm_80")
+    assert any("DOT=ieee" in r["config"] for r in recs)
+    for r in recs:
+        _check_record(r)
+    assert rc == 0, err
+
+
+def test_problems_flags_bad_records():
+    from drn_kernels import aot
+
+    good = {"source": "triton", "kernel": "conv_bn_act", "arch": "sm_80", "dtype": "fp16", "config": "c",
+            "registers": 128, "spill_bytes": 0, "shared_bytes": 1024, "tensor_core_instructions": 8}
+    assert aot.problems([good]) == []
+    assert aot.problems([{**good, "spill_bytes": 8}])
+    assert aot.problems([{**good, "tensor_core_instructions": 0}])
+    assert aot.problems([{**good, "shared_bytes": 200 * 1024}])
+    assert aot.problems([{**good, "arch": "sm_90", "shared_bytes": 200 * 1024}]) == []

@@ -1,0 +1,216 @@
+"""drn_kernels.class_head / localize (backend="triton") against the float64 reference.
+
+The kernel accumulates in fp32 from the dtype's own values, so every dtype is compared with the float64 reference
+run on float64 copies of the same (rounded) inputs: labels exact wherever the reference's top-2 margin exceeds
+1e-4, probabilities within rel err 1e-5. Without a GPU the kernels run in the Triton interpreter (small shapes).
+"""
+import pytest
+import torch
+
+import drn_kernels
+from drn_kernels import reference
+
+head_mod = pytest.importorskip("drn_kernels.triton.class_head")
+
+DTYPES = [
+    pytest.param(torch.float32, id="fp32"),
+    pytest.param(torch.float16, id="fp16"),
+    pytest.param(torch.bfloat16, id="bf16"),
+]
+PROB_RTOL = 1e-5
+MARGIN = 1e-4
+
+# (N, C, H, W, K, upsample): K in {1, 2, 19, 1000}, odd sizes; K=1000 x8 only on a tiny map (interpreter speed)
+CASES = [
+    (3, 5, 5, 7, 1, 1),
+    (1, 17, 5, 7, 2, 1),
+    (3, 17, 9, 13, 19, 1),
+    (1, 33, 3, 5, 1000, 1),
+    (1, 5, 3, 5, 1, 8),
+    (3, 7, 3, 5, 2, 8),
+    (1, 17, 5, 7, 19, 8),
+    (1, 9, 2, 3, 1000, 8),
+]
+
+
+def _inputs(n, c, h, w, k, dtype, channels_last, seed=0, weight_2d=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = (2 * torch.randn(k, c, 1, 1, generator=g) / c ** 0.5).to(dtype)
+    if weight_2d:
+        weight = weight.view(k, c)
+    bias = torch.randn(k, generator=g).to(dtype)
+    return x, weight, bias
+
+
+def _reference_logits64(x, weight, bias, upsample):
+    w4 = weight.double().view(weight.shape[0], -1, 1, 1)
+    logits = reference.conv_bn_act(x.double(), w4, bias.double(), relu=False)
+    return reference.upsample8(logits) if upsample == 8 else logits
+
+
+def _margin_mask(logits):
+    """True where the top-2 margin over classes exceeds MARGIN (labels must then match exactly)."""
+    if logits.shape[1] == 1:
+        return torch.ones(logits[:, 0].shape, dtype=torch.bool)
+    top2 = logits.topk(2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]) > MARGIN
+
+
+def _check_head(labels, probs, x, weight, bias, upsample, label_dtype=torch.int64):
+    ref_labels, ref_probs = reference.class_head(x.double(), weight.double().view(weight.shape[0], -1, 1, 1),
+                                                 bias.double(), upsample, torch.int64)
+    assert labels.shape == ref_labels.shape and labels.dtype == label_dtype
+    assert probs.shape == ref_probs.shape and probs.dtype == torch.float32
+    assert not torch.isnan(probs).any()
+    sure = _margin_mask(_reference_logits64(x, weight, bias, upsample))
+    assert sure.float().mean() > 0.9  # the check below must cover most pixels to mean anything
+    assert torch.equal(labels.long()[sure], ref_labels[sure])
+    rel = ((probs.double() - ref_probs).abs() / ref_probs)[sure]
+    assert rel.max().item() <= PROB_RTOL
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Outputs start as garbage (NaN probabilities, labels set to the largest value) so skipped pixels show."""
+    real = head_mod.empty_class_head_output
+
+    def poisoned_output(*args, **kwargs):
+        labels, probs = real(*args, **kwargs)
+        labels.fill_(torch.iinfo(labels.dtype).max)
+        return labels, probs.fill_(float("nan"))
+
+    monkeypatch.setattr(head_mod, "empty_class_head_output", poisoned_output)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"K{c[4]}_up{c[5]}" for c in CASES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_class_head_parity(case, dtype, poisoned):
+    n, c, h, w, k, upsample = case
+    channels_last = CASES.index(case) % 2 == 1
+    x, weight, bias = _inputs(n, c, h, w, k, dtype, channels_last, weight_2d=CASES.index(case) % 3 == 0)
+    labels, probs = drn_kernels.class_head(x, weight, bias, upsample=upsample, backend="triton")
+    _check_head(labels, probs, x, weight, bias, upsample)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.int16, torch.uint8])
+def test_label_dtypes(label_dtype, poisoned):
+    x, weight, bias = _inputs(1, 5, 3, 4, 19, torch.float32, False)
+    labels, probs = drn_kernels.class_head(x, weight, bias, upsample=8, label_dtype=label_dtype, backend="triton")
+    _check_head(labels, probs, x, weight, bias, 8, label_dtype)
+
+
+@pytest.mark.parametrize("upsample", [1, 8])
+def test_ties_take_first_index(upsample):
+    # classes 7, 9 (same class tile) and 33 (another tile) are identical and dominate: torch.argmax says 7
+    x, weight, bias = _inputs(1, 5, 3, 4, 40, torch.float32, False)
+    for k in (9, 33):
+        weight[k] = weight[7]
+    bias[7] = bias[9] = bias[33] = 50.0
+    labels, probs = drn_kernels.class_head(x, weight, bias, upsample=upsample, backend="triton")
+    ref_labels, ref_probs = reference.class_head(x, weight, bias, upsample)
+    assert (ref_labels == 7).all() and torch.equal(labels, ref_labels)
+    torch.testing.assert_close(probs, ref_probs.float(), rtol=PROB_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("upsample", [1, 8])
+def test_nan_wins(upsample):
+    # a NaN bias makes class 21 (second class tile) NaN everywhere and class 30 NaN too: the first NaN, 21, wins
+    x, weight, bias = _inputs(1, 5, 3, 4, 40, torch.float32, False)
+    bias[21] = float("nan")
+    bias[30] = float("nan")
+    labels, probs = drn_kernels.class_head(x, weight, bias, upsample=upsample, backend="triton")
+    ref_labels, ref_probs = reference.class_head(x, weight, bias, upsample)
+    assert (ref_labels == 21).all() and torch.equal(labels, ref_labels)
+    assert torch.isnan(probs).all() and torch.isnan(ref_probs).all()
+
+
+def test_nan_pixel():
+    x, weight, bias = _inputs(1, 5, 3, 4, 19, torch.float32, True)
+    x[0, 2, 1, 2] = float("nan")  # one pixel's logits are all NaN: label 0, probability NaN
+    labels, probs = drn_kernels.class_head(x, weight, bias, backend="triton")
+    ref_labels, ref_probs = reference.class_head(x, weight, bias)
+    assert torch.equal(labels, ref_labels)
+    assert torch.equal(torch.isnan(probs), torch.isnan(ref_probs))
+
+
+def test_deterministic_and_batch_zero():
+    x, weight, bias = _inputs(3, 7, 3, 5, 19, torch.float16, True)
+    first = drn_kernels.class_head(x, weight, bias, upsample=8, backend="triton")
+    second = drn_kernels.class_head(x, weight, bias, upsample=8, backend="triton")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    labels, probs = drn_kernels.class_head(x[:0], weight, bias, upsample=8, backend="triton")
+    assert labels.shape == (0, 24, 40) and probs.shape == (0, 24, 40)
+
+
+# ---- localize -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, threshold", [((2, 6, 5, 7, 4), 0.4), ((3, 17, 4, 9, 19), 0.2),
+                                              ((1, 9, 3, 3, 1000), 0.001), ((2, 5, 5, 7, 4), 0.999)],
+                         ids=["K4", "K19", "K1000", "none"])
+def test_localize_parity(dtype, shape, threshold):
+    n, c, h, w, k = shape
+    x, weight, bias = _inputs(n, c, h, w, k, dtype, n == 2, seed=3)
+    logits, labels, scores, boxes = drn_kernels.localize(x, weight, bias, threshold=threshold, stride=8,
+                                                          backend="triton")
+    ref = reference.localize(x.double(), weight.double(), bias.double(), threshold, 8)
+    ref_logits, ref_labels, ref_scores, ref_boxes = ref
+    assert logits.dtype == dtype and logits.shape == (n, k)
+    ref_logits_rounded = ref_logits.to(dtype).double()
+    # the kernel's only rounding beyond the reference's is its final cast: within one ulp of the dtype
+    ulp = torch.finfo(dtype).eps * ref_logits.abs().max().item()
+    assert (logits.double() - ref_logits_rounded).abs().max().item() <= ulp + 1e-5 * ref_logits.abs().max().item()
+    sure = _margin_mask(reference.conv_bn_act(x.double(), weight.double(), bias.double(), relu=False))
+    assert torch.equal(labels[sure], ref_labels[sure]) and labels.dtype == torch.int64
+    assert ((scores.double() - ref_scores).abs() / ref_scores)[sure].max().item() <= PROB_RTOL
+    near = (ref_scores - threshold).abs() < 1e-5
+    if sure.all() and not near.any():
+        assert torch.equal(boxes, ref_boxes.float())
+    if threshold == 0.999:
+        assert (boxes == -1).all()
+    else:
+        assert (boxes[:, 2] > boxes[:, 0]).any()
+
+
+def test_localize_deterministic_and_batch_zero():
+    x, weight, bias = _inputs(2, 6, 5, 7, 40, torch.float32, True)
+    first = drn_kernels.localize(x, weight, bias, threshold=0.1, backend="triton")
+    second = drn_kernels.localize(x, weight, bias, threshold=0.1, backend="triton")
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    out = drn_kernels.localize(x[:0], weight, bias, threshold=0.1, backend="triton")
+    assert [tuple(t.shape) for t in out] == [(0, 40), (0, 5, 7), (0, 5, 7), (0, 4)]
+
+
+# ---- real sizes on a GPU ------------------------------------------------------------------------------------
+
+GPU_CASES = [(2, 512, 64, 128, 19, 8), (2, 512, 28, 28, 1000, 1), (1, 512, 16, 32, 1000, 8), (3, 37, 45, 61, 7, 8)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=[f"K{c[4]}_up{c[5]}_{c[2]}x{c[3]}" for c in GPU_CASES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_class_head_parity_gpu(case, dtype):
+    n, c, h, w, k, upsample = case
+    x, weight, bias = _inputs(n, c, h, w, k, dtype, True)
+    labels, probs = drn_kernels.class_head(x.cuda(), weight.cuda(), bias.cuda(), upsample=upsample,
+                                           backend="triton")
+    _check_head(labels.cpu(), probs.cpu(), x, weight, bias, upsample)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_localize_parity_gpu(dtype):
+    x, weight, bias = _inputs(4, 512, 28, 28, 1000, dtype, True, seed=5)
+    out = drn_kernels.localize(x.cuda(), weight.cuda(), bias.cuda(), threshold=0.01, backend="triton")
+    logits, labels, scores, boxes = (t.cpu() for t in out)
+    ref_logits, ref_labels, ref_scores, ref_boxes = reference.localize(x.double(), weight.double(), bias.double(),
+                                                                       0.01, 8)
+    sure = _margin_mask(reference.conv_bn_act(x.double(), weight.double(), bias.double(), relu=False))
+    assert torch.equal(labels[sure], ref_labels[sure])
+    torch.testing.assert_close(logits.double(), ref_logits, rtol=1e-2 if dtype != torch.float32 else 1e-5,
+                               atol=1e-3 if dtype != torch.float32 else 1e-5)
+    if sure.all():
+        assert torch.equal(boxes, ref_boxes.float())

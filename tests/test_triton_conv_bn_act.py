@@ -1,0 +1,255 @@
+"""drn_kernels.conv_bn_act(backend="triton") against the float64 reference.
+
+Without a GPU these run the kernel in the Triton interpreter on CPU tensors (tests/conftest.py sets
+TRITON_INTERPRET=1), so shapes are small. fp32 is judged at rel err 1e-5 with TF32 off (cuDNN's switch, which the
+kernel follows); fp16/bf16 against 2x PyTorch's own same-dtype conv error vs float64 (the max over the output,
+flash-attention style), where "PyTorch's own" is F.conv2d + bias + residual + relu run in that dtype on the same
+rounded inputs (CPU supports it; on GPU it is cuDNN).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import drn_kernels
+from drn_kernels import reference
+
+conv_mod = pytest.importorskip("drn_kernels.triton.conv_bn_act")
+
+# (id, N, C, H, W, K, R, S, stride, padding, dilation): every convolution a DRN uses, at odd sizes.
+CASES = [
+    ("stem7_s1", 1, 3, 9, 11, 16, 7, 7, 1, 3, 1),
+    ("stem7_s2", 3, 3, 13, 9, 7, 7, 7, 2, 3, 1),
+    ("3x3_s1", 1, 17, 7, 5, 19, 3, 3, 1, 1, 1),
+    ("3x3_s2", 3, 5, 9, 13, 7, 3, 3, 2, 1, 1),
+    ("3x3_d2", 1, 40, 6, 7, 33, 3, 3, 1, 2, 2),
+    ("3x3_d4", 1, 17, 9, 10, 7, 3, 3, 1, 4, 4),
+    ("1x1_s1", 3, 33, 5, 7, 19, 1, 1, 1, 0, 1),
+    ("1x1_s2", 1, 5, 9, 13, 17, 1, 1, 2, 0, 1),
+    ("3x3_1px", 1, 5, 1, 1, 7, 3, 3, 1, 1, 1),
+    ("3x3_mixed", 1, 3, 8, 9, 5, 3, 3, (2, 1), (2, 1), (2, 1)),
+]
+CASE_IDS = [c[0] for c in CASES]
+
+DTYPES = [
+    pytest.param(torch.float32, 0.0, 1e-5, id="fp32"),
+    pytest.param(torch.float16, 1e-3, 0.0, id="fp16"),
+    pytest.param(torch.bfloat16, 1e-2, 0.0, id="bf16"),
+]
+
+
+def _pair(v):
+    return list(v) if isinstance(v, tuple) else [v, v]
+
+
+def _inputs(case, dtype, channels_last, with_residual, seed=0):
+    _, n, c, h, w, k, r, s, stride, padding, dilation = case
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(k, c, r, s, generator=g) / (c * r * s) ** 0.5).to(dtype)
+    bias = torch.randn(k, generator=g).to(dtype)
+    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    residual = torch.randn(n, k, p, q, generator=g).to(dtype) if with_residual else None
+    return x, weight, bias, residual, dict(stride=stride, padding=padding, dilation=dilation)
+
+
+def _reference64(x, weight, bias, residual, geo, relu):
+    return reference.conv_bn_act(x.double(), weight.double(), bias.double(), geo["stride"], geo["padding"],
+                                 geo["dilation"], None if residual is None else residual.double(), relu)
+
+
+def _torch_same_dtype(x, weight, bias, residual, geo, relu):
+    y = F.conv2d(x, weight, bias, stride=geo["stride"], padding=geo["padding"], dilation=geo["dilation"])
+    if residual is not None:
+        y = y + residual
+    return torch.relu(y) if relu else y
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """The launcher's output buffer starts as NaN, so any element the kernel skips shows up."""
+    real = conv_mod.empty_conv_output
+
+    def nan_output(*args, **kwargs):
+        y = real(*args, **kwargs)
+        return y.fill_(float("nan")) if y.dtype.is_floating_point else y
+
+    monkeypatch.setattr(conv_mod, "empty_conv_output", nan_output)
+
+
+@pytest.fixture
+def no_tf32(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+def _check(y, x, weight, bias, residual, geo, relu, dtype, atol, rtol):
+    ref = _reference64(x, weight, bias, residual, geo, relu)
+    assert y.shape == ref.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.isnan(y).any()
+    err = (y.double() - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    if dtype == torch.float32:
+        assert err <= rtol * scale + 1e-12, (err, scale)
+    else:
+        torch_err = (_torch_same_dtype(x, weight, bias, residual, geo, relu).double() - ref).abs().max().item()
+        assert err <= 2 * torch_err + atol * scale, (err, torch_err, scale)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_parity(case, dtype, atol, rtol, channels_last, poisoned, no_tf32):
+    # residual and relu alternate over the cases so each appears on and off with every geometry kind
+    index = CASES.index(case)
+    with_residual, relu = index % 2 == 0, (index // 2) % 2 == 0 or channels_last
+    x, weight, bias, residual, geo = _inputs(case, dtype, channels_last, with_residual)
+    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, relu=relu, backend="triton", **geo)
+    _check(y, x, weight, bias, residual, geo, relu, dtype, atol, rtol)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_residual_relu_combinations(relu, with_residual, poisoned, no_tf32):
+    case = CASES[3]
+    x, weight, bias, residual, geo = _inputs(case, torch.float32, True, with_residual, seed=1)
+    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, relu=relu, backend="triton", **geo)
+    _check(y, x, weight, bias, residual, geo, relu, torch.float32, 0.0, 1e-5)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]], ids=["flat", "nested", "1x1"])
+def test_forced_int64(case, monkeypatch, poisoned, no_tf32):
+    monkeypatch.setenv("DRN_FORCE_INT64", "1")
+    x, weight, bias, residual, geo = _inputs(case, torch.float32, False, True, seed=2)
+    assert conv_mod.needs_int64(x)
+    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
+    _check(y, x, weight, bias, residual, geo, True, torch.float32, 0.0, 1e-5)
+
+
+def test_int64_selection():
+    small = torch.empty(2, 3)
+    assert not conv_mod.needs_int64(small)
+    big = torch.empty_strided((2, 2), (2**31, 1), device="meta")  # int32-overflowing strides, no memory
+    assert conv_mod.max_offset(big) > 2**31 - 1 and conv_mod.needs_int64(small, big)
+
+
+def test_tf32_follows_cudnn_flag(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert conv_mod.dot_precision(torch.float32) == "tf32"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert conv_mod.dot_precision(torch.float32) == "ieee"
+
+
+def test_batch_zero():
+    x, weight, bias, residual, geo = _inputs(CASES[2], torch.float32, False, True)
+    y = drn_kernels.conv_bn_act(x[:0], weight, bias, residual=residual[:0], backend="triton", **geo)
+    assert y.shape == (0,) + residual.shape[1:]
+
+
+def test_strided_input(poisoned, no_tf32):
+    # a non-contiguous, non-channels_last view: the kernel gathers through any strides
+    x, weight, bias, residual, geo = _inputs(CASES[2], torch.float32, False, False)
+    x = torch.cat([x, x], dim=3)[..., ::2]
+    y = drn_kernels.conv_bn_act(x, weight, bias, backend="triton", **geo)
+    _check(y, x, weight, bias, None, geo, True, torch.float32, 0.0, 1e-5)
+
+
+def test_weight_packed_once_and_refreshed(no_tf32):
+    x, weight, bias, _, geo = _inputs(CASES[2], torch.float32, True, False)
+    packed = conv_mod.packed_weight(weight)
+    assert conv_mod.packed_weight(weight) is packed  # cached, not re-packed per call
+    y1 = drn_kernels.conv_bn_act(x, weight, bias, backend="triton", **geo)
+    with torch.no_grad():
+        weight.mul_(-1)  # in-place update bumps weight._version: the pack must be rebuilt
+    assert conv_mod.packed_weight(weight) is not packed
+    y2 = drn_kernels.conv_bn_act(x, weight, bias, backend="triton", **geo)
+    _check(y2, x, weight, bias, None, geo, True, torch.float32, 0.0, 1e-5)
+    assert not torch.equal(y1, y2)
+    cl = weight.contiguous(memory_format=torch.channels_last)
+    assert conv_mod.packed_weight(cl).data_ptr() == cl.data_ptr()  # channels_last weight: a free view
+
+
+def test_deterministic(no_tf32):
+    x, weight, bias, residual, geo = _inputs(CASES[4], torch.float16, True, True)
+    y1 = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
+    y2 = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
+    assert torch.equal(y1, y2)
+
+
+def test_opcheck():
+    x, weight, bias, residual, geo = _inputs(CASES[3], torch.float32, False, True)
+    torch.library.opcheck(torch.ops.drn.conv_bn_act_triton,
+                          (x, weight, bias, geo["stride"], geo["padding"], geo["dilation"], residual, True),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_op_fullgraph(no_tf32):
+    """Under the interpreter the op is an opaque custom_op (see drn_kernels/triton/__init__.py), so inductor calls
+    it; on a GPU (test below) it is a triton_op whose kernel inductor sees."""
+    x, weight, bias, residual, geo = _inputs(CASES[2], torch.float32, True, True)
+
+    def f(x, weight, bias, residual):
+        return torch.ops.drn.conv_bn_act_triton(x, weight, bias, geo["stride"], geo["padding"], geo["dilation"],
+                                                residual, True)
+
+    y = torch.compile(f, fullgraph=True)(x, weight, bias, residual)
+    _check(y, x, weight, bias, residual, geo, True, torch.float32, 0.0, 1e-5)
+
+
+def test_torch_compile_public_op_fullgraph(no_tf32):
+    x, weight, bias, residual, geo = _inputs(CASES[2], torch.float32, True, True)
+
+    def f(x, weight, bias, residual):
+        return drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
+
+    y = torch.compile(f, fullgraph=True)(x, weight, bias, residual)
+    _check(y, x, weight, bias, residual, geo, True, torch.float32, 0.0, 1e-5)
+
+
+# ---- real sizes on a GPU ------------------------------------------------------------------------------------
+
+GPU_CASES = [
+    ("stem7_s1", 2, 3, 224, 224, 16, 7, 7, 1, 3, 1),
+    ("stem7_s2", 2, 3, 224, 224, 64, 7, 7, 2, 3, 1),
+    ("3x3_s1", 2, 64, 56, 56, 64, 3, 3, 1, 1, 1),
+    ("3x3_s2", 2, 128, 56, 56, 256, 3, 3, 2, 1, 1),
+    ("3x3_d2", 2, 256, 28, 28, 256, 3, 3, 1, 2, 2),
+    ("3x3_d4", 2, 512, 28, 28, 512, 3, 3, 1, 4, 4),
+    ("1x1_s1", 2, 1024, 28, 28, 256, 1, 1, 1, 0, 1),
+    ("1x1_s2", 2, 256, 56, 56, 512, 1, 1, 2, 0, 1),
+    ("odd", 3, 37, 45, 61, 91, 3, 3, 1, 1, 1),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_parity_gpu(case, dtype, atol, rtol, no_tf32):
+    x, weight, bias, residual, geo = _inputs(case, dtype, True, True)
+    x, weight, bias, residual = (t.cuda() for t in (x, weight, bias, residual))
+    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
+    _check(y.cpu(), x.cpu(), weight.cpu(), bias.cpu(), residual.cpu(), geo, True, dtype, atol, rtol)
+
+
+@pytest.mark.gpu
+def test_forced_int64_gpu(monkeypatch, no_tf32):
+    monkeypatch.setenv("DRN_FORCE_INT64", "1")
+    x, weight, bias, residual, geo = _inputs(GPU_CASES[4], torch.float16, True, True)
+    y = drn_kernels.conv_bn_act(x.cuda(), weight.cuda(), bias.cuda(), residual=residual.cuda(), backend="triton",
+                                **geo)
+    _check(y.cpu(), x, weight, bias, residual, geo, True, torch.float16, 1e-3, 0.0)
+
+
+@pytest.mark.gpu
+def test_torch_compile_inductor_gpu():
+    x, weight, bias, residual, geo = _inputs(GPU_CASES[2], torch.float16, True, True)
+    x, weight, bias, residual = (t.cuda() for t in (x, weight, bias, residual))
+
+    def f(x, weight, bias, residual):
+        return drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
+
+    y = torch.compile(f, fullgraph=True)(x, weight, bias, residual)
+    _check(y.cpu(), x.cpu(), weight.cpu(), bias.cpu(), residual.cpu(), geo, True, torch.float16, 1e-3, 0.0)
