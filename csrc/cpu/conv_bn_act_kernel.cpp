@@ -1,0 +1,248 @@
+// drn::conv_bn_act_native for CPU tensors.
+//
+// Math:   y = relu?(conv2d(x, w, stride, padding, dilation) + bias[k] + residual?)   (BatchNorm folded into w, bias)
+// Layout: x any memory format (made channels_last), w (K,C,R,S) any format, residual any strides;
+//         y (N,K,P,Q) channels_last, i.e. memory (N,P,Q,K) — the layout oneDNN's fast direct/brgemm convolutions
+//         use, and the one the fused model keeps between layers.
+// Tiling: none of our own. The GEMM-like core is oneDNN's (it ships inside torch), reached through the fused
+//         ops torch registers for inductor: mkldnn::_convolution_pointwise (post-op "relu"/"none") and its
+//         .binary overload (post-op "add" of the residual, then "relu"), so bias, residual and ReLU are applied
+//         to each output tile while it is still in registers — no full-size intermediate. The weight is
+//         re-ordered into oneDNN's blocked format once per (weight, conv parameters) and cached.
+// Fallback (oneDNN missing, disabled with torch.backends.mkldnn.enabled=False, or DRN_CPU_CONV=aten, or a
+//         oneDNN error): at::convolution without bias into the channels_last output, then one at::parallel_for
+//         pass over its rows applying bias + residual + ReLU in place.
+// float16: computed by oneDNN where it supports fp16, else in float32 and rounded once at the end.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/empty.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <string_view>
+#include <unordered_map>
+
+namespace drn::cpu {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+
+// ---- oneDNN fused convolution, through the dispatcher ----------------------------------------------------------
+
+using PointwiseFn = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, IntArrayRef, IntArrayRef,
+                           IntArrayRef, int64_t, c10::string_view, c10::List<std::optional<at::Scalar>>,
+                           std::optional<c10::string_view>);
+using BinaryFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, IntArrayRef,
+                        IntArrayRef, IntArrayRef, int64_t, c10::string_view, std::optional<at::Scalar>,
+                        std::optional<c10::string_view>, c10::List<std::optional<at::Scalar>>,
+                        std::optional<c10::string_view>);
+using ReorderFn = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, int64_t, at::OptionalIntArrayRef);
+
+// Where oneDNN refused a dtype once (e.g. bf16 on a CPU without AVX512-BW), stop asking.
+std::array<std::atomic<bool>, 3> onednn_failed{};  // float, bfloat16, half
+
+int dtype_slot(at::ScalarType dt) {
+  return dt == at::kFloat ? 0 : dt == at::kBFloat16 ? 1 : 2;
+}
+
+bool onednn_wanted(at::ScalarType dt) {
+  if (!at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn()) return false;
+  const char* env = std::getenv("DRN_CPU_CONV");
+  if (env != nullptr && std::string_view(env) == "aten") return false;
+  return !onednn_failed[dtype_slot(dt)].load(std::memory_order_relaxed);
+}
+
+// Cache of re-ordered weights. Keyed by the weight's identity and version, so an in-place update of the
+// weight (load_state_dict, fold) re-packs; the weak reference makes a freed weight's entry unusable even when
+// a new tensor reuses its address.
+struct PackKey {
+  const void* impl;
+  const void* data;
+  int64_t version;
+  at::ScalarType dtype;
+  std::array<int64_t, 6> params;  // stride, padding, dilation
+  bool operator==(const PackKey& o) const {
+    return impl == o.impl && data == o.data && version == o.version && dtype == o.dtype && params == o.params;
+  }
+};
+struct PackKeyHash {
+  size_t operator()(const PackKey& k) const {
+    size_t h = std::hash<const void*>()(k.impl) ^ (std::hash<const void*>()(k.data) << 1);
+    h ^= std::hash<int64_t>()(k.version) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    for (int64_t p : k.params) h ^= std::hash<int64_t>()(p) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return h ^ static_cast<size_t>(k.dtype);
+  }
+};
+struct PackEntry {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> owner;
+  Tensor packed;
+};
+
+std::mutex pack_mutex;
+std::unordered_map<PackKey, PackEntry, PackKeyHash> pack_cache;
+constexpr size_t kPackCacheLimit = 1024;
+
+Tensor packed_weight(const Tensor& weight, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                     IntArrayRef input_size) {
+  PackKey key{weight.unsafeGetTensorImpl(), weight.data_ptr(), weight.is_inference() ? -1 : weight._version(),
+              weight.scalar_type(), {stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]}};
+  {
+    std::lock_guard<std::mutex> lock(pack_mutex);
+    auto it = pack_cache.find(key);
+    if (it != pack_cache.end()) {
+      auto alive = it->second.owner.lock();
+      if (alive.get() == weight.unsafeGetTensorImpl()) return it->second.packed;
+      pack_cache.erase(it);
+    }
+  }
+  static auto reorder = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "")
+                            .typed<ReorderFn>();
+  Tensor packed = reorder.call(weight.contiguous(), padding, stride, dilation, 1, input_size);
+  std::lock_guard<std::mutex> lock(pack_mutex);
+  if (pack_cache.size() >= kPackCacheLimit) {
+    for (auto it = pack_cache.begin(); it != pack_cache.end();) {
+      it = it->second.owner.expired() ? pack_cache.erase(it) : std::next(it);
+    }
+    if (pack_cache.size() >= kPackCacheLimit) pack_cache.clear();
+  }
+  pack_cache.insert_or_assign(key, PackEntry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
+                                                 weight.getIntrusivePtr()),
+                                             packed});
+  return packed;
+}
+
+Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride,
+                   IntArrayRef padding, IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu) {
+  static auto pointwise = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
+                              .typed<PointwiseFn>();
+  static auto binary = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary")
+                           .typed<BinaryFn>();
+  const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor w = packed_weight(weight, stride, padding, dilation, xin.sizes());
+  const std::optional<Tensor> b = bias.contiguous();
+  c10::List<std::optional<at::Scalar>> no_scalars;
+  if (residual.has_value()) {
+    const Tensor other = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    return binary.call(xin, other, w, b, padding, stride, dilation, 1, "add", std::nullopt,
+                       relu ? std::optional<c10::string_view>("relu") : std::nullopt, no_scalars, std::nullopt);
+  }
+  return pointwise.call(xin, w, b, padding, stride, dilation, 1, relu ? "relu" : "none", no_scalars, "");
+}
+
+// ---- fallback: ATen convolution + one fused epilogue pass -----------------------------------------------------
+
+template <typename S, typename T>
+void epilogue(const S* src, T* out, const Tensor& bias, const std::optional<Tensor>& residual, bool relu,
+              int64_t n_rows, int64_t P, int64_t Q, int64_t K) {
+  const Tensor bias_f = bias.to(at::kFloat).contiguous();
+  const float* b = bias_f.data_ptr<float>();
+  const T* res = nullptr;
+  int64_t rs[4] = {0, 0, 0, 0};
+  if (residual.has_value()) {
+    res = residual->const_data_ptr<T>();
+    for (int d = 0; d < 4; ++d) rs[d] = residual->stride(d);
+  }
+  // A row is one output pixel's K channels; the grain keeps ~64K elements per task.
+  const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(K, 1));
+  at::parallel_for(0, n_rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const S* s = src + r * K;
+      T* o = out + r * K;
+      if (res != nullptr) {
+        const int64_t n = r / (P * Q), pq = r % (P * Q);
+        const T* rr = res + n * rs[0] + (pq / Q) * rs[2] + (pq % Q) * rs[3];
+        const int64_t sk = rs[1];
+        for (int64_t k = 0; k < K; ++k) {
+          float v = static_cast<float>(s[k]) + b[k] + static_cast<float>(rr[k * sk]);
+          o[k] = static_cast<T>(relu ? (v > 0.f ? v : 0.f) : v);
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) {
+          float v = static_cast<float>(s[k]) + b[k];
+          o[k] = static_cast<T>(relu ? (v > 0.f ? v : 0.f) : v);
+        }
+      }
+    }
+  });
+}
+
+// The (N,K,P,Q) channels_last tensor the fake kernel describes: memory (N,P,Q,K).
+Tensor empty_output(const Tensor& x, int64_t K, int64_t P, int64_t Q, at::ScalarType dtype) {
+  return at::empty({x.size(0), P, Q, K}, x.options().dtype(dtype)).permute({0, 3, 1, 2});
+}
+
+Tensor conv_aten(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride, IntArrayRef padding,
+                 IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu) {
+  const bool upcast = x.scalar_type() == at::kHalf;
+  const at::ScalarType cdt = upcast ? at::kFloat : x.scalar_type();
+  const Tensor xin = x.to(cdt).contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor w = weight.to(cdt).contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor y = at::convolution(xin, w, std::nullopt, stride, padding, dilation, false, {0, 0}, 1);
+  const int64_t K = y.size(1), P = y.size(2), Q = y.size(3);
+  {
+    Tensor cl = empty_output(x, K, P, Q, cdt);
+    if (y.strides() != cl.strides()) y = cl.copy_(y);
+  }
+  const int64_t rows = y.size(0) * P * Q;
+  if (!upcast) {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, y.scalar_type(), "drn_conv_bn_act_epilogue", [&] {
+      epilogue<scalar_t, scalar_t>(y.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), bias, residual, relu, rows,
+                                   P, Q, K);
+    });
+    return y;
+  }
+  Tensor out = empty_output(x, K, P, Q, at::kHalf);
+  epilogue<float, at::Half>(y.const_data_ptr<float>(), out.data_ptr<at::Half>(), bias, residual, relu, rows, P, Q, K);
+  return out;
+}
+
+// oneDNN returns channels_last; give it exactly the fake kernel's strides (they differ only on size-1 dims).
+Tensor as_declared_layout(const Tensor& y, const Tensor& x) {
+  Tensor cl = empty_output(x, y.size(1), y.size(2), y.size(3), y.scalar_type());
+  if (y.strides() == cl.strides()) return y;
+  if (y.is_contiguous(at::MemoryFormat::ChannelsLast)) return y.as_strided(cl.sizes(), cl.strides());
+  return cl.copy_(y);
+}
+
+Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, c10::SymIntArrayRef stride_s,
+                       c10::SymIntArrayRef padding_s, c10::SymIntArrayRef dilation_s,
+                       const std::optional<Tensor>& residual, bool relu) {
+  // Our kernels are inference kernels: never record autograd history for the ATen ops we call.
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const auto dt = x.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+                   "conv_bn_act (cpu): x must be float32, bfloat16 or float16, got ", dt);
+  const std::vector<int64_t> stride = C10_AS_INTARRAYREF_SLOW(stride_s).vec();
+  const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
+  const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
+  if (onednn_wanted(dt)) {
+    try {
+      return as_declared_layout(conv_onednn(x, weight, bias, stride, padding, dilation, residual, relu), x);
+    } catch (const c10::Error&) {
+      // e.g. no oneDNN bf16/fp16 kernel on this CPU: remember, and use the ATen path for that dtype from now on.
+      if (dt != at::kFloat) onednn_failed[dtype_slot(dt)].store(true, std::memory_order_relaxed);
+    }
+  }
+  return conv_aten(x, weight, bias, stride, padding, dilation, residual, relu);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(drn, CPU, m) {
+  m.impl("conv_bn_act_native", TORCH_FN(conv_bn_act_cpu));
+}
+
+}  // namespace drn::cpu

@@ -1,0 +1,51 @@
+// drn_kernels._C — module init.
+//
+// The ops' schemas are defined in Python (drn_kernels/_library.py); the kernels register themselves at load
+// time with TORCH_LIBRARY_IMPL(drn, CPU/CUDA, m) in csrc/cpu and csrc/cuda, so this file only has to make the
+// shared library importable as a Python module and say what was compiled in. It uses the plain CPython API
+// (no pybind11) to keep the build short.
+//
+// TORCH_EXTENSION_NAME is set by torch.utils.cpp_extension: "_C" for setup.py's drn_kernels._C, and the JIT
+// name (e.g. drn_kernels_C_cpu) for the build on first use.
+#include <Python.h>
+
+#ifndef TORCH_EXTENSION_NAME
+#define TORCH_EXTENSION_NAME _C
+#endif
+#define DRN_STR_(x) #x
+#define DRN_STR(x) DRN_STR_(x)
+#define DRN_CAT_(a, b) a##b
+#define DRN_CAT(a, b) DRN_CAT_(a, b)
+
+namespace {
+
+PyObject* has_cuda(PyObject*, PyObject*) {
+#ifdef DRN_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyObject* has_openmp(PyObject*, PyObject*) {
+#ifdef _OPENMP
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"has_cuda", has_cuda, METH_NOARGS, "True when the CUDA kernels (csrc/cuda) were compiled in."},
+    {"has_openmp", has_openmp, METH_NOARGS, "True when the CPU kernels were compiled with OpenMP (parallel)."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, DRN_STR(TORCH_EXTENSION_NAME),
+    "drn_kernels._C: CPU (and CUDA) kernels registered as torch.ops.drn.*_native", -1, methods,
+};
+
+}  // namespace
+
+PyMODINIT_FUNC DRN_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,192 @@
+"""How drn_kernels._C is built: sources, compiler flags, CUDA toolkit discovery.
+
+Torch-free on purpose: setup.py reads this file (by path, without importing drn_kernels or torch) to decide
+what to build, and drn_kernels._extension uses the same answers for the build on first use, so an install-time
+build and a JIT build compile the same thing with the same flags.
+
+Environment:
+    DRN_FORCE_CPU=1       build the CPU kernels only, even where CUDA could be built
+    DRN_FORCE_CUDA=1      fail (raise) instead of falling back to a CPU-only build
+    TORCH_CUDA_ARCH_LIST  CUDA archs, default "8.0;8.6;9.0a" (an arch with "+PTX" also embeds PTX)
+    CUDA_HOME / CUDA_PATH the toolkit, used when it has include/cuda_runtime.h
+    MAX_JOBS              parallel compile jobs (read by torch's ninja build)
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+
+DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;9.0a"
+EXTENSION_NAME = "drn_kernels._C"          # the in-place module setup.py builds
+JIT_NAME_CPU = "drn_kernels_C_cpu"          # cpp_extension.load names: one per variant, so both stay cached
+JIT_NAME_CUDA = "drn_kernels_C_cuda"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def force_cpu() -> bool:
+    return _env_flag("DRN_FORCE_CPU")
+
+
+def force_cuda() -> bool:
+    return _env_flag("DRN_FORCE_CUDA")
+
+
+# ---- sources ------------------------------------------------------------------------------------------------
+
+def _rel(paths: list[str], relative: bool) -> list[str]:
+    return [os.path.relpath(p, ROOT) if relative else p for p in paths]
+
+
+def cpu_sources(relative: bool = False) -> list[str]:
+    """csrc/*.cpp (module init, registration) and csrc/cpu/*.cpp (CPU kernels); sorted for a stable build."""
+    found = sorted(glob.glob(os.path.join(CSRC, "*.cpp"))) + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    return _rel(found, relative)
+
+
+def cuda_sources(relative: bool = False) -> list[str]:
+    """csrc/cuda/*.cu (the CUDA kernels and their CUDA dispatch-key registration)."""
+    return _rel(sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu"))), relative)
+
+
+def all_inputs() -> list[str]:
+    """Every file under csrc/ that a build depends on (sources and headers), for staleness checks."""
+    out = []
+    for dirpath, _, files in os.walk(CSRC):
+        out += [os.path.join(dirpath, f) for f in files
+                if f.endswith((".cpp", ".cu", ".h", ".cuh", ".hpp", ".inl"))]
+    return sorted(out)
+
+
+def include_dirs() -> list[str]:
+    return [CSRC]
+
+
+# ---- flags ----------------------------------------------------------------------------------------------------
+
+def cxx_flags(with_cuda: bool) -> list[str]:
+    # -fopenmp: at::parallel_for is a header template that only runs in parallel when compiled with OpenMP;
+    # the extension then links the libgomp.so.1 torch has already loaded (same soname).
+    flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-parameter",
+             "-Wno-maybe-uninitialized"]  # false positives inside c10's optional<Scalar> (torch builds with it too)
+    if with_cuda:
+        flags.append("-DDRN_WITH_CUDA=1")
+    return flags
+
+
+def ld_flags() -> list[str]:
+    return ["-fopenmp"]
+
+
+def cuda_arch_list() -> list[str]:
+    raw = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip() or DEFAULT_CUDA_ARCH_LIST
+    return [a for a in re.split(r"[;\s,]+", raw) if a]
+
+
+def cuda_arch_flags(archs: list[str] | None = None) -> list[str]:
+    """-gencode flags for "8.0", "9.0a", "8.6+PTX" ...: SASS for every arch (the aot tool reads these cubins),
+    PTX as well where "+PTX" asks for it. Given explicitly, so torch does not guess from a (missing) GPU."""
+    flags = []
+    for arch in archs if archs is not None else cuda_arch_list():
+        ptx = arch.endswith("+PTX")
+        arch = arch[:-4] if ptx else arch
+        m = re.fullmatch(r"(\d+)\.(\d+)([af]?)", arch)
+        if not m:
+            raise ValueError(f"TORCH_CUDA_ARCH_LIST: cannot parse arch {arch!r} (expected e.g. 8.0, 9.0a, 8.6+PTX)")
+        num = f"{m.group(1)}{m.group(2)}{m.group(3)}"
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{num},code=compute_{num}")
+    return flags
+
+
+def nvcc_flags(archs: list[str] | None = None) -> list[str]:
+    # -Xptxas=-v keeps the register/spill/shared-memory report of every kernel in the (verbose) build log.
+    return ["-O3", "-std=c++20", "-Xptxas=-v", "-lineinfo", "--expt-relaxed-constexpr",
+            "-DDRN_WITH_CUDA=1"] + cuda_arch_flags(archs)
+
+
+# ---- CUDA toolkit discovery -----------------------------------------------------------------------------------
+
+def _is_toolkit(home: str | None) -> bool:
+    return bool(home) and os.path.isfile(os.path.join(home, "include", "cuda_runtime.h"))
+
+
+def _toolkit_of_nvcc(nvcc: str) -> str | None:
+    """The toolkit behind an nvcc on PATH: follow symlinks, and read wrapper scripts (`exec /x/bin/nvcc "$@"`)."""
+    seen = set()
+    todo = [nvcc]
+    while todo:
+        path = os.path.realpath(todo.pop())
+        if path in seen or not os.path.isfile(path):
+            continue
+        seen.add(path)
+        home = os.path.dirname(os.path.dirname(path))
+        if _is_toolkit(home):
+            return home
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4096)
+        except OSError:
+            continue
+        if not head.startswith(b"#!"):
+            continue
+        for token in re.findall(rb"[\"']?(/[^\s\"';|&]*nvcc)\b", head):
+            todo.append(token.decode(errors="replace"))
+    return None
+
+
+def _version_key(path: str):
+    nums = re.findall(r"\d+", os.path.basename(path))
+    return tuple(int(n) for n in nums) if nums else (-1,)
+
+
+def find_cuda_home() -> tuple[str | None, str]:
+    """(toolkit root or None, how it was found / why none was)."""
+    tried = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home:
+            if _is_toolkit(home):
+                return os.path.abspath(home), f"${var}"
+            tried.append(f"${var}={home} has no include/cuda_runtime.h")
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = _toolkit_of_nvcc(nvcc)
+        if home:
+            return home, f"nvcc on PATH ({nvcc})"
+        tried.append(f"nvcc on PATH ({nvcc}) does not lead to a toolkit")
+    else:
+        tried.append("no nvcc on PATH")
+    candidates = ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), key=_version_key, reverse=True)
+    for home in candidates:
+        if _is_toolkit(home):
+            return os.path.realpath(home), f"{home}"
+    tried.append("no /usr/local/cuda* with include/cuda_runtime.h")
+    return None, "; ".join(tried)
+
+
+def cuda_decision(torch_cuda_version: str | None) -> tuple[bool, str | None, str]:
+    """(build the CUDA kernels?, CUDA_HOME, reason in words). Raises RuntimeError under DRN_FORCE_CUDA=1 when
+    CUDA cannot be built. `torch_cuda_version` is torch.version.cuda (None for a CPU-only torch)."""
+    home, how = find_cuda_home()
+    if force_cpu():
+        ok, reason = False, "DRN_FORCE_CPU=1 asks for a CPU-only build"
+    elif torch_cuda_version is None:
+        ok, reason = False, "torch is a CPU-only build (torch.version.cuda is None)"
+    elif home is None:
+        ok, reason = False, f"no CUDA toolkit found ({how}); set CUDA_HOME"
+    elif not cuda_sources():
+        ok, reason = False, f"no CUDA sources in {os.path.join(CSRC, 'cuda')}/*.cu"
+    else:
+        ok, reason = True, f"CUDA toolkit {home} (found via {how}), archs {';'.join(cuda_arch_list())}"
+    if force_cuda() and not ok:
+        raise RuntimeError(f"DRN_FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
+    return ok, home, reason

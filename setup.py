@@ -1,0 +1,72 @@
+"""Build of drn_kernels._C (metadata lives in pyproject.toml).
+
+- `pip install -e .` (build isolation: no torch here): installs the Python package only; drn_kernels._C is built
+  on first use against the installed torch (drn_kernels._extension), or ahead of time by
+  `python -m drn_kernels.build`.
+- `pip install --no-build-isolation -e .` (torch importable): also builds drn_kernels._C in place with
+  torch.utils.cpp_extension + ninja: a CUDAExtension (csrc/*.cpp, csrc/cpu, csrc/cuda) when torch is a CUDA build
+  and a CUDA toolkit is found, else a CppExtension with the CPU kernels.
+Environment: DRN_FORCE_CPU=1, DRN_FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a), CUDA_HOME, MAX_JOBS.
+Sources and flags come from drn_kernels/_build_config.py, read by path (no torch, no drn_kernels import).
+"""
+import importlib.util
+import os
+import sys
+
+from setuptools import setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _build_config():
+    path = os.path.join(HERE, "drn_kernels", "_build_config.py")
+    spec = importlib.util.spec_from_file_location("_drn_build_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _extensions():
+    """(ext_modules, cmdclass): empty when torch is not importable (isolated build)."""
+    cfg = _build_config()
+    try:
+        import torch
+    except ImportError:
+        if cfg.force_cuda():
+            raise RuntimeError("DRN_FORCE_CUDA=1 but torch is not importable at build time: use "
+                               "`pip install --no-build-isolation -e .` in an environment with torch")
+        print("drn_kernels: torch is not importable at build time (isolated build); installing the Python package "
+              "only — drn_kernels._C is built on first use, or now with `python -m drn_kernels.build`",
+              file=sys.stderr)
+        return [], {}
+
+    with_cuda, cuda_home, reason = cfg.cuda_decision(torch.version.cuda)
+    if cuda_home is not None:
+        # cpp_extension reads CUDA_HOME when imported; a wrapper-script nvcc on PATH would mislead it.
+        os.environ["CUDA_HOME"] = cuda_home
+    from torch.utils import cpp_extension
+
+    if cuda_home is not None:
+        cpp_extension.CUDA_HOME = cuda_home
+    print(f"drn_kernels: building drn_kernels._C with {'CPU + CUDA' if with_cuda else 'CPU'} kernels ({reason})",
+          file=sys.stderr)
+    sources = cfg.cpu_sources(relative=True) + (cfg.cuda_sources(relative=True) if with_cuda else [])
+    extra = {"cxx": cfg.cxx_flags(with_cuda)}
+    kind = cpp_extension.CppExtension
+    if with_cuda:
+        extra["nvcc"] = cfg.nvcc_flags()
+        kind = cpp_extension.CUDAExtension
+    ext = kind(
+        name=cfg.EXTENSION_NAME,
+        sources=sources,
+        include_dirs=cfg.include_dirs(),
+        extra_compile_args=extra,
+        extra_link_args=cfg.ld_flags(),
+    )
+    # Verbose ninja output keeps nvcc's -Xptxas=-v register/spill report in the build log.
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True, no_python_abi_suffix=False)
+    return [ext], {"build_ext": build_ext}
+
+
+ext_modules, cmdclass = _extensions()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,0 +1,214 @@
+"""The build of drn_kernels._C: setup.py without torch, CUDA toolkit discovery, the build on first use.
+
+The pip-install tests take minutes and are marked slow (they build into temporary folders, never into the tree).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Makes `import torch` fail, as in pip's isolated build environment.
+_NO_TORCH = "import sys; sys.modules['torch'] = None; "
+
+
+def _build_config():
+    spec = importlib.util.spec_from_file_location("_cfg_under_test", os.path.join(ROOT, "drn_kernels",
+                                                                                  "_build_config.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(code: str, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_setup_py_without_torch():
+    """An isolated build has no torch: setup.py installs the Python package alone, no ext_modules, no crash."""
+    code = _NO_TORCH + textwrap.dedent("""
+        import runpy
+        sys.argv = ["setup.py", "--name"]
+        runpy.run_path("setup.py", run_name="__main__")
+    """)
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "drn-kernels"
+    assert "torch is not importable at build time" in out.stderr
+    forced = _run(code, env={**os.environ, "DRN_FORCE_CUDA": "1"})
+    assert forced.returncode != 0 and "DRN_FORCE_CUDA=1" in forced.stderr
+
+
+def test_build_config_is_torch_free():
+    code = _NO_TORCH + textwrap.dedent("""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("cfg", "drn_kernels/_build_config.py")
+        cfg = importlib.util.module_from_spec(spec); spec.loader.exec_module(cfg)
+        print(len(cfg.cpu_sources()), cfg.cuda_decision(None)[0])
+    """)
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    n_cpu, with_cuda = out.stdout.split()
+    assert int(n_cpu) >= 3 and with_cuda == "False"
+
+
+def test_sources_and_flags():
+    cfg = _build_config()
+    cpu = cfg.cpu_sources(relative=True)
+    assert "csrc/drn_kernels.cpp" in cpu and "csrc/cpu/conv_bn_act_kernel.cpp" in cpu
+    assert "csrc/cpu/class_head_kernel.cpp" in cpu
+    assert all(s.endswith(".cu") for s in cfg.cuda_sources())
+    assert "-std=c++20" in cfg.cxx_flags(False) and "-fopenmp" in cfg.cxx_flags(False)
+    assert "-DDRN_WITH_CUDA=1" in cfg.cxx_flags(True)
+    nvcc = cfg.nvcc_flags(["8.0", "9.0a", "8.6+PTX"])
+    assert "-std=c++20" in nvcc and "-Xptxas=-v" in nvcc
+    assert "-gencode=arch=compute_80,code=sm_80" in nvcc
+    assert "-gencode=arch=compute_90a,code=sm_90a" in nvcc
+    assert "-gencode=arch=compute_86,code=compute_86" in nvcc
+    with pytest.raises(ValueError, match="TORCH_CUDA_ARCH_LIST"):
+        cfg.cuda_arch_flags(["sm80"])
+
+
+def test_arch_list_default_and_env(monkeypatch):
+    cfg = _build_config()
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    assert cfg.cuda_arch_list() == ["8.0", "8.6", "9.0a"]
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0a 8.0")
+    assert cfg.cuda_arch_list() == ["9.0a", "8.0"]
+
+
+def _fake_toolkit(tmp_path, name="cuda-12.9"):
+    home = tmp_path / name
+    (home / "include").mkdir(parents=True)
+    (home / "include" / "cuda_runtime.h").write_text("")
+    (home / "bin").mkdir()
+    (home / "bin" / "nvcc").write_text("#!/bin/sh\necho nvcc\n")
+    (home / "bin" / "nvcc").chmod(0o755)
+    return home
+
+
+def test_cuda_home_through_wrapper_script(tmp_path, monkeypatch):
+    """nvcc on PATH may be a shell script exec'ing the real one in another prefix (as /usr/local/bin/nvcc here)."""
+    cfg = _build_config()
+    home = _fake_toolkit(tmp_path)
+    wrappers = tmp_path / "wrappers"
+    wrappers.mkdir()
+    (wrappers / "nvcc").write_text(f'#!/bin/sh\nexec {home}/bin/nvcc "$@"\n')
+    (wrappers / "nvcc").chmod(0o755)
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", f"{wrappers}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    found, how = cfg.find_cuda_home()
+    assert found == str(home) and "nvcc on PATH" in how
+    # A $CUDA_HOME without headers is skipped; a valid one wins.
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "nowhere"))
+    assert cfg.find_cuda_home()[0] == str(home)
+    other = _fake_toolkit(tmp_path, "cuda-other")
+    monkeypatch.setenv("CUDA_HOME", str(other))
+    assert cfg.find_cuda_home() == (str(other), "$CUDA_HOME")
+
+
+def test_cuda_decision_switches(monkeypatch):
+    cfg = _build_config()
+    monkeypatch.setenv("DRN_FORCE_CPU", "1")
+    ok, _, reason = cfg.cuda_decision("13.0")
+    assert not ok and "DRN_FORCE_CPU" in reason
+    monkeypatch.delenv("DRN_FORCE_CPU")
+    ok, _, reason = cfg.cuda_decision(None)
+    assert not ok and "CPU-only" in reason
+    monkeypatch.setenv("DRN_FORCE_CUDA", "1")
+    with pytest.raises(RuntimeError, match="DRN_FORCE_CUDA"):
+        cfg.cuda_decision(None)
+
+
+def test_build_module_and_jit_loaded_extension():
+    """`python -m drn_kernels.build` builds (or finds cached) the extension; a fresh process loads it on first use."""
+    out = subprocess.run([sys.executable, "-m", "drn_kernels.build", "--quiet"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "drn_kernels.build:" in out.stdout and ".so" in out.stdout
+    code = textwrap.dedent("""
+        import os, torch
+        from drn_kernels import _extension
+        m = _extension.load()
+        assert m is not None, _extension.why_unavailable("cpu")
+        assert _extension.why_unavailable("cpu") is None
+        assert os.path.isfile(_extension.library_path())
+        assert m.has_openmp()
+        x = torch.randn(1, 3, 8, 8)
+        y = torch.ops.drn.conv_bn_act_native(x, torch.randn(4, 3, 3, 3), torch.randn(4), [1, 1], [1, 1], [1, 1],
+                                             None, True)
+        assert y.shape == (1, 4, 8, 8)
+        print("cuda:", m.has_cuda(), _extension.why_unavailable("cuda"))
+    """)
+    loaded = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1"})
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert "cuda:" in loaded.stdout
+
+
+def test_no_jit_build_reports_reason(tmp_path):
+    code = "from drn_kernels import _extension; assert _extension.load() is None; print(_extension.why_unavailable('cpu'))"
+    out = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "DRN_NO_JIT_BUILD=1" in out.stdout and "python -m drn_kernels.build" in out.stdout
+
+
+def test_why_unavailable_kinds():
+    from drn_kernels import _extension
+
+    sim = _extension.why_unavailable("cuda-sim")
+    assert sim is None or isinstance(sim, str)
+    with pytest.raises(ValueError):
+        _extension.why_unavailable("gpu")
+
+
+@pytest.mark.slow
+def test_setup_py_builds_extension_with_torch(tmp_path):
+    """What `pip install --no-build-isolation -e .` runs: setup.py sees torch and builds drn_kernels._C (CPU-only
+    here to keep it to about a minute; built into tmp_path, then loaded in a fresh process)."""
+    env = {**os.environ, "DRN_FORCE_CPU": "1", "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
+    out = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                          "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    libs = list((tmp_path / "lib" / "drn_kernels").glob("_C*.so"))
+    assert len(libs) == 1
+    code = textwrap.dedent(f"""
+        import importlib.util, torch
+        import drn_kernels._library
+        spec = importlib.util.spec_from_file_location("drn_kernels._C", {str(libs[0])!r})
+        m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+        assert m.has_openmp() and not m.has_cuda()
+        labels, probs = torch.ops.drn.class_head_native(torch.randn(1, 4, 3, 5), torch.randn(6, 4), torch.randn(6),
+                                                         8, torch.int64)
+        assert labels.shape == (1, 24, 40)
+    """)
+    loaded = _run(code)
+    assert loaded.returncode == 0, loaded.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DRN_TEST_PIP") != "1", reason="set DRN_TEST_PIP=1 (needs the package index)")
+def test_pip_wheel_isolated_has_no_extension(tmp_path):
+    """pip's default build isolation has no torch: the wheel carries the Python package and no compiled _C."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy: the wheel build writes build/ and *.egg-info next to setup.py
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "*.so",
+                                                             "__pycache__", ".pytest_cache", ".benchmarks"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(src)],
+                         capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    import zipfile
+
+    (wheel,) = tmp_path.glob("drn_kernels-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "drn_kernels/_build_config.py" in names
+    assert not [n for n in names if n.endswith(".so")]

@@ -1,0 +1,294 @@
+"""backend="cpu": the C++ CPU kernels of drn_kernels._C (csrc/cpu) against the float64 reference.
+
+Low precision is judged against PyTorch's own error in that dtype: |ours - ref64| <= 2 * |torch_dtype - ref64| + eps.
+The extension is built (or loaded from its cache) once per session; `python -m drn_kernels.build` does it ahead
+of time.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import drn_kernels
+from drn_kernels import _extension, reference
+
+CL = torch.channels_last
+
+
+@pytest.fixture(scope="session", autouse=True)
+def extension():
+    module = _extension.load()
+    if module is None:
+        reason = _extension.why_unavailable("cpu")
+        if os.environ.get("DRN_NO_JIT_BUILD") == "1":
+            pytest.skip(reason)
+        pytest.fail(f"the CPU extension did not build: {reason}")
+    return module
+
+
+def _rand(*shape, dtype=torch.float32, scale=1.0, fmt=torch.contiguous_format, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).contiguous(memory_format=fmt)
+
+
+def _max_err(a, b):
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+# ---- conv_bn_act --------------------------------------------------------------------------------------------
+
+# (C, K, R, stride, dilation, H, W): every conv shape of the DRN family at a small spatial size.
+DRN_CONVS = [
+    pytest.param(3, 16, 7, 1, 1, 13, 11, id="stem7x7-s1"),
+    pytest.param(3, 16, 7, 2, 1, 13, 11, id="stem7x7-s2"),
+    pytest.param(17, 19, 3, 1, 1, 9, 13, id="3x3-s1"),
+    pytest.param(17, 19, 3, 2, 1, 9, 13, id="3x3-s2"),
+    pytest.param(16, 24, 3, 1, 2, 9, 13, id="3x3-d2"),
+    pytest.param(5, 7, 3, 1, 4, 11, 10, id="3x3-d4"),
+    pytest.param(32, 40, 1, 1, 1, 5, 7, id="1x1-s1"),
+    pytest.param(32, 40, 1, 2, 1, 5, 7, id="1x1-s2"),
+]
+DTYPES = [pytest.param(torch.float32, 1e-4, 1e-4, id="fp32"),
+          pytest.param(torch.bfloat16, None, None, id="bf16"),
+          pytest.param(torch.float16, None, None, id="fp16")]
+PATHS = ["onednn", "aten"]
+
+
+@pytest.fixture(params=PATHS)
+def conv_path(request, monkeypatch):
+    """The oneDNN fused path, and the ATen convolution + fused epilogue fallback (DRN_CPU_CONV=aten)."""
+    if request.param == "aten":
+        monkeypatch.setenv("DRN_CPU_CONV", "aten")
+    else:
+        monkeypatch.delenv("DRN_CPU_CONV", raising=False)
+    return request.param
+
+
+def _torch_same_dtype_conv(x, w, b, stride, pad, dil, res, relu):
+    """PyTorch's own eager result in x's dtype (conv, + bias, + residual, relu, each rounded)."""
+    y = F.conv2d(x, w, b, stride, pad, dil)
+    if res is not None:
+        y = y + res
+    return torch.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("c, k, r, stride, dil, h, w", DRN_CONVS)
+def test_conv_bn_act_parity(conv_path, dtype, atol, rtol, c, k, r, stride, dil, h, w):
+    pad = dil * (r - 1) // 2
+    for batch in (1, 3):
+        for fmt in (torch.contiguous_format, CL):
+            x = _rand(batch, c, h, w, dtype=dtype, fmt=fmt, seed=1)
+            wt = _rand(k, c, r, r, dtype=dtype, scale=(c * r * r) ** -0.5, seed=2)
+            b = _rand(k, dtype=dtype, seed=3)
+            p = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
+            q = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1
+            for res in (None, _rand(batch, k, p, q, dtype=dtype, fmt=fmt, seed=4)):
+                for relu in (True, False):
+                    y = drn_kernels.conv_bn_act(x, wt, b, stride=stride, padding=pad, dilation=dil, residual=res,
+                                                relu=relu, backend="cpu")
+                    ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [stride] * 2, [pad] * 2,
+                                                [dil] * 2, None if res is None else res.double(), relu)
+                    assert y.shape == (batch, k, p, q) and y.dtype == dtype
+                    assert y.is_contiguous(memory_format=CL)
+                    assert not y.isnan().any()
+                    if dtype == torch.float32:
+                        torch.testing.assert_close(y.double(), ref, atol=atol, rtol=rtol)
+                    else:
+                        own = _torch_same_dtype_conv(x, wt, b, stride, pad, dil, res, relu)
+                        bound = 2 * _max_err(own, ref) + 1e-3 * ref.abs().max().item()
+                        assert _max_err(y, ref) <= bound, (conv_path, batch, fmt, res is None, relu)
+
+
+def test_conv_bn_act_odd_strides_and_repeatable(conv_path):
+    """A non-contiguous view of x and a strided residual; two runs bit-identical."""
+    base = _rand(2, 9, 13, 22, seed=5)
+    x = base[:, :, :, ::2]                                     # (2, 9, 13, 11), neither NCHW nor NHWC contiguous
+    wt = _rand(6, 9, 3, 3, scale=0.2, seed=6)
+    b = _rand(6, seed=7)
+    res = _rand(6, 2, 13, 11, seed=8).transpose(0, 1)          # (2, 6, 13, 11) with odd strides
+    y1 = drn_kernels.conv_bn_act(x, wt, b, padding=1, residual=res, backend="cpu")
+    y2 = drn_kernels.conv_bn_act(x, wt, b, padding=1, residual=res, backend="cpu")
+    ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [1, 1], [1, 1], [1, 1], res.double(), True)
+    torch.testing.assert_close(y1.double(), ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(y1, y2)
+
+
+def test_conv_bn_act_weight_update_repacks():
+    """The packed-weight cache follows in-place updates of the weight (version counter)."""
+    x = _rand(1, 8, 9, 9, seed=9)
+    wt = _rand(4, 8, 3, 3, scale=0.2, seed=10)
+    b = _rand(4, seed=11)
+    y1 = drn_kernels.conv_bn_act(x, wt, b, padding=1, relu=False, backend="cpu")
+    with torch.no_grad():
+        wt.mul_(-2)
+    y2 = drn_kernels.conv_bn_act(x, wt, b, padding=1, relu=False, backend="cpu")
+    ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [1, 1], [1, 1], [1, 1], None, False)
+    torch.testing.assert_close(y2.double(), ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(y1, y2)
+
+
+def test_conv_bn_act_empty_batch():
+    x = torch.randn(0, 3, 9, 9)
+    y = drn_kernels.conv_bn_act(x, torch.randn(5, 3, 3, 3), torch.randn(5), stride=2, padding=1, backend="cpu")
+    assert y.shape == (0, 5, 5, 5)
+
+
+def test_conv_bn_act_requires_grad_inputs_give_plain_output():
+    """nn.Parameter weights (requires_grad) must not make the kernel record autograd history."""
+    x = _rand(1, 4, 6, 6, seed=12)
+    wt = torch.nn.Parameter(_rand(3, 4, 1, 1, seed=13))
+    b = torch.nn.Parameter(_rand(3, seed=14))
+    with torch.no_grad():
+        y = drn_kernels.conv_bn_act(x, wt, b, backend="cpu")
+    assert y.grad_fn is None
+
+
+# ---- class_head -----------------------------------------------------------------------------------------------
+
+def _logits64(x, wt, b, upsample):
+    logits = F.conv2d(x.double(), wt.double().view(wt.shape[0], -1, 1, 1), b.double())
+    return reference.upsample8(logits) if upsample == 8 else logits
+
+
+def _check_labels(labels, ref_labels, logits64, gap=1e-4):
+    """Labels equal the reference's except where the reference's top two logits are within `gap` (near-ties)."""
+    diff = labels.long() != ref_labels
+    if diff.any():
+        top2 = logits64.topk(min(2, logits64.shape[1]), dim=1).values
+        margin = (top2[:, 0] - top2[:, -1]).abs()
+        assert (margin[diff] <= gap * (1 + top2[:, 0].abs()[diff])).all(), f"{int(diff.sum())} labels differ"
+
+
+HEAD_SHAPES = [  # (N, C, h, w, K)
+    (1, 3, 5, 7, 1),
+    (3, 5, 9, 13, 2),
+    (1, 17, 5, 7, 19),
+    (3, 17, 9, 13, 19),
+    (1, 8, 3, 4, 1000),
+]
+LABEL_DTYPES = [torch.int64, torch.int32, torch.int16, torch.uint8]
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("upsample", [1, 8])
+@pytest.mark.parametrize("n, c, h, w, k", HEAD_SHAPES)
+def test_class_head_parity(dtype, atol, rtol, upsample, n, c, h, w, k):
+    for i, fmt in enumerate((torch.contiguous_format, CL)):
+        x = _rand(n, c, h, w, dtype=dtype, fmt=fmt, seed=20 + i)
+        wt = _rand(k, c, 1, 1, dtype=dtype, scale=c ** -0.5, seed=22)
+        b = _rand(k, dtype=dtype, scale=0.1, seed=23)
+        label_dtype = LABEL_DTYPES[(i + k) % len(LABEL_DTYPES)] if k <= 255 else torch.int64
+        weight = wt if i == 0 else wt.view(k, c)                      # (K, C, 1, 1) and (K, C)
+        labels, probs = drn_kernels.class_head(x, weight, b, upsample=upsample, label_dtype=label_dtype,
+                                               backend="cpu")
+        ref_labels, ref_probs = reference.class_head(x.double(), wt.double(), b.double(), upsample, torch.int64)
+        assert labels.shape == (n, h * upsample, w * upsample) and labels.dtype == label_dtype
+        assert probs.dtype == torch.float32 and not probs.isnan().any()
+        _check_labels(labels, ref_labels, _logits64(x, wt, b, upsample))
+        same = labels.long() == ref_labels
+        if dtype == torch.float32:
+            torch.testing.assert_close(probs.double()[same], ref_probs[same], atol=1e-5, rtol=1e-5)
+        elif k >= 1000 and upsample == 8:
+            # PyTorch's own low-precision transposed conv with 1000 groups is very slow on CPU; ours accumulates in
+            # float32, so hold it to the float32 tolerance instead (stricter than 2x PyTorch's error).
+            torch.testing.assert_close(probs.double()[same], ref_probs[same], atol=1e-5, rtol=1e-5)
+        else:
+            # PyTorch's own pipeline in this dtype: conv1x1, the x8 transposed conv, softmax.
+            own = F.conv2d(x, wt, b)
+            if upsample == 8:
+                own = reference.upsample8(own)
+            own_probs = torch.softmax(own, dim=1).gather(1, ref_labels.unsqueeze(1)).squeeze(1)
+            bound = 2 * _max_err(own_probs, ref_probs) + 1e-4
+            assert _max_err(probs[same], ref_probs[same]) <= bound
+
+
+def test_class_head_ties_nan_inf():
+    """torch.argmax rules: first index on ties, first NaN wins; probs NaN where the softmax is NaN."""
+    k = 5
+    x = _rand(2, k, 4, 6, seed=30)
+    x[0, 3] = x[0, 1]                       # exact tie between classes 1 and 3 everywhere in image 0
+    x[0, 1] += 10.0
+    x[0, 3] += 10.0
+    x[1, 2, 1, 2] = float("nan")
+    x[1, 4, 1, 2] = float("nan")            # two NaNs in one cell: the first (class 2) wins
+    x[1, 0, 3, 4] = float("inf")
+    eye = torch.eye(k).view(k, k, 1, 1)     # logits == x exactly
+    zero = torch.zeros(k)
+    for upsample in (1, 8):
+        labels, probs = drn_kernels.class_head(x, eye, zero, upsample=upsample, backend="cpu")
+        ref_labels, ref_probs = reference.class_head(x.double(), eye.double(), zero.double(), upsample, torch.int64)
+        assert torch.equal(labels, ref_labels)
+        assert torch.equal(probs.isnan(), ref_probs.isnan())
+        finite = ~ref_probs.isnan()
+        torch.testing.assert_close(probs.double()[finite], ref_probs[finite], atol=1e-5, rtol=1e-5)
+        assert (labels[0] == 1).all()
+
+
+def test_class_head_repeatable_and_empty_batch():
+    x = _rand(2, 7, 6, 5, seed=31)
+    wt, b = _rand(19, 7, seed=32), _rand(19, seed=33)
+    a = drn_kernels.class_head(x, wt, b, upsample=8, backend="cpu")
+    c = drn_kernels.class_head(x, wt, b, upsample=8, backend="cpu")
+    assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    labels, probs = drn_kernels.class_head(x[:0], wt, b, upsample=8, backend="cpu")
+    assert labels.shape == (0, 48, 40) and probs.shape == (0, 48, 40)
+
+
+# ---- localize -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("n, c, h, w, k, threshold", [
+    (1, 3, 5, 7, 1, 0.5),
+    (3, 17, 9, 13, 19, 0.1),
+    (2, 8, 4, 3, 1000, 0.0),
+    (2, 5, 6, 6, 7, 1.0),                   # nothing scores above 1: boxes all -1
+])
+def test_localize_parity(dtype, atol, rtol, n, c, h, w, k, threshold):
+    x = _rand(n, c, h, w, dtype=dtype, fmt=CL, seed=40)
+    wt = _rand(k, c, 1, 1, dtype=dtype, scale=c ** -0.5, seed=41)
+    b = _rand(k, dtype=dtype, scale=0.1, seed=42)
+    logits, labels, scores, boxes = drn_kernels.localize(x, wt, b, threshold=threshold, stride=8, backend="cpu")
+    r_logits, r_labels, r_scores, r_boxes = reference.localize(x.double(), wt.double(), b.double(), threshold, 8)
+    assert logits.dtype == dtype and labels.dtype == torch.int64
+    assert scores.dtype == torch.float32 and boxes.dtype == torch.float32
+    if dtype == torch.float32:
+        torch.testing.assert_close(logits.double(), r_logits, atol=1e-5, rtol=1e-5)
+    else:
+        assert _max_err(logits, r_logits) <= 2 * _max_err(r_logits.to(dtype), r_logits) + 1e-4
+    _check_labels(labels, r_labels, _logits64(x, wt, b, 1))
+    torch.testing.assert_close(scores.double(), r_scores, atol=1e-5, rtol=1e-5)
+    assert torch.equal(boxes, r_boxes)
+    if threshold >= 1.0:
+        assert (boxes == -1).all()
+
+
+# ---- torch.library integration ----------------------------------------------------------------------------------
+
+def test_opcheck_native_ops():
+    x = _rand(2, 5, 7, 9, fmt=CL, seed=50)
+    wt, b = _rand(6, 5, 3, 3, scale=0.3, seed=51), _rand(6, seed=52)
+    res = _rand(2, 6, 4, 5, seed=53)
+    torch.library.opcheck(torch.ops.drn.conv_bn_act_native.default, (x, wt, b, [2, 2], [1, 1], [1, 1], res, True))
+    torch.library.opcheck(torch.ops.drn.conv_bn_act_native.default, (x, wt, b, [1, 1], [2, 2], [2, 2], None, False))
+    torch.library.opcheck(torch.ops.drn.conv_bn_act.default, (x, wt, b, [1, 1], [1, 1], [1, 1], None, True, "cpu"))
+    hw, hb = _rand(19, 5, 1, 1, seed=54), _rand(19, seed=55)
+    torch.library.opcheck(torch.ops.drn.class_head_native.default, (x, hw, hb, 8, torch.int64))
+    torch.library.opcheck(torch.ops.drn.class_head_native.default, (x, hw.view(19, 5), hb, 1, torch.int32))
+    torch.library.opcheck(torch.ops.drn.class_head.default, (x, hw, hb, 8, torch.int64, "cpu"))
+    torch.library.opcheck(torch.ops.drn.localize_native.default, (x, hw, hb, 0.2, 8))
+
+
+def test_torch_compile_fullgraph():
+    x = _rand(1, 8, 9, 9, fmt=CL, seed=60)
+    wt, b = _rand(8, 8, 3, 3, scale=0.2, seed=61), _rand(8, seed=62)
+
+    def block(x):
+        y = drn_kernels.conv_bn_act(x, wt, b, padding=1, backend="cpu")
+        return drn_kernels.conv_bn_act(y, wt, b, padding=2, dilation=2, residual=x, backend="cpu")
+
+    compiled = torch.compile(block, fullgraph=True)
+    torch.testing.assert_close(compiled(x), block(x))
