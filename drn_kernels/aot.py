@@ -201,6 +201,12 @@ def cuda_records() -> list[dict]:
     return list(_aot_cuda.cuda_records())
 
 
+# Kernels that hold a GEMM and so must use tensor cores at 16-bit. The others are epilogues without one:
+# Triton's upsample_argmax and box, CUDA's class_head_pixel_kernel (its low-res logits come from the CUDA
+# conv_bn_act_kernel's GEMM) and localize_image_kernel (per-image means and box).
+GEMM_KERNELS = {("triton", "conv_bn_act"), ("triton", "class_head"), ("cuda", "conv_bn_act_kernel")}
+
+
 def problems(recs: list[dict]) -> list[str]:
     """What the static proof requires of every record; empty when all hold."""
     bad = []
@@ -211,7 +217,7 @@ def problems(recs: list[dict]) -> list[str]:
         limit = SHARED_LIMITS.get(r["arch"])
         if limit is not None and r["shared_bytes"] > limit:
             bad.append(f"{where}: {r['shared_bytes']} shared bytes > {limit}")
-        gemm = r["kernel"] in ("conv_bn_act", "class_head") or r["source"] == "cuda"
+        gemm = (r["source"], r["kernel"]) in GEMM_KERNELS
         if gemm and r["dtype"] in ("fp16", "bf16") and r["tensor_core_instructions"] == 0:
             bad.append(f"{where}: no HMMA/HGMMA in the SASS")
     return bad
