@@ -45,10 +45,12 @@ def build(name: str, *, task: str = "classify", num_classes: int | None = None, 
         load_checkpoint(model, pretrained)
 
     model.eval()
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
     if fused:
+        # Fold BatchNorm in float64 from the float32 statistics first, then cast: folding after a cast to
+        # fp16/bf16 would fold from rounded statistics.
         from .fused import fuse
 
         model = fuse(model, backend=backend)
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
     return model

@@ -1,0 +1,56 @@
+"""Benchmark session set-up: markers, the default (small) collection, thread count, and the results JSON.
+
+`pytest benchmarks --benchmark-disable` (what `make test` runs) runs every collected benchmark once as a plain
+test: only the `quick` subset is collected then, unless DRN_BENCH_FULL=1 or --benchmark-only is given.
+DRN_BENCH_THREADS sets torch's intra-op threads (the CPU goals are stated at 2).
+Timed sessions write benchmarks/results/<device>.json (the pytest-benchmark layout's common subset: group, name,
+stats, extra_info) unless --benchmark-json names a file; benchmarks/report.py reads either.
+"""
+import json
+import os
+import pathlib
+import platform
+
+import pytest
+import torch
+
+RESULTS_DIR = pathlib.Path(__file__).parent / "results"
+
+if os.environ.get("DRN_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["DRN_BENCH_THREADS"]))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "quick: the quick benchmark subset (runs on a 2-core CPU in minutes)")
+
+
+def _full(config) -> bool:
+    return os.environ.get("DRN_BENCH_FULL") == "1" or bool(config.getoption("benchmark_only", False))
+
+
+def pytest_collection_modifyitems(config, items):
+    if _full(config):
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if "quick" in item.keywords or not _is_benchmark(item) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def _is_benchmark(item) -> bool:
+    return "benchmark" in getattr(item, "fixturenames", ())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from benchmarks import common
+
+    if not common.RESULTS or session.config.getoption("benchmark_json", None):
+        return
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{common.device_name()}.json"
+    machine = {"device": common.device_name(), "torch": torch.__version__, "python": platform.python_version(),
+               "threads": torch.get_num_threads(), "node": platform.node()}
+    path.write_text(json.dumps({"machine_info": machine, "benchmarks": common.RESULTS}, indent=1))
+    print(f"\nbenchmark results written to {path}")

@@ -1,0 +1,129 @@
+"""Turn benchmark JSON (pytest-benchmark's --benchmark-json, or the file a timed session writes to
+benchmarks/results/<device>.json) into a table and a PNG of speedups over the baseline provider.
+
+    python -m benchmarks.report [RESULTS.json ...] [--out DIR] [--markdown]
+
+Without arguments: every JSON in benchmarks/results/. Writes <stem>.md and <stem>.png next to each input (or in
+--out) and prints the table. Speedup = baseline median / provider median within a group (cudnn on GPU,
+eager-cl on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections import defaultdict
+
+RESULTS_DIR = pathlib.Path(__file__).parent / "results"
+
+
+def load(path: pathlib.Path) -> list[dict]:
+    """Records {group, provider, median, extra_info} from either JSON layout."""
+    data = json.loads(path.read_text())
+    out = []
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        return out  # not a benchmark results file (e.g. the aot tool's records)
+    for b in data["benchmarks"]:
+        if not isinstance(b, dict):
+            continue
+        info = b.get("extra_info", {})
+        provider = b.get("provider") or info.get("provider") or b.get("param") or b.get("name")
+        median = b.get("stats", {}).get("median")
+        if median is None:
+            continue
+        out.append({"group": b.get("group") or "", "provider": provider, "median": median, "info": info})
+    return out
+
+
+def speedups(records: list[dict]) -> dict:
+    """(group, provider) -> speedup over the group's baseline provider."""
+    by_group = defaultdict(dict)
+    for r in records:
+        by_group[r["group"]][r["provider"]] = r
+    out = {}
+    for group, providers in by_group.items():
+        baseline = next((r["info"].get("baseline") for r in providers.values() if r["info"].get("baseline")), None)
+        if baseline in providers:
+            for p, r in providers.items():
+                out[(group, p)] = providers[baseline]["median"] / r["median"]
+    return out
+
+
+def table(records: list[dict], markdown: bool = False) -> str:
+    sp = speedups(records)
+    cols = ["group", "provider", "median ms", "TFLOP/s", "GB/s", "% roofline", "speedup", "peak MB"]
+    rows = []
+    for r in sorted(records, key=lambda r: (not r["group"].startswith("model"), r["group"], r["provider"])):
+        info = r["info"]
+        flops, nbytes, t = info.get("flops", 0), info.get("bytes", 0), r["median"]
+        roof = info.get("roofline")
+        s = sp.get((r["group"], r["provider"]))
+        rows.append([r["group"], r["provider"], f"{t * 1e3:.2f}", f"{flops / t / 1e12:.3f}" if flops else "",
+                     f"{nbytes / t / 1e9:.1f}" if nbytes else "", f"{100 * roof:.1f}" if roof is not None else "",
+                     f"{s:.2f}x" if s is not None else "",
+                     f"{info['peak_mb']:.0f}" if info.get("peak_mb") is not None else ""])
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*cols), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
+
+def plot(records: list[dict], path: pathlib.Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sp = speedups(records)
+    groups = sorted({g for g, _ in sp}, key=lambda g: (not g.startswith("model"), g))
+    providers = sorted({p for _, p in sp})
+    if not groups:
+        return False
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(groups) * max(1, len(providers)) / 2), 5))
+    width = 0.8 / max(1, len(providers))
+    for i, p in enumerate(providers):
+        xs = [j + i * width for j, g in enumerate(groups) if (g, p) in sp]
+        ys = [sp[(g, p)] for g in groups if (g, p) in sp]
+        ax.bar(xs, ys, width, label=p)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels([g.split(":", 1)[1] for g in groups], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("speedup over baseline (median)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", type=pathlib.Path)
+    p.add_argument("--out", type=pathlib.Path, default=None, help="directory for the .md and .png")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = p.parse_args(argv)
+    files = args.files or sorted(RESULTS_DIR.glob("*.json"))
+    if not files:
+        print(f"no results in {RESULTS_DIR}", file=sys.stderr)
+        return 1
+    for f in files:
+        records = load(f)
+        if not records:
+            continue
+        out_dir = args.out or f.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"== {f.name}: {len(records)} benchmarks")
+        print(table(records, args.markdown))
+        (out_dir / f"{f.stem}.md").write_text(table(records, markdown=True) + "\n")
+        if plot(records, out_dir / f"{f.stem}.png", f.stem):
+            print(f"wrote {out_dir / (f.stem + '.md')} and {out_dir / (f.stem + '.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""End to end: classify (forward) and segment (predict: labels at the input size) per model and provider.
+
+The CPU goals of issue 5 are groups here: drn_c_26 / drn_d_22 classify at 1x3x224x224 (fused `cpu` vs eager-cl
+and onnxruntime) and drn_d_22 segment predict at 1x3x1024x2048 (fused `cpu` vs eager forward + argmax, with the
+peak memory of each provider in extra_info["peak_mb"]).
+"""
+import pytest
+
+from benchmarks import common
+
+CASES = [  # (model, task, input shape, quick)
+    ("drn_c_26", "classify", (1, 3, 224, 224), True),
+    ("drn_d_22", "classify", (1, 3, 224, 224), True),
+    ("drn_d_22", "segment", (1, 3, 256, 512), True),
+    ("drn_d_22", "segment", (1, 3, 1024, 2048), False),
+    ("drn_c_42", "classify", (1, 3, 224, 224), False),
+    ("drn_d_38", "classify", (1, 3, 224, 224), False),
+    ("drn_c_26", "classify", (8, 3, 224, 224), False),
+    ("drn_d_22", "classify", (8, 3, 224, 224), False),
+    ("drn_d_38", "segment", (1, 3, 1024, 2048), False),
+]
+
+
+def _params():
+    for name, task, shape, quick in CASES:
+        for provider in common.PROVIDERS:
+            if provider == "onnxruntime" and task != "classify":
+                continue
+            sid = "x".join(map(str, shape))
+            yield pytest.param(name, task, shape, provider, id=f"{name}-{task}-{sid}-{provider}",
+                               marks=[pytest.mark.quick] if quick else [])
+
+
+@pytest.mark.parametrize(("name", "task", "shape", "provider"), list(_params()))
+def test_model(benchmark, name, task, shape, provider):
+    reason = common.why_unavailable(provider)
+    if reason:
+        pytest.skip(reason)
+    flops, nbytes = common.model_counts(name, task, shape)
+    fn = common.model_runner(provider, name, task, shape)
+    extra = {"model": name, "task": task, "shape": list(shape)}
+    if task == "segment" and not getattr(benchmark, "disabled", False):
+        extra["peak_mb"] = common.peak_memory_bytes(fn) / 2**20
+    common.run(benchmark, group=f"model:{name}:{task}:{'x'.join(map(str, shape))}", provider=provider, fn=fn,
+               flops=flops, nbytes=nbytes, extra=extra)

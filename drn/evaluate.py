@@ -1,0 +1,247 @@
+"""`drn evaluate segment|classify|localize` (also `python -m drn.evaluate ...`): accuracy on a dataset on disk.
+
+    segment   --data DIR  reference layout: DIR/val_images.txt, DIR/val_labels.txt, DIR/info.json; 255 = ignore.
+                          Per-class IoU and mIoU (mean over the classes that occur in the labels or predictions).
+    classify  --data DIR  ImageFolder tree DIR/<class>/<image>, classes sorted; top-1 / top-5 of the paper's
+                          1-crop (centre 224 of the 256-resized image) or 10-crop (--ten-crop) protocol.
+    localize  --data DIR  images plus ground-truth boxes (DIR/boxes.csv or VOC/ImageNet XML, see drn.data);
+                          the paper's localization error: an image counts as right when the predicted class is one
+                          of its objects' and the box has IoU > 0.5 with one of that class's boxes (top-1, and
+                          top-5 over the five most probable classes' boxes).
+
+Under torchrun the images are split over the processes (every WORLD_SIZE-th image from RANK on; gloo on CPU,
+nccl on GPU) and the integer confusion matrix / counts are summed with all_reduce, so the numbers are exactly
+those of one process. Only rank 0 prints. --json prints one JSON line last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import data, predict
+from .palette import CITYSCAPES_CLASSES
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+class Processes:
+    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = torch.device(device)
+        self.group = False
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.group = True
+
+    def sum(self, counts: np.ndarray) -> np.ndarray:
+        """Element-wise sum of an integer array over the processes (exact: int64)."""
+        if not self.group:
+            return counts
+        import torch.distributed as dist
+
+        t = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.int64)).to(self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().numpy()
+
+    def close(self):
+        if self.group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def progress(items, rank: int, desc: str):
+    return tqdm(items, desc=desc, unit="img", file=sys.stderr, disable=rank != 0, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+def confusion(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts: row = ground truth, column = prediction; ignore-labelled pixels skipped."""
+    keep = (label >= 0) & (label < num_classes)
+    idx = num_classes * label[keep].astype(np.int64) + pred[keep].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(hist: np.ndarray) -> np.ndarray:
+    """Per-class IoU = TP / (TP + FP + FN); NaN for a class absent from labels and predictions."""
+    tp = np.diag(hist).astype(np.float64)
+    union = hist.sum(0) + hist.sum(1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def _num(v: float):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6)
+
+
+# -------------------------------------------------------------------------------------------- evaluators
+
+def evaluate_segment(model, dataset: data.SegmentationSet, num_classes: int, procs: Processes, ms=False) -> dict:
+    pairs = data.shard(list(zip(dataset.images, dataset.labels)), procs.rank, procs.world)
+    hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for image_path, label_path in progress(pairs, procs.rank, "segment"):
+        img = data.load_image(image_path)
+        label = data.read_label(label_path, num_classes, size=img.size)
+        pred = predict.segment(model, img, mean=dataset.mean, std=dataset.std, ms=ms).numpy()
+        hist += confusion(pred, label, num_classes)
+    hist = procs.sum(hist)
+    iou = iou_from_confusion(hist)
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return {"miou": _num(miou), "iou": [_num(v) for v in iou], "images": len(dataset.images),
+            "pixel_accuracy": _num(np.diag(hist).sum() / max(hist.sum(), 1))}
+
+
+def evaluate_classify(model, samples, procs: Processes, ten_crop=False, resize=256, crop=224) -> dict:
+    counts = np.zeros(3, dtype=np.int64)  # images, top-1 right, top-5 right
+    for path, label in progress(data.shard(samples, procs.rank, procs.world), procs.rank, "classify"):
+        probs = predict.classify(model, data.load_image(path), resize=resize, crop=crop, ten_crop=ten_crop)
+        top = torch.argsort(probs, descending=True, stable=True)[:5].tolist()
+        counts += (1, top[0] == label, label in top)
+    n, top1, top5 = procs.sum(counts).tolist()
+    return {"top1": _num(top1 / n), "top5": _num(top5 / n), "top1_error": _num(1 - top1 / n),
+            "top5_error": _num(1 - top5 / n), "images": n}
+
+
+def evaluate_localize(model, samples, procs: Processes, threshold=0.5, resize=0, ten_crop=False,
+                      crop_resize=256, crop=224) -> dict:
+    # images, top-1 class right, top-5 class right, top-1 localization right, top-5 localization right
+    counts = np.zeros(5, dtype=np.int64)
+    for sample in progress(data.shard(samples, procs.rank, procs.world), procs.rank, "localize"):
+        img = data.load_image(sample.image)
+        probs, boxes = predict.localize(model, img, threshold=threshold, resize=resize, top=5)
+        if ten_crop:  # the paper: classes from 10-crop testing, boxes from the whole image's maps
+            probs = predict.classify(model, img, resize=crop_resize, crop=crop, ten_crop=True)
+            order = torch.argsort(probs, descending=True, stable=True)[:5].tolist()
+            boxes = _boxes_for(model, img, order, threshold, resize)
+        truth = {c for c, _ in sample.boxes}
+        right = [c in truth and any(data.box_iou(b, g) > 0.5 for gc, g in sample.boxes if gc == c)
+                 for c, b in boxes]
+        counts += (1, boxes[0][0] in truth, any(c in truth for c, _ in boxes), right[0], any(right))
+    n, cls1, cls5, loc1, loc5 = procs.sum(counts).tolist()
+    return {"top1_loc_error": _num(1 - loc1 / n), "top5_loc_error": _num(1 - loc5 / n),
+            "top1_error": _num(1 - cls1 / n), "top5_error": _num(1 - cls5 / n), "images": n}
+
+
+@torch.no_grad()
+def _boxes_for(model, img, classes, threshold, resize):
+    """Boxes of the given classes from the whole image's cell maps."""
+    seen = data.resize_shorter(img, resize) if resize else img
+    out = model(data.to_tensor(seen)[None].to(predict.model_device(model)), threshold=threshold)
+    labels, scores = out.labels[0].cpu(), out.scores[0].cpu()
+    return [(c, predict.scale_box(predict.class_box(labels, scores, c, threshold), seen.size, img.size))
+                  for c in classes]
+
+
+# ---------------------------------------------------------------------------------------------- printing
+
+def print_segment(result: dict, num_classes: int, out=None):
+    names = CITYSCAPES_CLASSES if num_classes == 19 else [str(i) for i in range(num_classes)]
+    width = max(len(n) for n in names)
+    print(f"{'class':<{width}}  IoU", file=out)
+    for name, v in zip(names, result["iou"]):
+        print(f"{name:<{width}}  {'  n/a' if v is None else f'{100 * v:5.2f}'}", file=out)
+    miou = result["miou"]
+    print(f"mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'} over {result['images']} images "
+          f"(pixel accuracy {100 * result['pixel_accuracy']:.2f})", file=out)
+
+
+def print_counts(result: dict, out=None):
+    for k, v in result.items():
+        print(f"{k:<15} {v if k == 'images' else f'{100 * v:.2f}%'}", file=out)
+
+
+# ---------------------------------------------------------------------------------------- command line
+
+def add_arguments(parser: argparse.ArgumentParser):
+    sub = parser.add_subparsers(dest="task", required=True, metavar="{segment,classify,localize}")
+    for task, help_ in (("segment", "per-class IoU and mIoU on the reference's segmentation layout"),
+                        ("classify", "top-1/top-5 accuracy on an ImageFolder tree"),
+                        ("localize", "the paper's weakly-supervised localization error")):
+        p = sub.add_parser(task, help=help_, description=help_)
+        p.add_argument("--data", required=True, help="dataset folder")
+        p.add_argument("--model", required=True, help="registry name, e.g. drn_d_22")
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--weights", help="checkpoint path")
+        if task != "segment":
+            src.add_argument("--pretrained", action="store_true", help="official ImageNet weights")
+        p.add_argument("--num-classes", type=int, required=False,
+                       help="classes (default: the checkpoint's)" + ("; required without a checkpoint"
+                                                                    if task == "segment" else ""))
+        p.add_argument("--fused", action="store_true", help="run the fused model (drn.fuse)")
+        p.add_argument("--backend", default="auto", help="drn_kernels backend of the fused model")
+        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--json", action="store_true", help="print one JSON line with the result last")
+        if task == "segment":
+            p.add_argument("--ms", action="store_true", help="multi-scale (0.5 ... 1.75) as the reference")
+            p.add_argument("--phase", default="val", help="list prefix: <phase>_images.txt (default val)")
+        else:
+            p.add_argument("--ten-crop", action="store_true", help="10-crop class prediction (paper protocol)")
+            p.add_argument("--resize", type=int, default=256, help="shorter side before cropping (256)")
+            p.add_argument("--crop", type=int, default=224, help="crop side (224)")
+        if task == "localize":
+            p.add_argument("--boxes", help="CSV file or folder of XML files (default: DIR/boxes.csv or XMLs)")
+            p.add_argument("--classes", help="class names, one a line (default: see drn.data.read_boxes)")
+            p.add_argument("--threshold", type=float, default=0.5, help="cell score threshold (0.5)")
+            p.add_argument("--loc-resize", type=int, default=0,
+                           help="shorter side of the image the maps are computed on (0: its own size)")
+
+
+def run(args) -> int:
+    device = args.device or predict.default_device()
+    procs = Processes(device)
+    try:
+        model = predict.load_model(args.model, args.task, num_classes=args.num_classes, weights=args.weights,
+                                   pretrained=getattr(args, "pretrained", False), fused=args.fused,
+                                   backend=args.backend, device=procs.device)
+        k = predict.num_classes_of(model)
+        if args.task == "segment":
+            dataset = data.segmentation_set(args.data, args.phase)
+            result = evaluate_segment(model, dataset, k, procs, ms=args.ms)
+            show = lambda: print_segment(result, k)  # noqa: E731
+        elif args.task == "classify":
+            _, samples = data.image_folder(args.data)
+            result = evaluate_classify(model, samples, procs, args.ten_crop, args.resize, args.crop)
+            show = lambda: print_counts(result)  # noqa: E731
+        else:
+            _, samples = data.read_boxes(args.data, args.boxes, args.classes)
+            result = evaluate_localize(model, samples, procs, args.threshold, args.loc_resize, args.ten_crop,
+                                       args.resize, args.crop)
+            show = lambda: print_counts(result)  # noqa: E731
+        if procs.rank == 0:
+            show()
+            if args.json:
+                print(json.dumps(result), flush=True)
+        return 0
+    finally:
+        procs.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="drn evaluate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"drn evaluate: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

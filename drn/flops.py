@@ -1,0 +1,228 @@
+"""FLOP and byte counts per conv layer, without running anything (meta tensors), and device peaks for rooflines.
+
+FLOPs = 2 × multiply-adds of every convolution (transposed conv and the classifier included); BatchNorm, ReLU,
+residual adds and pooling are not counted, as in published model-zoo figures (OpenVINO lists drn_d_38
+segmentation at 1×3×1024×2048 as 1768.33 GFLOPs). Bytes = the minimum traffic of the fused op: read the input,
+the weight, the bias and the residual once, write the output once, in the model's dtype.
+
+    count_layers(model, input_shape) -> list[LayerCount]    # backbone convs (hooks on a meta copy) + head rows
+    device_peaks(device, dtype) -> Peaks                    # table for known GPUs, measured for the CPU
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
+
+__all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "GPU_PEAKS", "roofline_fraction"]
+
+
+@dataclass
+class LayerCount:
+    name: str
+    kind: str                 # "conv", "conv_transpose", "linear"
+    in_shape: tuple           # (N, C, H, W) or (N, C)
+    out_shape: tuple
+    kernel: tuple             # (R, S)
+    stride: tuple
+    dilation: tuple
+    flops: int
+    bytes: int
+    params: int               # weight + bias elements (BatchNorm folded: one bias per output channel)
+    residual: bool = False
+    relu: bool = False
+    padding: tuple = (0, 0)
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("in_shape", "out_shape", "kernel", "stride", "dilation", "padding"):
+            d[k] = list(d[k])
+        return d
+
+
+def conv_count(name, in_shape, out_shape, weight_shape, stride=(1, 1), dilation=(1, 1), *, groups=1,
+               transposed=False, residual=False, relu=False, bias=True, itemsize=4, padding=(0, 0)) -> LayerCount:
+    """Counts of one conv from shapes alone. weight_shape is (K, C/groups, R, S), or (C, K/groups, R, S) when
+    transposed (PyTorch's layouts)."""
+    n = in_shape[0]
+    r, s = weight_shape[2], weight_shape[3]
+    if transposed:  # every input element is scattered through the R×S kernel to K/groups outputs
+        k = weight_shape[1] * groups
+        macs = n * in_shape[1] * in_shape[2] * in_shape[3] * weight_shape[1] * r * s
+    else:           # every output element gathers C/groups × R × S inputs
+        k = weight_shape[0]
+        macs = n * out_shape[1] * out_shape[2] * out_shape[3] * weight_shape[1] * r * s
+    w_elems = weight_shape[0] * weight_shape[1] * r * s
+    b_elems = k if bias else 0
+    act = _numel(in_shape) + _numel(out_shape) * (2 if residual else 1)
+    return LayerCount(name, "conv_transpose" if transposed else "conv", tuple(in_shape), tuple(out_shape),
+                      (r, s), tuple(stride), tuple(dilation), 2 * macs, itemsize * (act + w_elems + b_elems),
+                      w_elems + b_elems, residual, relu, tuple(padding))
+
+
+def linear_count(name, n, c, k, itemsize=4, *, cells=1) -> LayerCount:
+    """A (K, C) classifier applied to N × cells vectors of C features."""
+    macs = n * cells * c * k
+    return LayerCount(name, "linear", (n, c), (n, k), (1, 1), (1, 1), (1, 1), 2 * macs,
+                      itemsize * (n * cells * c + n * cells * k + k * c + k), k * c + k)
+
+
+def _numel(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose tensors live on the meta device (no data copied, any size runs anywhere)."""
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    meta_model = copy.deepcopy(model, memo)
+    from .fused import FusedModel
+
+    if isinstance(meta_model, FusedModel):
+        meta_model.backend = "reference"  # fake kernels on meta tensors; counts do not depend on the backend
+    return meta_model
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def count_layers(model: nn.Module, input_shape, dtype: torch.dtype | None = None) -> list[LayerCount]:
+    """One LayerCount per conv of the backbone in execution order (names as in the model), then the head's rows.
+
+    Works for unfused (drn.build) and fused (drn.fuse) models of the three tasks; nothing is computed: the model
+    is copied onto the meta device and its convs report their shapes through forward hooks.
+    """
+    from .fused import FusedClassifier, FusedConv, FusedLocalizer, FusedSegmenter
+
+    dtype = dtype or _dtype_of(model)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    meta = _meta_copy(model)
+    names = {id(m): n for n, m in meta.named_modules()}
+    rows: list[LayerCount] = []
+
+    def hook(module, args, kwargs, out):
+        x = args[0]
+        if isinstance(module, FusedConv):
+            residual = kwargs.get("residual", args[1] if len(args) > 1 else None) is not None
+            rows.append(conv_count(module.name, tuple(x.shape), tuple(out.shape), tuple(module.weight.shape),
+                                   module.stride, module.dilation, residual=residual, relu=module.relu,
+                                   itemsize=itemsize, padding=module.padding))
+        else:
+            rows.append(conv_count(names[id(module)], tuple(x.shape), tuple(out.shape),
+                                   tuple(module.weight.shape), module.stride, module.dilation,
+                                   groups=module.groups, bias=module.bias is not None, itemsize=itemsize,
+                                   padding=module.padding))
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in meta.modules()
+               if isinstance(m, (FusedConv, nn.Conv2d))]
+    try:
+        with torch.no_grad():
+            feats = meta.features(torch.empty(tuple(input_shape), dtype=dtype, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+
+    n, c, h, w = feats.shape
+    if isinstance(meta, (DRNSeg, FusedSegmenter)):
+        k = meta.num_classes
+        low = (n, k, h, w)
+        rows.append(conv_count("seg", tuple(feats.shape), low, (k, c, 1, 1), itemsize=itemsize))
+        up = (n, k, h * OUTPUT_STRIDE, w * OUTPUT_STRIDE)  # before the crop to the input size
+        rows.append(conv_count("up", low, up, (k, 1, 16, 16), (8, 8), groups=k, transposed=True, bias=False,
+                               itemsize=itemsize))
+    elif isinstance(meta, (LocalizeMixin, FusedLocalizer)):  # the classifier on every output-stride-8 cell
+        k = meta.head_weight.shape[0] if isinstance(meta, FusedLocalizer) else meta.fc.weight.shape[0]
+        rows.append(linear_count("fc", n, c, k, itemsize, cells=h * w))
+    elif isinstance(meta, FusedClassifier):
+        rows.append(linear_count("fc", n, c, meta.head_weight.shape[0], itemsize))
+    elif hasattr(meta, "fc"):
+        rows.append(linear_count("fc", n, c, meta.fc.weight.shape[0], itemsize))
+    return rows
+
+
+# ---- device peaks ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Peaks:
+    device: str
+    flops: float          # FLOP/s for the dtype
+    bytes_per_s: float    # memory bandwidth
+    source: str           # "table" or "measured"
+
+
+# Dense (no sparsity) tensor-core peaks of the SXM parts; fp32 convs run as TF32 under cuDNN's default.
+GPU_PEAKS = {
+    "H100": {"fp16": 989e12, "bf16": 989e12, "fp32": 495e12, "bytes_per_s": 3.35e12},
+    "H200": {"fp16": 989e12, "bf16": 989e12, "fp32": 495e12, "bytes_per_s": 4.8e12},
+}
+_DTYPE_KEY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _measured(device_str: str, dtype: torch.dtype, threads: int) -> tuple[float, float]:
+    """(FLOP/s of a square matmul, bytes/s of a large copy counting read + write), best of a few runs."""
+    device = torch.device(device_str)
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    flops = 2 * n**3 / best
+    src = torch.empty(64 * 2**20, dtype=torch.uint8, device=device)  # 64 MiB: well beyond the caches
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return flops, 2 * src.numel() / best
+
+
+def device_peaks(device="cpu", dtype: torch.dtype = torch.float32) -> Peaks:
+    """Peak FLOP/s and bandwidth: the table for H100/H200, else measured once per process (matmul, memcpy)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, table in GPU_PEAKS.items():
+            if key in name:
+                return Peaks(name, table[_DTYPE_KEY.get(dtype, "fp32")], table["bytes_per_s"], "table")
+    else:
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    flops, bw = _measured(str(device), dtype, torch.get_num_threads())
+    return Peaks(name, flops, bw, "measured")
+
+
+def roofline_fraction(flops: float, nbytes: float, seconds: float, peaks: Peaks) -> float:
+    """Achieved FLOP/s over the attainable min(peak FLOP/s, intensity × bandwidth)."""
+    if seconds <= 0 or flops <= 0:
+        return 0.0
+    attainable = min(peaks.flops, flops / max(nbytes, 1) * peaks.bytes_per_s)
+    return flops / seconds / attainable

@@ -1,0 +1,333 @@
+"""drn.fuse: an inference-only copy of a DRN whose Conv-BN(-add)-ReLU groups run drn_kernels.conv_bn_act.
+
+What fusing does, once, when the model is built:
+- every eval-mode BatchNorm is folded into the conv before it (drn_kernels.fold_bn: float64 arithmetic from the
+  stored statistics, cast back to the weight's dtype), so a conv and its BN become one (weight, bias) pair;
+- weights are pre-packed as channels_last contiguous tensors: a channels_last (K, C, R, S) weight is a dense
+  (K, R, S, C) array, the layout the kernels stream, so no call ever re-packs a weight;
+- Conv-BN-ReLU becomes one conv_bn_act(relu=True); the tail of a BasicBlock/Bottleneck (last Conv-BN, residual add,
+  ReLU) becomes one conv_bn_act(residual=shortcut, relu=True), the projection shortcut its own
+  conv_bn_act(relu=False); activations stay channels_last from the first layer to the head;
+- heads: classify = global average pool + fc (a few KFLOPs: plain torch), segment predict() = one
+  drn_kernels.class_head(upsample=8) call that never materialises the (N, K, H, W) maps, localize =
+  drn_kernels.localize, all with the model's backend.
+The source model is never modified (weights are folded into new tensors). The result is eval-only: train(True)
+raises and no parameter requires grad. BatchNorm is folded from its running statistics whatever mode the source
+model is in, i.e. the fused model computes what the source computes in eval mode.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import drn_kernels
+from drn_kernels import _backends
+from drn_kernels.reference import bilinear_up_weight, upsample8
+
+from .heads import OUTPUT_STRIDE, DRNSeg, Localization, LocalizeMixin, clip_boxes
+from .models import DRN, DRN_A, BasicBlock, Bottleneck, global_avg_pool
+
+__all__ = ["fuse", "FusedConv", "FusedModel", "FusedClassifier", "FusedSegmenter", "FusedLocalizer"]
+
+
+class InferenceOnly(nn.Module):
+    """A module that exists only in eval mode: train(True) raises, eval() is a no-op."""
+
+    def __init__(self):
+        super().__init__()
+        self.training = False
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"{type(self).__name__} is an inference-only fused model (BatchNorm is folded into "
+                               f"the convs); train the unfused model (drn.build(..., fused=False)) instead")
+        return super().train(False)
+
+
+def _frozen(t: torch.Tensor, channels_last: bool = False) -> nn.Parameter:
+    """A parameter that never requires grad (so it follows .to() and shows in parameters() / state_dict)."""
+    t = t.detach().clone()
+    if channels_last and t.dim() == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return nn.Parameter(t, requires_grad=False)
+
+
+class FusedConv(InferenceOnly):
+    """y = relu?(conv2d(x, weight) + bias + residual?) through drn_kernels.conv_bn_act; weight channels_last.
+
+    `name` is the source model's name of the conv (e.g. "layer3.0.conv2"): profiles and benchmarks report it.
+    """
+
+    def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
+                 relu: bool, backend: str):
+        super().__init__()
+        self.name = name
+        self.weight = _frozen(weight, channels_last=True)
+        self.bias = _frozen(bias)
+        self.stride = list(stride)
+        self.padding = list(padding)
+        self.dilation = list(dilation)
+        self.relu = relu
+        self.backend = backend
+
+    def forward(self, x, residual=None):
+        return drn_kernels.conv_bn_act(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+                                       dilation=self.dilation, residual=residual, relu=self.relu,
+                                       backend=self.backend)
+
+    def extra_repr(self):
+        k, c, r, s = self.weight.shape
+        return (f"{self.name}: {c}->{k} {r}x{s} stride={self.stride} padding={self.padding} "
+                f"dilation={self.dilation} relu={self.relu}")
+
+
+def _check_conv(name: str, conv: nn.Conv2d):
+    if type(conv) is not nn.Conv2d:
+        raise TypeError(f"fuse: {name} is a {type(conv).__name__}; only nn.Conv2d is supported")
+    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise ValueError(f"fuse: {name} has groups={conv.groups}, padding_mode={conv.padding_mode!r}, "
+                         f"padding={conv.padding!r}; conv_bn_act needs groups=1 and explicit zero padding")
+
+
+def _fused_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool, backend: str) -> FusedConv:
+    _check_conv(name, conv)
+    if bn is not None:
+        if conv.bias is not None:
+            # fold_bn folds a bias-free conv; fold the conv bias into the BN mean instead (same float64 math).
+            bn = copy.deepcopy(bn)
+            bn.running_mean.sub_(conv.bias.detach().to(bn.running_mean.dtype))
+        weight, bias = drn_kernels.fold_bn(conv.weight, bn)
+    else:
+        weight = conv.weight.detach()
+        bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    return FusedConv(name, weight, bias, conv.stride, conv.padding, conv.dilation, relu, backend)
+
+
+class FusedBasicBlock(InferenceOnly):
+    """relu(conv2(conv1(x)) + shortcut): two conv_bn_act calls, the second fusing the add and ReLU."""
+
+    def __init__(self, name: str, block: BasicBlock, backend: str):
+        super().__init__()
+        self.conv1 = _fused_conv(f"{name}.conv1", block.conv1, block.bn1, True, backend)
+        self.conv2 = _fused_conv(f"{name}.conv2", block.conv2, block.bn2, True, backend)
+        self.residual = bool(block.residual)
+        # DRN-C-58 layer7.0 (residual=False) has a projection that the reference computes and then discards; its
+        # result never reaches the output, so the fused model does not carry or run it (outputs are unchanged).
+        self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, backend)
+                           if self.residual and block.downsample is not None else None)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        if not self.residual:
+            return self.conv2(out)
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return self.conv2(out, residual=shortcut)
+
+
+class FusedBottleneck(InferenceOnly):
+    """relu(conv3(conv2(conv1(x))) + shortcut): three conv_bn_act calls, the last fusing the add and ReLU."""
+
+    def __init__(self, name: str, block: Bottleneck, backend: str):
+        super().__init__()
+        self.conv1 = _fused_conv(f"{name}.conv1", block.conv1, block.bn1, True, backend)
+        self.conv2 = _fused_conv(f"{name}.conv2", block.conv2, block.bn2, True, backend)
+        self.conv3 = _fused_conv(f"{name}.conv3", block.conv3, block.bn3, True, backend)
+        self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, backend)
+                           if block.downsample is not None else None)
+
+    def forward(self, x):
+        out = self.conv2(self.conv1(x))
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return self.conv3(out, residual=shortcut)
+
+
+def _fused_downsample(name: str, downsample: nn.Module, backend: str) -> FusedConv:
+    if not (isinstance(downsample, nn.Sequential) and len(downsample) == 2
+            and isinstance(downsample[1], nn.BatchNorm2d)):
+        raise TypeError(f"fuse: {name} must be Sequential(Conv2d, BatchNorm2d), got {downsample}")
+    return _fused_conv(f"{name}.0", downsample[0], downsample[1], False, backend)
+
+
+def _flatten(named_modules) -> list[tuple[str, nn.Module]]:
+    """Sequentials opened up into their children, so that a Conv-BN-ReLU split across them is still seen."""
+    out = []
+    for name, m in named_modules:
+        if type(m) is nn.Sequential:
+            out += _flatten((f"{name}.{child}", c) for child, c in m.named_children())
+        else:
+            out.append((name, m))
+    return out
+
+
+def _fuse_sequence(named_modules, backend: str) -> nn.Sequential:
+    """The stem and levels of a backbone as a flat Sequential of fused units."""
+    items = _flatten(named_modules)
+    units = []
+    i = 0
+    while i < len(items):
+        name, m = items[i]
+        if isinstance(m, BasicBlock):
+            units.append(FusedBasicBlock(name, m, backend))
+        elif isinstance(m, Bottleneck):
+            units.append(FusedBottleneck(name, m, backend))
+        elif isinstance(m, nn.Conv2d):
+            bn = relu = None
+            if i + 1 < len(items) and isinstance(items[i + 1][1], nn.BatchNorm2d):
+                i += 1
+                bn = items[i][1]
+            if i + 1 < len(items) and isinstance(items[i + 1][1], nn.ReLU):
+                i += 1
+                relu = items[i][1]
+            units.append(_fused_conv(name, m, bn, relu is not None, backend))
+        elif isinstance(m, (nn.MaxPool2d, nn.Identity)):
+            units.append(copy.deepcopy(m))  # DRN-A's stem max-pool stays a torch op (channels_last in and out)
+        else:
+            raise TypeError(f"fuse: cannot fuse {name} ({type(m).__name__}) in this position")
+        i += 1
+    return nn.Sequential(*units)
+
+
+class FusedModel(InferenceOnly):
+    """Common part of the fused models: the fused backbone and the backend every op runs on."""
+
+    def __init__(self, backbone: nn.Sequential, backend: str, out_dim: int, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = out_dim
+        self.num_classes = num_classes
+        self._backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str):
+        if value not in drn_kernels.BACKENDS:
+            raise ValueError(f"backend must be one of {drn_kernels.BACKENDS}, got {value!r}")
+        self._backend = value
+        for m in self.modules():
+            if isinstance(m, FusedConv):
+                m.backend = value
+
+    def resolved_backend(self, device=None) -> str:
+        """The concrete backend the ops run on for tensors on `device` (default: the model's device)."""
+        if device is None:
+            device = self.head_weight.device
+        return _backends.resolve(self._backend, torch.device(device), "conv_bn_act")
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype/device) keeps channels_last for dense tensors; re-pack anyway so that no conversion path
+        # (e.g. a device that drops strides) leaves a weight the kernels would have to re-pack on every call.
+        out = super()._apply(fn, recurse)
+        for m in self.modules():
+            if isinstance(m, FusedConv) and not m.weight.is_contiguous(memory_format=torch.channels_last):
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def features(self, x):
+        # channels_last from the first layer on: every conv_bn_act returns channels_last, max-pool keeps it.
+        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+
+
+class FusedClassifier(FusedModel):
+    """forward(x) -> logits (N, num_classes): fused backbone, global average pool, fc."""
+
+    def __init__(self, backbone, backend, out_dim, fc_weight, fc_bias):
+        super().__init__(backbone, backend, out_dim, fc_weight.shape[0])
+        self.head_weight = _frozen(fc_weight.reshape(fc_weight.shape[0], -1))
+        self.head_bias = _frozen(fc_bias)
+
+    def forward(self, x):
+        # Pooling then a (K, C) matmul is ~C*K MACs per image: not worth a kernel. The same avg_pool2d as the
+        # unfused model, so the result agrees to rounding.
+        pooled = global_avg_pool(self.features(x)).flatten(1)
+        return F.linear(pooled, self.head_weight, self.head_bias)
+
+
+class FusedLocalizer(FusedClassifier):
+    """forward(x, threshold=0.5) -> drn.Localization through one drn_kernels.localize call."""
+
+    def forward(self, x, threshold: float = 0.5):
+        feats = self.features(x)
+        logits, labels, scores, boxes = drn_kernels.localize(feats, self.head_weight, self.head_bias,
+                                                             threshold=threshold, stride=OUTPUT_STRIDE,
+                                                             backend=self._backend)
+        return Localization(logits, labels, scores, clip_boxes(boxes, x.shape[-2], x.shape[-1]))
+
+
+class FusedSegmenter(FusedModel):
+    """predict(x) -> (labels, probs) in one drn_kernels.class_head(upsample=8) call after the fused backbone;
+    forward(x) -> (log_probs, logits_low) as DRNSeg (torch ops on the fused backbone's features)."""
+
+    def __init__(self, backbone, backend, out_dim, seg_weight, seg_bias):
+        super().__init__(backbone, backend, out_dim, seg_weight.shape[0])
+        self.head_weight = _frozen(seg_weight, channels_last=True)
+        self.head_bias = _frozen(seg_bias)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        low = F.conv2d(self.features(x), self.head_weight, self.head_bias)
+        up = upsample8(low)[..., :h, :w]
+        return F.log_softmax(up, dim=1), low
+
+    @torch.no_grad()
+    def predict(self, x):
+        """(labels (N, H, W) int64, probs (N, H, W) float32): argmax of the ×8 up-sampled prediction."""
+        h, w = x.shape[-2:]
+        labels, probs = drn_kernels.class_head(self.features(x), self.head_weight, self.head_bias, upsample=8,
+                                               backend=self._backend)
+        if labels.shape[-2:] != (h, w):  # sides not multiples of 8: crop as DRNSeg does (top-left aligned)
+            labels, probs = labels[..., :h, :w].contiguous(), probs[..., :h, :w].contiguous()
+        return labels, probs
+
+
+def _named_levels(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    names = {id(m): n for n, m in model.named_children()}
+    return [(names[id(m)], m) for m in model.stem_and_levels()]
+
+
+def _check_upsampler(seg: DRNSeg):
+    up = seg.up
+    k = seg.num_classes
+    expected = bilinear_up_weight(k, dtype=up.weight.dtype, device=up.weight.device)
+    geometry = (tuple(up.kernel_size), tuple(up.stride), tuple(up.padding), up.groups, up.bias is None,
+                tuple(up.output_padding), tuple(up.dilation))
+    if geometry != ((16, 16), (8, 8), (4, 4), k, True, (0, 0), (1, 1)):
+        raise ValueError(f"fuse: the segmentation up-sampler must be ConvTranspose2d({k}, {k}, 16, stride=8, "
+                         f"padding=4, groups={k}, bias=False); got {up}")
+    if up.weight.device.type != "meta" and not torch.equal(up.weight.detach(), expected):  # meta: shapes only
+        raise ValueError("fuse: the segmentation model's up.weight is not the fixed bilinear kernel "
+                         "(drn_kernels.class_head hard-codes it); a learned up-sampler cannot be fused")
+
+
+def fuse(model: nn.Module, backend: str = "auto") -> FusedModel:
+    """An inference-only fused copy of `model` (a drn.build classify, segment or localize model).
+
+    backend: "auto" (triton on CUDA, cpu on CPU, else the reference with a warning) or a named backend; resolved
+    per call from the input's device, so the fused model may be moved with .to() afterwards. `model` is untouched.
+    """
+    if backend not in drn_kernels.BACKENDS:
+        raise ValueError(f"backend must be one of {drn_kernels.BACKENDS}, got {backend!r}")
+    with torch.no_grad():
+        if isinstance(model, DRNSeg):
+            _check_upsampler(model)
+            levels = [(f"base.{i}", m) for i, m in enumerate(model.base)]
+            fused = FusedSegmenter(_fuse_sequence(levels, backend), backend, model.out_dim,
+                                   model.seg.weight.detach(), model.seg.bias.detach())
+        elif isinstance(model, (DRN, DRN_A)):
+            if getattr(model, "fc", None) is None:
+                raise ValueError("fuse: the model has no classifier (num_classes=0)")
+            cls = FusedLocalizer if isinstance(model, LocalizeMixin) else FusedClassifier
+            fc_bias = model.fc.bias.detach() if model.fc.bias is not None else \
+                model.fc.weight.new_zeros(model.fc.weight.shape[0])
+            fused = cls(_fuse_sequence(_named_levels(model), backend), backend, model.out_dim,
+                        model.fc.weight.detach(), fc_bias)
+        elif isinstance(model, FusedModel):
+            raise TypeError("fuse: the model is already fused")
+        else:
+            raise TypeError(f"fuse: expected a model from drn.build (DRN, DRN_A, DRNSeg), got {type(model).__name__}")
+    return fused

@@ -1,0 +1,185 @@
+"""The `drn` command on real files: classify, segment (single- and multi-scale), localize, profile/bench forwarding.
+
+Models are drn_d_22 with seeded random weights saved to tmp_path, images 64×80 (and one 72×56) PNGs.
+"""
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import drn
+from drn import cli, data, predict
+from drn.palette import CITYSCAPES_PALETTE, generic_palette
+
+HAS_FUSED = importlib.util.find_spec("drn.fused") is not None
+
+
+def _save_model(path, task, num_classes, seed=0):
+    torch.manual_seed(seed)
+    model = drn.build("drn_d_22", task=task, num_classes=num_classes)
+    for m in model.modules():  # non-trivial BatchNorm statistics, so folding and normalisation matter
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    images = []
+    for i, (h, w) in enumerate([(64, 80), (64, 80), (72, 56)]):
+        p = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(p)
+        images.append(p)
+    seg = _save_model(root / "seg19.pth", "segment", 19)
+    seg5 = _save_model(root / "seg5.pth", "segment", 5, seed=1)
+    cls = _save_model(root / "cls7.pth", "classify", 7, seed=2)
+    (root / "info.json").write_text(json.dumps({"mean": [0.3, 0.35, 0.3], "std": [0.2, 0.2, 0.21]}))
+    return types.SimpleNamespace(root=root, images=images, seg=seg, seg5=seg5, cls=cls)
+
+
+def _run(argv, capsys):
+    rc = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return out.out
+
+
+def test_classify_json_matches_the_model(files, capsys):
+    out = _run(["classify", *files.images, "--model", "drn_d_22", "--weights", files.root / "cls7.pth",
+                "--resize", "64", "--crop", "48", "--json", "--device", "cpu"], capsys)
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(lines) == 3
+    for path, rec in zip(files.images, lines):
+        x = data.classify_inputs(data.load_image(path), resize=64, crop=48)
+        with torch.no_grad():
+            probs = torch.softmax(files.cls(x), dim=1)[0]
+        assert rec["image"] == str(path) and len(rec["top"]) == 5
+        assert rec["top"][0]["class"] == int(probs.argmax())
+        assert rec["top"][0]["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_segment_writes_label_png_at_input_size(files, capsys):
+    out_dir = files.root / "seg_out"
+    _run(["segment", *files.images, "--model", "drn_d_22", "--num-classes", "19", "--weights",
+          files.root / "seg19.pth", "--out", out_dir, "--info", files.root / "info.json", "--device", "cpu"], capsys)
+    mean, std = data.read_info(files.root / "info.json")
+    for path in files.images:
+        img = Image.open(out_dir / f"{path.stem}.png")
+        src = data.load_image(path)
+        assert img.size == src.size and img.mode == "P"
+        pal = np.array(img.getpalette()[:57], dtype=np.uint8).reshape(19, 3)
+        np.testing.assert_array_equal(pal, CITYSCAPES_PALETTE)
+        labels, _ = files.seg.predict(data.to_tensor(src, mean, std)[None])
+        np.testing.assert_array_equal(np.array(img), labels[0].numpy())
+
+
+def test_segment_generic_palette(files, capsys):
+    out_dir = files.root / "seg5_out"
+    _run(["segment", files.images[0], "--model", "drn_d_22", "--weights", files.root / "seg5.pth",
+          "--out", out_dir, "--device", "cpu"], capsys)  # --num-classes read from the checkpoint
+    img = Image.open(out_dir / "img0.png")
+    pal = np.array(img.getpalette()[:15], dtype=np.uint8).reshape(5, 3)
+    np.testing.assert_array_equal(pal, generic_palette(5))
+    assert np.array(img).max() < 5
+
+
+def _ms_reference(model, img, mean, std):
+    """The reference's test_ms: every scale's log-probs resized to the input size at once, summed, argmax."""
+    w, h = img.size
+    total = 0
+    for s in predict.MS_SCALES:
+        scaled = img if s == 1.0 else img.resize((int(w * s), int(h * s)), Image.BICUBIC)
+        with torch.no_grad():
+            lp = model(data.to_tensor(scaled, mean, std)[None])[0]
+        total = total + F.interpolate(lp, size=(h, w), mode="bilinear", align_corners=False)
+    return total.argmax(1)[0]
+
+
+def test_segment_multiscale(files, capsys):
+    out_dir = files.root / "ms_out"
+    _run(["segment", files.images[0], files.images[2], "--model", "drn_d_22", "--num-classes", "19",
+          "--weights", files.root / "seg19.pth", "--out", out_dir, "--ms", "--device", "cpu"], capsys)
+    for path in (files.images[0], files.images[2]):
+        src = data.load_image(path)
+        got = np.array(Image.open(out_dir / f"{path.stem}.png"))
+        want = _ms_reference(files.seg, src, data.IMAGENET_MEAN, data.IMAGENET_STD).numpy()
+        assert got.shape == (src.size[1], src.size[0])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_localize_png_and_json(files, capsys):
+    out_dir = files.root / "loc_out"
+    _run(["localize", *files.images[:2], "--model", "drn_d_22", "--weights", files.root / "cls7.pth",
+          "--out", out_dir, "--threshold", "0.2", "--device", "cpu"], capsys)
+    loc = drn.build("drn_d_22", task="localize", num_classes=7, pretrained=str(files.root / "cls7.pth"))
+    for path in files.images[:2]:
+        rec = json.loads((out_dir / f"{path.stem}.json").read_text())
+        assert set(rec) == {"class", "score", "box"}
+        src = data.load_image(path)
+        with torch.no_grad():
+            want = loc(data.to_tensor(src)[None], threshold=0.2)
+        assert rec["class"] == int(want.logits.argmax())
+        assert rec["score"] == pytest.approx(float(torch.softmax(want.logits, 1).max()), abs=1e-5)
+        assert rec["box"] == pytest.approx(want.boxes[0].tolist())
+        assert Image.open(out_dir / f"{path.stem}.png").size == src.size
+
+
+@pytest.mark.skipif(not HAS_FUSED, reason="drn.fused is not there yet")
+def test_fused_paths_match_unfused(files, capsys):
+    base = ["--model", "drn_d_22", "--device", "cpu", "--backend", "reference"]
+    plain = _run(["classify", files.images[0], "--weights", files.root / "cls7.pth", "--json", *base], capsys)
+    fused = _run(["classify", files.images[0], "--weights", files.root / "cls7.pth", "--json", "--fused", *base],
+                 capsys)
+    p, f = json.loads(plain)["top"], json.loads(fused)["top"]
+    assert p[0]["class"] == f[0]["class"]
+    assert [r["prob"] for r in p] == pytest.approx([r["prob"] for r in f], abs=1e-4)
+    for extra in ([], ["--ms"]):
+        d1, d2 = files.root / f"p{len(extra)}", files.root / f"f{len(extra)}"
+        seg = [files.images[0], "--weights", files.root / "seg19.pth", *base, *extra]
+        _run(["segment", *seg, "--out", d1], capsys)
+        _run(["segment", *seg, "--out", d2, "--fused"], capsys)
+        a, b = np.array(Image.open(d1 / "img0.png")), np.array(Image.open(d2 / "img0.png"))
+        assert (a == b).mean() > 0.99
+
+
+def test_profile_and_bench_forward(monkeypatch):
+    seen = {}
+    fake = types.ModuleType("drn.profile")
+    fake.main = lambda argv=None: seen.setdefault("profile", argv) and 0
+    monkeypatch.setitem(sys.modules, "drn.profile", fake)
+    assert cli.main(["profile", "drn_c_42", "--flops-only", "--json"]) == 0
+    assert seen["profile"] == ["drn_c_42", "--flops-only", "--json"]
+    monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("bench", cmd) and 0)
+    assert cli.main(["bench", "-k", "conv", "-q"]) == 0
+    assert seen["bench"][1:] == ["-m", "pytest", "benchmarks", "--benchmark-only", "-k", "conv", "-q"]
+
+
+def test_errors_are_clear(files, capsys):
+    rc = cli.main(["segment", str(files.images[0]), "--model", "drn_d_22", "--weights",
+                   str(files.root / "seg19.pth"), "--out", str(files.root / "x"), "--info",
+                   str(files.root / "missing.json"), "--device", "cpu"])
+    assert rc == 2 and "missing.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["segment", str(files.images[0]), "--model", "drn_d_22", "--out", "x"])  # no --weights
+    capsys.readouterr()
+
+
+def test_module_entry_point(files):
+    r = subprocess.run([sys.executable, "-m", "drn.cli", "classify", str(files.images[0]), "--model", "drn_d_22",
+                        "--weights", str(files.root / "cls7.pth"), "--resize", "0", "--crop", "0", "--top", "2",
+                        "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(str(files.images[0]))

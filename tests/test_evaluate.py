@@ -1,0 +1,207 @@
+"""`drn evaluate` / `python -m drn.evaluate` on small datasets written to tmp_path, and torchrun agreement.
+
+Segmentation: 3 images 64×80 with random labels 0..18 and some 255 (the reference layout); the confusion matrix
+is recomputed here from model.predict. Classification: an ImageFolder tree. Localization: boxes as CSV and XML.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import drn
+from drn import data, evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _seeded(task, num_classes, seed):
+    torch.manual_seed(seed)
+    model = drn.build("drn_d_22", task=task, num_classes=num_classes)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture(scope="module")
+def segset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg")
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(3):
+        _png(root / "img" / f"{i}.png", rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+        lab = rng.integers(0, 19, (64, 80)).astype(np.uint8)
+        lab[rng.random((64, 80)) < 0.1] = 255
+        _png(root / "gt" / f"{i}.png", lab)
+        images.append(f"img/{i}.png")
+        labels.append(f"gt/{i}.png")
+    (root / "val_images.txt").write_text("\n".join(images) + "\n")
+    (root / "val_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "info.json").write_text(json.dumps({"mean": [0.4, 0.4, 0.4], "std": [0.25, 0.25, 0.25]}))
+    model = _seeded("segment", 19, 0)
+    torch.save(model.state_dict(), root / "seg.pth")
+    return root, model
+
+
+def _json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_segment_matches_confusion_matrix(segset, capsys):
+    root, model = segset
+    rc = evaluate.main(["segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19",
+                        "--weights", str(root / "seg.pth"), "--json", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    got = _json_line(out)
+    hist = np.zeros((19, 19), dtype=np.int64)
+    for i in range(3):
+        x = data.to_tensor(data.load_image(root / "img" / f"{i}.png"), (0.4,) * 3, (0.25,) * 3)[None]
+        pred = model.predict(x)[0][0].numpy()
+        lab = np.array(Image.open(root / "gt" / f"{i}.png")).astype(np.int64)
+        keep = lab != 255
+        np.add.at(hist, (lab[keep], pred[keep]), 1)
+    tp = np.diag(hist)
+    union = hist.sum(0) + hist.sum(1) - tp
+    iou = [None if u == 0 else t / u for t, u in zip(tp, union)]
+    assert got["images"] == 3
+    assert got["iou"] == pytest.approx(iou, abs=1e-6)
+    assert got["miou"] == pytest.approx(np.mean([v for v in iou if v is not None]), abs=1e-6)
+    assert "mIoU" in out and "sidewalk" in out  # the per-class table with Cityscapes names
+
+
+def test_segment_bad_label_names_the_file(segset, tmp_path, capsys):
+    root, _ = segset
+    for name in ("val_images.txt", "val_labels.txt", "info.json"):
+        (tmp_path / name).write_text((root / name).read_text())
+    for sub in ("img", "gt"):
+        (tmp_path / sub).mkdir()
+        for i in range(3):
+            (tmp_path / sub / f"{i}.png").write_bytes((root / sub / f"{i}.png").read_bytes())
+    lab = np.array(Image.open(root / "gt" / "1.png"))
+    lab[5, 7] = 19  # >= K and not 255
+    _png(tmp_path / "gt" / "1.png", lab)
+    rc = evaluate.main(["segment", "--data", str(tmp_path), "--model", "drn_d_22", "--num-classes", "19",
+                        "--weights", str(root / "seg.pth"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "gt/1.png" in err and "19" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_equal_one(segset):
+    root, _ = segset
+    args = ["segment", "--data", str(root), "--model", "drn_d_22", "--weights", str(root / "seg.pth"),
+            "--num-classes", "19", "--json", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    one = subprocess.run([sys.executable, "-m", "drn.evaluate", *args], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=ROOT)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "drn.evaluate",
+                          *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert two.returncode == 0, two.stderr
+    assert len([ln for ln in two.stdout.splitlines() if ln.startswith("{")]) == 1  # rank 0 prints alone
+    assert _json_line(two.stdout) == _json_line(one.stdout)
+
+
+@pytest.fixture(scope="module")
+def classify_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    rng = np.random.default_rng(1)
+    for c in ("ant", "bee", "cat"):
+        for i in range(2):
+            _png(root / "data" / c / f"{i}.jpg" if i else root / "data" / c / f"{i}.png",
+                 rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    model = _seeded("classify", 3, 3)
+    torch.save(model.state_dict(), root / "cls.pth")
+    return root, model
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_classify_top1_top5(classify_set, capsys, ten_crop):
+    root, model = classify_set
+    argv = ["classify", "--data", str(root / "data"), "--model", "drn_d_22", "--weights", str(root / "cls.pth"),
+            "--resize", "36", "--crop", "32", "--json", "--device", "cpu"] + (["--ten-crop"] if ten_crop else [])
+    assert evaluate.main(argv) == 0
+    got = _json_line(capsys.readouterr().out)
+    classes, samples = data.image_folder(root / "data")
+    assert classes == ["ant", "bee", "cat"] and len(samples) == 6
+    right = 0
+    for path, label in samples:
+        x = data.classify_inputs(data.load_image(path), 36, 32, ten_crop)
+        with torch.no_grad():
+            right += int(torch.softmax(model(x), 1).mean(0).argmax()) == label
+    assert got["images"] == 6
+    assert got["top1"] == pytest.approx(right / 6)
+    assert got["top5"] == 1.0  # 3 classes: the true one is always among the top 5
+
+
+@pytest.fixture(scope="module")
+def localize_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loc")
+    rng = np.random.default_rng(2)
+    model = _seeded("localize", 4, 4)
+    rows = ["image,class,x1,y1,x2,y2"]
+    for i in range(3):
+        _png(root / f"im{i}.png", rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+        with torch.no_grad():
+            out = model(data.to_tensor(data.load_image(root / f"im{i}.png"))[None], threshold=0.0)
+        cls = int(out.logits.argmax())
+        box = out.boxes[0].tolist() if i < 2 else [0, 0, 4, 4]  # two right, one wrong box
+        rows.append(f"im{i}.png,{cls},{box[0]},{box[1]},{box[2]},{box[3]}")
+        ann = root / "xml" / f"im{i}.xml"
+        ann.parent.mkdir(exist_ok=True)
+        ann.write_text(f"<annotation><filename>im{i}</filename><object><name>{cls}</name><bndbox>"
+                       f"<xmin>{box[0] + 1}</xmin><ymin>{box[1] + 1}</ymin><xmax>{box[2]}</xmax>"
+                       f"<ymax>{box[3]}</ymax></bndbox></object></annotation>")
+    (root / "boxes.csv").write_text("\n".join(rows) + "\n")
+    torch.save(model.state_dict(), root / "loc.pth")
+    return root
+
+
+@pytest.mark.parametrize("source", ["csv", "xml"])
+def test_localize_error(localize_set, capsys, source):
+    root = localize_set
+    extra = ["--boxes", str(root / "xml")] if source == "xml" else []
+    if source == "xml":  # XML lives beside the images: copy them next to it
+        for i in range(3):
+            (root / "xml" / f"im{i}.png").write_bytes((root / f"im{i}.png").read_bytes())
+        extra = ["--boxes", str(root / "xml")]
+        data_dir = root / "xml"
+    else:
+        data_dir = root
+    argv = ["localize", "--data", str(data_dir), "--model", "drn_d_22", "--weights", str(root / "loc.pth"),
+            "--threshold", "0.0", "--json", "--device", "cpu", *extra]
+    assert evaluate.main(argv) == 0
+    got = _json_line(capsys.readouterr().out)
+    assert got["images"] == 3
+    assert got["top1_error"] == 0.0
+    assert got["top1_loc_error"] == pytest.approx(1 / 3)
+    assert got["top5_loc_error"] == pytest.approx(1 / 3)
+
+
+def test_cli_forwards_evaluate(segset, capsys):
+    from drn import cli
+
+    root, _ = segset
+    assert cli.main(["evaluate", "segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19",
+                     "--weights", str(root / "seg.pth"), "--json", "--device", "cpu"]) == 0
+    assert _json_line(capsys.readouterr().out)["images"] == 3

@@ -1,0 +1,262 @@
+"""drn.fuse / drn.build(fused=True): the fused model computes what the unfused one does, for every model and task.
+
+Weights: the constructor's He initialisation plus random BatchNorm statistics and affine terms (so folding is not
+an identity); models are built once per name and shared by the three tasks (segment and localize wrap the
+classifier's modules), as construction dominates the run time on 2 cores.
+"""
+import copy
+import functools
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import drn
+import drn_kernels
+from drn.fused import FusedConv, FusedModel
+from drn.heads import DRNSeg, as_localizer, classifier_weights
+
+FP32_LOGIT_RTOL = 1e-4  # max |fused - unfused| / max |unfused| for fp32 logits
+ODD_SHAPE_MODELS = {"drn_a_18", "drn_c_58", "drn_d_22"}  # also run at 2x3x57x71
+SEG_CLASSES = 19
+CLS_CLASSES = 10
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+    return model
+
+
+@functools.lru_cache(maxsize=3)
+def unfused_models(name: str):
+    """(classify, segment, localize) sharing one backbone: built once per model name."""
+    torch.manual_seed(0)
+    cls = randomize_bn(drn.build(name, num_classes=CLS_CLASSES))
+    seg = DRNSeg(cls, SEG_CLASSES).eval()
+    g = torch.Generator().manual_seed(1)
+    seg.seg.weight.data.copy_(torch.randn(seg.seg.weight.shape, generator=g) * 0.05)
+    seg.seg.bias.data.copy_(torch.randn(SEG_CLASSES, generator=g) * 0.1)
+    loc = as_localizer(copy.copy(cls))  # a shallow copy: same modules, localize forward
+    return cls, seg, loc
+
+
+def fresh_input(shape, seed=1):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def clear_margin(logits: torch.Tensor, dim: int = 1, margin: float = 1e-3) -> torch.Tensor:
+    top2 = logits.topk(2, dim=dim).values
+    return (top2.select(dim, 0) - top2.select(dim, 1)) > margin
+
+
+def check_classify(model, fused, x):
+    ref, out = model(x), fused(x)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert rel_err(out, ref) <= FP32_LOGIT_RTOL
+
+
+def check_segment(model, fused, x):
+    ref_lp, ref_low = model(x)
+    lp, low = fused(x)
+    assert lp.shape == ref_lp.shape and low.shape == ref_low.shape
+    assert rel_err(low, ref_low) <= FP32_LOGIT_RTOL
+    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-4 * ref_low.abs().max().item() + 1e-5)
+    labels, probs = fused.predict(x)
+    ref_labels, ref_probs = model.predict(x)
+    assert labels.shape == ref_labels.shape == x.shape[:1] + x.shape[2:]
+    assert labels.dtype == torch.int64 and probs.dtype == torch.float32
+    clear = clear_margin(ref_lp)
+    assert clear.float().mean() > 0.9
+    assert torch.equal(labels[clear], ref_labels[clear])
+    torch.testing.assert_close(probs[clear], ref_probs[clear], rtol=1e-4, atol=1e-5)
+
+
+def check_localize(model, fused, x, threshold=0.0):
+    ref, out = model(x, threshold=threshold), fused(x, threshold=threshold)
+    assert isinstance(out, drn.Localization)
+    assert rel_err(out.logits, ref.logits) <= FP32_LOGIT_RTOL
+    weight, bias = classifier_weights(model)
+    maps = F.conv2d(model.features(x), weight, bias)
+    clear = clear_margin(maps)
+    assert out.labels.shape == ref.labels.shape
+    assert torch.equal(out.labels[clear], ref.labels[clear])
+    torch.testing.assert_close(out.scores[clear], ref.scores[clear], rtol=1e-4, atol=1e-5)
+    # with threshold 0 a box depends only on the labels and the top-1 class: equal when both are clear
+    if clear.all() and clear_margin(ref.logits).all():
+        torch.testing.assert_close(out.boxes, ref.boxes)
+
+
+@pytest.mark.parametrize("name", drn.list_models())
+def test_fused_equals_unfused(name):
+    cls, seg, loc = unfused_models(name)
+    fused = {task: drn.fuse(m, backend="reference") for task, m in
+             (("classify", cls), ("segment", seg), ("localize", loc))}
+    shapes = [(1, 3, 64, 64)] + ([(2, 3, 57, 71)] if name in ODD_SHAPE_MODELS else [])
+    for shape in shapes:
+        x = fresh_input(shape)
+        check_classify(cls, fused["classify"], x)
+        check_segment(seg, fused["segment"], x)
+        check_localize(loc, fused["localize"], x)
+
+
+def test_structure_of_fused_model():
+    cls, _, _ = unfused_models("drn_c_58")
+    fused = drn.fuse(cls, backend="reference")
+    convs = [m for m in fused.modules() if isinstance(m, FusedConv)]
+    unfused_convs = [n for n, m in cls.named_modules() if isinstance(m, torch.nn.Conv2d) and n != "fc"]
+    # every conv but the unused projection of layer7.0 (computed and discarded by the reference)
+    assert sorted(c.name for c in convs) == sorted(n for n in unfused_convs if n != "layer7.0.downsample.0")
+    assert fused.backbone[-2].downsample is None  # layer7.0
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert all(not p.requires_grad for p in fused.parameters())
+    d22 = drn.fuse(unfused_models("drn_d_22")[0], backend="reference")  # conv layers, no blocks, in levels 1-2
+    assert [type(m).__name__ for m in d22.backbone[:3]] == ["FusedConv"] * 3
+    assert all(m.relu for m in d22.backbone[:3])
+
+
+def test_train_raises_eval_ok_and_no_grad():
+    cls, _, _ = unfused_models("drn_d_22")
+    fused = drn.fuse(cls, backend="reference")
+    assert not fused.training
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fused.train()
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fused.backbone[0].train(True)
+    assert fused.eval() is fused and not any(m.training for m in fused.modules())
+    with torch.enable_grad():
+        out = fused(fresh_input((1, 3, 32, 32)))
+    assert not out.requires_grad
+    assert all(not p.requires_grad for p in fused.parameters())
+
+
+def test_fuse_leaves_source_untouched():
+    cls, seg, _ = unfused_models("drn_d_22")
+    for model in (cls, seg):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        modules = [(n, type(m), m.training) for n, m in model.named_modules()]
+        fused = drn.fuse(model, backend="reference")
+        after = model.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert [(n, type(m), m.training) for n, m in model.named_modules()] == modules
+        fp = {p.data_ptr() for p in fused.parameters()}
+        assert not fp & {t.data_ptr() for t in model.state_dict().values()}
+
+
+def test_empty_batch():
+    cls, seg, loc = unfused_models("drn_d_22")
+    x = fresh_input((0, 3, 64, 64))
+    assert drn.fuse(cls, backend="reference")(x).shape == cls(x).shape == (0, CLS_CLASSES)
+    fseg = drn.fuse(seg, backend="reference")
+    assert [t.shape for t in fseg(x)] == [t.shape for t in seg(x)]
+    labels, probs = fseg.predict(x)
+    assert labels.shape == probs.shape == (0, 64, 64)
+    out, ref = drn.fuse(loc, backend="reference")(x), loc(x)
+    assert [t.shape for t in out] == [t.shape for t in ref]
+
+
+def test_empty_batch_drn_a_maxpool():
+    cls, _, _ = unfused_models("drn_a_18")
+    x = fresh_input((0, 3, 40, 40))
+    assert drn.fuse(cls, backend="reference")(x).shape == (0, CLS_CLASSES)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(dtype):
+    """Judged as the kernels are: within 2x of PyTorch's own same-dtype error against float64 (+ eps)."""
+    cls, seg, _ = unfused_models("drn_d_22")
+    x = fresh_input((1, 3, 48, 64))
+    exact = copy.deepcopy(cls).double()(x.double())
+    torch_err = rel_err(copy.deepcopy(cls).to(dtype)(x.to(dtype)), exact)
+    fused = drn.fuse(cls, backend="reference").to(dtype)
+    assert all(c.weight.dtype == dtype and c.weight.is_contiguous(memory_format=torch.channels_last)
+               for c in fused.modules() if isinstance(c, FusedConv))
+    out = fused(x.to(dtype))
+    assert out.dtype == dtype
+    assert rel_err(out, exact) <= 2 * torch_err + 1e-3
+    fseg = drn.fuse(seg, backend="reference").to(dtype)
+    labels, probs = fseg.predict(x.to(dtype))
+    ref_lp, ref_low = seg(x)
+    # The ×8 up-sampler is a convex combination per pixel, so an error e on the low-res logits moves every
+    # up-sampled logit by <= e: labels whose fp32 margin exceeds 2e must agree.
+    err = (fseg(x.to(dtype))[1].float() - ref_low).abs().max().item()
+    clear = clear_margin(ref_lp, margin=2 * err)
+    assert clear.float().mean() > 0.5 and torch.equal(labels[clear], ref_lp.argmax(1)[clear])
+    assert probs.dtype == torch.float32
+
+
+def test_build_fused_folds_in_float32_then_casts():
+    torch.manual_seed(3)
+    built = drn.build("drn_d_22", num_classes=5, fused=True, backend="reference", dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    manual = drn.fuse(drn.build("drn_d_22", num_classes=5), backend="reference").to(torch.bfloat16)
+    assert isinstance(built, FusedModel) and built.backend == "reference"
+    sd_b, sd_m = built.state_dict(), manual.state_dict()
+    assert sd_b.keys() == sd_m.keys() and all(torch.equal(sd_b[k], sd_m[k]) for k in sd_b)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        built.train()
+
+
+def test_fuse_rejects():
+    _, seg, _ = unfused_models("drn_d_22")
+    bad = copy.deepcopy(seg)
+    bad.up.weight.data.mul_(1.5)
+    with pytest.raises(ValueError, match="bilinear"):
+        drn.fuse(bad)
+    with pytest.raises(ValueError, match="backend"):
+        drn.fuse(seg, backend="fast")
+    fused = drn.fuse(seg, backend="reference")
+    with pytest.raises(TypeError, match="already fused"):
+        drn.fuse(fused)
+    with pytest.raises(TypeError):
+        drn.fuse(torch.nn.Linear(2, 2))
+
+
+def _require(backend):
+    reason = drn_kernels.available_backends("cpu")[backend]
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unavailable: {reason}")
+
+
+@pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26"])
+def test_cpu_backend(name):
+    _require("cpu")
+    cls, seg, loc = unfused_models(name)
+    x = fresh_input((2, 3, 57, 71))
+    check_classify(cls, drn.fuse(cls, backend="cpu"), x)
+    check_segment(seg, drn.fuse(seg, backend="cpu"), x)
+    check_localize(loc, drn.fuse(loc, backend="cpu"), x)
+
+
+def test_triton_backend_interpreted():
+    """Triton under TRITON_INTERPRET=1 is ~1000x slower than compiled: drn_d_22's first levels (stem, conv
+    levels, a residual level with its projection) on a 1x3x16x16 input; the whole model takes many minutes."""
+    _require("triton")
+    cls, _, _ = unfused_models("drn_d_22")
+    fused = drn.fuse(cls, backend="triton")
+    x = fresh_input((1, 3, 16, 16))
+    start = time.perf_counter()
+    out = fused.backbone[:5](x)  # layer0, layer1, layer2, layer3.0 (with downsample), layer3.1
+    ref = torch.nn.Sequential(cls.layer0, cls.layer1, cls.layer2, cls.layer3)(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(out, ref) <= FP32_LOGIT_RTOL
+    print(f"triton (interpreted) drn_d_22 levels 0-3 at 16x16: {time.perf_counter() - start:.1f} s")

@@ -1,0 +1,98 @@
+"""drn.flops and drn.profile: FLOP counts match published figures; a real profiled run; the CLI's JSON."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import drn
+from drn import profile
+from drn.fused import FusedConv
+from drn.flops import conv_count, count_layers, device_peaks, roofline_fraction
+
+# OpenVINO Open Model Zoo, public model "drn-d-38" (Cityscapes, 19 classes, 1x3x1024x2048):
+# 1768.3276 GFLOPs, 25.9939 M parameters (BatchNorm folded into the convs).
+OPENVINO_DRN_D_38_GFLOPS = 1768.3276
+OPENVINO_DRN_D_38_MPARAMS = 25.9939
+
+
+def test_drn_d_38_segment_flops_match_openvino():
+    model = profile.build_meta_model("drn_d_38", "segment", 19)
+    rows = count_layers(model, (1, 3, 1024, 2048))
+    gflops = sum(r.flops for r in rows) / 1e9
+    assert abs(gflops - OPENVINO_DRN_D_38_GFLOPS) / OPENVINO_DRN_D_38_GFLOPS < 0.01
+    fused = profile.build_meta_model("drn_d_38", "segment", 19, fused=True)
+    fused_rows = count_layers(fused, (1, 3, 1024, 2048))
+    assert sum(r.flops for r in fused_rows) == sum(r.flops for r in rows)
+    assert abs(sum(r.params for r in fused_rows) / 1e6 - OPENVINO_DRN_D_38_MPARAMS) < 0.01
+    assert [r.name for r in rows][-2:] == ["seg", "up"] and rows[-1].kind == "conv_transpose"
+
+
+def test_conv_count_by_hand():
+    c = conv_count("x", (2, 16, 9, 13), (2, 32, 9, 13), (32, 16, 3, 3), residual=True, itemsize=2)
+    assert c.flops == 2 * 2 * 32 * 9 * 13 * 16 * 9
+    assert c.bytes == 2 * (2 * 16 * 9 * 13 + 2 * 2 * 32 * 9 * 13 + 32 * 16 * 9 + 32)
+    up = conv_count("up", (1, 19, 4, 5), (1, 19, 32, 40), (19, 1, 16, 16), (8, 8), groups=19, transposed=True,
+                    bias=False)
+    assert up.flops == 2 * 19 * 4 * 5 * 256
+
+
+def test_counts_follow_the_model_structure():
+    """Every conv of the model is counted once; drn_c_58's unused projection only in the unfused model."""
+    for name in ("drn_a_18", "drn_c_58", "drn_d_22"):
+        model = profile.build_meta_model(name)
+        rows = count_layers(model, (1, 3, 224, 224))
+        convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n != "fc"]
+        assert sorted(r.name for r in rows[:-1]) == sorted(convs) and rows[-1].name == "fc"
+        fused_rows = count_layers(profile.build_meta_model(name, fused=True), (1, 3, 224, 224))
+        skipped = {"layer7.0.downsample.0"} if name == "drn_c_58" else set()
+        # same convs; the fused block runs its projection before the conv that adds it, so the order differs
+        assert sorted(r.name for r in fused_rows) == sorted(r.name for r in rows if r.name not in skipped)
+
+
+def test_roofline_fraction():
+    peaks = device_peaks("cpu")
+    assert peaks.flops > 0 and peaks.bytes_per_s > 0
+    compute_bound = roofline_fraction(peaks.flops, 1, 1.0, peaks)
+    assert compute_bound == pytest.approx(1.0)
+
+
+def test_profiled_run_small_cpu():
+    model = drn.build("drn_d_22", num_classes=10, fused=True, backend="reference")
+    x = torch.randn(1, 3, 32, 48)
+    rows, total = profile.profile_model(model, x, "classify", iters=1)
+    convs = [r for r in rows if r.count is not None and r.name != "head"]
+    n_convs = sum(isinstance(m, FusedConv) for m in model.modules())
+    assert len(convs) == n_convs == 25 and all(r.seconds > 0 for r in convs)
+    assert total >= sum(r.seconds for r in rows) * 0.99 > 0
+    assert all(r.backend == "reference" for r in convs)
+
+
+def test_profile_segment_unfused_with_trace(tmp_path):
+    model = drn.build("drn_c_26", task="segment", num_classes=5)
+    rows, total = profile.profile_model(model, torch.randn(1, 3, 40, 40), "segment", iters=1,
+                                        trace=str(tmp_path / "t.json"))
+    assert rows[-1].name == "head" and rows[-1].count.name == "seg+up"
+    assert {"traceEvents"} <= json.loads((tmp_path / "t.json").read_text()).keys()
+
+
+def run_cli(*args):
+    out = subprocess.run([sys.executable, "-m", "drn.profile", *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cli_json_flops_only():
+    result = json.loads(run_cli("drn_d_38", "--task", "segment", "--flops-only", "--json"))
+    assert result["total_gflops"] == pytest.approx(OPENVINO_DRN_D_38_GFLOPS, rel=0.01)
+    assert isinstance(result["layers"], list) and result["layers"][0]["name"] == "base.0.0"
+
+
+def test_cli_json_timed_and_table():
+    result = json.loads(run_cli("drn_d_22", "--fused", "--backend", "reference", "--size", "32", "32",
+                                "--iters", "1", "--json"))
+    assert result["total_gflops"] > 0 and result["time_ms"] > 0
+    assert all("time_ms" in layer and "roofline" in layer for layer in result["layers"])
+    table = run_cli("drn_c_26", "--flops-only", "--size", "1000", "1000", "--batch", "4")
+    assert "total:" in table and "layer8.0.conv2" in table
