@@ -35,7 +35,7 @@ def read_state_dict(path_or_state_dict) -> dict:
     return dict(obj)
 
 
-def _backbone_keys_to_base(model: DRNSeg, sd: dict) -> dict:
+def _backbone_keys_to_base(model: DRNSeg, sd: dict, target: dict) -> dict:
     """Rename a classifier checkpoint's backbone keys to the segmentation model's base.<index> keys."""
     index = {name: i for i, name in enumerate(model.base_names)}
     out = {}
@@ -47,6 +47,8 @@ def _backbone_keys_to_base(model: DRNSeg, sd: dict) -> dict:
             continue  # the ImageNet classifier has no place in a segmentation model
         else:
             out[key] = value
+    for key in ("seg.weight", "seg.bias"):
+        out[key] = target[key]
     warnings.warn("loaded an image-classification checkpoint into a segmentation model: base.* come from it, "
                   "seg.* keep their fresh initialisation", UserWarning, stacklevel=3)
     return out
@@ -57,7 +59,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, strict: bool = True
     sd = read_state_dict(path_or_state_dict)
     target = model.state_dict()
     if isinstance(model, DRNSeg) and not any(k.startswith("base.") for k in sd):
-        sd = _backbone_keys_to_base(model, sd)
+        sd = _backbone_keys_to_base(model, sd, target)
     for key, value in target.items():
         if key.endswith("num_batches_tracked") and key not in sd:
             sd[key] = value  # checkpoints from before PyTorch 0.4.1 lack it; it does not affect eval

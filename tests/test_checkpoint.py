@@ -62,7 +62,7 @@ def test_new_classifier_is_reinitialised_with_warning(weights):
     with pytest.warns(UserWarning, match="re-initialised"):
         drn.load_checkpoint(model, weights)
     assert model.fc.weight.shape == (10, 512, 1, 1)
-    assert torch.equal(model.layer3[0].weight, weights["layer3.0.weight"])
+    assert torch.equal(model.layer3[0].conv1.weight, weights["layer3.0.conv1.weight"])
 
 
 def test_classifier_checkpoint_into_segmentation_model(weights):
