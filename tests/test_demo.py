@@ -20,11 +20,31 @@ def test_canvases_and_boxes():
     assert x.shape == (16, 3, demo.CANVAS, demo.CANVAS) and torch.isfinite(x).all()
 
 
+def test_crops_hold_the_whole_digit_or_none_of_it():
+    images, labels = demo.crops(32, np.random.default_rng(0))
+    assert images.shape == (32, demo.CROP, demo.CROP) and images.dtype == np.float32
+    assert set(labels.tolist()) <= set(range(demo.NUM_CLASSES))
+    assert 0 < (labels == demo.BACKGROUND).sum() < 32
+
+
+def test_splits_are_disjoint():
+    ranges = sorted(demo.SPLITS.values())
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
+
+
+def test_boxes_at_matches_the_op(tmp_path):
+    model, fused, _ = demo.localizer()
+    canvases, _, _ = demo.make_canvases(6, np.random.default_rng(2), "val")
+    with torch.no_grad():
+        out = model(demo.to_input(canvases), threshold=0.7)
+    assert np.array_equal(demo.boxes_at(out, 0.7), out.boxes.numpy())
+
+
 def test_two_training_steps_change_the_weights():
     torch.manual_seed(0)
     model = demo.digits_model()
     before = [p.detach().clone() for p in model.parameters()]
-    losses = demo.train_steps(model, 2, np.random.default_rng(0), batch=4)
+    losses = demo.train_steps(model, 2, np.random.default_rng(0), batch=4, full=2)
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert not model.training
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -40,9 +60,10 @@ def test_committed_weights_are_small_and_load():
 
 def test_localize_part_reports_accuracies(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "OUT", tmp_path)
-    result = demo.demo_localize(n=40)
+    result = demo.demo_localize(n=40, val=40)
     for key in ("classification_accuracy", "localization_accuracy", "box_accuracy"):
         assert 0.0 <= result[key] <= 1.0
+    assert result["threshold"] in demo.THRESHOLDS
     assert result["classification_accuracy"] > 0.5  # the committed weights learned something
     assert (tmp_path / "localize_grid.png").is_file()
 
