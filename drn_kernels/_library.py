@@ -34,8 +34,8 @@ def empty_conv_output(x: Tensor, weight: Tensor, stride, padding, dilation) -> T
     """(N, K, P, Q) in channels_last, dtype and device of x."""
     n, _, h, w = x.shape
     k, _, r, s = weight.shape
-    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    p = _checks.conv_output_size(h, r, stride[0], padding[0], dilation[0])
+    q = _checks.conv_output_size(w, s, stride[1], padding[1], dilation[1])
     return x.new_empty((n, p, q, k)).permute(0, 3, 1, 2)
 
 
