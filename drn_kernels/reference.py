@@ -16,6 +16,7 @@ __all__ = [
     "fold_bn",
     "bilinear_up_weight",
     "upsample8",
+    "class_logits",
     "class_head",
     "localize",
 ]
@@ -82,7 +83,14 @@ def upsample8(logits: torch.Tensor) -> torch.Tensor:
 
 def _classifier(x, weight, bias):
     cdt = _compute_dtype(x.dtype)
-    return F.conv2d(x.to(cdt), weight.to(cdt), bias.to(cdt))
+    return F.conv2d(x.to(cdt), weight.to(cdt).view(weight.shape[0], -1, 1, 1), bias.to(cdt))
+
+
+def class_logits(x, weight, bias, upsample=1):
+    """The logits class_head takes the argmax of: conv1x1(x, weight (K, C, 1, 1) or (K, C), bias), ×8 up-sampled
+    by the reference's transposed conv when upsample == 8. (N, K, H*u, W*u), float64 for float64 input."""
+    logits = _classifier(x, weight, bias)
+    return upsample8(logits) if upsample == 8 else logits
 
 
 def _argmax_and_prob(logits: torch.Tensor, label_dtype):
@@ -94,10 +102,7 @@ def _argmax_and_prob(logits: torch.Tensor, label_dtype):
 
 def class_head(x, weight, bias, upsample=1, label_dtype=torch.int64):
     """labels, probs of argmax_k softmax_k(conv1x1(x) [upsampled ×8])."""
-    logits = _classifier(x, weight, bias)
-    if upsample == 8:
-        logits = upsample8(logits)
-    return _argmax_and_prob(logits, label_dtype)
+    return _argmax_and_prob(class_logits(x, weight, bias, upsample), label_dtype)
 
 
 def localize(x, weight, bias, threshold, stride=8):

@@ -8,6 +8,7 @@ import torch
 
 import drn_kernels
 from drn_kernels import reference
+from margins import clear_top2
 
 pytestmark = pytest.mark.gpu
 BACKEND = "cuda"
@@ -95,11 +96,7 @@ def test_class_head(dtype, upsample):
     weight, bias = _gen((k, c, 1, 1), dtype, c ** -0.5), _gen((k,), dtype)
     labels, probs = drn_kernels.class_head(x, weight, bias, upsample=upsample, backend=BACKEND)
     ref_labels, ref_probs = reference.class_head(x.double(), weight.double(), bias.double(), upsample)
-    logits = torch.nn.functional.conv2d(x.double(), weight.double(), bias.double())
-    if upsample == 8:
-        logits = reference.upsample8(logits)
-    top2 = logits.topk(2, dim=1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 1e-3
+    clear = clear_top2(reference.class_logits(x.double(), weight.double(), bias.double(), upsample), 1e-3)
     assert torch.equal(labels[clear], ref_labels[clear])
     torch.testing.assert_close(probs.double()[clear], ref_probs[clear], atol=1e-4, rtol=1e-3)
 

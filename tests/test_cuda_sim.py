@@ -8,6 +8,7 @@ import torch
 
 import drn_kernels
 from drn_kernels import _aot_cuda, _sim, reference
+from margins import clear_top2
 
 _reason = _sim.why_unavailable()  # builds the simulator on first use (cached in the torch extensions dir)
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"cuda-sim unavailable: {_reason}")
@@ -103,17 +104,8 @@ def test_conv_bn_act_deterministic_and_empty_batch():
     assert empty.shape == (0,) + a.shape[1:]
 
 
-def _margin_mask(logits64, atol):
-    """Pixels whose top-2 logits differ by more than atol: there the argmax cannot flip on rounding."""
-    if logits64.shape[1] == 1:
-        return torch.ones_like(logits64[:, 0], dtype=torch.bool)
-    top2 = logits64.topk(2, dim=1).values
-    return (top2[:, 0] - top2[:, 1]) > atol
-
-
 def _head_logits64(x, weight, bias, upsample):
-    logits = torch.nn.functional.conv2d(x.double(), weight.double().view(weight.shape[0], -1, 1, 1), bias.double())
-    return reference.upsample8(logits) if upsample == 8 else logits
+    return reference.class_logits(x.double(), weight.double(), bias.double(), upsample)
 
 
 @pytest.mark.parametrize("upsample", [1, 8])
@@ -130,7 +122,7 @@ def test_class_head_matches_reference(upsample, k, dtype):
                                                  upsample)
     assert labels.shape == ref_labels.shape == (n, h * upsample, w * upsample)
     assert labels.dtype == torch.int64 and probs.dtype == torch.float32
-    mask = _margin_mask(_head_logits64(x, weight, bias, upsample), 1e-4)
+    mask = clear_top2(_head_logits64(x, weight, bias, upsample), 1e-4)
     assert mask.float().mean() > 0.9
     assert torch.equal(labels[mask], ref_labels[mask])
     torch.testing.assert_close(probs.double()[mask], ref_probs[mask], atol=1e-5, rtol=1e-4)
@@ -165,7 +157,7 @@ def test_localize_matches_reference(dtype, atol, rtol, threshold):
     assert logits.dtype == dtype and labels.dtype == torch.int64 and scores.dtype == boxes.dtype == torch.float32
     same = reference.localize(x, weight, bias, threshold, 8)[0]
     _assert_close_to_reference(logits, r_logits, same, atol, rtol)
-    mask = _margin_mask(_head_logits64(x, weight, bias, 1), 1e-4)
+    mask = clear_top2(_head_logits64(x, weight, bias, 1), 1e-4)
     assert mask.all(), "test data has a near tie; pick another seed"
     assert torch.equal(labels, r_labels)
     torch.testing.assert_close(scores.double(), r_scores, atol=1e-5, rtol=1e-4)

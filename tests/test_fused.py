@@ -16,6 +16,7 @@ import drn
 import drn_kernels
 from drn.fused import FusedConv, FusedModel
 from drn.heads import DRNSeg, as_localizer, classifier_weights
+from margins import clear_top2
 
 FP32_LOGIT_RTOL = 1e-4  # max |fused - unfused| / max |unfused| for fp32 logits
 ODD_SHAPE_MODELS = {"drn_a_18", "drn_c_58", "drn_d_22"}  # also run at 2x3x57x71
@@ -63,8 +64,7 @@ def rel_err(a, b):
 
 
 def clear_margin(logits: torch.Tensor, dim: int = 1, margin: float = 1e-3) -> torch.Tensor:
-    top2 = logits.topk(2, dim=dim).values
-    return (top2.select(dim, 0) - top2.select(dim, 1)) > margin
+    return clear_top2(logits, margin, dim)
 
 
 def check_classify(model, fused, x):

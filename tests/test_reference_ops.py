@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import drn_kernels
 from drn_kernels import reference
+from margins import clear_top2
 
 
 def _conv_case(n, c, k, h, w, r, stride, pad, dil, channels_last, residual, seed=0):
@@ -97,8 +98,7 @@ def test_class_head_reference(k, upsample, n, channels_last):
     assert labels.shape == (n, 5 * upsample, 7 * upsample) and labels.dtype == torch.int64
     assert probs.dtype == torch.float32
     torch.testing.assert_close(probs.double(), p.max(dim=1).values, rtol=1e-5, atol=1e-6)
-    top2 = logits.topk(min(2, k), dim=1).values
-    clear = (top2[:, 0] - top2[:, -1] > 1e-4) if k > 1 else torch.ones_like(labels, dtype=torch.bool)
+    clear = clear_top2(logits, 1e-4)
     assert torch.equal(labels[clear], logits.argmax(dim=1)[clear])
 
 

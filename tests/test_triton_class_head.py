@@ -9,6 +9,7 @@ import torch
 
 import drn_kernels
 from drn_kernels import reference
+from margins import clear_top2
 
 head_mod = pytest.importorskip("drn_kernels.triton.class_head")
 
@@ -46,17 +47,11 @@ def _inputs(n, c, h, w, k, dtype, channels_last, seed=0, weight_2d=False):
 
 
 def _reference_logits64(x, weight, bias, upsample):
-    w4 = weight.double().view(weight.shape[0], -1, 1, 1)
-    logits = reference.conv_bn_act(x.double(), w4, bias.double(), relu=False)
-    return reference.upsample8(logits) if upsample == 8 else logits
+    return reference.class_logits(x.double(), weight.double(), bias.double(), upsample)
 
 
 def _margin_mask(logits):
-    """True where the top-2 margin over classes exceeds MARGIN (labels must then match exactly)."""
-    if logits.shape[1] == 1:
-        return torch.ones(logits[:, 0].shape, dtype=torch.bool)
-    top2 = logits.topk(2, dim=1).values
-    return (top2[:, 0] - top2[:, 1]) > MARGIN
+    return clear_top2(logits, MARGIN)
 
 
 def _check_head(labels, probs, x, weight, bias, upsample, label_dtype=torch.int64):
@@ -163,7 +158,7 @@ def test_localize_parity(dtype, shape, threshold):
     # the kernel's only rounding beyond the reference's is its final cast: within one ulp of the dtype
     ulp = torch.finfo(dtype).eps * ref_logits.abs().max().item()
     assert (logits.double() - ref_logits_rounded).abs().max().item() <= ulp + 1e-5 * ref_logits.abs().max().item()
-    sure = _margin_mask(reference.conv_bn_act(x.double(), weight.double(), bias.double(), relu=False))
+    sure = _margin_mask(_reference_logits64(x, weight, bias, 1))
     assert torch.equal(labels[sure], ref_labels[sure]) and labels.dtype == torch.int64
     assert ((scores.double() - ref_scores).abs() / ref_scores)[sure].max().item() <= PROB_RTOL
     near = (ref_scores - threshold).abs() < 1e-5
@@ -208,7 +203,7 @@ def test_localize_parity_gpu(dtype):
     logits, labels, scores, boxes = (t.cpu() for t in out)
     ref_logits, ref_labels, ref_scores, ref_boxes = reference.localize(x.double(), weight.double(), bias.double(),
                                                                        0.01, 8)
-    sure = _margin_mask(reference.conv_bn_act(x.double(), weight.double(), bias.double(), relu=False))
+    sure = _margin_mask(_reference_logits64(x, weight, bias, 1))
     assert torch.equal(labels[sure], ref_labels[sure])
     torch.testing.assert_close(logits.double(), ref_logits, rtol=1e-2 if dtype != torch.float32 else 1e-5,
                                atol=1e-3 if dtype != torch.float32 else 1e-5)
