@@ -25,8 +25,11 @@ from torch import nn
 
 import drn_kernels
 from drn_kernels import _backends
+from drn_kernels._checks import conv_output_size
+from drn_kernels.ops import conv_bn_act_into_residual
 from drn_kernels.reference import bilinear_up_weight, upsample8
 
+from . import banded
 from .heads import OUTPUT_STRIDE, DRNSeg, Localization, LocalizeMixin, clip_boxes
 from .models import DRN, DRN_A, BasicBlock, Bottleneck, global_avg_pool
 
@@ -78,6 +81,31 @@ class FusedConv(InferenceOnly):
                                        dilation=self.dilation, residual=residual, relu=self.relu,
                                        backend=self.backend)
 
+    # drn.banded's unit protocol: output shape, rows read by a band of output rows, a band of output rows.
+    def out_shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
+        k, _, r, s = self.weight.shape
+        return (k, conv_output_size(h, r, self.stride[0], self.padding[0], self.dilation[0]),
+                conv_output_size(w, s, self.stride[1], self.padding[1], self.dilation[1]))
+
+    def _input_rows(self, o0: int, o1: int) -> tuple[int, int]:
+        """Input rows [a, b) that output rows [o0, o1) read, padding rows (< 0 or >= h) included."""
+        r = self.weight.shape[2]
+        a = o0 * self.stride[0] - self.padding[0]
+        return a, (o1 - 1) * self.stride[0] - self.padding[0] + self.dilation[0] * (r - 1) + 1
+
+    def rows_needed(self, o0: int, o1: int, h: int) -> tuple[int, int]:
+        a, b = self._input_rows(o0, o1)
+        return max(a, 0), min(b, h)
+
+    def run_rows(self, src, lo: int, h: int, o0: int, o1: int, residual=None):
+        """Output rows [o0, o1) from src = input rows [lo, lo + src.shape[2]) of an h-row map: vertical padding 0
+        on exactly the rows read, zero rows added where they reach past the map."""
+        a, b = self._input_rows(o0, o1)
+        band = banded.pad_rows(src[:, :, max(a, 0) - lo:min(b, h) - lo], max(0, -a), max(0, b - h))
+        return drn_kernels.conv_bn_act(band, self.weight, self.bias, stride=self.stride, padding=[0, self.padding[1]],
+                                       dilation=self.dilation, residual=residual, relu=self.relu,
+                                       backend=self.backend)
+
     def extra_repr(self):
         k, c, r, s = self.weight.shape
         return (f"{self.name}: {c}->{k} {r}x{s} stride={self.stride} padding={self.padding} "
@@ -106,7 +134,63 @@ def _fused_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: boo
     return FusedConv(name, weight, bias, conv.stride, conv.padding, conv.dilation, relu, backend)
 
 
-class FusedBasicBlock(InferenceOnly):
+class _BandedBlock(InferenceOnly):
+    """drn.banded's unit protocol for a block: the chain of its convs, plus its shortcut."""
+
+    def convs(self) -> list[FusedConv]:
+        raise NotImplementedError
+
+    def out_shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
+        shape = (c, h, w)
+        for conv in self.convs():
+            shape = conv.out_shape(*shape)
+        return shape
+
+    def _heights(self, h: int) -> list[int]:
+        heights = [h]
+        for conv in self.convs():
+            heights.append(conv.out_shape(1, heights[-1], 1)[1])
+        return heights
+
+    def rows_needed(self, o0: int, o1: int, h: int) -> tuple[int, int]:
+        lo, hi = banded.chain_rows(self.convs(), self._heights(h), o0, o1)[0]
+        if self.residual:
+            s0, s1 = self.downsample.rows_needed(o0, o1, h) if self.downsample is not None else (o0, o1)
+            lo, hi = min(lo, s0), max(hi, s1)
+        return lo, hi
+
+    def run_rows(self, src, lo: int, h: int, o0: int, o1: int):
+        convs, heights = self.convs(), self._heights(h)
+        ranges = banded.chain_rows(convs, heights, o0, o1)
+        shortcut = None
+        if self.residual:
+            shortcut = (self.downsample.run_rows(src, lo, h, o0, o1) if self.downsample is not None
+                        else src[:, :, o0 - lo:o1 - lo])
+        a, b = ranges[0]
+        return banded.run_chain(convs, heights, ranges, src[:, :, a - lo:b - lo], residual=shortcut)
+
+    def forward_low_memory(self, x, rows: int):
+        """forward(x), reusing x's storage (the caller's own map, read by nothing else afterwards) or the first
+        conv's: the block holds its input and one map of its own instead of three."""
+        convs = self.convs()
+        *first, last = convs
+        t = x
+        for conv in first:
+            t = conv(t)
+        if self.residual and self.downsample is None:   # identity shortcut: the last conv adds x into x
+            return conv_bn_act_into_residual(t, last.weight, last.bias, residual=x, stride=last.stride,
+                                             padding=last.padding, dilation=last.dilation, relu=last.relu,
+                                             backend=last.backend)
+        if t is not x and last.out_shape(*t.shape[1:]) == tuple(t.shape[1:]):  # written over the first conv's map
+            shortcut = None
+            if self.residual:
+                def shortcut(o0, o1):
+                    return self.downsample.run_rows(x, 0, x.shape[2], o0, o1)
+            return banded.conv_over_rows(last, t, max(rows, last.padding[0]), shortcut)
+        return last(t, residual=self.downsample(x) if self.residual else None)
+
+
+class FusedBasicBlock(_BandedBlock):
     """relu(conv2(conv1(x)) + shortcut): two conv_bn_act calls, the second fusing the add and ReLU."""
 
     def __init__(self, name: str, block: BasicBlock, backend: str):
@@ -119,6 +203,9 @@ class FusedBasicBlock(InferenceOnly):
         self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, backend)
                            if self.residual and block.downsample is not None else None)
 
+    def convs(self) -> list[FusedConv]:
+        return [self.conv1, self.conv2]
+
     def forward(self, x):
         out = self.conv1(x)
         if not self.residual:
@@ -127,7 +214,7 @@ class FusedBasicBlock(InferenceOnly):
         return self.conv2(out, residual=shortcut)
 
 
-class FusedBottleneck(InferenceOnly):
+class FusedBottleneck(_BandedBlock):
     """relu(conv3(conv2(conv1(x))) + shortcut): three conv_bn_act calls, the last fusing the add and ReLU."""
 
     def __init__(self, name: str, block: Bottleneck, backend: str):
@@ -137,6 +224,10 @@ class FusedBottleneck(InferenceOnly):
         self.conv3 = _fused_conv(f"{name}.conv3", block.conv3, block.bn3, True, backend)
         self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, backend)
                            if block.downsample is not None else None)
+        self.residual = True
+
+    def convs(self) -> list[FusedConv]:
+        return [self.conv1, self.conv2, self.conv3]
 
     def forward(self, x):
         out = self.conv2(self.conv1(x))
@@ -274,15 +365,53 @@ class FusedSegmenter(FusedModel):
         up = upsample8(low)[..., :h, :w]
         return F.log_softmax(up, dim=1), low
 
+    # predict() in row bands (drn.banded) to bound memory: None = on CPU for inputs of at least LOW_MEMORY_PIXELS
+    # pixels; True / False force it. Band sizes: ~band_bytes per band of a map, stem_band_bytes in the stem.
+    low_memory: bool | None = None
+    LOW_MEMORY_PIXELS = 1 << 19
+    band_bytes = 8 << 20
+    stem_band_bytes = 32 << 20
+
     @torch.no_grad()
     def predict(self, x):
         """(labels (N, H, W) int64, probs (N, H, W) float32): argmax of the ×8 up-sampled prediction."""
         h, w = x.shape[-2:]
-        labels, probs = drn_kernels.class_head(self.features(x), self.head_weight, self.head_bias, upsample=8,
-                                               backend=self._backend)
+        low_memory = self.low_memory
+        if low_memory is None:
+            low_memory = x.device.type == "cpu" and h * w >= self.LOW_MEMORY_PIXELS
+        units = list(self.backbone)
+        if low_memory and x.shape[0] > 0 and all(hasattr(u, "run_rows") for u in units):
+            labels, probs = self._predict_low_memory(x, units)
+        else:
+            labels, probs = drn_kernels.class_head(self.features(x), self.head_weight, self.head_bias, upsample=8,
+                                                   backend=self._backend)
         if labels.shape[-2:] != (h, w):  # sides not multiples of 8: crop as DRNSeg does (top-left aligned)
             labels, probs = labels[..., :h, :w].contiguous(), probs[..., :h, :w].contiguous()
         return labels, probs
+
+
+    def _predict_low_memory(self, x, units):
+        """The stem (every unit up to the last strided one) in bands of its output rows, re-computing the rows a
+        band's neighbours also read; the output-stride-8 blocks on their own storage (forward_low_memory); the
+        trailing plain convs written over their input (banded.conv_over_rows); the head in bands."""
+        heights = banded.chain_heights(units, x)
+        strided = [i for i in range(len(units)) if heights[i + 1] < heights[i]]
+        split = strided[-1] + 1 if strided else 0
+        stem = units[:split]
+        if stem:
+            feats = banded.run_banded(stem, x, banded.rows_per_band(stem, x, self.stem_band_bytes))
+        else:
+            feats = x.contiguous(memory_format=torch.channels_last).clone(memory_format=torch.channels_last)
+        for u in units[split:]:
+            rows = banded.rows_per_band([u], feats, self.band_bytes)
+            if isinstance(u, FusedConv) and u.out_shape(*feats.shape[1:]) == tuple(feats.shape[1:]):
+                feats = banded.conv_over_rows(u, feats, max(rows, u.padding[0]))
+            elif isinstance(u, _BandedBlock):
+                feats = u.forward_low_memory(feats, rows)
+            else:
+                feats = u(feats)
+        return banded.banded_class_head([], feats, self.head_weight, self.head_bias,
+                                        banded.rows_per_band([], feats, self.band_bytes), self._backend)
 
 
 def _named_levels(model: nn.Module) -> list[tuple[str, nn.Module]]:

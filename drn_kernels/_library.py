@@ -28,6 +28,18 @@ for _suffix in ("native", "sim"):
     torch.library.define(f"drn::localize_{_suffix}", f"({_LOC_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
+# The same computation written over the residual (no output allocation): CPU kernel only (csrc/cpu);
+# drn_kernels.ops.conv_bn_act_into_residual calls it where it applies and computes + copies elsewhere.
+torch.library.define("drn::conv_bn_act_residual_native",
+                     "(Tensor x, Tensor weight, Tensor bias, SymInt[] stride, SymInt[] padding, SymInt[] dilation, "
+                     "Tensor(a!) residual, bool relu) -> ()")
+
+
+@torch.library.register_fake("drn::conv_bn_act_residual_native")
+def _(x, weight, bias, stride, padding, dilation, residual, relu):
+    return None
+
+
 # ---- output allocation shared by fake kernels (and usable by kernels) -----------------------------------------
 
 def empty_conv_output(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:

@@ -31,6 +31,31 @@ def conv_bn_act(x, weight, bias, *, stride=1, padding=0, dilation=1, residual=No
     return torch.ops.drn.conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
 
 
+def conv_bn_act_into_residual(x, weight, bias, *, residual, stride=1, padding=0, dilation=1, relu=True,
+                              backend="auto"):
+    """conv_bn_act(x, ..., residual=residual) written over `residual`, which is returned.
+
+    Internal to drn.fused's memory-frugal segmentation runner (a block's identity shortcut that nothing reads
+    afterwards); not part of the public API. The cpu backend computes in place when `residual` is channels_last
+    contiguous; everywhere else the result is computed as conv_bn_act does and copied in (same values).
+    """
+    stride = _checks.pair(stride, "stride")
+    padding = _checks.pair(padding, "padding")
+    dilation = _checks.pair(dilation, "dilation")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual must be a torch.Tensor to write into, got {type(residual).__name__}")
+    backend = _backends.resolve(backend, x.device, "conv_bn_act")
+    _checks.check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
+    if (backend == "cpu" and x.shape[0] > 0 and residual.is_contiguous(memory_format=torch.channels_last)
+            and not residual.requires_grad):
+        torch.ops.drn.conv_bn_act_residual_native(x, weight, bias, stride, padding, dilation, residual, relu)
+        return residual
+    return residual.copy_(conv_bn_act(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                      residual=residual, relu=relu, backend=backend))
+
+
 def fold_bn(weight, bn):
     """(weight, bias) of a bias-free conv followed by eval-mode BatchNorm2d `bn`, folded in float64."""
     return reference.fold_bn(weight, bn)

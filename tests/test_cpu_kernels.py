@@ -54,16 +54,19 @@ DRN_CONVS = [
 DTYPES = [pytest.param(torch.float32, 1e-4, 1e-4, id="fp32"),
           pytest.param(torch.bfloat16, None, None, id="bf16"),
           pytest.param(torch.float16, None, None, id="fp16")]
-PATHS = ["onednn", "aten"]
+PATHS = ["onednn", "aten", "winograd2", "winograd4"]
 
 
 @pytest.fixture(params=PATHS)
 def conv_path(request, monkeypatch):
-    """The oneDNN fused path, and the ATen convolution + fused epilogue fallback (DRN_CPU_CONV=aten)."""
-    if request.param == "aten":
-        monkeypatch.setenv("DRN_CPU_CONV", "aten")
-    else:
-        monkeypatch.delenv("DRN_CPU_CONV", raising=False)
+    """The oneDNN fused path (DRN_CPU_CONV=direct), the ATen convolution + fused epilogue fallback
+    (DRN_CPU_CONV=aten), and Winograd F(2x2,3x3) / F(4x4,3x3) for every float32 3x3 stride-1 conv
+    (DRN_CPU_CONV=winograd; other convs fall through to oneDNN). Outputs of the Winograd path are poisoned
+    (DRN_CPU_POISON=1: filled with NaN before the kernel runs) so an unwritten element shows."""
+    monkeypatch.setenv("DRN_CPU_CONV", {"onednn": "direct", "aten": "aten"}.get(request.param, "winograd"))
+    monkeypatch.setenv("DRN_CPU_POISON", "1")
+    if request.param.startswith("winograd"):
+        monkeypatch.setenv("DRN_WINOGRAD_TILE", request.param[-1])
     return request.param
 
 
@@ -117,8 +120,8 @@ def test_conv_bn_act_odd_strides_and_repeatable(conv_path):
     assert torch.equal(y1, y2)
 
 
-def test_conv_bn_act_weight_update_repacks():
-    """The packed-weight cache follows in-place updates of the weight (version counter)."""
+def test_conv_bn_act_weight_update_repacks(conv_path):
+    """The packed / Winograd-transformed weight caches follow in-place updates of the weight (version counter)."""
     x = _rand(1, 8, 9, 9, seed=9)
     wt = _rand(4, 8, 3, 3, scale=0.2, seed=10)
     b = _rand(4, seed=11)
@@ -129,6 +132,93 @@ def test_conv_bn_act_weight_update_repacks():
     ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [1, 1], [1, 1], [1, 1], None, False)
     torch.testing.assert_close(y2.double(), ref, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(y1, y2)
+
+
+# (N, C, K, H, W, dilation): channel tails (not multiples of 16), dilations larger than the map, several
+# workspace chunks (batch 2 of 130x126 at 64 channels is 2112 F(4,3) tiles, chunks of 910), batch 0 and 1.
+WINOGRAD_CASES = [
+    pytest.param(1, 64, 64, 28, 28, 4, id="64-d4-28"),
+    pytest.param(2, 21, 37, 17, 23, 3, id="tails-d3"),
+    pytest.param(1, 5, 70, 7, 9, 8, id="dilation-beyond-map"),
+    pytest.param(2, 64, 64, 130, 126, 1, id="multi-chunk"),
+    pytest.param(0, 64, 64, 9, 9, 2, id="empty-batch"),
+]
+
+
+@pytest.mark.parametrize("tile", ["2", "4"])
+@pytest.mark.parametrize("n, c, k, h, w, dil", WINOGRAD_CASES)
+def test_winograd_parity(monkeypatch, tile, n, c, k, h, w, dil):
+    """Winograd F(m,3) against the float64 reference: contiguous and channels_last x, with and without a
+    residual, poisoned outputs; the per-element error stays at float32 level (relative to the output scale)."""
+    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    monkeypatch.setenv("DRN_CPU_POISON", "1")
+    monkeypatch.setenv("DRN_WINOGRAD_TILE", tile)
+    wt = _rand(k, c, 3, 3, scale=(9 * c) ** -0.5, seed=21)
+    b = _rand(k, seed=22)
+    for fmt in (torch.contiguous_format, CL):
+        x = _rand(n, c, h, w, fmt=fmt, seed=20)
+        for res in (None, _rand(n, k, h, w, fmt=fmt, seed=23)):
+            y = drn_kernels.conv_bn_act(x, wt, b, padding=dil, dilation=dil, residual=res, relu=res is None,
+                                        backend="cpu")
+            ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [1, 1], [dil, dil], [dil, dil],
+                                        None if res is None else res.double(), res is None)
+            assert y.shape == ref.shape and y.is_contiguous(memory_format=CL)
+            assert not y.isnan().any()
+            scale = max(ref.abs().max().item() if ref.numel() else 1.0, 1.0)
+            assert _max_err(y, ref) <= (2e-6 if tile == "2" else 2e-5) * scale
+
+
+def test_winograd_is_the_default_for_wide_fp32_3x3(monkeypatch):
+    """With DRN_CPU_CONV unset, a float32 3x3 stride-1 conv with >= 64 channels in and out takes the Winograd
+    path (bit-identical to forcing it), a 32-channel one and a stride-2 one take oneDNN's."""
+    x = _rand(1, 64, 15, 14, fmt=CL, seed=24)
+    wt = _rand(64, 64, 3, 3, scale=0.04, seed=25)
+    b = _rand(64, seed=26)
+
+    def run(mode, **kw):
+        monkeypatch.setenv("DRN_CPU_CONV", mode)
+        return drn_kernels.conv_bn_act(x, wt, b, padding=2, dilation=2, backend="cpu", **kw)
+
+    assert torch.equal(run(""), run("winograd"))
+    assert not torch.equal(run(""), run("direct"))
+    assert torch.equal(run("", stride=2), run("direct", stride=2))
+    narrow_x, narrow_w = x[:, :32], wt[:32, :32]
+    monkeypatch.setenv("DRN_CPU_CONV", "")
+    auto = drn_kernels.conv_bn_act(narrow_x, narrow_w, b[:32], padding=1, backend="cpu")
+    monkeypatch.setenv("DRN_CPU_CONV", "direct")
+    assert torch.equal(auto, drn_kernels.conv_bn_act(narrow_x, narrow_w, b[:32], padding=1, backend="cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("c, k, stride, dil", [(64, 64, 1, 2), (16, 24, 1, 1), (8, 8, 2, 1)])
+def test_conv_bn_act_into_residual(conv_path, dtype, c, k, stride, dil):
+    """The in-place variant (drn.fused's memory-frugal predict) writes exactly conv_bn_act's result over the
+    residual's storage; a residual that is not channels_last contiguous gets the same values by a copy."""
+    from drn_kernels.ops import conv_bn_act_into_residual
+
+    x = _rand(2, c, 11, 13, dtype=dtype, seed=40)
+    wt = _rand(k, c, 3, 3, dtype=dtype, scale=(9 * c) ** -0.5, seed=41)
+    b = _rand(k, dtype=dtype, seed=42)
+    p, q = (11 - 1) // stride + 1, (13 - 1) // stride + 1
+    for fmt in (CL, torch.contiguous_format):
+        res = _rand(2, k, p, q, dtype=dtype, fmt=fmt, seed=43)
+        expected = drn_kernels.conv_bn_act(x, wt, b, stride=stride, padding=dil, dilation=dil, residual=res,
+                                           backend="cpu")
+        ptr = res.data_ptr()
+        out = conv_bn_act_into_residual(x, wt, b, residual=res, stride=stride, padding=dil, dilation=dil,
+                                        backend="cpu")
+        assert out is res and res.data_ptr() == ptr
+        assert torch.equal(out, expected)
+    with pytest.raises(ValueError, match="residual must have"):
+        conv_bn_act_into_residual(x, wt, b, residual=res[:, :, 1:], stride=stride, padding=dil, dilation=dil,
+                                  backend="cpu")
+
+
+def test_winograd_tile_env_is_checked(monkeypatch):
+    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    monkeypatch.setenv("DRN_WINOGRAD_TILE", "3")
+    with pytest.raises(ValueError, match="DRN_WINOGRAD_TILE"):
+        drn_kernels.conv_bn_act(_rand(1, 4, 5, 5), _rand(4, 4, 3, 3), _rand(4), padding=1, backend="cpu")
 
 
 def test_conv_bn_act_empty_batch():

@@ -260,3 +260,74 @@ def test_triton_backend_interpreted():
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(out, ref) <= FP32_LOGIT_RTOL
     print(f"triton (interpreted) drn_d_22 levels 0-3 at 16x16: {time.perf_counter() - start:.1f} s")
+
+
+# ---- memory-frugal segmentation predict (drn.banded) -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26", "drn_c_58", "drn_b_26", "drn_d_38"])
+def test_low_memory_predict_equals_plain(name):
+    """Row bands (stem re-computing its halo rows, blocks over their own storage, plain convs written over their
+    input, the head in bands) give the plain predict()'s labels wherever the top-2 margin is clear, and its
+    probabilities to float32 rounding: bands of one row, of a few rows, and a single band; batch 2, odd sides."""
+    _require("cpu")
+    _, seg, _ = unfused_models(name)
+    fused = drn.fuse(seg, backend="cpu")
+    x = fresh_input((2, 3, 75, 97))
+    fused.low_memory = False
+    labels, probs = fused.predict(x)
+    clear = clear_margin(seg(x)[0])
+    fused.low_memory = True
+    for band_bytes, stem_band_bytes in ((1, 1), (1 << 14, 1 << 16), (1 << 40, 1 << 40)):
+        fused.band_bytes, fused.stem_band_bytes = band_bytes, stem_band_bytes
+        lab, prob = fused.predict(x)
+        assert lab.shape == labels.shape and prob.shape == probs.shape
+        assert torch.equal(lab[clear], labels[clear])
+        torch.testing.assert_close(prob, probs, rtol=0, atol=1e-6)
+    assert [t.shape for t in fused.predict(x[:0])] == [(0, 75, 97)] * 2
+
+
+def test_low_memory_predict_is_the_cpu_default_for_large_inputs(monkeypatch):
+    """predict() takes the banded path on CPU from LOW_MEMORY_PIXELS on (and when forced), the plain one below."""
+    _require("cpu")
+    _, seg, _ = unfused_models("drn_d_22")
+    fused = drn.fuse(seg, backend="cpu")
+    calls = []
+    real = fused._predict_low_memory
+    monkeypatch.setattr(fused, "_predict_low_memory", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(fused, "LOW_MEMORY_PIXELS", 64 * 80)
+    fused.predict(fresh_input((1, 3, 64, 72)))
+    assert calls == []
+    fused.predict(fresh_input((1, 3, 64, 80)))
+    assert calls == [1]
+    fused.low_memory = False
+    fused.predict(fresh_input((1, 3, 64, 80)))
+    assert calls == [1]
+
+
+def test_low_memory_predict_bounds_peak_memory():
+    """The point of the banded path: at 256x512 its peak allocation (torch.profiler's CPU allocator events) is
+    well under the plain fused predict's, which holds the full-resolution stem maps."""
+    _require("cpu")
+    from benchmarks.common import peak_memory_bytes
+
+    _, seg, _ = unfused_models("drn_d_22")
+    fused = drn.fuse(seg, backend="cpu")
+    x = fresh_input((1, 3, 256, 512))
+    peaks = {}
+    for low_memory in (False, True):
+        fused.low_memory = low_memory
+        peaks[low_memory] = peak_memory_bytes(lambda: fused.predict(x))
+    assert peaks[True] < 0.6 * peaks[False], peaks
+
+
+def test_conv_over_rows_checks_its_bands():
+    from drn import banded
+
+    conv = FusedConv("c", torch.randn(8, 8, 3, 3), torch.randn(8), [1, 1], [4, 4], [4, 4], True, "reference")
+    x = torch.randn(1, 8, 20, 9).contiguous(memory_format=torch.channels_last)
+    expected = conv(x)
+    with pytest.raises(ValueError, match="bands of 3 rows"):
+        banded.conv_over_rows(conv, x.clone(), 3)
+    out = banded.conv_over_rows(conv, x, 4)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out, expected)

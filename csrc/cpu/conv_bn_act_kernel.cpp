@@ -4,6 +4,8 @@
 // Layout: x any memory format (made channels_last), w (K,C,R,S) any format, residual any strides;
 //         y (N,K,P,Q) channels_last, i.e. memory (N,P,Q,K) — the layout oneDNN's fast direct/brgemm convolutions
 //         use, and the one the fused model keeps between layers.
+// Winograd: float32 3×3 stride-1 convolutions with ≥ 64 channels in and out go to conv_bn_act_winograd.cpp
+//         (F(4×4,3×3): 4× fewer multiplies; DRN_CPU_CONV=direct turns it off). Everything else:
 // Tiling: none of our own. The GEMM-like core is oneDNN's (it ships inside torch), reached through the fused
 //         ops torch registers for inductor: mkldnn::_convolution_pointwise (post-op "relu"/"none") and its
 //         .binary overload (post-op "add" of the residual, then "relu"), so bias, residual and ReLU are applied
@@ -24,12 +26,13 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "cpu/conv_bn_act_winograd.h"
+#include "cpu/weight_cache.h"
+
 #include <array>
 #include <atomic>
 #include <cstdlib>
-#include <mutex>
 #include <string_view>
-#include <unordered_map>
 
 namespace drn::cpu {
 namespace {
@@ -62,64 +65,21 @@ bool onednn_wanted(at::ScalarType dt) {
   return !onednn_failed[dtype_slot(dt)].load(std::memory_order_relaxed);
 }
 
-// Cache of re-ordered weights. Keyed by the weight's identity and version, so an in-place update of the
-// weight (load_state_dict, fold) re-packs; the weak reference makes a freed weight's entry unusable even when
-// a new tensor reuses its address.
-struct PackKey {
-  const void* impl;
-  const void* data;
-  int64_t version;
-  at::ScalarType dtype;
-  std::array<int64_t, 6> params;  // stride, padding, dilation
-  bool operator==(const PackKey& o) const {
-    return impl == o.impl && data == o.data && version == o.version && dtype == o.dtype && params == o.params;
-  }
-};
-struct PackKeyHash {
-  size_t operator()(const PackKey& k) const {
-    size_t h = std::hash<const void*>()(k.impl) ^ (std::hash<const void*>()(k.data) << 1);
-    h ^= std::hash<int64_t>()(k.version) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-    for (int64_t p : k.params) h ^= std::hash<int64_t>()(p) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-    return h ^ static_cast<size_t>(k.dtype);
-  }
-};
-struct PackEntry {
-  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> owner;
-  Tensor packed;
-};
-
-std::mutex pack_mutex;
-std::unordered_map<PackKey, PackEntry, PackKeyHash> pack_cache;
-constexpr size_t kPackCacheLimit = 1024;
+// Re-ordered weights, one per (weight, version, conv parameters).
+WeightCache& onednn_weights() {
+  static WeightCache cache;
+  return cache;
+}
 
 Tensor packed_weight(const Tensor& weight, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                      IntArrayRef input_size) {
-  PackKey key{weight.unsafeGetTensorImpl(), weight.data_ptr(), weight.is_inference() ? -1 : weight._version(),
-              weight.scalar_type(), {stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]}};
-  {
-    std::lock_guard<std::mutex> lock(pack_mutex);
-    auto it = pack_cache.find(key);
-    if (it != pack_cache.end()) {
-      auto alive = it->second.owner.lock();
-      if (alive.get() == weight.unsafeGetTensorImpl()) return it->second.packed;
-      pack_cache.erase(it);
-    }
-  }
   static auto reorder = c10::Dispatcher::singleton()
                             .findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "")
                             .typed<ReorderFn>();
-  Tensor packed = reorder.call(weight.contiguous(), padding, stride, dilation, 1, input_size);
-  std::lock_guard<std::mutex> lock(pack_mutex);
-  if (pack_cache.size() >= kPackCacheLimit) {
-    for (auto it = pack_cache.begin(); it != pack_cache.end();) {
-      it = it->second.owner.expired() ? pack_cache.erase(it) : std::next(it);
-    }
-    if (pack_cache.size() >= kPackCacheLimit) pack_cache.clear();
-  }
-  pack_cache.insert_or_assign(key, PackEntry{c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(
-                                                 weight.getIntrusivePtr()),
-                                             packed});
-  return packed;
+  const WeightCache::Params params{stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]};
+  return onednn_weights().get(weight, params, [&] {
+    return reorder.call(weight.contiguous(), padding, stride, dilation, 1, input_size);
+  });
 }
 
 Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride,
@@ -228,6 +188,9 @@ Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias
   const std::vector<int64_t> stride = C10_AS_INTARRAYREF_SLOW(stride_s).vec();
   const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
+  if (winograd_applicable(x, weight, stride)) {
+    return conv_winograd(x, weight, bias, padding, dilation, residual, relu);
+  }
   if (onednn_wanted(dt)) {
     try {
       return as_declared_layout(conv_onednn(x, weight, bias, stride, padding, dilation, residual, relu), x);
@@ -239,10 +202,53 @@ Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias
   return conv_aten(x, weight, bias, stride, padding, dilation, residual, relu);
 }
 
+// drn::conv_bn_act_residual_native: the same y written over `residual` (float32/bf16/fp16 channels_last
+// contiguous, y's shape, x's dtype) — no output allocation. drn.fused's memory-frugal segmentation runner uses it
+// for a block's identity shortcut, which nothing reads afterwards.
+void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              c10::SymIntArrayRef stride_s, c10::SymIntArrayRef padding_s,
+                              c10::SymIntArrayRef dilation_s, const Tensor& residual, bool relu) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  TORCH_CHECK_VALUE(residual.scalar_type() == x.scalar_type() &&
+                        residual.is_contiguous(at::MemoryFormat::ChannelsLast),
+                    "conv_bn_act_residual_ (cpu): residual must be a channels_last contiguous tensor of x's dtype");
+  const std::vector<int64_t> stride = C10_AS_INTARRAYREF_SLOW(stride_s).vec();
+  const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
+  const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
+  const std::optional<Tensor> res = residual;
+  if (winograd_applicable(x, weight, stride)) {
+    conv_winograd(x, weight, bias, padding, dilation, res, relu, res);
+    return;
+  }
+  const auto dt = x.scalar_type();
+  if (onednn_wanted(dt)) {
+    static auto inplace = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("mkldnn::_convolution_pointwise_", "binary")
+                              .typed<Tensor&(Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                             IntArrayRef, IntArrayRef, IntArrayRef, int64_t, c10::string_view,
+                                             std::optional<at::Scalar>, std::optional<c10::string_view>,
+                                             c10::List<std::optional<at::Scalar>>,
+                                             std::optional<c10::string_view>)>();
+    try {
+      const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
+      const Tensor w = packed_weight(weight, stride, padding, dilation, xin.sizes());
+      Tensor other = residual;
+      inplace.call(other, xin, w, bias.contiguous(), padding, stride, dilation, 1, "add", std::nullopt,
+                   relu ? std::optional<c10::string_view>("relu") : std::nullopt,
+                   c10::List<std::optional<at::Scalar>>(), std::nullopt);
+      return;
+    } catch (const c10::Error&) {
+      if (dt != at::kFloat) onednn_failed[dtype_slot(dt)].store(true, std::memory_order_relaxed);
+    }
+  }
+  residual.copy_(conv_aten(x, weight, bias, stride, padding, dilation, res, relu));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(drn, CPU, m) {
   m.impl("conv_bn_act_native", TORCH_FN(conv_bn_act_cpu));
+  m.impl("conv_bn_act_residual_native", TORCH_FN(conv_bn_act_residual_cpu));
 }
 
 }  // namespace drn::cpu

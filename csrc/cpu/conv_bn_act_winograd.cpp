@@ -1,0 +1,354 @@
+// drn::conv_bn_act_native on CPU: Winograd F(m×m, 3×3) for float32 3×3 stride-1 convolutions.
+//
+// Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). With α = m + 2, per m×m tile:
+//   V = Bᵀ d B            d: the α×α input tile of one channel
+//   U = G g Gᵀ            g: the 3×3 filter of one (k, c); in float64 once per weight, cached as float32
+//   M[ξ] = V[ξ] · U[ξ]    for each of the α² points ξ: a (tiles × C)·(C × K) GEMM — the work, done by MKL sgemm
+//   y = Aᵀ M A + bias (+ residual), ReLU
+// F(2,3) multiplies 16/36 = 2.25× less than direct convolution, F(4,3) 36/144 = 4× less, at a larger rounding
+// error (its transforms carry factors up to 8 and 1/24): measured on seeded DRN-C-26/D-22/D-105 at 224, the
+// logits' max error relative to their max stays ≤ 5e-7 with either, the same as eager float32 (tests/
+// test_cpu_kernels.py pins the per-layer error). DRN_WINOGRAD_TILE=2|4 picks; 4 is the default.
+// Dilation d: outputs with equal (p mod d, q mod d) form an ordinary undilated convolution of the inputs with the
+//   same phase, so one tile covers outputs (y0 + d·i, x0 + d·j), i, j < m, and reads inputs y0 - pad + d·u, u < α.
+//   Tiles are laid out phase by phase (tile_origins); a phase whose length is not a multiple of m gets a partial
+//   last tile whose missing outputs are never written.
+// Layout: x NHWC (channels_last), channels innermost, so both transforms vectorise over channels.
+//   V: [α²][T][C], U: [α²][C][K], M: [α²][T][K] for a chunk of T tiles sized so that V and M stay ~8 MB each
+//   (the 1/8-resolution maps of a 1024×2048 image have 8192 tiles: the chunks bound the workspace).
+// Epilogue in the output transform: bias, residual, ReLU, stored straight into the channels_last output.
+// Threads: the transforms split the chunk's tiles with at::parallel_for; the GEMMs use MKL's threads.
+#include "cpu/conv_bn_act_winograd.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/einsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <string_view>
+#include <vector>
+
+#include "cpu/weight_cache.h"
+
+namespace drn::cpu {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+
+template <int M>
+struct Transform;
+
+template <>
+struct Transform<2> {
+  static constexpr int kAlpha = 4;
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+
+template <>
+struct Transform<4> {
+  static constexpr int kAlpha = 6;
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                     {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr double G[6][3] = {{1.0 / 4, 0, 0},
+                                     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                     {0, 0, 1}};
+  static constexpr float AT[4][6] = {
+      {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+constexpr int kLanes = 16;                        // channels per transform step (one AVX-512 register of floats)
+constexpr int64_t kWorkspaceFloats = 2 << 20;     // ~8 MB for each of V and M per chunk
+
+const char* conv_env() {
+  const char* env = std::getenv("DRN_CPU_CONV");
+  return env == nullptr ? "" : env;
+}
+
+int tile_size() {
+  const char* env = std::getenv("DRN_WINOGRAD_TILE");
+  if (env == nullptr || *env == '\0') return 4;
+  const std::string_view s(env);
+  TORCH_CHECK_VALUE(s == "2" || s == "4", "DRN_WINOGRAD_TILE must be 2 or 4 (output tile side), got '", s, "'");
+  return s == "4" ? 4 : 2;
+}
+
+// Tile origins along one output axis of `size` pixels with dilation `dil`: phase by phase, m outputs per tile.
+std::vector<int64_t> tile_origins(int64_t size, int64_t dil, int m) {
+  std::vector<int64_t> out;
+  for (int64_t phase = 0; phase < std::min(dil, size); ++phase) {
+    const int64_t count = (size - phase + dil - 1) / dil;
+    for (int64_t t = 0; t * m < count; ++t) out.push_back(phase + t * m * dil);
+  }
+  return out;
+}
+
+// The transforms work on 16 channels at a time as GCC vector values; compiled for AVX-512 where the CPU has it
+// (in_tiles_avx512 / out_tiles_avx512), for the build's baseline ISA otherwise.
+typedef float vec __attribute__((vector_size(64), may_alias));
+typedef float vec_u __attribute__((vector_size(64), aligned(4), may_alias));  // unaligned access
+
+[[gnu::always_inline]] inline vec load(const float* p) { return *reinterpret_cast<const vec_u*>(p); }
+[[gnu::always_inline]] inline void store(float* p, vec v) { *reinterpret_cast<vec_u*>(p) = v; }
+
+// The first n (<= kLanes) lanes; the others 0 on load and untouched on store.
+[[gnu::always_inline]] inline vec load_n(const float* p, int64_t n) {
+  if (n == kLanes) return load(p);
+  alignas(64) float tmp[kLanes] = {};
+  std::copy(p, p + n, tmp);
+  return load(tmp);
+}
+[[gnu::always_inline]] inline void store_n(float* p, vec v, int64_t n) {
+  if (n == kLanes) return store(p, v);
+  alignas(64) float tmp[kLanes];
+  store(tmp, v);
+  std::copy(tmp, tmp + n, p);
+}
+
+// out[i] = Σ_k mat[i][k] · in[k·step] with the constant matrix folded in (zeros skipped, ±1 as add/sub).
+template <int Rows, int Cols, const float (&Mat)[Rows][Cols]>
+[[gnu::always_inline]] inline void apply(const vec* in, int step, vec* out, int out_step) {
+#pragma GCC unroll 6
+  for (int i = 0; i < Rows; ++i) {
+    vec acc = {};
+#pragma GCC unroll 6
+    for (int k = 0; k < Cols; ++k) {
+      const float a = Mat[i][k];
+      if (a == 0.f) continue;
+      if (a == 1.f) {
+        acc += in[k * step];
+      } else if (a == -1.f) {
+        acc -= in[k * step];
+      } else {
+        acc += a * in[k * step];
+      }
+    }
+    out[i * out_step] = acc;
+  }
+}
+
+// Tile t of the whole batch: image n, output origin (y0, x0).
+struct TileGrid {
+  const int64_t* ty;                 // tile origins along rows and columns (tile_origins); tx has ntx entries
+  const int64_t* tx;
+  int64_t ntx, per_image;
+  struct Tile {
+    int64_t n, y0, x0;
+  };
+  Tile at(int64_t t) const {
+    const int64_t r = t % per_image;
+    return {t / per_image, ty[r / ntx], tx[r % ntx]};
+  }
+};
+
+struct InArgs {
+  const float* x;                    // NHWC input
+  int64_t H, W, C, ph, pw, dh, dw;
+  TileGrid grid;
+  float* v;                          // V chunk: tile i's row of plane ξ at v + ξ·plane + i·C
+  int64_t plane;
+};
+
+// Tiles [begin, end) of the chunk starting at global tile t0 → V.
+template <int M>
+[[gnu::always_inline]] inline void in_tiles(const InArgs& a, int64_t t0, int64_t begin, int64_t end) {
+  using T = Transform<M>;
+  constexpr int A = T::kAlpha;
+  for (int64_t i = begin; i < end; ++i) {
+    const auto [n, y0, x0] = a.grid.at(t0 + i);
+    const float* img = a.x + n * a.H * a.W * a.C;
+    const float* src[A][A];
+    for (int u = 0; u < A; ++u) {
+      const int64_t h = y0 - a.ph + a.dh * u;
+      for (int w_ = 0; w_ < A; ++w_) {
+        const int64_t w = x0 - a.pw + a.dw * w_;
+        src[u][w_] = (h >= 0 && h < a.H && w >= 0 && w < a.W) ? img + (h * a.W + w) * a.C : nullptr;
+      }
+    }
+    for (int64_t c0 = 0; c0 < a.C; c0 += kLanes) {
+      const int64_t nc = std::min<int64_t>(kLanes, a.C - c0);
+      vec d[A][A], t1[A][A], v[A][A];
+      for (int u = 0; u < A; ++u) {
+        for (int w_ = 0; w_ < A; ++w_) {
+          d[u][w_] = src[u][w_] == nullptr ? vec{} : load_n(src[u][w_] + c0, nc);
+        }
+      }
+      for (int w_ = 0; w_ < A; ++w_) apply<A, A, T::BT>(&d[0][w_], A, &t1[0][w_], A);   // Bᵀ d
+      for (int u = 0; u < A; ++u) apply<A, A, T::BT>(&t1[u][0], 1, &v[u][0], 1);        // (Bᵀ d) B
+      for (int u = 0; u < A; ++u) {
+        for (int w_ = 0; w_ < A; ++w_) {
+          store_n(a.v + (u * A + w_) * a.plane + i * a.C + c0, v[u][w_], nc);
+        }
+      }
+    }
+  }
+}
+
+struct OutArgs {
+  const float* m;                    // M chunk: tile i's row of plane ξ at m + ξ·plane + i·row
+  int64_t plane, row, K;
+  const float* bias;
+  const float* res;                  // NPQK residual or nullptr
+  float* out;                        // NPQK output
+  int64_t P, Q, dh, dw;
+  TileGrid grid;
+  bool relu;
+};
+
+// Tiles [begin, end) of the chunk starting at global tile t0: M → Aᵀ M A + bias (+ residual), ReLU → out.
+template <int M>
+[[gnu::always_inline]] inline void out_tiles(const OutArgs& a, int64_t t0, int64_t begin, int64_t end) {
+  using T = Transform<M>;
+  constexpr int A = T::kAlpha;
+  for (int64_t i = begin; i < end; ++i) {
+    const auto [n, y0, x0] = a.grid.at(t0 + i);
+    const int64_t image = n * a.P * a.Q * a.K;
+    for (int64_t k0 = 0; k0 < a.K; k0 += kLanes) {
+      const int64_t nk = std::min<int64_t>(kLanes, a.K - k0);
+      vec mm[A][A], s[M][A], y[M][M];
+      for (int u = 0; u < A; ++u) {
+        for (int w_ = 0; w_ < A; ++w_) {
+          mm[u][w_] = load_n(a.m + (u * A + w_) * a.plane + i * a.row + k0, nk);
+        }
+      }
+      for (int w_ = 0; w_ < A; ++w_) apply<M, A, T::AT>(&mm[0][w_], A, &s[0][w_], A);  // Aᵀ M
+      for (int u = 0; u < M; ++u) apply<M, A, T::AT>(&s[u][0], 1, &y[u][0], 1);       // (Aᵀ M) A
+      const vec bias = load_n(a.bias + k0, nk);
+      for (int u = 0; u < M; ++u) {
+        const int64_t p = y0 + a.dh * u;
+        if (p >= a.P) continue;
+        for (int w_ = 0; w_ < M; ++w_) {
+          const int64_t q = x0 + a.dw * w_;
+          if (q >= a.Q) continue;
+          const int64_t at = image + (p * a.Q + q) * a.K + k0;
+          vec out = y[u][w_] + bias;
+          if (a.res != nullptr) out += load_n(a.res + at, nk);
+          if (a.relu) out = out > 0.f ? out : vec{};
+          store_n(a.out + at, out, nk);
+        }
+      }
+    }
+  }
+}
+
+#define DRN_AVX512 [[gnu::target("avx512f,avx512dq,avx512vl,avx2,fma")]]
+template <int M>
+DRN_AVX512 void in_tiles_avx512(const InArgs& a, int64_t t0, int64_t b, int64_t e) { in_tiles<M>(a, t0, b, e); }
+template <int M>
+void in_tiles_baseline(const InArgs& a, int64_t t0, int64_t b, int64_t e) { in_tiles<M>(a, t0, b, e); }
+template <int M>
+DRN_AVX512 void out_tiles_avx512(const OutArgs& a, int64_t t0, int64_t b, int64_t e) { out_tiles<M>(a, t0, b, e); }
+template <int M>
+void out_tiles_baseline(const OutArgs& a, int64_t t0, int64_t b, int64_t e) { out_tiles<M>(a, t0, b, e); }
+#undef DRN_AVX512
+
+bool cpu_has_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+
+// U = G g Gᵀ for every (k, c), as [α²][C][K] float32; computed in float64, cached per weight.
+WeightCache& winograd_weights() {
+  static WeightCache cache;
+  return cache;
+}
+
+template <int M>
+Tensor transformed_weight(const Tensor& weight) {
+  constexpr int A = Transform<M>::kAlpha;
+  return winograd_weights().get(weight, {M, 0, 0, 0, 0, 0}, [&] {
+    const Tensor g = weight.to(at::kDouble);
+    const Tensor G = at::from_blob(const_cast<double*>(&Transform<M>::G[0][0]), {A, 3}, at::kDouble).clone();
+    return at::einsum("ia,kcab,jb->ijck", {G, g, G})
+        .reshape({A * A, weight.size(1), weight.size(0)})
+        .to(at::kFloat)
+        .contiguous();
+  });
+}
+
+template <int M>
+Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding, IntArrayRef dilation,
+           const std::optional<Tensor>& residual, bool relu, const std::optional<Tensor>& into) {
+  constexpr int A = Transform<M>::kAlpha;
+  const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t N = xin.size(0), C = xin.size(1), H = xin.size(2), W = xin.size(3), K = weight.size(0);
+  const int64_t ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
+  const int64_t P = H + 2 * ph - 2 * dh, Q = W + 2 * pw - 2 * dw;
+  Tensor out;  // (N, P, Q, K) contiguous
+  if (into.has_value()) {
+    TORCH_CHECK(into->sizes() == at::IntArrayRef({N, K, P, Q}) && into->scalar_type() == at::kFloat &&
+                    into->is_contiguous(at::MemoryFormat::ChannelsLast),
+                "conv_bn_act (cpu, winograd): the output buffer must be a float32 channels_last (", N, ", ", K,
+                ", ", P, ", ", Q, ") tensor, got ", into->sizes(), " ", into->scalar_type());
+    out = into->permute({0, 2, 3, 1});
+  } else {
+    out = at::empty({N, P, Q, K}, xin.options());
+    const char* poison = std::getenv("DRN_CPU_POISON");
+    if (poison != nullptr && std::string_view(poison) == "1") {
+      out.fill_(std::numeric_limits<float>::quiet_NaN());  // tests: an output element never written shows up
+    }
+  }
+  if (out.numel() == 0) return out.permute({0, 3, 1, 2});
+
+  const Tensor u = transformed_weight<M>(weight);
+  const Tensor b = bias.to(at::kFloat).contiguous();
+  Tensor res;
+  if (residual.has_value()) res = residual->contiguous(at::MemoryFormat::ChannelsLast);
+  const std::vector<int64_t> ty = tile_origins(P, dh, M), tx = tile_origins(Q, dw, M);
+  const int64_t per_image = static_cast<int64_t>(ty.size() * tx.size());
+  const int64_t total = N * per_image;
+  const int64_t chunk = std::clamp<int64_t>(kWorkspaceFloats / (A * A * std::max(C, K)), 1, total);
+
+  Tensor vbuf = at::empty({A * A, chunk, C}, xin.options());
+  Tensor mbuf = at::empty({A * A, chunk, K}, xin.options());
+  const TileGrid grid{ty.data(), tx.data(), static_cast<int64_t>(tx.size()), per_image};
+  const InArgs in{xin.const_data_ptr<float>(), H, W, C, ph, pw, dh, dw, grid, vbuf.data_ptr<float>(), chunk * C};
+  const bool avx512 = cpu_has_avx512();
+  for (int64_t t0 = 0; t0 < total; t0 += chunk) {
+    const int64_t tc = std::min(chunk, total - t0);
+    at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
+      avx512 ? in_tiles_avx512<M>(in, t0, begin, end) : in_tiles_baseline<M>(in, t0, begin, end);
+    });
+    Tensor mm = mbuf.narrow(1, 0, tc);
+    at::bmm_out(mm, vbuf.narrow(1, 0, tc), u);
+    const OutArgs o{mm.const_data_ptr<float>(), mm.stride(0), mm.stride(1), K, b.const_data_ptr<float>(),
+                    res.defined() ? res.const_data_ptr<float>() : nullptr, out.data_ptr<float>(), P, Q, dh, dw,
+                    grid, relu};
+    at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
+      avx512 ? out_tiles_avx512<M>(o, t0, begin, end) : out_tiles_baseline<M>(o, t0, begin, end);
+    });
+  }
+  return out.permute({0, 3, 1, 2});
+}
+
+}  // namespace
+
+bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
+  const std::string_view mode(conv_env());
+  if (mode == "direct" || mode == "aten") return false;
+  if (x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat) return false;
+  if (weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 || x.size(1) != weight.size(1)) return false;
+  if (stride[0] != 1 || stride[1] != 1) return false;
+  if (mode == "winograd") return true;
+  return std::min(weight.size(0), weight.size(1)) >= 64;
+}
+
+Tensor conv_winograd(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding,
+                     IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
+                     const std::optional<Tensor>& out) {
+  return tile_size() == 4 ? run<4>(x, weight, bias, padding, dilation, residual, relu, out)
+                          : run<2>(x, weight, bias, padding, dilation, residual, relu, out);
+}
+
+}  // namespace drn::cpu

@@ -1,0 +1,24 @@
+// drn::conv_bn_act_native on CPU, Winograd F(m×m, 3×3) path for float32 3×3 stride-1 convolutions (dilated or
+// not): the convolutions that dominate every DRN (levels 5-8 at 1/8 resolution). See conv_bn_act_winograd.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace drn::cpu {
+
+// Whether conv_winograd takes this convolution. Only float32, 3×3 filters, stride 1, one group; by default only
+// when both channel counts are at least 64 (below that oneDNN's direct convolution is as fast). DRN_CPU_CONV=
+// "winograd" takes every float32 3×3 stride-1 convolution (tests), "direct" or "aten" none.
+bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
+
+// y = relu?(conv2d(x, weight, stride=1, padding, dilation) + bias + residual?) as an (N,K,P,Q) channels_last
+// tensor. x: (N,C,H,W) float32 any strides; weight (K,C,3,3); bias (K,); residual (N,K,P,Q) any strides.
+// out: where to write y, an (N,K,P,Q) channels_last-contiguous float32 tensor, which may be the residual itself
+// (each element is read and then written by the same thread); a new tensor when absent.
+at::Tensor conv_winograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& residual,
+                         bool relu, const std::optional<at::Tensor>& out = std::nullopt);
+
+}  // namespace drn::cpu
