@@ -284,20 +284,23 @@ def model_counts(name: str, task: str, shape):
 
 # ---- memory ----------------------------------------------------------------------------------------------------
 
-def peak_memory_bytes(fn) -> int:
-    """Peak bytes allocated above the starting point while fn() runs (CUDA allocator stats; on CPU the
-    profiler's allocation events, i.e. tensors allocated through PyTorch's CPU allocator)."""
+def memory_bytes(fn) -> tuple[int, int]:
+    """(peak, retained): the most bytes allocated above the starting point while fn() runs, and what is still
+    allocated when it returns (caches a first call fills: packed / transformed weights, compiled kernels' buffers).
+    CUDA: the allocator's statistics; CPU: torch.profiler's allocation events (tensors from PyTorch's CPU
+    allocator, which is where every op's output and workspace come from)."""
     if DEVICE.type == "cuda":
         sync()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         with torch.no_grad():
-            fn()
+            out = fn()
         sync()
-        return torch.cuda.max_memory_allocated() - base
+        del out
+        return torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         with torch.no_grad():
-            fn()
+            fn()  # the result is dropped inside the profiled region, so it does not count as retained
     # allocations are the ops' self memory (at the op's start), frees are "[memory]" events with negative sizes
     events = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
                     for e in prof.events())
@@ -305,7 +308,21 @@ def peak_memory_bytes(fn) -> int:
     for _, delta in events:
         level += delta
         peak = max(peak, level)
-    return peak
+    return peak, level
+
+
+def peak_memory_bytes(fn) -> int:
+    """Peak bytes allocated above the starting point while fn() runs (see memory_bytes)."""
+    return memory_bytes(fn)[0]
+
+
+def memory_info(fn) -> dict:
+    """extra_info for a model run: the steady-state peak of a call (peak_mb) and what its first call leaves
+    allocated for later calls (cache_mb: the transformed weights the CPU kernels keep, for instance). Call on a
+    runner that has not run yet."""
+    _, retained = memory_bytes(fn)
+    peak, _ = memory_bytes(fn)
+    return {"peak_mb": peak / 2**20, "cache_mb": retained / 2**20}
 
 
 # ---- timing + extra_info ---------------------------------------------------------------------------------------

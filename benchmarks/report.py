@@ -52,7 +52,7 @@ def speedups(records: list[dict]) -> dict:
 
 def table(records: list[dict], markdown: bool = False) -> str:
     sp = speedups(records)
-    cols = ["group", "provider", "median ms", "TFLOP/s", "GB/s", "% roofline", "speedup", "peak MB"]
+    cols = ["group", "provider", "median ms", "TFLOP/s", "GB/s", "% roofline", "speedup", "peak MB", "cache MB"]
     rows = []
     for r in sorted(records, key=lambda r: (not r["group"].startswith("model"), r["group"], r["provider"])):
         info = r["info"]
@@ -62,7 +62,8 @@ def table(records: list[dict], markdown: bool = False) -> str:
         rows.append([r["group"], r["provider"], f"{t * 1e3:.2f}", f"{flops / t / 1e12:.3f}" if flops else "",
                      f"{nbytes / t / 1e9:.1f}" if nbytes else "", f"{100 * roof:.1f}" if roof is not None else "",
                      f"{s:.2f}x" if s is not None else "",
-                     f"{info['peak_mb']:.0f}" if info.get("peak_mb") is not None else ""])
+                     f"{info['peak_mb']:.0f}" if info.get("peak_mb") is not None else "",
+                     f"{info['cache_mb']:.0f}" if info.get("cache_mb") is not None else ""])
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -40,6 +40,11 @@ def _(x, weight, bias, stride, padding, dilation, residual, relu):
     return None
 
 
+# Which algorithm the CPU kernel picks for (x's dtype and channels, weight, stride): "winograd", "onednn" or
+# "aten" (profiles report it; drn_kernels.ops.cpu_conv_algorithm).
+torch.library.define("drn::cpu_conv_algorithm", "(Tensor x, Tensor weight, int[] stride) -> str")
+
+
 # ---- output allocation shared by fake kernels (and usable by kernels) -----------------------------------------
 
 def empty_conv_output(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:

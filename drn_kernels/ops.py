@@ -56,6 +56,18 @@ def conv_bn_act_into_residual(x, weight, bias, *, residual, stride=1, padding=0,
                                       residual=residual, relu=relu, backend=backend))
 
 
+def cpu_conv_algorithm(x, weight, stride=1) -> str:
+    """The algorithm the cpu backend's conv_bn_act runs for x's dtype and channels, this weight and stride:
+    "winograd" (float32 3x3 stride-1 with >= 64 channels in and out; 4x fewer multiplies than the FLOPs the
+    profiles count), "onednn" (oneDNN's direct/GEMM convolution) or "aten" (the fallback). None without the
+    compiled extension."""
+    from . import _extension
+
+    if _extension.load() is None:
+        return None
+    return torch.ops.drn.cpu_conv_algorithm(x, weight, list(_checks.pair(stride, "stride")))
+
+
 def fold_bn(weight, bn):
     """(weight, bias) of a bias-free conv followed by eval-mode BatchNorm2d `bn`, folded in float64."""
     return reference.fold_bn(weight, bn)

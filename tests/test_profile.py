@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import drn
+import drn_kernels
 from drn import profile
 from drn.fused import FusedConv
 from drn.flops import conv_count, count_layers, device_peaks, roofline_fraction
@@ -67,6 +68,22 @@ def test_profiled_run_small_cpu():
     assert len(convs) == n_convs == 25 and all(r.seconds > 0 for r in convs)
     assert total >= sum(r.seconds for r in rows) * 0.99 > 0
     assert all(r.backend == "reference" for r in convs)
+
+
+def test_profile_names_the_cpu_algorithm(monkeypatch):
+    """The cpu backend's rows say which algorithm ran: Winograd for fp32 3x3 stride-1 convs with >= 64 channels,
+    oneDNN for the rest (and for everything with DRN_CPU_CONV=direct)."""
+    if drn_kernels.available_backends("cpu")["cpu"] is not None:
+        pytest.skip("the CPU extension is not available")
+    monkeypatch.delenv("DRN_CPU_CONV", raising=False)
+    model = drn.build("drn_d_22", num_classes=10, fused=True, backend="cpu")
+    x = torch.randn(1, 3, 32, 48)
+    rows = {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
+    assert rows["layer6.1.conv2"] == rows["layer3.0.conv2"] == "cpu:winograd"
+    assert rows["layer1.0"] == rows["layer4.0.conv1"] == rows["layer4.0.downsample.0"] == "cpu:onednn"
+    monkeypatch.setenv("DRN_CPU_CONV", "direct")
+    rows = {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
+    assert rows["layer6.1.conv2"] == "cpu:onednn"
 
 
 def test_profile_segment_unfused_with_trace(tmp_path):

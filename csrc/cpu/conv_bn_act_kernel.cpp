@@ -32,6 +32,7 @@
 #include <array>
 #include <atomic>
 #include <cstdlib>
+#include <string>
 #include <string_view>
 
 namespace drn::cpu {
@@ -244,9 +245,17 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
   residual.copy_(conv_aten(x, weight, bias, stride, padding, dilation, res, relu));
 }
 
+// drn::cpu_conv_algorithm: which path conv_bn_act_cpu takes for x's dtype and channels, this weight and stride
+// (profiles and benchmarks report it): "winograd", "onednn" or "aten".
+std::string cpu_conv_algorithm(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
+  if (winograd_applicable(x, weight, stride)) return "winograd";
+  return onednn_wanted(x.scalar_type()) ? "onednn" : "aten";
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(drn, CPU, m) {
+  m.impl("cpu_conv_algorithm", TORCH_FN(cpu_conv_algorithm));
   m.impl("conv_bn_act_native", TORCH_FN(conv_bn_act_cpu));
   m.impl("conv_bn_act_residual_native", TORCH_FN(conv_bn_act_residual_cpu));
 }
