@@ -10,7 +10,8 @@ What fusing does, once, when the model is built:
   conv_bn_act(relu=False); activations stay channels_last from the first layer to the head;
 - heads: classify = global average pool + fc (a few KFLOPs: plain torch), segment predict() = one
   drn_kernels.class_head(upsample=8) call that never materialises the (N, K, H, W) maps, localize =
-  drn_kernels.localize, all with the model's backend.
+  drn_kernels.localize, all with the model's backend. On CPU, predict() of a large input runs in row bands
+  (drn.banded; FusedSegmenter.low_memory) so that the backbone never holds more than two whole maps.
 The source model is never modified (weights are folded into new tensors). The result is eval-only: train(True)
 raises and no parameter requires grad. BatchNorm is folded from its running statistics whatever mode the source
 model is in, i.e. the fused model computes what the source computes in eval mode.
