@@ -145,11 +145,14 @@ WINOGRAD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize("tile", ["2", "4"])
 @pytest.mark.parametrize("n, c, k, h, w, dil", WINOGRAD_CASES)
-def test_winograd_parity(monkeypatch, tile, n, c, k, h, w, dil):
+def test_winograd_parity(monkeypatch, isa, tile, n, c, k, h, w, dil):
     """Winograd F(m,3) against the float64 reference: contiguous and channels_last x, with and without a
-    residual, poisoned outputs; the per-element error stays at float32 level (relative to the output scale)."""
+    residual, poisoned outputs, each build of the transforms (DRN_CPU_ISA, capped by this CPU); the per-element
+    error stays at float32 level (relative to the output scale)."""
+    monkeypatch.setenv("DRN_CPU_ISA", isa)
     monkeypatch.setenv("DRN_CPU_CONV", "winograd")
     monkeypatch.setenv("DRN_CPU_POISON", "1")
     monkeypatch.setenv("DRN_WINOGRAD_TILE", tile)
@@ -214,10 +217,11 @@ def test_conv_bn_act_into_residual(conv_path, dtype, c, k, stride, dil):
                                   backend="cpu")
 
 
-def test_winograd_tile_env_is_checked(monkeypatch):
+@pytest.mark.parametrize("env, value", [("DRN_WINOGRAD_TILE", "3"), ("DRN_CPU_ISA", "neon")])
+def test_winograd_env_is_checked(monkeypatch, env, value):
     monkeypatch.setenv("DRN_CPU_CONV", "winograd")
-    monkeypatch.setenv("DRN_WINOGRAD_TILE", "3")
-    with pytest.raises(ValueError, match="DRN_WINOGRAD_TILE"):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValueError, match=env):
         drn_kernels.conv_bn_act(_rand(1, 4, 5, 5), _rand(4, 4, 3, 3), _rand(4), padding=1, backend="cpu")
 
 

@@ -93,8 +93,7 @@ std::vector<int64_t> tile_origins(int64_t size, int64_t dil, int m) {
   return out;
 }
 
-// The transforms work on 16 channels at a time as GCC vector values; compiled for AVX-512 where the CPU has it
-// (in_tiles_avx512 / out_tiles_avx512), for the build's baseline ISA otherwise.
+// The transforms work on 16 channels at a time as GCC vector values (one AVX-512 register, two AVX2 ones).
 typedef float vec __attribute__((vector_size(64), may_alias));
 typedef float vec_u __attribute__((vector_size(64), aligned(4), may_alias));  // unaligned access
 
@@ -241,21 +240,49 @@ template <int M>
   }
 }
 
-#define DRN_AVX512 [[gnu::target("avx512f,avx512dq,avx512vl,avx2,fma")]]
-template <int M>
-DRN_AVX512 void in_tiles_avx512(const InArgs& a, int64_t t0, int64_t b, int64_t e) { in_tiles<M>(a, t0, b, e); }
-template <int M>
-void in_tiles_baseline(const InArgs& a, int64_t t0, int64_t b, int64_t e) { in_tiles<M>(a, t0, b, e); }
-template <int M>
-DRN_AVX512 void out_tiles_avx512(const OutArgs& a, int64_t t0, int64_t b, int64_t e) { out_tiles<M>(a, t0, b, e); }
-template <int M>
-void out_tiles_baseline(const OutArgs& a, int64_t t0, int64_t b, int64_t e) { out_tiles<M>(a, t0, b, e); }
-#undef DRN_AVX512
+// The transforms compiled three times: AVX-512, AVX2 + FMA, and the build's baseline ISA (SSE2 on x86-64);
+// the best the CPU has runs, or the one DRN_CPU_ISA=baseline|avx2|avx512 asks for (tests; capped by the CPU).
+#define DRN_TILES(isa, target)                                                                          \
+  template <int M>                                                                                      \
+  target void in_tiles_##isa(const InArgs& a, int64_t t0, int64_t b, int64_t e) { in_tiles<M>(a, t0, b, e); } \
+  template <int M>                                                                                      \
+  target void out_tiles_##isa(const OutArgs& a, int64_t t0, int64_t b, int64_t e) {                     \
+    out_tiles<M>(a, t0, b, e);                                                                          \
+  }
+DRN_TILES(avx512, [[gnu::target("avx512f,avx512dq,avx512vl,avx2,fma")]])
+DRN_TILES(avx2, [[gnu::target("avx2,fma")]])
+DRN_TILES(baseline, )
+#undef DRN_TILES
 
-bool cpu_has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+Isa transform_isa() {
+  static const Isa best = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                           __builtin_cpu_supports("avx512vl"))
+                              ? Isa::kAvx512
+                          : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? Isa::kAvx2
+                                                                                                : Isa::kBaseline;
+  const char* env = std::getenv("DRN_CPU_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string_view s(env);
+  TORCH_CHECK_VALUE(s == "baseline" || s == "avx2" || s == "avx512",
+                    "DRN_CPU_ISA must be baseline, avx2 or avx512, got '", s, "'");
+  const Isa asked = s == "avx512" ? Isa::kAvx512 : s == "avx2" ? Isa::kAvx2 : Isa::kBaseline;
+  return static_cast<int>(asked) < static_cast<int>(best) ? asked : best;
+}
+
+template <int M>
+void in_tiles_on(Isa isa, const InArgs& a, int64_t t0, int64_t b, int64_t e) {
+  isa == Isa::kAvx512 ? in_tiles_avx512<M>(a, t0, b, e)
+  : isa == Isa::kAvx2 ? in_tiles_avx2<M>(a, t0, b, e)
+                      : in_tiles_baseline<M>(a, t0, b, e);
+}
+
+template <int M>
+void out_tiles_on(Isa isa, const OutArgs& a, int64_t t0, int64_t b, int64_t e) {
+  isa == Isa::kAvx512 ? out_tiles_avx512<M>(a, t0, b, e)
+  : isa == Isa::kAvx2 ? out_tiles_avx2<M>(a, t0, b, e)
+                      : out_tiles_baseline<M>(a, t0, b, e);
 }
 
 // U = G g Gᵀ for every (k, c), as [α²][C][K] float32; computed in float64, cached per weight.
@@ -314,11 +341,11 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   Tensor mbuf = at::empty({A * A, chunk, K}, xin.options());
   const TileGrid grid{ty.data(), tx.data(), static_cast<int64_t>(tx.size()), per_image};
   const InArgs in{xin.const_data_ptr<float>(), H, W, C, ph, pw, dh, dw, grid, vbuf.data_ptr<float>(), chunk * C};
-  const bool avx512 = cpu_has_avx512();
+  const Isa isa = transform_isa();
   for (int64_t t0 = 0; t0 < total; t0 += chunk) {
     const int64_t tc = std::min(chunk, total - t0);
     at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
-      avx512 ? in_tiles_avx512<M>(in, t0, begin, end) : in_tiles_baseline<M>(in, t0, begin, end);
+      in_tiles_on<M>(isa, in, t0, begin, end);
     });
     Tensor mm = mbuf.narrow(1, 0, tc);
     at::bmm_out(mm, vbuf.narrow(1, 0, tc), u);
@@ -326,7 +353,7 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
                     res.defined() ? res.const_data_ptr<float>() : nullptr, out.data_ptr<float>(), P, Q, dh, dw,
                     grid, relu};
     at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
-      avx512 ? out_tiles_avx512<M>(o, t0, begin, end) : out_tiles_baseline<M>(o, t0, begin, end);
+      out_tiles_on<M>(isa, o, t0, begin, end);
     });
   }
   return out.permute({0, 3, 1, 2});
