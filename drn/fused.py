@@ -390,7 +390,6 @@ class FusedSegmenter(FusedModel):
             labels, probs = labels[..., :h, :w].contiguous(), probs[..., :h, :w].contiguous()
         return labels, probs
 
-
     def _predict_low_memory(self, x, units):
         """The stem (every unit up to the last strided one) in bands of its output rows, re-computing the rows a
         band's neighbours also read; the output-stride-8 blocks on their own storage (forward_low_memory); the

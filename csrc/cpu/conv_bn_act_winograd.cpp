@@ -94,6 +94,9 @@ std::vector<int64_t> tile_origins(int64_t size, int64_t dil, int m) {
 }
 
 // The transforms work on 16 channels at a time as GCC vector values (one AVX-512 register, two AVX2 ones).
+// Helpers taking or returning these are always inlined into their ISA's build, so the baseline ABI for 64-byte
+// vectors (what -Wpsabi warns about) is never used across a call.
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float vec __attribute__((vector_size(64), may_alias));
 typedef float vec_u __attribute__((vector_size(64), aligned(4), may_alias));  // unaligned access
 
