@@ -373,6 +373,10 @@ def test_opcheck_native_ops():
     torch.library.opcheck(torch.ops.drn.class_head_native.default, (x, hw.view(19, 5), hb, 1, torch.int32))
     torch.library.opcheck(torch.ops.drn.class_head.default, (x, hw, hb, 8, torch.int64, "cpu"))
     torch.library.opcheck(torch.ops.drn.localize_native.default, (x, hw, hb, 0.2, 8))
+    into = _rand(2, 6, 7, 9, fmt=CL, seed=56)  # the in-place variant: schema says it mutates `residual` only
+    torch.library.opcheck(torch.ops.drn.conv_bn_act_residual_native.default,
+                          (x, wt, b, [1, 1], [1, 1], [1, 1], into, True),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
 def test_torch_compile_fullgraph():
