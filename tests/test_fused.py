@@ -286,6 +286,21 @@ def test_low_memory_predict_equals_plain(name):
     assert [t.shape for t in fused.predict(x[:0])] == [(0, 75, 97)] * 2
 
 
+def test_low_memory_predict_on_the_reference_backend():
+    """The banded runner is backend-agnostic: on the reference backend (no in-place kernel: the residual is
+    computed and copied in) it gives the plain predict()'s labels too."""
+    _, seg, _ = unfused_models("drn_c_26")
+    fused = drn.fuse(seg, backend="reference")
+    x = fresh_input((1, 3, 70, 90))
+    fused.low_memory = False
+    labels, probs = fused.predict(x)
+    fused.low_memory, fused.band_bytes, fused.stem_band_bytes = True, 1 << 14, 1 << 14
+    lab, prob = fused.predict(x)
+    clear = clear_margin(seg(x)[0])
+    assert torch.equal(lab[clear], labels[clear])
+    torch.testing.assert_close(prob, probs, rtol=0, atol=1e-6)
+
+
 def test_low_memory_predict_is_the_cpu_default_for_large_inputs(monkeypatch):
     """predict() takes the banded path on CPU from LOW_MEMORY_PIXELS on (and when forced), the plain one below."""
     _require("cpu")
