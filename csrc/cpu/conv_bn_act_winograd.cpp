@@ -22,9 +22,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/bmm.h>
-#include <ATen/ops/einsum.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -288,7 +286,8 @@ void out_tiles_on(Isa isa, const OutArgs& a, int64_t t0, int64_t b, int64_t e) {
                       : out_tiles_baseline<M>(a, t0, b, e);
 }
 
-// U = G g Gᵀ for every (k, c), as [α²][C][K] float32; computed in float64, cached per weight.
+// U = G g Gᵀ for every (k, c), as [α²][C][K] float32; summed in float64 (G's 1/6, 1/12, 1/24 are inexact in
+// binary), rounded once, cached per weight.
 WeightCache& winograd_weights() {
   static WeightCache cache;
   return cache;
@@ -298,12 +297,33 @@ template <int M>
 Tensor transformed_weight(const Tensor& weight) {
   constexpr int A = Transform<M>::kAlpha;
   return winograd_weights().get(weight, {M, 0, 0, 0, 0, 0}, [&] {
-    const Tensor g = weight.to(at::kDouble);
-    const Tensor G = at::from_blob(const_cast<double*>(&Transform<M>::G[0][0]), {A, 3}, at::kDouble).clone();
-    return at::einsum("ia,kcab,jb->ijck", {G, g, G})
-        .reshape({A * A, weight.size(1), weight.size(0)})
-        .to(at::kFloat)
-        .contiguous();
+    const int64_t K = weight.size(0), C = weight.size(1);
+    const Tensor g = weight.to(at::kFloat).permute({1, 2, 3, 0}).contiguous();  // (C, 3, 3, K): K innermost
+    Tensor u = at::empty({A * A, C, K}, weight.options().dtype(at::kFloat));
+    double coef[A * A][9];  // U[ξ = (i, j)] = Σ_ab G[i][a] G[j][b] g[a][b]
+    for (int i = 0; i < A; ++i) {
+      for (int j = 0; j < A; ++j) {
+        for (int ab = 0; ab < 9; ++ab) coef[i * A + j][ab] = Transform<M>::G[i][ab / 3] * Transform<M>::G[j][ab % 3];
+      }
+    }
+    const float* gp = g.const_data_ptr<float>();
+    float* up = u.data_ptr<float>();
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const float* gc = gp + c * 9 * K;
+        for (int xi = 0; xi < A * A; ++xi) {
+          const double* w = coef[xi];
+          float* dst = up + (xi * C + c) * K;
+          for (int64_t k = 0; k < K; ++k) {  // float64 sums, one rounding
+            double acc = 0.0;
+#pragma GCC unroll 9
+            for (int ab = 0; ab < 9; ++ab) acc += w[ab] * static_cast<double>(gc[ab * K + k]);
+            dst[k] = static_cast<float>(acc);
+          }
+        }
+      }
+    });
+    return u;
   });
 }
 
