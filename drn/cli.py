@@ -167,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_reporting_errors(prog: str, run, args) -> int:
+    """run(args), with a bad argument or a missing file (ValueError, FileNotFoundError) reported as
+    "PROG: error: ..." on stderr and exit status 2, as argparse does for its own errors."""
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def command_main(prog: str, description: str, add_arguments, run, argv=None) -> int:
+    """The main() of a stand-alone command (python -m drn.evaluate, drn.export): parse with add_arguments, run."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    return run_reporting_errors(prog, run, parser.parse_args(argv))
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "profile":
@@ -175,11 +192,7 @@ def main(argv=None) -> int:
         return cmd_bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"drn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(f"drn {args.command}", args.run, args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import drn_kernels
+from drn_kernels import reference
 
 from .heads import OUTPUT_STRIDE, classifier_weights, clip_boxes
 
@@ -82,9 +83,9 @@ class ClassifyGraph(nn.Module):
 
 
 class LocalizeGraph(nn.Module):
-    """The localization model in plain tensor ops (what the drn.localize op computes, see drn_kernels.reference):
-    per-cell logits of the 1×1 classifier, their mean as image logits, per-cell argmax/softmax, and the box of
-    the cells labelled with the top-1 class scoring above the threshold, via masked min/max."""
+    """The localization model in plain tensor ops: drn_kernels.reference.localize (per-cell logits of the 1×1
+    classifier, their mean as image logits, per-cell argmax/softmax, the top-1 class's box by masked min/max),
+    which traces to ONNX."""
 
     def __init__(self, model: nn.Module, threshold: float):
         super().__init__()
@@ -92,25 +93,9 @@ class LocalizeGraph(nn.Module):
         self.threshold = float(threshold)
 
     def forward(self, x):
-        feats = self.model.features(x)
         weight, bias = classifier_weights(self.model)
-        maps = nn.functional.conv2d(feats, weight, bias)
-        n, _, h, w = maps.shape
-        logits = maps.mean(dim=(2, 3))
-        probs = torch.softmax(maps, dim=1)
-        scores, labels = probs.max(dim=1)
-        top1 = logits.argmax(dim=1)
-        mask = (labels == top1.view(n, 1, 1)) & (scores > self.threshold)
-        cols = torch.arange(w, device=x.device).view(1, 1, w).expand(n, h, w)
-        rows = torch.arange(h, device=x.device).view(1, h, 1).expand(n, h, w)
-        big = torch.full_like(cols, max(h, w) + 1)
-        x1 = torch.where(mask, cols, big).amin(dim=(1, 2))
-        y1 = torch.where(mask, rows, big).amin(dim=(1, 2))
-        x2 = torch.where(mask, cols, -big).amax(dim=(1, 2)) + 1
-        y2 = torch.where(mask, rows, -big).amax(dim=(1, 2)) + 1
-        boxes = (torch.stack([x1, y1, x2, y2], dim=1) * OUTPUT_STRIDE).to(torch.float32)
-        any_cell = mask.flatten(1).any(dim=1, keepdim=True)
-        boxes = torch.where(any_cell, boxes, torch.full_like(boxes, -1.0))
+        logits, labels, scores, boxes = reference.localize(self.model.features(x), weight, bias, self.threshold,
+                                                           OUTPUT_STRIDE)
         return logits, labels, scores, clip_boxes(boxes, x.shape[-2], x.shape[-1])
 
 
@@ -168,14 +153,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="drn export", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"drn export: error: {e}", file=sys.stderr)
-        return 2
+    from .cli import command_main
+
+    return command_main("drn export", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 
 if __name__ == "__main__":

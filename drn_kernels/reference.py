@@ -121,13 +121,21 @@ def localize(x, weight, bias, threshold, stride=8):
     boxes = torch.full((n, 4), -1.0, dtype=torch.float32, device=x.device)
     if n > 0 and h * w > 0:
         top1 = torch.argmax(logits, dim=1)
-        mask = (labels == top1.view(n, 1, 1)) & (scores > threshold)
-        for i in range(n):
-            ys, xs = torch.nonzero(mask[i], as_tuple=True)
-            if ys.numel():
-                boxes[i, 0] = xs.min() * stride
-                boxes[i, 1] = ys.min() * stride
-                boxes[i, 2] = (xs.max() + 1) * stride
-                boxes[i, 3] = (ys.max() + 1) * stride
+        boxes = _box_of(labels.eq(top1.view(n, 1, 1)) & (scores > threshold), stride)
     out_dtype = x.dtype if x.dtype.is_floating_point else torch.float32
     return logits.to(out_dtype), labels, scores, boxes
+
+
+def _box_of(mask: torch.Tensor, stride: int) -> torch.Tensor:
+    """(N, 4) float32 box around each image's True cells of mask (N, h, w), in pixels of `stride`-sized cells;
+    -1s where none. Masked min/max only (no data-dependent shapes), so it traces and exports to ONNX."""
+    n, h, w = mask.shape
+    cols = torch.arange(w, device=mask.device).view(1, 1, w).expand(n, h, w)
+    rows = torch.arange(h, device=mask.device).view(1, h, 1).expand(n, h, w)
+    big = torch.full_like(cols, max(h, w) + 1)
+    x1 = torch.where(mask, cols, big).amin(dim=(1, 2))
+    y1 = torch.where(mask, rows, big).amin(dim=(1, 2))
+    x2 = torch.where(mask, cols, -big).amax(dim=(1, 2)) + 1
+    y2 = torch.where(mask, rows, -big).amax(dim=(1, 2)) + 1
+    boxes = (torch.stack([x1, y1, x2, y2], dim=1) * stride).to(torch.float32)
+    return torch.where(mask.flatten(1).any(dim=1, keepdim=True), boxes, torch.full_like(boxes, -1.0))

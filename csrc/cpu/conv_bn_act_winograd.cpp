@@ -31,6 +31,7 @@
 #include <string_view>
 #include <vector>
 
+#include "conv_output_size.h"
 #include "cpu/weight_cache.h"
 
 namespace drn::cpu {
@@ -334,7 +335,7 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = xin.size(0), C = xin.size(1), H = xin.size(2), W = xin.size(3), K = weight.size(0);
   const int64_t ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
-  const int64_t P = H + 2 * ph - 2 * dh, Q = W + 2 * pw - 2 * dw;
+  const int64_t P = conv_output_size(H, 3, 1, ph, dh), Q = conv_output_size(W, 3, 1, pw, dw);
   Tensor out;  // (N, P, Q, K) contiguous
   if (into.has_value()) {
     TORCH_CHECK(into->sizes() == at::IntArrayRef({N, K, P, Q}) && into->scalar_type() == at::kFloat &&

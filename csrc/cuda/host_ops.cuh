@@ -9,6 +9,7 @@
 
 #include <optional>
 
+#include "../conv_output_size.h"
 #include "class_head_kernel.cuh"
 #include "conv_bn_act_kernel.cuh"
 
@@ -98,8 +99,8 @@ inline at::Tensor conv_bn_act_host(const at::Tensor& x_in, const at::Tensor& wei
   const at::Tensor w = weight_krsc(weight);
   const at::Tensor b = bias.contiguous();
   const int64_t N = x.size(0), H = x.size(2), W = x.size(3), K = w.size(0), R = w.size(2), S = w.size(3);
-  const int64_t P = (H + 2 * padding[0] - dilation[0] * (R - 1) - 1) / stride[0] + 1;
-  const int64_t Q = (W + 2 * padding[1] - dilation[1] * (S - 1) - 1) / stride[1] + 1;
+  const int64_t P = conv_output_size(H, R, stride[0], padding[0], dilation[0]);
+  const int64_t Q = conv_output_size(W, S, stride[1], padding[1], dilation[1]);
   at::Tensor y = at::empty({N, K, P, Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   at::Tensor res;
   ConvParams p = conv_params(x, w, b, stride, padding, dilation, P, Q);

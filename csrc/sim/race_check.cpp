@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "../conv_output_size.h"
 #include "../cuda/class_head_kernel.cuh"
 #include "../cuda/conv_bn_act_kernel.cuh"
 
@@ -23,7 +24,8 @@ float uniform() { return std::uniform_real_distribution<float>(-1.f, 1.f)(rng); 
 template <class T>
 bool check_conv(int C, int K, int R, int stride, int pad, int dil, int H, int W) {
   const int N = 1, S = R;
-  const int P = (H + 2 * pad - dil * (R - 1) - 1) / stride + 1, Q = (W + 2 * pad - dil * (S - 1) - 1) / stride + 1;
+  const int P = static_cast<int>(drn::conv_output_size(H, R, stride, pad, dil));
+  const int Q = static_cast<int>(drn::conv_output_size(W, S, stride, pad, dil));
   std::vector<T> x(N * H * W * C), w(K * R * S * C), b(K), y(N * P * Q * K);
   for (auto& v : x) v = drn::from_float<T>(uniform());
   for (auto& v : w) v = drn::from_float<T>(uniform() * 0.3f);
