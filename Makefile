@@ -20,14 +20,19 @@ $(STAMP): pyproject.toml $(wildcard setup.py)
 
 setup: $(STAMP)
 
-# The extension drn_kernels._C (CPU kernels, plus CUDA kernels when a toolkit is found) is compiled once and
-# cached; without this step it would be compiled on first use.
+# The extension drn_kernels._C is compiled once and cached (without this step it would be compiled on first use):
+# what this machine runs — the CPU kernels, plus the CUDA kernels where a GPU is visible and a toolkit is found.
+# One progress line per compile step; the compiler output (nvcc's register report) goes to build.log in the
+# build folder.
 build: setup
 	$(PY) -m drn_kernels.build
 
 demo: build
 	$(PY) -m drn.demo
 
+# make test also compiles the CUDA kernels on a machine without a GPU (DRN_BUILD_CUDA=1, for `build` too): the
+# static kernel report reads their cubins.
+test: export DRN_BUILD_CUDA := 1
 # The whole suite runs against the default build (CPU + CUDA kernels where torch is a CUDA build and a toolkit is
 # found); then the CPU-only variant of the extension is built and the CPU-kernel tests run against it too.
 test: build

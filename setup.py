@@ -5,8 +5,10 @@
   `python -m drn_kernels.build`.
 - `pip install --no-build-isolation -e .` (torch importable): also builds drn_kernels._C in place with
   torch.utils.cpp_extension + ninja: a CUDAExtension (csrc/*.cpp, csrc/cpu, csrc/cuda) when torch is a CUDA build
-  and a CUDA toolkit is found, else a CppExtension with the CPU kernels.
-Environment: DRN_FORCE_CPU=1, DRN_FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a), CUDA_HOME, MAX_JOBS.
+  and a CUDA toolkit is found and (a GPU is visible or DRN_BUILD_CUDA=1), else a CppExtension with the CPU kernels;
+  always with the ninja of _build_config.find_ninja() (the ninja package of this Python), whatever PATH says.
+Environment: DRN_FORCE_CPU=1, DRN_BUILD_CUDA=1, DRN_FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a),
+CUDA_HOME, MAX_JOBS.
 Sources and flags come from drn_kernels/_build_config.py, read by path (no torch, no drn_kernels import).
 """
 import importlib.util
@@ -40,7 +42,10 @@ def _extensions():
               file=sys.stderr)
         return [], {}
 
-    with_cuda, cuda_home, reason = cfg.cuda_decision(torch.version.cuda)
+    with_cuda, cuda_home, reason = cfg.cuda_decision(torch.version.cuda, torch.cuda.is_available())
+    ninja, _ = cfg.find_ninja()
+    if ninja is not None:  # torch's build runs `ninja` from PATH: make it the one every build of _C uses
+        os.environ["PATH"] = cfg.path_with_ninja_first(ninja)
     if cuda_home is not None:
         # cpp_extension reads CUDA_HOME when imported; a wrapper-script nvcc on PATH would mislead it.
         os.environ["CUDA_HOME"] = cuda_home

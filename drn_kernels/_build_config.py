@@ -6,7 +6,10 @@ build and a JIT build compile the same thing with the same flags.
 
 Environment:
     DRN_FORCE_CPU=1       build the CPU kernels only, even where CUDA could be built
-    DRN_FORCE_CUDA=1      fail (raise) instead of falling back to a CPU-only build
+    DRN_BUILD_CUDA=1      build the CUDA kernels (where torch is a CUDA build and a toolkit is found) even when no
+                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.aot`);
+                          without it a machine without a GPU builds the CPU kernels only (what it can run)
+    DRN_FORCE_CUDA=1      build the CUDA kernels, and fail (raise) instead of falling back to a CPU-only build
     TORCH_CUDA_ARCH_LIST  CUDA archs, default "8.0;8.6;9.0a" (an arch with "+PTX" also embeds PTX)
     CUDA_HOME / CUDA_PATH the toolkit, used when it has include/cuda_runtime.h
     MAX_JOBS              parallel compile jobs (read by torch's ninja build)
@@ -17,6 +20,9 @@ import glob
 import os
 import re
 import shutil
+import subprocess
+import sys
+import sysconfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
@@ -37,6 +43,11 @@ def force_cpu() -> bool:
 
 def force_cuda() -> bool:
     return _env_flag("DRN_FORCE_CUDA")
+
+
+def build_cuda_requested() -> bool:
+    """DRN_BUILD_CUDA=1 or DRN_FORCE_CUDA=1: the CUDA kernels are wanted even where no GPU is visible."""
+    return _env_flag("DRN_BUILD_CUDA") or force_cuda()
 
 
 # ---- sources ------------------------------------------------------------------------------------------------
@@ -108,9 +119,45 @@ def cuda_arch_flags(archs: list[str] | None = None) -> list[str]:
 
 
 def nvcc_flags(archs: list[str] | None = None) -> list[str]:
-    # -Xptxas=-v keeps the register/spill/shared-memory report of every kernel in the (verbose) build log.
+    # -Xptxas=-v: the register/spill/shared-memory report of every kernel, kept in the build log (build.log in
+    # the build folder for the build on first use), never printed on the terminal.
     return ["-O3", "-std=c++20", "-Xptxas=-v", "-lineinfo", "--expt-relaxed-constexpr",
             "-DDRN_WITH_CUDA=1"] + cuda_arch_flags(archs)
+
+
+# ---- ninja ----------------------------------------------------------------------------------------------------
+
+def find_ninja() -> tuple[str | None, str]:
+    """(path of the ninja every build uses, how it was found). One ninja, whatever PATH says: the `ninja` package
+    of this Python (a dependency of drn-kernels), else the ninja next to this Python, else the first on PATH.
+    Two ninja versions write incompatible build logs (.ninja_log), and each then rebuilds everything."""
+    try:
+        import ninja  # the PyPI package: its binary lives in ninja.BIN_DIR
+
+        path = os.path.join(ninja.BIN_DIR, "ninja")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path, "the ninja package of this Python"
+    except (ImportError, AttributeError):
+        pass
+    for folder in dict.fromkeys((os.path.dirname(sys.executable), sysconfig.get_path("scripts"))):
+        path = os.path.join(folder, "ninja")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path, "next to this Python"
+    path = shutil.which("ninja")
+    return (path, "first on PATH") if path else (None, "no ninja: pip install ninja")
+
+
+def ninja_version(path: str) -> str:
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def path_with_ninja_first(ninja: str, path: str | None = None) -> str:
+    """$PATH with the chosen ninja's folder first (torch's builds run `ninja` from PATH)."""
+    path = os.environ.get("PATH", "") if path is None else path
+    return os.pathsep.join([os.path.dirname(ninja)] + [p for p in path.split(os.pathsep) if p])
 
 
 # ---- CUDA toolkit discovery -----------------------------------------------------------------------------------
@@ -173,20 +220,26 @@ def find_cuda_home() -> tuple[str | None, str]:
     return None, "; ".join(tried)
 
 
-def cuda_decision(torch_cuda_version: str | None) -> tuple[bool, str | None, str]:
+def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True) -> tuple[bool, str | None, str]:
     """(build the CUDA kernels?, CUDA_HOME, reason in words). Raises RuntimeError under DRN_FORCE_CUDA=1 when
-    CUDA cannot be built. `torch_cuda_version` is torch.version.cuda (None for a CPU-only torch)."""
+    CUDA cannot be built. `torch_cuda_version` is torch.version.cuda (None for a CPU-only torch); `gpu_visible`
+    is torch.cuda.is_available(): without a GPU the CUDA kernels are built only on request (DRN_BUILD_CUDA=1)."""
     home, how = find_cuda_home()
     if force_cpu():
         ok, reason = False, "DRN_FORCE_CPU=1 asks for a CPU-only build"
     elif torch_cuda_version is None:
         ok, reason = False, "torch is a CPU-only build (torch.version.cuda is None)"
+    elif not gpu_visible and not build_cuda_requested():
+        ok, reason = False, ("no GPU visible, so the CPU kernels only (DRN_BUILD_CUDA=1 or "
+                             "`python -m drn_kernels.build --cuda` compiles the CUDA kernels anyway)")
     elif home is None:
         ok, reason = False, f"no CUDA toolkit found ({how}); set CUDA_HOME"
     elif not cuda_sources():
         ok, reason = False, f"no CUDA sources in {os.path.join(CSRC, 'cuda')}/*.cu"
     else:
         ok, reason = True, f"CUDA toolkit {home} (found via {how}), archs {';'.join(cuda_arch_list())}"
+        if not gpu_visible:
+            reason += ", no GPU visible: built on request (DRN_BUILD_CUDA=1)"
     if force_cuda() and not ok:
         raise RuntimeError(f"DRN_FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
     return ok, home, reason

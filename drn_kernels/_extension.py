@@ -1,19 +1,27 @@
 """Loading the compiled extension drn_kernels._C (and asking the host-simulated CUDA build for "cuda-sim").
 
-load() order:
-  1. `import drn_kernels._C` — built in place by setup.py (`pip install --no-build-isolation -e .`);
-  2. else build it on first use with torch.utils.cpp_extension.load against the installed torch (ninja, cached
-     in the torch extensions dir, rebuilt only when csrc/ changes; one line on stderr while it compiles).
-     DRN_NO_JIT_BUILD=1 forbids this step; DRN_FORCE_CPU=1 builds the CPU kernels only (quick);
-     DRN_FORCE_CUDA=1 makes a build without CUDA an error. `python -m drn_kernels.build` does it ahead of time.
+load() order (loaded_variant() says which one this process uses):
+  1. "in-place": `import drn_kernels._C`, built in place by setup.py (`pip install --no-build-isolation -e .`),
+     unless DRN_FORCE_CPU=1 or a file under csrc/ is newer than it (then a note on stderr, and step 2);
+  2. "jit-cpu" / "jit-cuda": the build on first use, torch.utils.cpp_extension.load against the installed torch
+     (always the same ninja, _build_config.find_ninja(); cached in the build folder, rebuilt when csrc/, the
+     flags, torch or ninja change; any compile is announced on stderr with one line per step, the compiler
+     output goes to build.log in the build folder). CUDA kernels only where a GPU is visible, or on request
+     (DRN_BUILD_CUDA=1); DRN_FORCE_CPU=1 builds the CPU kernels only (quick); DRN_FORCE_CUDA=1 makes a build
+     without CUDA an error; DRN_NO_JIT_BUILD=1 only loads an up-to-date cached build.
+     `python -m drn_kernels.build` does it ahead of time.
 The result (module or failure) is cached for the process; why_unavailable() reports the failure.
 drn_kernels._library is imported first: the kernels register with TORCH_LIBRARY_IMPL against its schemas.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import json
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -76,24 +84,159 @@ def _import_cpp_extension():
     return cpp_extension
 
 
-def _is_stale(library: str) -> bool:
-    if not os.path.exists(library):
-        return True
-    built = os.path.getmtime(library)
-    return any(os.path.getmtime(f) > built for f in _build_config.all_inputs())
+SETTINGS_FILE = "drn_build_settings.json"  # in the build folder: how its library was built (see _build_settings)
+LOG_FILE = "build.log"                    # in the build folder: the compiler output of the last compile
 
 
-def jit_build(verbose: bool = False, announce: bool = True):
-    """Build (or load the cached build of) the extension with torch.utils.cpp_extension.load; returns the module.
-    Raises on failure (RuntimeError carrying the compiler output)."""
-    global _cuda_reason
+def _gpu_visible() -> bool:
     import torch
 
-    with_cuda, cuda_home, reason = _build_config.cuda_decision(torch.version.cuda)
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 — a broken driver means no usable GPU
+        return False
+
+
+def _decision() -> tuple[bool, str | None, str]:
+    """_build_config.cuda_decision for this torch and machine (a GPU visible or not)."""
+    import torch
+
+    return _build_config.cuda_decision(torch.version.cuda, _gpu_visible())
+
+
+def _build_settings(name: str, sources: list[str], with_cuda: bool, ninja: str) -> dict:
+    """Everything besides the sources' contents that decides what the build produces; a change means rebuild."""
+    import torch
+
+    return {"name": name, "sources": sources, "cflags": _build_config.cxx_flags(with_cuda),
+            "cuda_cflags": _build_config.nvcc_flags() if with_cuda else None, "ldflags": _build_config.ld_flags(),
+            "cuda_home": os.environ.get("CUDA_HOME") if with_cuda else None, "torch": torch.__version__,
+            "ninja": ninja, "ninja_version": _build_config.ninja_version(ninja)}
+
+
+def _newer_input(library: str) -> str | None:
+    built = os.path.getmtime(library)
+    newer = [f for f in _build_config.all_inputs() if os.path.getmtime(f) > built]
+    return os.path.relpath(newer[0], _build_config.ROOT) if newer else None
+
+
+def _stale_reason(library: str, settings: dict) -> str | None:
+    """Why cpp_extension.load would compile (None: it will not): the library is missing, was built with other
+    settings (flags, sources, torch, ninja), or ninja's own dry run has steps to run (a changed source or any
+    header it includes, per ninja's dependency log)."""
+    if not os.path.exists(library):
+        return "not built yet"
+    build_dir = os.path.dirname(library)
+    try:
+        with open(os.path.join(build_dir, SETTINGS_FILE)) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return "no record of how the cached library was built"
+    changed = [k for k in settings if recorded.get(k) != settings[k]]
+    if changed:
+        return "built with another " + ", ".join(changed)
+    if os.path.isfile(os.path.join(build_dir, "build.ninja")):
+        dry = subprocess.run([settings["ninja"], "-n", "-C", build_dir], capture_output=True, text=True)
+        steps = [ln for ln in dry.stdout.splitlines() if _STEP.match(ln)]
+        if dry.returncode != 0 or steps:
+            return f"ninja has {len(steps)} step(s) to run" if dry.returncode == 0 else "ninja's dry run failed"
+        return None
+    newer = _newer_input(library)
+    return f"{newer} changed" if newer else None
+
+
+_STEP = re.compile(r"\[(\d+)/(\d+)\]\s+(.*)")
+
+
+def _describe_step(line: str) -> str:
+    """'[3/12] csrc/cpu/x.cpp' for ninja -v's '[3/12] c++ ... -c /abs/csrc/cpu/x.cpp -o x.o' (and the link)."""
+    m = _STEP.match(line)
+    command = m.group(3)
+    src = re.search(r"\s-c\s+(\S+)", command)
+    if src:
+        what = os.path.relpath(src.group(1), _build_config.ROOT) if os.path.isabs(src.group(1)) else src.group(1)
+    else:
+        lib = re.search(r"-o\s+(\S+\.so)\b", command)
+        what = f"link {os.path.basename(lib.group(1))}" if lib else command[:60]
+    return f"[{m.group(1)}/{m.group(2)}] {what}"
+
+
+@contextlib.contextmanager
+def _compiler_output_to_log(build_dir: str, echo: bool = False, progress: bool = True):
+    """While cpp_extension.load runs: file descriptors 1 and 2 (ninja, the compilers, nvcc's -Xptxas=-v register
+    report) go to BUILD_DIR/build.log, and a thread prints each finished ninja step on the terminal's stderr as
+    a progress line ("drn_kernels: [3/12] csrc/cpu/x.cpp"; progress=False: none); echo=True prints every line. Yields the list of steps
+    seen; the log is kept when a step ran (or the build failed), else removed."""
+    partial = os.path.join(build_dir, LOG_FILE + ".partial")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    log_fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    steps: list[str] = []
+    stop = threading.Event()
+
+    def watch():
+        pending = ""
+        with open(partial, errors="replace") as f:
+            while True:
+                chunk = f.read()
+                if not chunk:
+                    if stop.is_set():
+                        break
+                    stop.wait(0.25)
+                    continue
+                *lines, pending = (pending + chunk).split("\n")
+                for ln in lines:
+                    if _STEP.match(ln):
+                        steps.append(ln)
+                        if progress and not echo:
+                            print(f"drn_kernels: {_describe_step(ln)}", file=terminal)
+                    if echo:
+                        print(ln, file=terminal)
+
+    watcher = threading.Thread(target=watch, name="drn_kernels build log", daemon=True)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    watcher.start()
+    failed = True
+    try:
+        yield steps
+        failed = False
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (log_fd, *saved):
+            os.close(fd)
+        stop.set()
+        watcher.join()
+        terminal.close()
+        if steps or failed:
+            os.replace(partial, os.path.join(build_dir, LOG_FILE))
+        else:
+            os.remove(partial)
+
+
+def jit_build(verbose: bool = False, progress: bool = True):
+    """Build (or load the cached build of) the extension with torch.utils.cpp_extension.load; returns the module.
+    Always with the ninja of _build_config.find_ninja() (first on PATH while it runs). A compile is announced on
+    stderr (why, then one line per finished step; the compiler output goes to BUILD_DIR/build.log) — whether or
+    not the check beforehand predicted it. verbose=True also prints the compiler output; progress=False leaves out
+    the per-step lines (the first and last line stay). Raises on failure (RuntimeError carrying the compiler's error lines)."""
+    global _cuda_reason
+
+    with_cuda, cuda_home, reason = _decision()
     _cuda_reason = None if with_cuda else reason
     if cuda_home is not None and (with_cuda or "torch.utils.cpp_extension" not in sys.modules):
         _set_cuda_home(cuda_home)
     cpp_extension = _import_cpp_extension()
+    ninja, how = _build_config.find_ninja()
+    if ninja is None:
+        raise RuntimeError(f"ninja is needed to build the C++ extension ({how})")
 
     name = _build_config.JIT_NAME_CUDA if with_cuda else _build_config.JIT_NAME_CPU
     sources = _build_config.cpu_sources() + (_build_config.cuda_sources() if with_cuda else [])
@@ -102,48 +245,116 @@ def jit_build(verbose: bool = False, announce: bool = True):
                            f"use needs a source checkout installed with `pip install -e .`")
     build_dir = build_directory(with_cuda, create=True)
     library = os.path.join(build_dir, name + ".so")
-    stale = _is_stale(library)
-    if stale and announce:
-        what = "CPU + CUDA kernels (" + reason + ")" if with_cuda else "CPU kernels (" + reason + ")"
-        print(f"drn_kernels: compiling the C++ extension with ninja, once — {what}; "
-              f"cache {build_dir} (a CUDA build takes minutes; DRN_FORCE_CPU=1 for CPU only)",
-              file=sys.stderr, flush=True)
+    settings = _build_settings(name, sources, with_cuda, ninja)
+    stale = _stale_reason(library, settings)
+    what = ("CPU + CUDA kernels (" if with_cuda else "CPU kernels (") + reason + ")"
+    announced = False
+
+    def say(text: str) -> None:
+        print(f"drn_kernels: {text}", file=sys.stderr, flush=True)
+
+    if stale:
+        say(f"compiling the C++ extension ({stale}) — {what}; ninja {ninja}; build folder {build_dir} "
+            f"(compiler output in {LOG_FILE}){'; a CUDA build takes minutes' if with_cuda else ''}")
+        announced = True
     start = time.perf_counter()
-    module = cpp_extension.load(
-        name=name,
-        sources=sources,
-        extra_cflags=_build_config.cxx_flags(with_cuda),
-        extra_cuda_cflags=_build_config.nvcc_flags() if with_cuda else None,
-        extra_ldflags=_build_config.ld_flags(),
-        extra_include_paths=_build_config.include_dirs(),
-        build_directory=build_dir,
-        verbose=verbose,
-        with_cuda=with_cuda,
-        is_python_module=True,
-    )
-    if stale and announce:
-        print(f"drn_kernels: built {module.__file__} in {time.perf_counter() - start:.0f} s",
-              file=sys.stderr, flush=True)
+    old_path = os.environ.get("PATH")
+    os.environ["PATH"] = _build_config.path_with_ninja_first(ninja)
+    try:
+        with _compiler_output_to_log(build_dir, echo=verbose, progress=progress) as steps:
+            module = cpp_extension.load(
+                name=name,
+                sources=sources,
+                extra_cflags=_build_config.cxx_flags(with_cuda),
+                extra_cuda_cflags=_build_config.nvcc_flags() if with_cuda else None,
+                extra_ldflags=_build_config.ld_flags(),
+                extra_include_paths=_build_config.include_dirs(),
+                build_directory=build_dir,
+                verbose=True,  # ninja's output to fd 1, which _compiler_output_to_log sends to build.log
+                with_cuda=with_cuda,
+                is_python_module=True,
+            )
+    except Exception as e:
+        raise RuntimeError(f"{type(e).__name__}: {e}\n{_tail(_read(os.path.join(build_dir, LOG_FILE)))}\n"
+                           f"(compiler output: {os.path.join(build_dir, LOG_FILE)})") from None
+    finally:
+        if old_path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = old_path
+    with open(os.path.join(build_dir, SETTINGS_FILE), "w") as f:
+        json.dump(settings, f, indent=1)
+    if steps and not announced:  # ninja compiled although the check beforehand said up to date: say so anyway
+        say(f"compiled the C++ extension ({len(steps)} steps the check beforehand did not predict) — {what}")
+    if steps:
+        say(f"built {module.__file__} in {time.perf_counter() - start:.0f} s ({len(steps)} ninja steps; "
+            f"compiler output in {os.path.join(build_dir, LOG_FILE)})")
+    elif announced:
+        say(f"nothing to compile: {module.__file__} was up to date")
     return module
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _load_cached_build():
     """Import an up-to-date library of the build on first use without running the build (DRN_NO_JIT_BUILD=1)."""
     global _cuda_reason
-    import torch
 
-    with_cuda, _, reason = _build_config.cuda_decision(torch.version.cuda)
+    with_cuda, _, reason = _decision()
     _cuda_reason = None if with_cuda else reason
     name = _build_config.JIT_NAME_CUDA if with_cuda else _build_config.JIT_NAME_CPU
     library = os.path.join(build_directory(with_cuda), name + ".so")
     if not os.path.exists(library):
         raise FileNotFoundError(f"no {library}")
-    if _is_stale(library):
-        raise RuntimeError(f"{library} is older than the sources in {_build_config.CSRC}")
+    ninja, _ = _build_config.find_ninja()
+    sources = _build_config.cpu_sources() + (_build_config.cuda_sources() if with_cuda else [])
+    stale = _stale_reason(library, _build_settings(name, sources, with_cuda, ninja)) if ninja else _newer_input(
+        library)
+    if stale:
+        raise RuntimeError(f"{library} is out of date: {stale}")
     spec = importlib.util.spec_from_file_location(name, library)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def in_place_library() -> str | None:
+    """Path of the in-place drn_kernels._C (setup.py's build, in the package folder), or None."""
+    spec = importlib.util.find_spec("drn_kernels._C")
+    return spec.origin if spec is not None and spec.origin and os.path.isfile(spec.origin) else None
+
+
+def in_place_skip_reason(path: str) -> str | None:
+    """Why the in-place library at `path` must not be loaded (None: load it): DRN_FORCE_CPU=1 asks for CPU
+    kernels only (setup.py's build may hold CUDA kernels), or a file under csrc/ is newer than it."""
+    if _build_config.force_cpu():
+        return "DRN_FORCE_CPU=1 asks for the CPU-only build on first use"
+    newer = _newer_input(path)
+    if newer:
+        return (f"it is older than {newer} (rebuild it with `pip install --no-build-isolation -e .`, or delete "
+                f"it)")
+    return None
+
+
+def variant_of(module) -> str | None:
+    """"in-place" (setup.py's drn_kernels._C), "jit-cuda" or "jit-cpu" (the build on first use, with or
+    without CUDA kernels), or None for no module."""
+    if module is None:
+        return None
+    if module.__name__ == _build_config.EXTENSION_NAME:
+        return "in-place"
+    return "jit-cuda" if module.has_cuda() else "jit-cpu"
+
+
+def loaded_variant() -> str | None:
+    """Which build of the extension this process uses (loading it first if needed): see variant_of."""
+    return variant_of(load())
 
 
 def load(verbose: bool = False):
@@ -157,13 +368,17 @@ def load(verbose: bool = False):
         from . import _library  # noqa: F401  (the schemas the kernels register against)
 
         in_place_error = None
+        in_place = in_place_library()
+        skip = in_place_skip_reason(in_place) if in_place else None
+        if skip and not _build_config.force_cpu():
+            print(f"drn_kernels: not loading the in-place {in_place}: {skip}", file=sys.stderr, flush=True)
         try:
-            _module = importlib.import_module("drn_kernels._C")
-            if not _module.has_cuda():
-                _cuda_reason = ("setup.py built the in-place drn_kernels._C CPU-only; rebuild it where torch is a "
-                                "CUDA build and a CUDA toolkit is found, or delete it to build on first use")
-        except ModuleNotFoundError:
-            pass
+            if in_place and not skip:
+                _module = importlib.import_module("drn_kernels._C")
+                if not _module.has_cuda():
+                    _cuda_reason = ("setup.py built the in-place drn_kernels._C CPU-only; rebuild it where torch is "
+                                    "a CUDA build and a CUDA toolkit is found (and DRN_BUILD_CUDA=1 without a GPU), "
+                                    "or delete it to build on first use")
         except ImportError as e:  # e.g. built against another torch: try the build on first use instead
             in_place_error = f"drn_kernels._C exists but does not import ({e})"
         if _module is None:

@@ -1,13 +1,14 @@
-"""Build the C++/CUDA extension ahead of time: `python -m drn_kernels.build [--quiet] [--cpu]`.
+"""Build the C++/CUDA extension ahead of time: `python -m drn_kernels.build [--cpu | --cuda] [--quiet | --verbose]`.
 
-Runs the same build that drn_kernels would run on first use (torch.utils.cpp_extension.load, ninja, cached), with
-the compiler output shown (nvcc's -Xptxas=-v register report included), and prints where the library is.
---cpu builds the CPU kernels only (same as DRN_FORCE_CPU=1). Exit status 1 when the build fails.
+Runs the same build that drn_kernels would run on first use (torch.utils.cpp_extension.load, always the same ninja,
+cached), one progress line per compile step; the compiler output (nvcc's -Xptxas=-v register report included) goes
+to build.log in the build folder. Then says which build a fresh process loads (in-place / jit-cpu / jit-cuda).
+Without a GPU the CUDA kernels are compiled only with --cuda (= DRN_BUILD_CUDA=1: the static kernel report and
+`make test` want them); --cpu builds the CPU kernels only (= DRN_FORCE_CPU=1). Exit status 1 when the build fails.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -15,29 +16,40 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drn_kernels.build", description=__doc__.splitlines()[0])
-    parser.add_argument("--quiet", action="store_true", help="hide the compiler output")
-    parser.add_argument("--cpu", action="store_true", help="CPU kernels only (DRN_FORCE_CPU=1)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cpu", action="store_true", help="CPU kernels only (DRN_FORCE_CPU=1)")
+    which.add_argument("--cuda", action="store_true",
+                       help="CUDA kernels too, even without a GPU, where a CUDA toolkit is found (DRN_BUILD_CUDA=1)")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true", help="no per-step progress lines")
+    shown.add_argument("--verbose", action="store_true", help="also print the compiler output (it is in build.log)")
     args = parser.parse_args(argv)
     if args.cpu:
         os.environ["DRN_FORCE_CPU"] = "1"
+    if args.cuda:
+        os.environ["DRN_BUILD_CUDA"] = "1"
 
-    import torch
+    from . import _extension, _library  # noqa: F401  (_library: schemas before the kernels load)
 
-    from . import _build_config, _extension, _library  # noqa: F401  (_library: schemas before the kernels load)
-
-    with_cuda, cuda_home, reason = _build_config.cuda_decision(torch.version.cuda)
+    with_cuda, _, reason = _extension._decision()
     print(f"drn_kernels.build: {'CPU + CUDA' if with_cuda else 'CPU-only'} build — {reason}", flush=True)
-    if importlib.util.find_spec("drn_kernels._C") is not None:
-        print("drn_kernels.build: note: an in-place drn_kernels._C (from setup.py) exists and is loaded first; "
-              "delete it to use this build", flush=True)
     start = time.perf_counter()
     try:
-        module = _extension.jit_build(verbose=not args.quiet, announce=args.quiet)
+        module = _extension.jit_build(verbose=args.verbose, progress=not args.quiet)
     except Exception as e:  # noqa: BLE001
         print(f"drn_kernels.build: FAILED: {type(e).__name__}: {_extension._tail(e)}", file=sys.stderr)
         return 1
-    print(f"drn_kernels.build: {module.__file__} (CUDA kernels: {module.has_cuda()}, "
-          f"OpenMP: {module.has_openmp()}) in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"drn_kernels.build: {module.__file__} ({_extension.variant_of(module)}; CUDA kernels: "
+          f"{module.has_cuda()}, OpenMP: {module.has_openmp()}) in {time.perf_counter() - start:.0f} s", flush=True)
+    in_place = _extension.in_place_library()
+    if in_place is not None:
+        skip = _extension.in_place_skip_reason(in_place)
+        print(f"drn_kernels.build: note: the in-place {in_place} (from setup.py) "
+              + (f"is not loaded: {skip}" if skip else "is loaded first: a fresh process uses it, not this build; "
+                                                         "delete it to use this build"), flush=True)
+    else:
+        print(f"drn_kernels.build: a fresh process with the same settings loads this build "
+              f"({_extension.variant_of(module)})", flush=True)
     return 0
 
 

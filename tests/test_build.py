@@ -128,12 +128,105 @@ def test_cuda_decision_switches(monkeypatch):
         cfg.cuda_decision(None)
 
 
+def test_cuda_kernels_without_gpu_only_on_request(tmp_path, monkeypatch):
+    """No GPU visible: the CPU kernels only (what the machine can run), unless DRN_BUILD_CUDA=1 asks."""
+    cfg = _build_config()
+    monkeypatch.setenv("CUDA_HOME", str(_fake_toolkit(tmp_path)))
+    for var in ("DRN_FORCE_CPU", "DRN_FORCE_CUDA", "DRN_BUILD_CUDA"):
+        monkeypatch.delenv(var, raising=False)
+    assert cfg.cuda_decision("13.0", gpu_visible=True)[0]
+    ok, _, reason = cfg.cuda_decision("13.0", gpu_visible=False)
+    assert not ok and "no GPU visible" in reason and "DRN_BUILD_CUDA=1" in reason
+    monkeypatch.setenv("DRN_BUILD_CUDA", "1")
+    ok, _, reason = cfg.cuda_decision("13.0", gpu_visible=False)
+    assert ok and "on request" in reason
+    monkeypatch.setenv("DRN_FORCE_CPU", "1")
+    assert not cfg.cuda_decision("13.0", gpu_visible=True)[0]
+
+
+def test_one_ninja_whatever_path(monkeypatch):
+    """Every build uses the ninja package of this Python, not the first ninja on PATH (two ninja versions
+    rewrite each other's build log and rebuild everything)."""
+    ninja = pytest.importorskip("ninja")
+    cfg = _build_config()
+    chosen, how = cfg.find_ninja()
+    assert chosen == os.path.join(ninja.BIN_DIR, "ninja") and os.access(chosen, os.X_OK), how
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert cfg.find_ninja()[0] == chosen
+    assert cfg.path_with_ninja_first(chosen).split(os.pathsep)[:2] == [os.path.dirname(chosen), "/usr/bin"]
+
+
+def _ninja_dir(tmp_path):
+    """A build folder whose build.ninja copies src.txt to lib.so, built once; ({settings}, library, source)."""
+    from drn_kernels import _extension
+
+    ninja, _ = _build_config().find_ninja()
+    (tmp_path / "src.txt").write_text("a")
+    (tmp_path / "build.ninja").write_text("rule cp\n  command = cp $in $out\nbuild lib.so: cp src.txt\n")
+    subprocess.run([ninja, "-C", str(tmp_path)], check=True, capture_output=True)
+    settings = {"ninja": ninja, "flags": ["-O3"]}
+    (tmp_path / _extension.SETTINGS_FILE).write_text(__import__("json").dumps(settings))
+    return settings, str(tmp_path / "lib.so"), tmp_path / "src.txt"
+
+
+def test_staleness_is_ninjas_answer(tmp_path):
+    """The check before a build says what ninja will do: up to date, a changed input, other settings."""
+    from drn_kernels import _extension
+
+    settings, library, src = _ninja_dir(tmp_path)
+    assert _extension._stale_reason(library, settings) is None
+    later = os.path.getmtime(library) + 10
+    os.utime(src, (later, later))
+    assert "1 step(s) to run" in _extension._stale_reason(library, settings)
+    os.utime(src, (later - 20, later - 20))
+    assert _extension._stale_reason(library, settings) is None
+    assert _extension._stale_reason(library, {**settings, "flags": ["-O2"]}) == "built with another flags"
+    os.remove(tmp_path / _extension.SETTINGS_FILE)
+    assert "no record" in _extension._stale_reason(library, settings)
+    assert _extension._stale_reason(str(tmp_path / "missing.so"), settings) == "not built yet"
+
+
+def test_compile_steps_are_announced_and_logged(tmp_path, capfd):
+    """Whatever ninja writes goes to build.log; each step also gives one progress line on stderr."""
+    from drn_kernels import _extension
+
+    with _extension._compiler_output_to_log(str(tmp_path)) as steps:
+        os.write(1, f"[1/2] c++ -O3 -c {ROOT}/csrc/cpu/x.cpp -o x.o\nptxas info : Used 40 registers\n".encode())
+        os.write(2, b"[2/2] c++ x.o -shared -o drn_x.so\n")
+    out, err = capfd.readouterr()
+    assert "drn_kernels: [1/2] csrc/cpu/x.cpp" in err and "drn_kernels: [2/2] link drn_x.so" in err
+    assert "ptxas" not in out + err and len(steps) == 2
+    assert "Used 40 registers" in (tmp_path / _extension.LOG_FILE).read_text()
+    with _extension._compiler_output_to_log(str(tmp_path)):  # nothing compiled: the last log stays
+        os.write(1, b"ninja: no work to do.\n")
+    assert "Used 40 registers" in (tmp_path / _extension.LOG_FILE).read_text()
+    assert capfd.readouterr() == ("", "")
+
+
+def test_in_place_module_freshness_and_force_cpu(tmp_path, monkeypatch):
+    """An in-place _C older than csrc/ is not loaded, nor any under DRN_FORCE_CPU=1 (it may hold CUDA kernels)."""
+    from drn_kernels import _extension
+
+    lib = tmp_path / "_C.so"
+    lib.write_bytes(b"")
+    monkeypatch.delenv("DRN_FORCE_CPU", raising=False)
+    newest = max(os.path.getmtime(f) for f in _build_config().all_inputs())
+    os.utime(lib, (newest + 10, newest + 10))
+    assert _extension.in_place_skip_reason(str(lib)) is None
+    os.utime(lib, (newest - 10, newest - 10))
+    assert "older than" in _extension.in_place_skip_reason(str(lib))
+    os.utime(lib, (newest + 10, newest + 10))
+    monkeypatch.setenv("DRN_FORCE_CPU", "1")
+    assert "DRN_FORCE_CPU=1" in _extension.in_place_skip_reason(str(lib))
+
+
 def test_build_module_and_jit_loaded_extension():
     """`python -m drn_kernels.build` builds (or finds cached) the extension; a fresh process loads it on first use."""
     out = subprocess.run([sys.executable, "-m", "drn_kernels.build", "--quiet"], cwd=ROOT, capture_output=True,
                          text=True, timeout=1800)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "drn_kernels.build:" in out.stdout and ".so" in out.stdout
+    assert "(jit-cpu;" in out.stdout or "(jit-cuda;" in out.stdout
     code = textwrap.dedent("""
         import os, torch
         from drn_kernels import _extension
@@ -146,6 +239,8 @@ def test_build_module_and_jit_loaded_extension():
         y = torch.ops.drn.conv_bn_act_native(x, torch.randn(4, 3, 3, 3), torch.randn(4), [1, 1], [1, 1], [1, 1],
                                              None, True)
         assert y.shape == (1, 4, 8, 8)
+        variant = _extension.loaded_variant()
+        assert variant == ("in-place" if _extension.in_place_library() else "jit-cuda" if m.has_cuda() else "jit-cpu")
         print("cuda:", m.has_cuda(), _extension.why_unavailable("cuda"))
     """)
     loaded = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1"})
@@ -154,8 +249,12 @@ def test_build_module_and_jit_loaded_extension():
 
 
 def test_no_jit_build_reports_reason(tmp_path):
-    code = "from drn_kernels import _extension; assert _extension.load() is None; print(_extension.why_unavailable('cpu'))"
-    out = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_DIR": str(tmp_path)})
+    """Nothing built in the build folder and DRN_NO_JIT_BUILD=1: no module, and why. DRN_FORCE_CPU=1 makes this
+    hold with an in-place drn_kernels._C present too (it is not loaded then)."""
+    code = ("from drn_kernels import _extension; assert _extension.load() is None; "
+            "assert _extension.loaded_variant() is None; print(_extension.why_unavailable('cpu'))")
+    out = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_DIR": str(tmp_path),
+                          "DRN_FORCE_CPU": "1"})
     assert out.returncode == 0, out.stderr
     assert "DRN_NO_JIT_BUILD=1" in out.stdout and "python -m drn_kernels.build" in out.stdout
 
