@@ -91,5 +91,10 @@ def pretrained_state_dict(name: str, progress: bool = True) -> dict:
     info = PRETRAINED[name]
     if info.note:
         warnings.warn(f"{name}: {info.note}", UserWarning, stacklevel=3)
-    return torch.hub.load_state_dict_from_url(info.url, map_location="cpu", progress=progress, check_hash=True,
-                                              weights_only=True)
+    try:
+        return torch.hub.load_state_dict_from_url(info.url, map_location="cpu", progress=progress, check_hash=True,
+                                                  weights_only=True)
+    except OSError as e:  # URLError, a refused connection, no DNS: one line saying where the file can go
+        place = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(info.url))
+        raise FileNotFoundError(f"cannot download the {name} weights {info.url} ({getattr(e, 'reason', e)}); "
+                                f"download it elsewhere and place it at {place}") from None

@@ -1,15 +1,17 @@
 """The `drn` command.
 
-    drn classify IMAGE... --model NAME [--weights PATH | --pretrained] [--fused] [--json]
-    drn segment  IMAGE... --model NAME --num-classes K --weights PATH --out DIR [--fused] [--ms] [--info JSON]
-    drn localize IMAGE... --model NAME [--weights PATH | --pretrained] --out DIR [--threshold T]
+    drn classify IMAGE... --model NAME (--weights PATH | --pretrained | --random-weights) [--fused] [--json]
+    drn segment  IMAGE... --model NAME (--weights PATH | --random-weights) [--num-classes K] --out DIR [--ms]
+    drn localize IMAGE... --model NAME (--weights PATH | --pretrained | --random-weights) --out DIR
     drn evaluate segment|classify|localize --data DIR ...       (= python -m drn.evaluate)
-    drn export   --model NAME --weights PATH --onnx OUT [--task T] [--size H W]
+    drn export   --model NAME (--weights PATH | --pretrained | --random-weights) --onnx OUT [--task T] [--size H W]
     drn profile  ...                                            (= python -m drn.profile)
-    drn bench    [PYTEST ARGS...]                               (= pytest benchmarks --benchmark-only ...)
+    drn bench    [-h] [PYTEST ARGS...]                          (pytest on the benchmarks, --benchmark-only)
 
 IMAGE may be a folder (its images, recursively). Classify and localize normalise with ImageNet's mean/std; segment
-with --info's (a reference-style info.json), else ImageNet's.
+with --info's (a reference-style info.json), else ImageNet's. Weights are always named: a checkpoint, the official
+ones, or --random-weights (then a warning: the outputs mean nothing). Classify names ImageNet's classes
+(drn/assets/imagenet_classes.txt) for a 1000-class model; --labels overrides.
 """
 from __future__ import annotations
 
@@ -27,17 +29,68 @@ from .palette import draw_box, save_label_png
 from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 
+IMAGENET_CLASSES = Path(__file__).resolve().parent / "assets" / "imagenet_classes.txt"
+
+
+# ---- argument rules, shared by every command (drn.export uses them too) ----------------------------------------
+
+def positive_int(text: str) -> int:
+    value = int(text) if text.lstrip("+-").isdigit() else None
+    if value is None or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text) if text.lstrip("+-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (0 = off), got {text!r}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """--device: 'cpu', 'cuda' or 'cuda:N', and a CUDA device only where torch sees one."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is visible (torch.cuda.is_available() is "
+                                             f"False); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: only {count} CUDA device(s) are visible")
+    return text
+
+
+def add_weight_args(p: argparse.ArgumentParser, pretrained: bool = True) -> None:
+    """The one rule for weights: a checkpoint, the official weights, or random weights only when asked for."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="checkpoint path")
+    if pretrained:
+        src.add_argument("--pretrained", action="store_true",
+                         help="official ImageNet weights (downloaded once to the torch hub cache)")
+    src.add_argument("--random-weights", action="store_true",
+                     help="random weights: outputs mean nothing (for checking the plumbing and the speed)")
+
+
+def warn_if_random(prog: str, args) -> None:
+    if getattr(args, "random_weights", False):
+        print(f"{prog}: warning: --random-weights: {args.model} has random weights, its outputs mean nothing",
+              file=sys.stderr, flush=True)
+
+
 def _model_args(p: argparse.ArgumentParser, task: str):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--model", required=True, help="registry name (drn.list_models())")
-    src = p.add_mutually_exclusive_group(required=task == "segment")
-    src.add_argument("--weights", help="checkpoint path")
-    if task != "segment":
-        src.add_argument("--pretrained", action="store_true", help="official ImageNet weights (downloaded)")
-    p.add_argument("--num-classes", type=int, required=False, help="classes (default: the checkpoint's)")
+    add_weight_args(p, pretrained=task != "segment")
+    p.add_argument("--num-classes", type=positive_int, required=False,
+                   help="classes (default: the checkpoint's" + ("; needed with --random-weights)" if task == "segment"
+                                                                 else "; 1000 otherwise)"))
     p.add_argument("--fused", action="store_true", help="run the fused model (drn.fuse: BN folded, drn_kernels)")
     p.add_argument("--backend", default="auto", help="drn_kernels backend of the fused model (auto)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def _labels(path) -> list[str] | None:
@@ -47,20 +100,29 @@ def _labels(path) -> list[str] | None:
         return [line.strip() for line in f if line.strip()]
 
 
+def _class_names(path, num_classes: int) -> list[str] | None:
+    """--labels' names, else ImageNet's for a 1000-class model, else None (classes shown as indices)."""
+    if path is not None:
+        return _labels(path)
+    return _labels(IMAGENET_CLASSES) if num_classes == 1000 else None
+
+
 def _name(names, c: int) -> str | None:
     return names[c] if names is not None and c < len(names) else None
 
 
 def _load(args, task: str):
+    warn_if_random(f"drn {task}", args)
     return predict.load_model(args.model, task, num_classes=args.num_classes, weights=args.weights,
                               pretrained=getattr(args, "pretrained", False), fused=args.fused, backend=args.backend,
                               device=args.device)
 
 
 def cmd_classify(args) -> int:
+    images = data.list_images(args.images)
     model = _load(args, "classify")
-    names = _labels(args.labels)
-    for path in data.list_images(args.images):
+    names = _class_names(args.labels, predict.num_classes_of(model))
+    for path in images:
         t = time.perf_counter()
         probs = predict.classify(model, data.load_image(path), resize=args.resize, crop=args.crop,
                                  ten_crop=args.ten_crop)
@@ -76,12 +138,13 @@ def cmd_classify(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    images = data.list_images(args.images)
     model = _load(args, "segment")
     k = predict.num_classes_of(model)
     mean, std = data.read_info(args.info) if args.info else (IMAGENET_MEAN, IMAGENET_STD)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in data.list_images(args.images):
+    for path in images:
         img = data.load_image(path)
         t = time.perf_counter()
         labels = predict.segment(model, img, mean=mean, std=std, ms=args.ms)
@@ -93,26 +156,59 @@ def cmd_segment(args) -> int:
 
 
 def cmd_localize(args) -> int:
+    images = data.list_images(args.images)
     model = _load(args, "localize")
-    names = _labels(args.labels)
+    names = _class_names(args.labels, predict.num_classes_of(model))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in data.list_images(args.images):
+    for path in images:
         img = data.load_image(path)
         probs, boxes = predict.localize(model, img, threshold=args.threshold, resize=args.resize)
         cls, box = boxes[0]
         record = {"class": cls, "score": round(float(probs[cls]), 6), "box": [round(v, 2) for v in box]}
         if names is not None:
             record["name"] = _name(names, cls)
-        stem = Path(path).stem
-        draw_box(img, box, f"{_name(names, cls) or cls} {float(probs[cls]):.2f}").save(out / f"{stem}.png")
-        (out / f"{stem}.json").write_text(json.dumps(record) + "\n")
-        print(f"{path} -> {out / stem}.png/.json  {json.dumps(record)}")
+        png, js = out / f"{Path(path).stem}.png", out / f"{Path(path).stem}.json"
+        draw_box(img, box, f"{_name(names, cls) or cls} {float(probs[cls]):.2f}").save(png)
+        js.write_text(json.dumps(record) + "\n")
+        print(f"{path} -> {png}, {js}  {json.dumps(record)}")
     return 0
 
 
+BENCH_HELP = """usage: drn bench [-h] [PYTEST ARGS...]
+
+Runs the benchmark suite (pytest-benchmark, --benchmark-only) of the source checkout drn is installed from,
+from any folder. Every other argument goes to pytest. Examples:
+
+  drn bench -m quick                          the subset that runs on a 2-core CPU in minutes
+  drn bench -k "test_layer and cpu"           drn_kernels' CPU conv on every DRN layer shape
+  drn bench -k "drn_d_22 and classify"        one model, one task, every backend
+  drn bench --collect-only -q                 list the benchmark ids (to pick a -k expression)
+  drn bench -m quick --benchmark-json out.json
+
+Benchmarks: {where}
+"""
+
+
+def benchmarks_dir() -> Path | None:
+    """The benchmarks/ folder next to the drn package (a source checkout or an editable install), or None."""
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    return folder if (folder / "conftest.py").is_file() else None
+
+
 def cmd_bench(extra: list[str]) -> int:
-    return subprocess.call([sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", *extra])
+    where = benchmarks_dir()
+    if extra and extra[0] in ("-h", "--help"):
+        print(BENCH_HELP.format(where=where or "not shipped with this install"), end="")
+        return 0
+    if where is None:
+        print("drn bench: error: the benchmarks are not shipped with this install: they live in the source "
+              "checkout (benchmarks/); install from a clone with `pip install -e .` to run them",
+              file=sys.stderr)
+        return 2
+    root = where.parent  # its pyproject.toml holds the pytest settings (markers, pythonpath)
+    return subprocess.call([sys.executable, "-m", "pytest", "--rootdir", str(root), "-c", str(root / "pyproject.toml"),
+                            str(where), "--benchmark-only", *extra])
 
 
 def cmd_profile(extra: list[str]) -> int:
@@ -131,11 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="top classes of images")
     _model_args(p, "classify")
-    p.add_argument("--labels", help="class names, one a line")
-    p.add_argument("--top", type=int, default=5, help="classes to show (5)")
+    p.add_argument("--labels", help="class names, one a line (default: ImageNet's for 1000 classes)")
+    p.add_argument("--top", type=positive_int, default=5, help="classes to show (5)")
     p.add_argument("--ten-crop", action="store_true", help="average the paper's 10 crops")
-    p.add_argument("--resize", type=int, default=256, help="shorter side first (256; 0 keeps the size)")
-    p.add_argument("--crop", type=int, default=224, help="centre crop (224; 0 = whole image)")
+    p.add_argument("--resize", type=non_negative_int, default=256, help="shorter side first (256; 0 keeps the size)")
+    p.add_argument("--crop", type=non_negative_int, default=224, help="centre crop (224; 0 = whole image)")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(run=cmd_classify)
 
@@ -150,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, "localize")
     p.add_argument("--out", required=True, help="output folder: OUT/<stem>.png and OUT/<stem>.json")
     p.add_argument("--threshold", type=float, default=0.5, help="cell score threshold (0.5)")
-    p.add_argument("--resize", type=int, default=0, help="shorter side first (0 keeps the size)")
-    p.add_argument("--labels", help="class names, one a line")
+    p.add_argument("--resize", type=non_negative_int, default=0, help="shorter side first (0 keeps the size)")
+    p.add_argument("--labels", help="class names, one a line (default: ImageNet's for 1000 classes)")
     p.set_defaults(run=cmd_localize)
 
     p = sub.add_parser("evaluate", help="accuracy on a dataset (= python -m drn.evaluate)")
@@ -163,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=export.run)
 
     sub.add_parser("profile", help="per-layer profile (= python -m drn.profile)", add_help=False)
-    sub.add_parser("bench", help="pytest benchmarks --benchmark-only [ARGS]", add_help=False)
+    sub.add_parser("bench", help="the benchmark suite (drn bench -h)", add_help=False)
     return parser
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .palette import IGNORE_LABEL
 from .registry import IMAGENET_MEAN, IMAGENET_STD
@@ -32,8 +32,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".
 # ----------------------------------------------------------------------------------------------- images
 
 def load_image(path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image (PIL cannot read it)") from None
 
 
 def to_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -266,7 +269,10 @@ def list_images(paths) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"{p}: a folder with no images ({', '.join(IMAGE_EXTENSIONS)})")
+            out += found
         elif p.is_file():
             out.append(p)
         else:

@@ -127,22 +127,24 @@ def export_onnx(model: nn.Module, path, *, task: str = "classify", size=(224, 22
 
 
 def add_arguments(p: argparse.ArgumentParser):
+    from .cli import add_weight_args, positive_int
+
     p.add_argument("--model", required=True, help="registry name")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--weights", help="checkpoint path")
-    src.add_argument("--pretrained", action="store_true", help="official ImageNet weights")
+    add_weight_args(p)
     p.add_argument("--onnx", required=True, help="output .onnx file")
     p.add_argument("--task", default="classify", choices=list(OUTPUT_NAMES), help="classify (default)")
-    p.add_argument("--num-classes", type=int, help="classes (default: the checkpoint's)")
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    p.add_argument("--num-classes", type=positive_int, help="classes (default: the checkpoint's)")
+    p.add_argument("--size", type=positive_int, nargs=2, default=None, metavar=("H", "W"),
                    help="input size of the graph (224 224; 512 1024 for segment)")
     p.add_argument("--threshold", type=float, default=0.5, help="localize: cell score threshold (0.5)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17)")
 
 
 def run(args) -> int:
+    from .cli import warn_if_random
     from .predict import load_model
 
+    warn_if_random("drn export", args)
     size = tuple(args.size) if args.size else ((512, 1024) if args.task == "segment" else (224, 224))
     model = load_model(args.model, args.task, num_classes=args.num_classes, weights=args.weights,
                        pretrained=args.pretrained, device="cpu")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 
@@ -139,6 +140,8 @@ def profile_model(model: nn.Module, x: torch.Tensor, task: str = "classify", ite
     activities = [torch.profiler.ProfilerActivity.CPU]
     if on_cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
+    else:  # kineto's "USDT ... profiler_start" and "gpuGetDeviceCount failed" lines: noise on a CPU run
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # read when the profiler starts; 4 shows its errors
     try:
         with torch.no_grad():
             for _ in range(warmup):

@@ -164,7 +164,21 @@ def test_profile_and_bench_forward(monkeypatch):
     assert seen["profile"] == ["drn_c_42", "--flops-only", "--json"]
     monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("bench", cmd) and 0)
     assert cli.main(["bench", "-k", "conv", "-q"]) == 0
-    assert seen["bench"][1:] == ["-m", "pytest", "benchmarks", "--benchmark-only", "-k", "conv", "-q"]
+    bench = cli.benchmarks_dir()
+    assert bench is not None and (bench / "test_bench_models.py").is_file()
+    assert seen["bench"][1:] == ["-m", "pytest", "--rootdir", str(bench.parent), "-c",
+                                 str(bench.parent / "pyproject.toml"), str(bench), "--benchmark-only", "-k", "conv",
+                                 "-q"]
+
+
+def test_bench_help_is_its_own(capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "call", lambda cmd: pytest.fail("--help must not run pytest"))
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: drn bench") and "drn bench -m quick" in out and str(cli.benchmarks_dir()) in out
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: None)
+    assert cli.main(["bench", "-m", "quick"]) == 2
+    assert "not shipped with this install" in capsys.readouterr().err
 
 
 def test_errors_are_clear(files, capsys):
@@ -175,6 +189,83 @@ def test_errors_are_clear(files, capsys):
     with pytest.raises(SystemExit):
         cli.main(["segment", str(files.images[0]), "--model", "drn_d_22", "--out", "x"])  # no --weights
     capsys.readouterr()
+
+
+def _fails_in_one_line(argv, capsys, *needles):
+    """The command exits non-zero with its error on the last stderr line, naming what was wrong; no traceback."""
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse: usage, then "drn X: error: argument --y: ..."
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc not in (0, None), err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last and all(n in last for n in needles), err
+    return last
+
+
+def test_one_line_errors(files, capsys, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    cls = ["--model", "drn_d_22", "--weights", files.root / "cls7.pth", "--device", "cpu"]
+    _fails_in_one_line(["classify", notes, *cls], capsys, str(notes), "not an image")
+    _fails_in_one_line(["classify", tmp_path / "empty", *cls], capsys, "empty", "no images")
+    _fails_in_one_line(["classify", files.images[0], *cls, "--crop", "-5"], capsys, "--crop", "-5")
+    _fails_in_one_line(["classify", files.images[0], *cls, "--resize", "-5"], capsys, "--resize", "-5")
+    _fails_in_one_line(["localize", files.images[0], *cls, "--out", tmp_path, "--resize", "-1"], capsys, "--resize")
+    onnx = ["export", "--model", "drn_d_22", "--random-weights", "--onnx", tmp_path / "m.onnx"]
+    _fails_in_one_line([*onnx, "--size", "-224", "224"], capsys, "--size", "-224")
+    _fails_in_one_line([*onnx, "--size", "0", "224"], capsys, "--size", "0")
+    if not torch.cuda.is_available():
+        _fails_in_one_line(["classify", files.images[0], "--model", "drn_d_22", "--random-weights", "--device",
+                            "cuda"], capsys, "--device", "no CUDA GPU")
+
+
+def test_weights_are_always_named(files, capsys):
+    """No weights given: an error listing the three choices; --random-weights: runs, with a warning."""
+    for cmd in (["classify", files.images[0]], ["localize", files.images[0], "--out", files.root / "w"],
+                ["segment", files.images[0], "--num-classes", "5", "--out", files.root / "w"],
+                ["export", "--onnx", files.root / "w.onnx"]):
+        last = _fails_in_one_line([*cmd, "--model", "drn_d_22"], capsys, "--weights", "--random-weights")
+        assert ("--pretrained" in last) == (cmd[0] != "segment")
+    out = _run(["classify", files.images[0], "--model", "drn_d_22", "--random-weights", "--num-classes", "7",
+                "--resize", "0", "--crop", "0", "--device", "cpu"], capsys)
+    assert out.startswith(str(files.images[0]))
+    cli.main(["classify", str(files.images[0]), "--model", "drn_d_22", "--random-weights", "--num-classes", "7",
+              "--resize", "0", "--crop", "0", "--device", "cpu"])
+    assert "warning: --random-weights" in capsys.readouterr().err
+
+
+def test_pretrained_offline_says_where_the_file_goes(files, capsys, monkeypatch):
+    import urllib.error
+
+    def offline(url, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    last = _fails_in_one_line(["classify", files.images[0], "--model", "drn_c_26", "--pretrained", "--device", "cpu"],
+                              capsys, drn.PRETRAINED["drn_c_26"].url, "name resolution")
+    place = str(torch.hub.get_dir()) + "/checkpoints/" + drn.PRETRAINED["drn_c_26"].url.rsplit("/", 1)[1]
+    assert last.endswith(place)
+
+
+def test_imagenet_class_names(files, capsys, tmp_path):
+    """The shipped names: ImageNet-1k's 1000 classes in index order; classify shows them, --labels overrides."""
+    names = (cli.IMAGENET_CLASSES).read_text().splitlines()
+    assert len(names) == 1000 == len(set(names))
+    assert (names[0], names[1], names[207], names[281], names[409], names[999]) == (
+        "tench", "goldfish", "golden retriever", "tabby cat", "analog clock", "toilet tissue")
+    args = ["classify", files.images[0], "--model", "drn_d_22", "--random-weights", "--resize", "0", "--crop", "0",
+            "--device", "cpu", "--json"]
+    top = json.loads(_run(args, capsys))["top"]
+    assert [r["name"] for r in top] == [names[r["class"]] for r in top]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"thing {i}\n" for i in range(1000)))
+    top = json.loads(_run([*args, "--labels", labels], capsys))["top"]
+    assert [r["name"] for r in top] == [f"thing {r['class']}" for r in top]
 
 
 def test_module_entry_point(files):
