@@ -11,12 +11,18 @@ stride-8 cell, the dominant class per cell, and the smallest box around the cell
 validation canvases (digits of neither training nor test). Reported: classification accuracy, localization
 accuracy (class right and IoU > 0.5 with the known box, the paper's criterion) and a PNG grid.
 
-Part 2 (the foundation): drn_c_26 (classify) and drn_d_22 (segment, 19 classes) built with random weights, run
-on a photograph, output shapes, timings, fused-vs-unfused parity, and the label map as a Cityscapes-palette PNG.
+Part 2 (a segmentation to judge): the same narrow DRN-D-22 as a DRNSeg (1×1 classifier per cell, ×8 bilinear
+up-sampling), fine-tuned from the classifier with per-pixel labels (the digit on its ink, background elsewhere) on
+64×64 canvases of 1-2 digits; run through the fused predict on unseen canvases: mIoU, fused-vs-unfused agreement,
+the label map as a palette PNG next to its input, and a sheet (input | truth | prediction) with a legend.
 
-    python -m drn.demo           # both parts; trains first if drn/assets/digits_drn.pth is missing
-    python -m drn.demo train     # train the digits model and write drn/assets/digits_drn.pth
-    python -m drn.demo localize  # part 1 only;  python -m drn.demo models  # part 2 only
+Part 3 (the foundation): drn_c_26 (classify) and drn_d_22 (segment, 19 classes) built with random weights, run
+on a photograph: output shapes, first-call and warm times, fused-vs-unfused parity (no picture: random weights).
+
+    python -m drn.demo                 # all parts; trains first if a committed weights file is missing
+    python -m drn.demo train           # train the digits classifier, write drn/assets/digits_drn.pth
+    python -m drn.demo train-segment   # train the segmenter, write drn/assets/digits_seg_drn.pth
+    python -m drn.demo localize|segment|models   # one part
 """
 from __future__ import annotations
 
