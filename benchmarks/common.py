@@ -219,16 +219,29 @@ def layer_shapes(models=LAYER_MODELS, batches=LAYER_BATCHES, sizes=LAYER_SIZES) 
     return tuple(seen.values())
 
 
-def layer_kinds(shapes=None) -> tuple[LayerShape, ...]:
-    """The largest benchmarked shape of each layer kind (kernel, stride, dilation, residual, ReLU, stem-thin C):
-    what the GPU tests run, so every kind the benchmarks time is checked at the size it is timed at."""
+def kind_id(shape: LayerShape) -> str:
+    """The layer kind: kernel, stride, dilation, residual, ReLU, and "thin" for the C < 32 stems (Triton's FLAT
+    reduction)."""
+    return (f"{shape.r}x{shape.s}_s{shape.stride}_d{shape.dilation}" + ("_res" if shape.residual else "")
+            + ("" if shape.relu else "_norelu") + ("_thin" if shape.c < 32 else ""))
+
+
+# Every kind layer_shapes() yields (the GPU tests are parametrized by these; test_benchmarked_kinds_gpu checks
+# the list is complete, on a GPU, since deriving the shapes takes ~30 s of CPU).
+LAYER_KINDS = ("7x7_s1_d1_thin", "3x3_s1_d1_thin", "3x3_s1_d1_res_thin", "3x3_s2_d1_thin", "1x1_s2_d1_norelu_thin",
+               "3x3_s1_d1_res", "3x3_s2_d1", "1x1_s2_d1_norelu", "3x3_s1_d1", "3x3_s1_d2", "1x1_s1_d1_norelu",
+               "3x3_s1_d2_res", "3x3_s1_d4", "3x3_s1_d4_res")
+
+
+def layer_kinds(shapes=None) -> dict:
+    """kind_id -> the largest benchmarked shape of that kind: what the GPU tests run, so every kind the benchmarks
+    time is checked at the size it is timed at."""
     best: dict = {}
     for s in shapes if shapes is not None else layer_shapes():
-        kind = (s.r, s.stride, s.dilation, s.residual, s.relu, s.c < 32)
         size = s.n * s.h * s.w * s.c * s.k
-        if kind not in best or size > best[kind][0]:
-            best[kind] = (size, s)
-    return tuple(s for _, s in best.values())
+        if kind_id(s) not in best or size > best[kind_id(s)][0]:
+            best[kind_id(s)] = (size, s)
+    return {k: s for k, (_, s) in best.items()}
 
 
 QUICK_LAYERS = {"drn_d_22:layer0.0", "drn_d_22:layer3.0.conv1", "drn_d_22:layer3.0.downsample.0",
@@ -753,7 +766,7 @@ def run(benchmark, *, group: str, provider: str, runner: Runner, flops: int, nby
                 tflops_per_s=flops / median / 1e12, gb_per_s=nbytes / median / 1e9,
                 roofline=roofline_fraction(flops, nbytes, median, peaks),
                 peak_tflops_per_s=peaks.flops / 1e12, peak_gb_per_s=peaks.bytes_per_s / 1e9,
-                peaks_source=peaks.source, peaks_dtype=dtype_key(dtype))
+                peaks_source=peaks.source, peaks_dtype=dtype_key(dtype, info["tf32"]))
     for name, base in (("speedup_vs_baseline", BASELINE), ("speedup_vs_cudnn_fused", FUSED_BASELINE)):
         if base is not None and (group, base) in MEDIANS:
             info[name] = MEDIANS[(group, base)] / median

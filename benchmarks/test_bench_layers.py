@@ -12,8 +12,10 @@ _FIRST_QUICK = next((s.id for s in SHAPES if common.is_quick_layer(s)), None)
 
 
 def _quick(shape, dtype) -> bool:
-    # the quick subset (`make test`, `make bench-quick`): fp32 on every quick shape, bf16 on the first one
-    return common.is_quick_layer(shape) and (dtype == torch.float32 or shape.id == _FIRST_QUICK)
+    # the quick subset (`make test`, `make bench-quick`): the device's first dtype (fp16 on the GPU, fp32 on the
+    # CPU) on every quick shape, bf16 on the first one
+    return common.is_quick_layer(shape) and (dtype in (common.DTYPES[0], torch.bfloat16) if shape.id == _FIRST_QUICK
+                                             else dtype == common.DTYPES[0])
 
 
 def _params():

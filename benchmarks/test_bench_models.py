@@ -7,7 +7,6 @@ allocated for the next ones (the CPU backend's transformed weights: Winograd kee
 Each case checks one poisoned output (logits; labels and probabilities) against the float64 model first.
 """
 import pytest
-import torch
 
 from benchmarks import common
 
@@ -31,7 +30,7 @@ def _params():
                 if provider == "onnxruntime" and task != "classify":
                     continue
                 sid = "x".join(map(str, shape))
-                marks = [pytest.mark.quick] if quick and dtype == torch.float32 else []
+                marks = [pytest.mark.quick] if quick and dtype == common.DTYPES[0] else []  # fp16 GPU, fp32 CPU
                 yield pytest.param(name, task, shape, dtype, provider,
                                    id=f"{name}-{task}-{sid}-{common.dtype_name(dtype)}-{provider}", marks=marks)
 

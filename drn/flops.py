@@ -21,8 +21,8 @@ from torch import nn
 
 from .heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
 
-__all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "peaks_from", "dtype_key", "GPU_PEAKS",
-           "roofline_fraction"]
+__all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "peaks_from", "dtype_key",
+           "cudnn_tf32", "GPU_PEAKS", "roofline_fraction"]
 
 
 @dataclass
@@ -179,16 +179,27 @@ GPU_PEAKS = {
 _DTYPE_KEY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
-def dtype_key(dtype: torch.dtype) -> str:
-    """"fp16", "bf16" or "fp32": the key of a dtype in GPU_PEAKS and in measured ceilings."""
-    return _DTYPE_KEY.get(dtype, "fp32")
+def dtype_key(dtype: torch.dtype, tf32: bool = False) -> str:
+    """"fp16", "bf16", "fp32" or "tf32" (fp32 on TF32 tensor cores): the key of a dtype in GPU_PEAKS and in
+    measured ceilings."""
+    key = _DTYPE_KEY.get(dtype, "fp32")
+    return "tf32" if key == "fp32" and tf32 else key
 
 
-def peaks_from(name: str, dtype: torch.dtype, ceilings: dict | None = None) -> Peaks | None:
+def cudnn_tf32() -> bool:
+    """Whether cuDNN runs fp32 convs on TF32 tensor cores now (the legacy switch; torch >= 2.9's fp32_precision
+    when a mix of the two APIs makes the legacy getter raise)."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return torch.backends.cudnn.conv.fp32_precision == "tf32"
+
+
+def peaks_from(name: str, dtype: torch.dtype, ceilings: dict | None = None, tf32: bool = False) -> Peaks | None:
     """The peaks of a device called `name`: each figure from `ceilings` measured on that device when it has one
-    ({"copy_gbps": GB/s of a large copy, read + write, "matmul_tflops": {"fp16": ..., "bf16": ..., "fp32": ...}}),
-    else from the datasheet table; None when neither knows the device."""
-    key = dtype_key(dtype)
+    ({"copy_gbps": GB/s of a large copy, read + write, "matmul_tflops": {"fp16": ..., "bf16": ..., "fp32": ...,
+    "tf32": ...}}), else from the datasheet table; None when neither knows the device. tf32: fp32 runs as TF32."""
+    key = dtype_key(dtype, tf32)
     table = next((t for k, t in GPU_PEAKS.items() if k in name), None)
     ceilings = ceilings or {}
     copy_gbps = ceilings.get("copy_gbps")
@@ -234,12 +245,13 @@ def _measured(device_str: str, dtype: torch.dtype, threads: int) -> tuple[float,
 
 
 def device_peaks(device="cpu", dtype: torch.dtype = torch.float32, ceilings: dict | None = None) -> Peaks:
-    """Peak FLOP/s and bandwidth for `dtype`: `ceilings` measured on this device (see peaks_from) first, then the
-    datasheet table for H100/H200, else measured once per process (matmul, memcpy)."""
+    """Peak FLOP/s and bandwidth for `dtype` (fp32: the TF32 peak when cuDNN's TF32 switch is on): `ceilings`
+    measured on this device (see peaks_from) first, then the datasheet table for H100/H200, else measured once per
+    process (matmul, memcpy)."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        known = peaks_from(name, dtype, ceilings)
+        known = peaks_from(name, dtype, ceilings, tf32=cudnn_tf32())
         if known is not None:
             return known
     else:

@@ -171,6 +171,7 @@ def test_peaks_per_dtype_and_measured_ceilings_first(tmp_path, monkeypatch):
     assert flops.peaks_from(h200, torch.float16) == flops.Peaks(h200, 989e12, 4.8e12, "datasheet")
     assert flops.peaks_from(h200, torch.float32).flops == 67e12  # TF32 off: the plain FP32 peak
     assert flops.peaks_from("a GPU nobody listed", torch.float16) is None
+    assert flops.peaks_from(h200, torch.float32, tf32=True).flops == 495e12
     ceilings = {"copy_gbps": 4300.0, "matmul_tflops": {"fp16": 700.0}}
     p16 = flops.peaks_from(h200, torch.float16, ceilings)
     assert (p16.flops, p16.bytes_per_s, p16.source) == (700e12, 4300e9, "device-check")
@@ -241,3 +242,19 @@ def test_class_head_autotune_key_buckets_pixels(monkeypatch):
     at = tuner.keys.index("PIX_BUCKET")
     assert [k[at] for k in keys] == [1024, 8192, 32768]
     assert "PIX_BUCKET" in head_mod._upsample_argmax_tuned.keys
+
+
+# ---- 3: speedups against cudnn-fused too ---------------------------------------------------------------------------
+
+def test_report_has_a_column_against_cudnn_fused():
+    from benchmarks import report
+
+    def rec(provider, median):
+        return {"group": "layer:x:float16", "provider": provider, "median": median,
+                "info": {"baseline": "cudnn", "fused_baseline": "cudnn-fused"}}
+
+    records = [rec("cudnn", 4.0), rec("cudnn-fused", 2.0), rec("triton", 1.0)]
+    assert report.speedups(records)[("layer:x:float16", "triton")] == 4.0
+    assert report.speedups(records, "fused_baseline")[("layer:x:float16", "triton")] == 2.0
+    text = report.table(records)
+    assert "vs cudnn-fused" in text and "2.00x" in text
