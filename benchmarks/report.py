@@ -5,7 +5,8 @@ benchmarks/results/<device>.json) into a table and a PNG of speedups over the ba
 
 Without arguments: every JSON in benchmarks/results/. Writes <stem>.md and <stem>.png next to each input (or in
 --out) and prints the table. Speedup = baseline median / provider median within a group (cudnn on GPU,
-eager-cl on CPU).
+eager-cl on CPU); on the GPU a second column against cudnn-fused (cuDNN with BatchNorm folded and its fused
+conv+bias(+add)+ReLU entry points), the fair baseline for fused kernels.
 """
 from __future__ import annotations
 
@@ -36,14 +37,16 @@ def load(path: pathlib.Path) -> list[dict]:
     return out
 
 
-def speedups(records: list[dict]) -> dict:
-    """(group, provider) -> speedup over the group's baseline provider."""
+def speedups(records: list[dict], baseline_key: str = "baseline") -> dict:
+    """(group, provider) -> speedup over the group's provider named by extra_info[baseline_key] ("baseline", or
+    "fused_baseline": cudnn-fused on the GPU)."""
     by_group = defaultdict(dict)
     for r in records:
         by_group[r["group"]][r["provider"]] = r
     out = {}
     for group, providers in by_group.items():
-        baseline = next((r["info"].get("baseline") for r in providers.values() if r["info"].get("baseline")), None)
+        baseline = next((r["info"].get(baseline_key) for r in providers.values() if r["info"].get(baseline_key)),
+                        None)
         if baseline in providers:
             for p, r in providers.items():
                 out[(group, p)] = providers[baseline]["median"] / r["median"]
@@ -52,7 +55,10 @@ def speedups(records: list[dict]) -> dict:
 
 def table(records: list[dict], markdown: bool = False) -> str:
     sp = speedups(records)
+    fused = speedups(records, "fused_baseline")
     cols = ["group", "provider", "median ms", "TFLOP/s", "GB/s", "% roofline", "speedup", "peak MB", "cache MB"]
+    if fused:
+        cols.insert(7, "vs cudnn-fused")
     rows = []
     for r in sorted(records, key=lambda r: (not r["group"].startswith("model"), r["group"], r["provider"])):
         info = r["info"]
@@ -64,6 +70,9 @@ def table(records: list[dict], markdown: bool = False) -> str:
                      f"{s:.2f}x" if s is not None else "",
                      f"{info['peak_mb']:.0f}" if info.get("peak_mb") is not None else "",
                      f"{info['cache_mb']:.0f}" if info.get("cache_mb") is not None else ""])
+        if fused:
+            f = fused.get((r["group"], r["provider"]))
+            rows[-1].insert(7, f"{f:.2f}x" if f is not None else "")
     if markdown:
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -1,9 +1,10 @@
-"""End to end: classify (forward) and segment (predict: labels at the input size) per model and provider.
+"""End to end: classify (forward) and segment (predict: labels at the input size) per model, dtype and provider.
 
 The CPU goals of issue 5 are groups here: drn_c_26 / drn_d_22 classify at 1x3x224x224 (fused `cpu` vs eager-cl
 and onnxruntime) and drn_d_22 segment predict at 1x3x1024x2048 (fused `cpu` vs eager forward + argmax). Every provider's memory
 is in extra_info: "peak_mb", the steady-state peak of one call, and "cache_mb", what its first call leaves
 allocated for the next ones (the CPU backend's transformed weights: Winograd keeps 4x the 3x3 weights).
+Each case checks one poisoned output (logits; labels and probabilities) against the float64 model first.
 """
 import pytest
 
@@ -23,24 +24,30 @@ CASES = [  # (model, task, input shape, quick)
 
 
 def _params():
-    for name, task, shape, quick in CASES:
-        for provider in common.PROVIDERS:
-            if provider == "onnxruntime" and task != "classify":
-                continue
-            sid = "x".join(map(str, shape))
-            yield pytest.param(name, task, shape, provider, id=f"{name}-{task}-{sid}-{provider}",
-                               marks=[pytest.mark.quick] if quick else [])
+    for dtype in common.DTYPES:
+        for name, task, shape, quick in CASES:
+            for provider in common.PROVIDERS:
+                if provider == "onnxruntime" and task != "classify":
+                    continue
+                sid = "x".join(map(str, shape))
+                marks = [pytest.mark.quick] if quick and dtype == common.DTYPES[0] else []  # fp16 GPU, fp32 CPU
+                yield pytest.param(name, task, shape, dtype, provider,
+                                   id=f"{name}-{task}-{sid}-{common.dtype_name(dtype)}-{provider}", marks=marks)
 
 
-@pytest.mark.parametrize(("name", "task", "shape", "provider"), list(_params()))
-def test_model(benchmark, name, task, shape, provider):
-    reason = common.why_unavailable(provider)
+@pytest.mark.parametrize(("name", "task", "shape", "dtype", "provider"), list(_params()))
+def test_model(benchmark, name, task, shape, dtype, provider):
+    reason = common.why_unavailable(provider, dtype)
     if reason:
         pytest.skip(reason)
-    flops, nbytes = common.model_counts(name, task, shape)
-    fn = common.model_runner(provider, name, task, shape)
-    extra = {"model": name, "task": task, "shape": list(shape)}
-    if not getattr(benchmark, "disabled", False) and provider != "onnxruntime":  # ORT's arena is not torch's
-        extra.update(common.memory_info(fn))
-    common.run(benchmark, group=f"model:{name}:{task}:{'x'.join(map(str, shape))}", provider=provider, fn=fn,
-               flops=flops, nbytes=nbytes, extra=extra)
+    flops, nbytes = common.model_counts(name, task, shape, dtype)
+    sets = common.input_sets(common.model_set_bytes(shape, dtype))
+    runner = common.model_runner(provider, name, task, shape, dtype, sets)
+    group = f"model:{name}:{task}:{'x'.join(map(str, shape))}:{common.dtype_name(dtype)}"
+    def reference():
+        return common.group_reference(group, lambda: common.model_reference(name, task, shape, dtype))
+
+    common.run(benchmark, group=group, provider=provider, runner=runner, flops=flops, nbytes=nbytes, dtype=dtype,
+               reference=reference,
+               memory=provider != "onnxruntime",  # ORT's arena is not torch's
+               extra={"model": name, "task": task, "shape": list(shape)})

@@ -6,7 +6,8 @@ segmentation at 1×3×1024×2048 as 1768.33 GFLOPs). Bytes = the minimum traffic
 the weight, the bias and the residual once, write the output once, in the model's dtype.
 
     count_layers(model, input_shape) -> list[LayerCount]    # backbone convs (hooks on a meta copy) + head rows
-    device_peaks(device, dtype) -> Peaks                    # table for known GPUs, measured for the CPU
+    device_peaks(device, dtype, ceilings) -> Peaks          # ceilings measured on the device, else the datasheet
+                                                            # table for known GPUs, else measured now
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from .heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
 
-__all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "GPU_PEAKS", "roofline_fraction"]
+__all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "peaks_from", "dtype_key",
+           "cudnn_tf32", "GPU_PEAKS", "roofline_fraction"]
 
 
 @dataclass
@@ -162,16 +164,52 @@ def count_layers(model: nn.Module, input_shape, dtype: torch.dtype | None = None
 class Peaks:
     device: str
     flops: float          # FLOP/s for the dtype
-    bytes_per_s: float    # memory bandwidth
-    source: str           # "table" or "measured"
+    bytes_per_s: float    # memory bandwidth (bytes read + written per second)
+    source: str           # where the figures come from: "device-check" (ceilings measured on this device by the
+                          # device check), "datasheet" (GPU_PEAKS), "measured" (timed now); "a+b" when mixed
 
 
-# Dense (no sparsity) tensor-core peaks of the SXM parts; fp32 convs run as TF32 under cuDNN's default.
+# Datasheet figures of the SXM parts, dense (no sparsity). "fp32" is the plain FP32 pipe (no tensor cores): the
+# benchmarks run fp32 with TF32 off everywhere (the CUDA kernel has no TF32 path); "tf32" is the tensor-core peak.
+# Copies measured on an H200 move about 4.3 TB/s of the 4.8 listed: measured ceilings win when there are some.
 GPU_PEAKS = {
-    "H100": {"fp16": 989e12, "bf16": 989e12, "fp32": 495e12, "bytes_per_s": 3.35e12},
-    "H200": {"fp16": 989e12, "bf16": 989e12, "fp32": 495e12, "bytes_per_s": 4.8e12},
+    "H100": {"fp16": 989e12, "bf16": 989e12, "tf32": 495e12, "fp32": 67e12, "bytes_per_s": 3.35e12},
+    "H200": {"fp16": 989e12, "bf16": 989e12, "tf32": 495e12, "fp32": 67e12, "bytes_per_s": 4.8e12},
 }
 _DTYPE_KEY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def dtype_key(dtype: torch.dtype, tf32: bool = False) -> str:
+    """"fp16", "bf16", "fp32" or "tf32" (fp32 on TF32 tensor cores): the key of a dtype in GPU_PEAKS and in
+    measured ceilings."""
+    key = _DTYPE_KEY.get(dtype, "fp32")
+    return "tf32" if key == "fp32" and tf32 else key
+
+
+def cudnn_tf32() -> bool:
+    """Whether cuDNN runs fp32 convs on TF32 tensor cores now (the legacy switch; torch >= 2.9's fp32_precision
+    when a mix of the two APIs makes the legacy getter raise)."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        return torch.backends.cudnn.conv.fp32_precision == "tf32"
+
+
+def peaks_from(name: str, dtype: torch.dtype, ceilings: dict | None = None, tf32: bool = False) -> Peaks | None:
+    """The peaks of a device called `name`: each figure from `ceilings` measured on that device when it has one
+    ({"copy_gbps": GB/s of a large copy, read + write, "matmul_tflops": {"fp16": ..., "bf16": ..., "fp32": ...,
+    "tf32": ...}}), else from the datasheet table; None when neither knows the device. tf32: fp32 runs as TF32."""
+    key = dtype_key(dtype, tf32)
+    table = next((t for k, t in GPU_PEAKS.items() if k in name), None)
+    ceilings = ceilings or {}
+    copy_gbps = ceilings.get("copy_gbps")
+    tflops = (ceilings.get("matmul_tflops") or {}).get(key)
+    flops = (tflops * 1e12, "device-check") if tflops else ((table[key], "datasheet") if table else None)
+    bw = (copy_gbps * 1e9, "device-check") if copy_gbps else ((table["bytes_per_s"], "datasheet") if table else None)
+    if flops is None or bw is None:
+        return None
+    source = flops[1] if flops[1] == bw[1] else f"flops:{flops[1]}+bytes:{bw[1]}"
+    return Peaks(name, flops[0], bw[0], source)
 
 
 def _sync(device: torch.device):
@@ -206,14 +244,16 @@ def _measured(device_str: str, dtype: torch.dtype, threads: int) -> tuple[float,
     return flops, 2 * src.numel() / best
 
 
-def device_peaks(device="cpu", dtype: torch.dtype = torch.float32) -> Peaks:
-    """Peak FLOP/s and bandwidth: the table for H100/H200, else measured once per process (matmul, memcpy)."""
+def device_peaks(device="cpu", dtype: torch.dtype = torch.float32, ceilings: dict | None = None) -> Peaks:
+    """Peak FLOP/s and bandwidth for `dtype` (fp32: the TF32 peak when cuDNN's TF32 switch is on): `ceilings`
+    measured on this device (see peaks_from) first, then the datasheet table for H100/H200, else measured once per
+    process (matmul, memcpy)."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, table in GPU_PEAKS.items():
-            if key in name:
-                return Peaks(name, table[_DTYPE_KEY.get(dtype, "fp32")], table["bytes_per_s"], "table")
+        known = peaks_from(name, dtype, ceilings, tf32=cudnn_tf32())
+        if known is not None:
+            return known
     else:
         name = f"cpu ({torch.get_num_threads()} threads)"
     flops, bw = _measured(str(device), dtype, torch.get_num_threads())

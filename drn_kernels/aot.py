@@ -105,7 +105,8 @@ def _specs(kernels: Optional[Iterable[str]]):
     def conv_sig(dt):
         sig = {a: f"*{_TL[dt]}" for a in ("x_ptr", "w_ptr", "b_ptr", "res_ptr", "y_ptr")}
         sig.update({a: "i32" for a in ("M", "C", "H", "W", "K", "P", "Q", "R", "S", "sxn", "sxh", "sxw", "srn",
-                                        "srp", "srq", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")})
+                                        "srp", "srq", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
+                                        "M_BUCKET")})
         return sig, {"sxc": 1, "srk": 1}
 
     def conv_aligned(flags):
@@ -117,7 +118,7 @@ def _specs(kernels: Optional[Iterable[str]]):
     def head_sig(dt):
         sig = {"x_ptr": f"*{_TL[dt]}", "w_ptr": f"*{_TL[dt]}", "b_ptr": f"*{_TL[dt]}", "labels_ptr": "*i64",
                "probs_ptr": "*fp32", "logits_ptr": "*fp32", "partial_ptr": "*fp32"}
-        sig.update({a: "i32" for a in ("HW", "W", "C", "K", "sxn", "sxh", "sxw", "swk")})
+        sig.update({a: "i32" for a in ("HW", "W", "C", "K", "sxn", "sxh", "sxw", "swk", "PIX_BUCKET")})
         return sig, {"sxc": 1, "swc": 1}
 
     def head_aligned(flags):
@@ -125,7 +126,7 @@ def _specs(kernels: Optional[Iterable[str]]):
 
     def upsample_sig(dt):
         return {"logits_ptr": "*fp32", "labels_ptr": "*i64", "probs_ptr": "*fp32", "h": "i32", "w": "i32",
-                "K": "i32"}, {}
+                "K": "i32", "PIX_BUCKET": "i32"}, {}
 
     def box_sig(dt):
         return {"labels_ptr": "*i64", "scores_ptr": "*fp32", "top1_ptr": "*i64", "boxes_ptr": "*fp32",

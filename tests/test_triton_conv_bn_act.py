@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import drn_kernels
+from benchmarks import common as bench_common
 from drn_kernels import reference
 
 conv_mod = pytest.importorskip("drn_kernels.triton.conv_bn_act")
@@ -227,11 +228,30 @@ GPU_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=[c[0] for c in GPU_CASES])
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-def test_parity_gpu(case, dtype, atol, rtol, no_tf32):
-    x, weight, bias, residual, geo = _inputs(case, dtype, True, True)
-    x, weight, bias, residual = (t.cuda() for t in (x, weight, bias, residual))
-    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
-    _check(y.cpu(), x.cpu(), weight.cpu(), bias.cpu(), residual.cpu(), geo, True, dtype, atol, rtol)
+@pytest.mark.parametrize("relu, with_residual", [(True, True), (True, False), (False, False)],
+                         ids=["res_relu", "relu", "plain"])
+def test_parity_gpu(case, dtype, atol, rtol, relu, with_residual, poisoned, no_tf32):
+    x, weight, bias, residual, geo = _inputs(case, dtype, True, with_residual)
+    x, weight, bias = x.cuda(), weight.cuda(), bias.cuda()
+    residual = residual.cuda() if with_residual else None
+    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, relu=relu, backend="triton", **geo)
+    _check(y, x, weight, bias, residual, geo, relu, dtype, atol, rtol)  # float64 reference on the GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", bench_common.LAYER_KINDS)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_benchmarked_kinds_gpu(kind, dtype, atol, rtol, poisoned, no_tf32):
+    """Every layer kind the benchmarks time, at the largest size they time it (batch 8 @1024x2048)."""
+    kinds = bench_common.layer_kinds()
+    assert sorted(kinds) == sorted(bench_common.LAYER_KINDS), "a benchmarked layer kind is missing"
+    s = kinds[kind]
+    case = (kind, s.n, s.c, s.h, s.w, s.k, s.r, s.s, s.stride, s.padding, s.dilation)
+    x, weight, bias, residual, geo = _inputs(case, dtype, True, s.residual, seed=4)
+    x, weight, bias = x.cuda(), weight.cuda(), bias.cuda()
+    residual = residual.cuda() if s.residual else None
+    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, relu=s.relu, backend="triton", **geo)
+    _check(y, x, weight, bias, residual, geo, s.relu, dtype, atol, rtol)
 
 
 @pytest.mark.gpu

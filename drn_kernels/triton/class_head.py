@@ -32,7 +32,7 @@ from torch import Tensor
 from .. import _backends
 from .._library import empty_class_head_output, empty_localize_output
 from . import register_op
-from .conv_bn_act import dot_in_fp32, needs_int64
+from .conv_bn_act import dot_in_fp32, needs_int64, size_bucket
 
 # The first config of each list fixes BLOCK_P of localize's partial-sum pass (64 in both).
 HEAD_CONFIGS = [
@@ -73,7 +73,7 @@ def _online_argmax_update(logit, cols, col_ok, m, s, arg, nan_seen, nan_arg, K):
     return new_m, s, arg, nan_seen, nan_arg
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["PIX_BUCKET"])
 def _class_head_kernel(
     x_ptr,  # features (N, C, H, W), element strides sxn, sxc, sxh, sxw (any memory format)
     w_ptr,  # classifier weight (K, C), strides swk, swc
@@ -84,6 +84,7 @@ def _class_head_kernel(
     partial_ptr,  # (N, tiles, K) float32, per pixel-tile sums of the logits; written when PARTIAL_SUMS
     HW, W, C, K,
     sxn, sxc, sxh, sxw, swk, swc,
+    PIX_BUCKET,  # size_bucket(N*H*W): read only by the autotuner's key
     ARGMAX: tl.constexpr, WRITE_LOGITS: tl.constexpr, PARTIAL_SUMS: tl.constexpr, USE_INT64: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -136,12 +137,13 @@ def _class_head_kernel(
         tl.store(probs_ptr + out_row, prob, mask=pix_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["PIX_BUCKET"])
 def _upsample_argmax_kernel(
     logits_ptr,  # low-res logits (N, h, w, K) float32 contiguous
     labels_ptr,  # (N, 8h * 8w) contiguous, label dtype
     probs_ptr,  # (N, 8h * 8w) float32
     h, w, K,
+    PIX_BUCKET,  # size_bucket(N*8h*8w): read only by the autotuner's key
     USE_INT64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
@@ -236,10 +238,10 @@ def _box_kernel(
     tl.store(boxes_ptr + n * 4 + 3, tl.where(found, ((y2 + 1) * stride).to(tl.float32), -1.0))
 
 
-_HEAD_KEY = ["C", "K", "ARGMAX", "WRITE_LOGITS"]
+_HEAD_KEY = ["C", "K", "PIX_BUCKET", "ARGMAX", "WRITE_LOGITS"]
 _class_head_tuned = {fp32: triton.autotune(configs=HEAD_FP32_CONFIGS if fp32 else HEAD_CONFIGS,
                                            key=_HEAD_KEY)(_class_head_kernel) for fp32 in (False, True)}
-_upsample_argmax_tuned = triton.autotune(configs=UPSAMPLE_CONFIGS, key=["K"])(_upsample_argmax_kernel)
+_upsample_argmax_tuned = triton.autotune(configs=UPSAMPLE_CONFIGS, key=["K", "PIX_BUCKET"])(_upsample_argmax_kernel)
 
 
 # ---- launchers ----------------------------------------------------------------------------------------------
@@ -254,7 +256,7 @@ def _launch_head(x, weight2d, bias, labels, probs, logits, partial, *, argmax, w
     dummy = probs if probs is not None else logits
     args = (x, weight2d, bias, labels if labels is not None else dummy, probs if probs is not None else dummy,
             logits if logits is not None else dummy, partial if partial is not None else dummy,
-            h * w, w, c, k, *x.stride(), *weight2d.stride())
+            h * w, w, c, k, *x.stride(), *weight2d.stride(), size_bucket(n * h * w))
     flags = dict(ARGMAX=argmax, WRITE_LOGITS=write_logits, PARTIAL_SUMS=partial_sums,
                  USE_INT64=needs_int64(x, weight2d, labels, probs, logits), DOT_PRECISION=_dot_precision(x.dtype),
                  DOT_IN_FP32=dot_in_fp32(x.dtype))
@@ -294,7 +296,7 @@ def class_head_triton(x: Tensor, weight: Tensor, bias: Tensor, upsample: int,
         return labels, probs
     low = torch.empty((n, h, w, k), dtype=torch.float32, device=x.device)  # 1/64 of the output: allowed
     _launch_head(x, weight2d, bias, None, None, low, None, argmax=False, write_logits=True, partial_sums=False)
-    args = (low, labels, probs, h, w, k)
+    args = (low, labels, probs, h, w, k, size_bucket(labels.numel()))
     use_int64 = needs_int64(low, labels)
     if _backends.triton_interpreting():
         cfg = INTERPRET_UPSAMPLE_CONFIG
@@ -323,7 +325,8 @@ def localize_triton(x: Tensor, weight: Tensor, bias: Tensor, threshold: float,
     weight2d = weight.reshape(k, c)
     partial = torch.empty((n, _head_tiles(h * w), k), dtype=torch.float32, device=x.device)
     # the partial-sum pass needs a known tile count, so it runs the untuned kernel at one fixed config
-    args = (x, weight2d, bias, labels, scores, scores, partial, h * w, w, c, k, *x.stride(), *weight2d.stride())
+    args = (x, weight2d, bias, labels, scores, scores, partial, h * w, w, c, k, *x.stride(), *weight2d.stride(),
+            size_bucket(n * h * w))
     flags = dict(ARGMAX=True, WRITE_LOGITS=False, PARTIAL_SUMS=True,
                  USE_INT64=needs_int64(x, weight2d, labels, partial), DOT_PRECISION=_dot_precision(x.dtype),
                  DOT_IN_FP32=dot_in_fp32(x.dtype))

@@ -82,7 +82,7 @@ def _prune_configs(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda cfg: cfg.kwargs["BLOCK_N"])]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M_BUCKET"])
 def _conv_bn_act_kernel(
     x_ptr,  # input (N, C, H, W), element strides sxn, sxc, sxh, sxw (any memory format)
     w_ptr,  # packed weight (K, R, S, C) contiguous: row k at k * R*S*C
@@ -93,6 +93,7 @@ def _conv_bn_act_kernel(
     sxn, sxc, sxh, sxw,
     srn, srk, srp, srq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    M_BUCKET,  # size_bucket(M): read only by the autotuner's key
     HAS_RES: tl.constexpr, RELU: tl.constexpr, FLAT: tl.constexpr, USE_INT64: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -166,7 +167,13 @@ def _conv_bn_act_kernel(
     tl.store(y_ptr + rows[:, None] * K + cols[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
-_TUNE_KEY = ["C", "K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w"]  # triton adds the tensors' dtypes
+# triton adds the tensors' dtypes; M_BUCKET keeps a tile tuned at batch 1 @224 off batch 8 @1024x2048
+_TUNE_KEY = ["C", "K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "M_BUCKET"]
+
+
+def size_bucket(n: int) -> int:
+    """n rounded up to a power of 2: the size class an autotune key holds (one tuning per factor of 2 in size)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def config_list(flat: bool, fp32: bool) -> list:
@@ -260,7 +267,7 @@ def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int
     has_res = residual is not None
     res = residual if has_res else y  # a valid pointer; never read when HAS_RES is False
     args = (x, w_packed, bias, res, y, m, c, h, w, k, p, q, r, s, *x.stride(), *res.stride(),
-            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], size_bucket(m))
     flags = dict(HAS_RES=has_res, RELU=relu, FLAT=c < FLAT_BELOW_C,
                  USE_INT64=needs_int64(x, w_packed, residual, y), DOT_PRECISION=dot_precision(x.dtype),
                  DOT_IN_FP32=dot_in_fp32(x.dtype))
