@@ -50,7 +50,7 @@ def build(name: str, *, task: str = "classify", num_classes: int | None = None, 
         # fp16/bf16 would fold from rounded statistics.
         from .fused import fuse
 
-        model = fuse(model, backend=backend)
+        return fuse(model, backend=backend, device=device, dtype=dtype)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

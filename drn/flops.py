@@ -85,12 +85,14 @@ def _numel(shape) -> int:
 
 def _meta_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` whose tensors live on the meta device (no data copied, any size runs anywhere)."""
+    from .fused import FusedConv, FusedModel
+
     memo = {}
-    for t in list(model.parameters()) + list(model.buffers()):
+    owned = [t for m in model.modules() if isinstance(m, FusedConv) for t in m._conv.tensors()]
+    for t in list(model.parameters()) + list(model.buffers()) + owned:
         meta = torch.empty_like(t, device="meta")
         memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
     meta_model = copy.deepcopy(model, memo)
-    from .fused import FusedModel
 
     if isinstance(meta_model, FusedModel):
         meta_model.backend = "reference"  # fake kernels on meta tensors; counts do not depend on the backend
@@ -122,7 +124,7 @@ def count_layers(model: nn.Module, input_shape, dtype: torch.dtype | None = None
         x = args[0]
         if isinstance(module, FusedConv):
             residual = kwargs.get("residual", args[1] if len(args) > 1 else None) is not None
-            rows.append(conv_count(module.name, tuple(x.shape), tuple(out.shape), tuple(module.weight.shape),
+            rows.append(conv_count(module.name, tuple(x.shape), tuple(out.shape), tuple(module.weight_shape),
                                    module.stride, module.dilation, residual=residual, relu=module.relu,
                                    itemsize=itemsize, padding=module.padding))
         else:

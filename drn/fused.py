@@ -4,7 +4,13 @@ What fusing does, once, when the model is built:
 - every eval-mode BatchNorm is folded into the conv before it (drn_kernels.fold_bn: float64 arithmetic from the
   stored statistics, cast back to the weight's dtype), so a conv and its BN become one (weight, bias) pair;
 - weights are pre-packed as channels_last contiguous tensors: a channels_last (K, C, R, S) weight is a dense
-  (K, R, S, C) array, the layout the kernels stream, so no call ever re-packs a weight;
+  (K, R, S, C) array, the layout the Triton and CUDA kernels stream; on the cpu backend each conv also keeps the
+  forms its kernels compute with (drn_kernels.prepared.PreparedConv: Winograd-transformed weights made here, oneDNN
+  blocked copies at the first call of each input shape), so no call re-transforms a weight;
+- a FusedConv owns its weights: `weight`, `bias` and state_dict() give copies, and load_state_dict (in or out of
+  inference mode), .to()/.half()/.cuda() and assigning `weight`/`bias` are the ways to change them — each makes the
+  prepared forms anew. Nothing can write to the tensors the kernels read behind the module's back, so a prepared
+  form can never be stale;
 - Conv-BN-ReLU becomes one conv_bn_act(relu=True); the tail of a BasicBlock/Bottleneck (last Conv-BN, residual add,
   ReLU) becomes one conv_bn_act(residual=shortcut, relu=True), the projection shortcut its own
   conv_bn_act(relu=False); activations stay channels_last from the first layer to the head;
@@ -27,7 +33,7 @@ from torch import nn
 import drn_kernels
 from drn_kernels import _backends
 from drn_kernels._checks import conv_output_size
-from drn_kernels.ops import conv_bn_act_into_residual
+from drn_kernels.prepared import PreparedConv
 from drn_kernels.reference import bilinear_up_weight, upsample8
 
 from . import banded
@@ -63,34 +69,122 @@ class FusedConv(InferenceOnly):
     """y = relu?(conv2d(x, weight) + bias + residual?) through drn_kernels.conv_bn_act; weight channels_last.
 
     `name` is the source model's name of the conv (e.g. "layer3.0.conv2"): profiles and benchmarks report it.
+    The weights are the module's own (see the module docstring): `weight` and `bias` read as copies; assign them,
+    load_state_dict or .to() to change them, which re-prepares the kernels' forms (drn_kernels.prepared).
     """
 
     def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
                  relu: bool, backend: str):
         super().__init__()
         self.name = name
-        self.weight = _frozen(weight, channels_last=True)
-        self.bias = _frozen(bias)
         self.stride = list(stride)
         self.padding = list(padding)
         self.dilation = list(dilation)
         self.relu = relu
-        self.backend = backend
+        object.__setattr__(self, "_conv", None)
+        self._own(weight, bias, backend)
+
+    def _own(self, weight: torch.Tensor, bias: torch.Tensor, backend: str, copy_values: bool = True):
+        """Take (copies of) weight and bias as the module's weights and prepare them for `backend`."""
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors even when loaded in inference mode
+            if copy_values:
+                weight, bias = weight.detach().clone(), bias.detach().clone()
+            weight = weight.contiguous(memory_format=torch.channels_last) if weight.dim() == 4 else weight
+            object.__setattr__(self, "_conv", PreparedConv(weight, bias.contiguous(), backend))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """A copy of the folded (K, C, R, S) weight, channels_last."""
+        return self._conv.weight.clone()
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """A copy of the folded (K,) bias."""
+        return self._conv.bias.clone()
+
+    @property
+    def weight_shape(self) -> torch.Size:
+        return self._conv.weight.shape
+
+    @property
+    def backend(self) -> str:
+        return self._conv.backend
+
+    @backend.setter
+    def backend(self, value: str):
+        if value != self._conv.backend:
+            self._own(self._conv.weight, self._conv.bias, value, copy_values=False)
+
+    def __setattr__(self, name, value):
+        if name in ("weight", "bias"):  # assignment (a tensor or a Parameter): the values are copied in
+            current = getattr(self._conv, name)
+            if not isinstance(value, torch.Tensor) or value.shape != current.shape:
+                raise ValueError(f"{self.name}.{name} must be a tensor of shape {tuple(current.shape)}, got "
+                                 f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+            value = value.detach().to(device=current.device, dtype=current.dtype)
+            weight, bias = (value, self._conv.bias) if name == "weight" else (self._conv.weight, value)
+            self._own(weight, bias, self._conv.backend)
+            return
+        super().__setattr__(name, value)
+
+    # state_dict() / load_state_dict() speak plain folded weights, "weight" and "bias", as before.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.weight
+        destination[prefix + "bias"] = self.bias
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        values = {}
+        for name in ("weight", "bias"):
+            key, current = prefix + name, getattr(self._conv, name)
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            if not isinstance(value, torch.Tensor):
+                error_msgs.append(f'While copying the parameter named "{key}", expected torch.Tensor or '
+                                  f'Tensor-like object from checkpoint but received {type(value)}')
+            elif value.shape != current.shape:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {value.shape} from "
+                                  f"checkpoint, the shape in current model is {current.shape}.")
+            else:
+                values[name] = value.detach().to(device=current.device, dtype=current.dtype)
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix)
+                                   and k[len(prefix):] not in ("weight", "bias") and "." not in k[len(prefix):])
+        if values:
+            self._own(values.get("weight", self._conv.weight), values.get("bias", self._conv.bias),
+                      self._conv.backend)
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .half() / .cuda() / .share_memory(): the weights converted, then prepared anew for their new
+        # dtype and device (a no-op conversion returns the same tensors: nothing to redo).
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            weight, bias = fn(self._conv.weight), fn(self._conv.bias)
+        if weight is not self._conv.weight or bias is not self._conv.bias:
+            self._own(weight, bias, self._conv.backend, copy_values=False)
+        return self
 
     def forward(self, x, residual=None):
-        return drn_kernels.conv_bn_act(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                                       dilation=self.dilation, residual=residual, relu=self.relu,
-                                       backend=self.backend)
+        return self._conv.conv_bn_act(x, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                      residual=residual, relu=self.relu)
+
+    def forward_into_residual(self, x, residual):
+        """forward(x, residual) written over `residual` (drn_kernels.ops.conv_bn_act_into_residual)."""
+        return self._conv.conv_bn_act_into_residual(x, residual=residual, stride=self.stride, padding=self.padding,
+                                                    dilation=self.dilation, relu=self.relu)
 
     # drn.banded's unit protocol: output shape, rows read by a band of output rows, a band of output rows.
     def out_shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
-        k, _, r, s = self.weight.shape
+        k, _, r, s = self.weight_shape
         return (k, conv_output_size(h, r, self.stride[0], self.padding[0], self.dilation[0]),
                 conv_output_size(w, s, self.stride[1], self.padding[1], self.dilation[1]))
 
     def _input_rows(self, o0: int, o1: int) -> tuple[int, int]:
         """Input rows [a, b) that output rows [o0, o1) read, padding rows (< 0 or >= h) included."""
-        r = self.weight.shape[2]
+        r = self.weight_shape[2]
         a = o0 * self.stride[0] - self.padding[0]
         return a, (o1 - 1) * self.stride[0] - self.padding[0] + self.dilation[0] * (r - 1) + 1
 
@@ -103,12 +197,11 @@ class FusedConv(InferenceOnly):
         on exactly the rows read, zero rows added where they reach past the map."""
         a, b = self._input_rows(o0, o1)
         band = banded.pad_rows(src[:, :, max(a, 0) - lo:min(b, h) - lo], max(0, -a), max(0, b - h))
-        return drn_kernels.conv_bn_act(band, self.weight, self.bias, stride=self.stride, padding=[0, self.padding[1]],
-                                       dilation=self.dilation, residual=residual, relu=self.relu,
-                                       backend=self.backend)
+        return self._conv.conv_bn_act(band, stride=self.stride, padding=[0, self.padding[1]], dilation=self.dilation,
+                                      residual=residual, relu=self.relu)
 
     def extra_repr(self):
-        k, c, r, s = self.weight.shape
+        k, c, r, s = self.weight_shape
         return (f"{self.name}: {c}->{k} {r}x{s} stride={self.stride} padding={self.padding} "
                 f"dilation={self.dilation} relu={self.relu}")
 
@@ -179,9 +272,7 @@ class _BandedBlock(InferenceOnly):
         for conv in first:
             t = conv(t)
         if self.residual and self.downsample is None:   # identity shortcut: the last conv adds x into x
-            return conv_bn_act_into_residual(t, last.weight, last.bias, residual=x, stride=last.stride,
-                                             padding=last.padding, dilation=last.dilation, relu=last.relu,
-                                             backend=last.backend)
+            return last.forward_into_residual(t, x)
         if t is not x and last.out_shape(*t.shape[1:]) == tuple(t.shape[1:]):  # written over the first conv's map
             shortcut = None
             if self.residual:
@@ -311,15 +402,6 @@ class FusedModel(InferenceOnly):
             device = self.head_weight.device
         return _backends.resolve(self._backend, torch.device(device), "conv_bn_act")
 
-    def _apply(self, fn, recurse=True):
-        # .to(dtype/device) keeps channels_last for dense tensors; re-pack anyway so that no conversion path
-        # (e.g. a device that drops strides) leaves a weight the kernels would have to re-pack on every call.
-        out = super()._apply(fn, recurse)
-        for m in self.modules():
-            if isinstance(m, FusedConv) and not m.weight.is_contiguous(memory_format=torch.channels_last):
-                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
-        return out
-
     def features(self, x):
         # channels_last from the first layer on: every conv_bn_act returns channels_last, max-pool keeps it.
         return self.backbone(x.contiguous(memory_format=torch.channels_last))
@@ -433,19 +515,22 @@ def _check_upsampler(seg: DRNSeg):
                          "(drn_kernels.class_head hard-codes it); a learned up-sampler cannot be fused")
 
 
-def fuse(model: nn.Module, backend: str = "auto") -> FusedModel:
+def fuse(model: nn.Module, backend: str = "auto", *, device=None, dtype=None) -> FusedModel:
     """An inference-only fused copy of `model` (a drn.build classify, segment or localize model).
 
     backend: "auto" (triton on CUDA, cpu on CPU, else the reference with a warning) or a named backend; resolved
     per call from the input's device, so the fused model may be moved with .to() afterwards. `model` is untouched.
+    device, dtype: where the fused model goes, as .to(device, dtype) after fusing would (BatchNorm is folded in
+    float64 from the source's statistics first), but with the kernels' weights prepared only once, there.
     """
     if backend not in drn_kernels.BACKENDS:
         raise ValueError(f"backend must be one of {drn_kernels.BACKENDS}, got {backend!r}")
+    unprepared = "reference"  # the reference backend prepares nothing: built, moved, then prepared once
     with torch.no_grad():
         if isinstance(model, DRNSeg):
             _check_upsampler(model)
             levels = [(f"base.{i}", m) for i, m in enumerate(model.base)]
-            fused = FusedSegmenter(_fuse_sequence(levels, backend), backend, model.out_dim,
+            fused = FusedSegmenter(_fuse_sequence(levels, unprepared), unprepared, model.out_dim,
                                    model.seg.weight.detach(), model.seg.bias.detach())
         elif isinstance(model, (DRN, DRN_A)):
             if getattr(model, "fc", None) is None:
@@ -453,10 +538,13 @@ def fuse(model: nn.Module, backend: str = "auto") -> FusedModel:
             cls = FusedLocalizer if isinstance(model, LocalizeMixin) else FusedClassifier
             fc_bias = model.fc.bias.detach() if model.fc.bias is not None else \
                 model.fc.weight.new_zeros(model.fc.weight.shape[0])
-            fused = cls(_fuse_sequence(_named_levels(model), backend), backend, model.out_dim,
+            fused = cls(_fuse_sequence(_named_levels(model), unprepared), unprepared, model.out_dim,
                         model.fc.weight.detach(), fc_bias)
         elif isinstance(model, FusedModel):
             raise TypeError("fuse: the model is already fused")
         else:
             raise TypeError(f"fuse: expected a model from drn.build (DRN, DRN_A, DRNSeg), got {type(model).__name__}")
+    if device is not None or dtype is not None:
+        fused.to(device=device, dtype=dtype)
+    fused.backend = backend
     return fused

@@ -5,6 +5,11 @@ A backend is available when the code behind it can run on the given device *now*
 - "cpu" / "cuda": the compiled extension drn_kernels._C loaded with kernels for that device.
 - "cuda-sim": the CUDA kernel sources built for the host through csrc/sim (tests only, slow).
 - "reference": always.
+
+Under torch.compile: whether triton is installed is decided once, at import; the backend choice (which may load or
+even build the extension, under a lock, and import the Triton op modules) is marked
+torch.compiler.assume_constant_result, so dynamo runs it eagerly and traces only its answer. That keeps
+torch.compile(fullgraph=True) working when it is a process's first use of the ops.
 """
 from __future__ import annotations
 
@@ -24,10 +29,14 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None  # once: find_spec cannot be traced
+
+
 def triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_IMPORTABLE
 
 
+@torch.compiler.assume_constant_result
 def why_unavailable(backend: str, device: torch.device) -> str | None:
     """None when `backend` can run on `device`, else a sentence saying what is missing."""
     from . import _extension
@@ -58,6 +67,7 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+@torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device, op: str) -> str:
     """The concrete backend for `backend` on `device`; raises naming what is missing."""
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -89,8 +99,8 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
 def load_triton_op(module: str):
     """Import drn_kernels.triton.<module>, which registers its torch.ops.drn.*_triton ops.
 
-    Dynamo cannot trace importlib; while compiling, the module was already imported by the eager backend
-    choice (resolve() imports every Triton op module when it picks "triton").
+    Dynamo cannot trace importlib; while compiling, the module was already imported by the backend choice
+    (resolve(), run eagerly even under torch.compile, imports every Triton op module when it picks "triton").
     """
     if torch.compiler.is_compiling():
         return None
@@ -98,5 +108,7 @@ def load_triton_op(module: str):
 
 
 def _import_triton_ops():
+    """Called by resolve() only, which runs eagerly even under torch.compile (assume_constant_result), where
+    torch.compiler.is_compiling() is already true: import directly."""
     for module in ("conv_bn_act", "class_head"):
-        load_triton_op(module)
+        importlib.import_module(f"drn_kernels.triton.{module}")

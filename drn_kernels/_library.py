@@ -10,6 +10,7 @@ compiled extension is missing:
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -30,14 +31,40 @@ for _suffix in ("native", "sim"):
 
 # The same computation written over the residual (no output allocation): CPU kernel only (csrc/cpu);
 # drn_kernels.ops.conv_bn_act_into_residual calls it where it applies and computes + copies elsewhere.
+# `prepared` as in conv_bn_act_prepared_native.
 torch.library.define("drn::conv_bn_act_residual_native",
                      "(Tensor x, Tensor weight, Tensor bias, SymInt[] stride, SymInt[] padding, SymInt[] dilation, "
-                     "Tensor(a!) residual, bool relu) -> ()")
+                     "Tensor(a!) residual, bool relu, Tensor? prepared=None) -> ()")
 
 
 @torch.library.register_fake("drn::conv_bn_act_residual_native")
-def _(x, weight, bias, stride, padding, dilation, residual, relu):
+def _(x, weight, bias, stride, padding, dilation, residual, relu, prepared=None):
     return None
+
+
+# Prepared weights (CPU kernel only; drn_kernels.prepared keeps them for an owner such as drn.fused):
+# conv_bn_act_native with `prepared`, a form of `weight` made once by the caller — drn::winograd_weight(weight)
+# or oneDNN's blocked copy (mkldnn::_reorder_convolution_weight) — used where the path taken can use it.
+torch.library.define("drn::conv_bn_act_prepared_native",
+                     "(Tensor x, Tensor weight, Tensor bias, Tensor prepared, SymInt[] stride, SymInt[] padding, "
+                     "SymInt[] dilation, Tensor? residual, bool relu) -> Tensor")
+torch.library.define("drn::winograd_weight", "(Tensor weight) -> Tensor")
+
+
+def winograd_tile() -> int:
+    """Output tile side of the cpu backend's Winograd convolution (DRN_WINOGRAD_TILE=2|4, default 4)."""
+    return 2 if os.environ.get("DRN_WINOGRAD_TILE", "") == "2" else 4
+
+
+@torch.library.register_fake("drn::conv_bn_act_prepared_native")
+def _(x, weight, bias, prepared, stride, padding, dilation, residual, relu):
+    return empty_conv_output(x, weight, stride, padding, dilation)
+
+
+@torch.library.register_fake("drn::winograd_weight")
+def _(weight):
+    alpha = winograd_tile() + 2
+    return weight.new_empty((alpha * alpha, weight.shape[1], weight.shape[0]), dtype=torch.float32)
 
 
 # Which algorithm the CPU kernel picks for (x's dtype and channels, weight, stride): "winograd", "onednn" or

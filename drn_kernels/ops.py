@@ -32,12 +32,13 @@ def conv_bn_act(x, weight, bias, *, stride=1, padding=0, dilation=1, residual=No
 
 
 def conv_bn_act_into_residual(x, weight, bias, *, residual, stride=1, padding=0, dilation=1, relu=True,
-                              backend="auto"):
+                              backend="auto", prepared=None):
     """conv_bn_act(x, ..., residual=residual) written over `residual`, which is returned.
 
     Internal to drn.fused's memory-frugal segmentation runner (a block's identity shortcut that nothing reads
     afterwards); not part of the public API. The cpu backend computes in place when `residual` is channels_last
     contiguous; everywhere else the result is computed as conv_bn_act does and copied in (same values).
+    `prepared`: a prepared form of `weight` for the cpu kernel (drn_kernels.prepared.PreparedConv passes it).
     """
     stride = _checks.pair(stride, "stride")
     padding = _checks.pair(padding, "padding")
@@ -50,7 +51,8 @@ def conv_bn_act_into_residual(x, weight, bias, *, residual, stride=1, padding=0,
     _checks.check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
     if (backend == "cpu" and x.shape[0] > 0 and residual.is_contiguous(memory_format=torch.channels_last)
             and not residual.requires_grad):
-        torch.ops.drn.conv_bn_act_residual_native(x, weight, bias, stride, padding, dilation, residual, relu)
+        torch.ops.drn.conv_bn_act_residual_native(x, weight, bias, stride, padding, dilation, residual, relu,
+                                                  prepared)
         return residual
     return residual.copy_(conv_bn_act(x, weight, bias, stride=stride, padding=padding, dilation=dilation,
                                       residual=residual, relu=relu, backend=backend))

@@ -1,5 +1,6 @@
 """Checkpoint loading: every accepted form, every refusal, pretrained download through the hub cache."""
 import hashlib
+import re
 import warnings
 
 import pytest
@@ -63,6 +64,53 @@ def test_new_classifier_is_reinitialised_with_warning(weights):
         drn.load_checkpoint(model, weights)
     assert model.fc.weight.shape == (10, 512, 1, 1)
     assert torch.equal(model.layer3[0].conv1.weight, weights["layer3.0.conv1.weight"])
+
+
+def test_misshaped_classifier_raises_not_reinitialised(weights):
+    """Only another number of classes means a new classifier; a classifier with the model's class count but
+    another shape (here 7 input channels instead of 512) is a wrong checkpoint."""
+    model = drn.build("drn_d_22")
+    bad = dict(weights, **{"fc.weight": torch.zeros(1000, 7, 1, 1)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no misleading "re-initialised" warning either
+        with pytest.raises(ValueError, match=r"classifier is mis-shaped.*fc.weight: checkpoint \(1000, 7, 1, 1\) "
+                                             r"vs model \(1000, 512, 1, 1\)"):
+            drn.load_checkpoint(model, bad)
+    other_classes_wrong_channels = dict(weights, **{"fc.weight": torch.zeros(10, 7, 1, 1), "fc.bias": torch.zeros(10)})
+    with pytest.raises(ValueError, match="mis-shaped"):
+        drn.load_checkpoint(model, other_classes_wrong_channels)
+    inconsistent = dict(weights, **{"fc.weight": torch.zeros(10, 512, 1, 1)})  # 10 classes, bias 1000
+    with pytest.raises(ValueError, match="mis-shaped"):
+        drn.load_checkpoint(drn.build("drn_d_22", num_classes=10), inconsistent)
+
+
+@pytest.mark.parametrize("content, what", [(b"", "the file is empty"),
+                                           (b"epoch 3, top-1 75.5\n", "not a PyTorch checkpoint"),
+                                           (bytes(range(256)) * 4, "not a PyTorch checkpoint")])
+def test_junk_files_name_the_file_and_the_problem(tmp_path, content, what):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(f"cannot read checkpoint {path}: {what}")):
+        drn.load_checkpoint(drn.build("drn_d_22"), str(path))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        drn.load_checkpoint(drn.build("drn_d_22"), str(tmp_path / "missing.pth"))
+
+
+def test_file_holding_no_state_dict_names_it(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {path} must be a state_dict") + ".*got list"):
+        drn.load_checkpoint(drn.build("drn_d_22"), path)
+
+
+def test_classifier_checkpoint_that_does_not_fit_segmentation_model_only_raises(weights):
+    """A classification checkpoint of another architecture: one error that says how it was read, and no
+    warning claiming it was loaded."""
+    seg = drn.build("drn_c_26", task="segment", num_classes=19)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="does not fit DRNSeg \\(read as an image-classification checkpoint"):
+            drn.load_checkpoint(seg, weights)
 
 
 def test_classifier_checkpoint_into_segmentation_model(weights):

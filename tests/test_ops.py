@@ -53,6 +53,54 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(got, expect)
 
 
+# A fresh process whose first use of the ops is inside torch.compile(fullgraph=True): the backend choice (which
+# loads the extension under a lock, imports the Triton op modules) must stay out of the traced region.
+_FIRST_USE_COMPILED = """
+import sys, torch
+import drn_kernels
+from drn_kernels import _extension
+backend = sys.argv[1]
+assert not _extension._tried, "the extension was loaded before the compiled call"
+x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+w, b = torch.randn(8, 8, 3, 3) * 0.2, torch.randn(8)
+labels_w, labels_b = torch.randn(3, 8, 1, 1), torch.randn(3)
+
+def f(x):
+    y = drn_kernels.conv_bn_act(x, w, b, padding=1, backend=backend)
+    return y, drn_kernels.class_head(y, labels_w, labels_b, backend=backend)
+
+(y, (labels, probs)) = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+torch.testing.assert_close(y, drn_kernels.conv_bn_act(x, w, b, padding=1, backend="reference"))
+ref_labels, ref_probs = drn_kernels.class_head(y, labels_w, labels_b, backend="reference")
+assert torch.equal(labels, ref_labels)
+torch.testing.assert_close(probs, ref_probs)
+print("compiled first use ok")
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_torch_compile_fullgraph_as_first_use_in_a_fresh_process(backend):
+    """cpu: the C++ kernels; triton: the interpreter without a GPU (TRITON_INTERPRET=1 comes from conftest)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    reason = drn_kernels.available_backends("cpu")[backend]
+    if reason is not None:
+        pytest.skip(reason)
+    run = subprocess.run([sys.executable, "-c", _FIRST_USE_COMPILED, backend], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert run.returncode == 0 and "compiled first use ok" in run.stdout, run.stderr[-3000:]
+
+
+def test_triton_availability_is_decided_at_import():
+    """Asking whether triton is installed is traceable (no importlib.util.find_spec per call)."""
+    compiled = torch.compile(lambda x: x + 1 if _backends.triton_importable() else x - 1, fullgraph=True,
+                             backend="eager")
+    expect = 1.0 if _backends._TRITON_IMPORTABLE else -1.0
+    assert compiled(torch.zeros(1)).item() == expect
+
+
 def test_empty_batch_returns_empty():
     x, w, b = _conv_sample(n=0)
     y = drn_kernels.conv_bn_act(x, w, b, backend="reference")

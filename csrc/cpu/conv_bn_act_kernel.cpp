@@ -9,8 +9,11 @@
 // Tiling: none of our own. The GEMM-like core is oneDNN's (it ships inside torch), reached through the fused
 //         ops torch registers for inductor: mkldnn::_convolution_pointwise (post-op "relu"/"none") and its
 //         .binary overload (post-op "add" of the residual, then "relu"), so bias, residual and ReLU are applied
-//         to each output tile while it is still in registers — no full-size intermediate. The weight is
-//         re-ordered into oneDNN's blocked format once per (weight, conv parameters) and cached.
+//         to each output tile while it is still in registers — no full-size intermediate. oneDNN re-orders
+//         the weight into its blocked format on every call, unless the caller passes the blocked copy it keeps
+//         (drn::conv_bn_act_prepared_native, `prepared`: drn.fused prepares it once per layer and input shape).
+//         Nothing is cached here: a cache keyed on the weight tensor cannot see writes through .data, numpy
+//         views or inference tensors, and would compute with stale weights.
 // Fallback (oneDNN missing, disabled with torch.backends.mkldnn.enabled=False, or DRN_CPU_CONV=aten, or a
 //         oneDNN error): at::convolution without bias into the channels_last output, then one at::parallel_for
 //         pass over its rows applying bias + residual + ReLU in place.
@@ -27,7 +30,6 @@
 #include <torch/library.h>
 
 #include "cpu/conv_bn_act_winograd.h"
-#include "cpu/weight_cache.h"
 
 #include <array>
 #include <atomic>
@@ -66,25 +68,21 @@ bool onednn_wanted(at::ScalarType dt) {
   return !onednn_failed[dtype_slot(dt)].load(std::memory_order_relaxed);
 }
 
-// Re-ordered weights, one per (weight, version, conv parameters).
-WeightCache& onednn_weights() {
-  static WeightCache cache;
-  return cache;
-}
-
-Tensor packed_weight(const Tensor& weight, IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                     IntArrayRef input_size) {
-  static auto reorder = c10::Dispatcher::singleton()
-                            .findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "")
-                            .typed<ReorderFn>();
-  const WeightCache::Params params{stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]};
-  return onednn_weights().get(weight, params, [&] {
-    return reorder.call(weight.contiguous(), padding, stride, dilation, 1, input_size);
-  });
+// The weight oneDNN computes with: `prepared` when it is a oneDNN (blocked, MKLDNN-layout) copy of this weight's
+// shape and dtype made by mkldnn::_reorder_convolution_weight for these conv parameters (the values are the
+// caller's word), else the dense weight, which oneDNN re-orders per call.
+Tensor onednn_weight(const Tensor& weight, const std::optional<Tensor>& prepared) {
+  if (prepared.has_value() && prepared->defined() && prepared->is_mkldnn() &&
+      prepared->scalar_type() == weight.scalar_type() && prepared->sizes() == weight.sizes()) {
+    return *prepared;
+  }
+  if (weight.is_contiguous() || weight.is_contiguous(at::MemoryFormat::ChannelsLast)) return weight;
+  return weight.contiguous();
 }
 
 Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride,
-                   IntArrayRef padding, IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu) {
+                   IntArrayRef padding, IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
+                   const std::optional<Tensor>& prepared) {
   static auto pointwise = c10::Dispatcher::singleton()
                               .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
                               .typed<PointwiseFn>();
@@ -92,7 +90,7 @@ Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, In
                            .findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary")
                            .typed<BinaryFn>();
   const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor w = packed_weight(weight, stride, padding, dilation, xin.sizes());
+  const Tensor w = onednn_weight(weight, prepared);
   const std::optional<Tensor> b = bias.contiguous();
   c10::List<std::optional<at::Scalar>> no_scalars;
   if (residual.has_value()) {
@@ -178,9 +176,10 @@ Tensor as_declared_layout(const Tensor& y, const Tensor& x) {
   return cl.copy_(y);
 }
 
-Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, c10::SymIntArrayRef stride_s,
-                       c10::SymIntArrayRef padding_s, c10::SymIntArrayRef dilation_s,
-                       const std::optional<Tensor>& residual, bool relu) {
+// `prepared`: a form of `weight` its caller keeps (see conv_bn_act_prepared_cpu); none for the public op.
+Tensor conv_bn_act_cpu_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, c10::SymIntArrayRef stride_s,
+                            c10::SymIntArrayRef padding_s, c10::SymIntArrayRef dilation_s,
+                            const std::optional<Tensor>& residual, bool relu, const std::optional<Tensor>& prepared) {
   // Our kernels are inference kernels: never record autograd history for the ATen ops we call.
   at::AutoDispatchBelowADInplaceOrView guard;
   const auto dt = x.scalar_type();
@@ -190,11 +189,12 @@ Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias
   const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
   if (winograd_applicable(x, weight, stride)) {
-    return conv_winograd(x, weight, bias, padding, dilation, residual, relu);
+    return conv_winograd(x, weight, bias, padding, dilation, residual, relu, std::nullopt, prepared);
   }
   if (onednn_wanted(dt)) {
     try {
-      return as_declared_layout(conv_onednn(x, weight, bias, stride, padding, dilation, residual, relu), x);
+      return as_declared_layout(conv_onednn(x, weight, bias, stride, padding, dilation, residual, relu, prepared),
+                                x);
     } catch (const c10::Error&) {
       // e.g. no oneDNN bf16/fp16 kernel on this CPU: remember, and use the ATen path for that dtype from now on.
       if (dt != at::kFloat) onednn_failed[dtype_slot(dt)].store(true, std::memory_order_relaxed);
@@ -203,12 +203,36 @@ Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias
   return conv_aten(x, weight, bias, stride, padding, dilation, residual, relu);
 }
 
+Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, c10::SymIntArrayRef stride,
+                       c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+                       const std::optional<Tensor>& residual, bool relu) {
+  return conv_bn_act_cpu_impl(x, weight, bias, stride, padding, dilation, residual, relu, std::nullopt);
+}
+
+// drn::conv_bn_act_prepared_native: conv_bn_act_native with `prepared`, a form of `weight` that its caller made
+// once and keeps (drn.fused owns one per layer): drn::winograd_weight(weight) for the Winograd path, or
+// mkldnn::_reorder_convolution_weight(weight, padding, stride, dilation, 1, input_size) for oneDNN's. Used where
+// the path taken now can use it (shapes checked), ignored elsewhere. The caller vouches that it was made from
+// the weight's current values: nothing here can check that without redoing the work.
+Tensor conv_bn_act_prepared_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& prepared,
+                                c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
+                                c10::SymIntArrayRef dilation, const std::optional<Tensor>& residual, bool relu) {
+  return conv_bn_act_cpu_impl(x, weight, bias, stride, padding, dilation, residual, relu, prepared);
+}
+
+// drn::winograd_weight: the Winograd-transformed weight conv_bn_act_prepared_native takes (current tile size).
+Tensor winograd_weight_cpu(const Tensor& weight) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return winograd_weight(weight);
+}
+
 // drn::conv_bn_act_residual_native: the same y written over `residual` (float32/bf16/fp16 channels_last
 // contiguous, y's shape, x's dtype) — no output allocation. drn.fused's memory-frugal segmentation runner uses it
 // for a block's identity shortcut, which nothing reads afterwards.
 void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias,
                               c10::SymIntArrayRef stride_s, c10::SymIntArrayRef padding_s,
-                              c10::SymIntArrayRef dilation_s, const Tensor& residual, bool relu) {
+                              c10::SymIntArrayRef dilation_s, const Tensor& residual, bool relu,
+                              const std::optional<Tensor>& prepared) {
   at::AutoDispatchBelowADInplaceOrView guard;
   TORCH_CHECK_VALUE(residual.scalar_type() == x.scalar_type() &&
                         residual.is_contiguous(at::MemoryFormat::ChannelsLast),
@@ -218,7 +242,7 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
   const std::optional<Tensor> res = residual;
   if (winograd_applicable(x, weight, stride)) {
-    conv_winograd(x, weight, bias, padding, dilation, res, relu, res);
+    conv_winograd(x, weight, bias, padding, dilation, res, relu, res, prepared);
     return;
   }
   const auto dt = x.scalar_type();
@@ -232,7 +256,7 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
                                              std::optional<c10::string_view>)>();
     try {
       const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
-      const Tensor w = packed_weight(weight, stride, padding, dilation, xin.sizes());
+      const Tensor w = onednn_weight(weight, prepared);
       Tensor other = residual;
       inplace.call(other, xin, w, bias.contiguous(), padding, stride, dilation, 1, "add", std::nullopt,
                    relu ? std::optional<c10::string_view>("relu") : std::nullopt,
@@ -258,6 +282,14 @@ TORCH_LIBRARY_IMPL(drn, CPU, m) {
   m.impl("cpu_conv_algorithm", TORCH_FN(cpu_conv_algorithm));
   m.impl("conv_bn_act_native", TORCH_FN(conv_bn_act_cpu));
   m.impl("conv_bn_act_residual_native", TORCH_FN(conv_bn_act_residual_cpu));
+  m.impl("conv_bn_act_prepared_native", TORCH_FN(conv_bn_act_prepared_cpu));
+  m.impl("winograd_weight", TORCH_FN(winograd_weight_cpu));
+}
+
+// A oneDNN-prepared weight is an MKLDNN-layout tensor, which makes the dispatcher pick this key.
+TORCH_LIBRARY_IMPL(drn, MkldnnCPU, m) {
+  m.impl("conv_bn_act_residual_native", TORCH_FN(conv_bn_act_residual_cpu));
+  m.impl("conv_bn_act_prepared_native", TORCH_FN(conv_bn_act_prepared_cpu));
 }
 
 }  // namespace drn::cpu

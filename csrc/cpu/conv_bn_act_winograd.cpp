@@ -2,7 +2,8 @@
 //
 // Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). With α = m + 2, per m×m tile:
 //   V = Bᵀ d B            d: the α×α input tile of one channel
-//   U = G g Gᵀ            g: the 3×3 filter of one (k, c); in float64 once per weight, cached as float32
+//   U = G g Gᵀ            g: the 3×3 filter of one (k, c); in float64, rounded to float32 once (per call, or
+//                         once for a weight whose owner prepared it: winograd_weight, the `prepared` argument)
 //   M[ξ] = V[ξ] · U[ξ]    for each of the α² points ξ: a (tiles × C)·(C × K) GEMM — the work, done by MKL sgemm
 //   y = Aᵀ M A + bias (+ residual), ReLU
 // F(2,3) multiplies 16/36 = 2.25× less than direct convolution, F(4,3) 36/144 = 4× less, at a larger rounding
@@ -32,7 +33,6 @@
 #include <vector>
 
 #include "conv_output_size.h"
-#include "cpu/weight_cache.h"
 
 namespace drn::cpu {
 namespace {
@@ -288,49 +288,57 @@ void out_tiles_on(Isa isa, const OutArgs& a, int64_t t0, int64_t b, int64_t e) {
 }
 
 // U = G g Gᵀ for every (k, c), as [α²][C][K] float32; summed in float64 (G's 1/6, 1/12, 1/24 are inexact in
-// binary), rounded once, cached per weight.
-WeightCache& winograd_weights() {
-  static WeightCache cache;
-  return cache;
-}
-
+// binary), rounded once. Nothing is cached here: a caller that runs one weight many times (drn.fused) keeps the
+// result (winograd_weight) and passes it back as `prepared`.
 template <int M>
 Tensor transformed_weight(const Tensor& weight) {
   constexpr int A = Transform<M>::kAlpha;
-  return winograd_weights().get(weight, {M, 0, 0, 0, 0, 0}, [&] {
-    const int64_t K = weight.size(0), C = weight.size(1);
-    const Tensor g = weight.to(at::kFloat).permute({1, 2, 3, 0}).contiguous();  // (C, 3, 3, K): K innermost
-    Tensor u = at::empty({A * A, C, K}, weight.options().dtype(at::kFloat));
-    double coef[A * A][9];  // U[ξ = (i, j)] = Σ_ab G[i][a] G[j][b] g[a][b]
-    for (int i = 0; i < A; ++i) {
-      for (int j = 0; j < A; ++j) {
-        for (int ab = 0; ab < 9; ++ab) coef[i * A + j][ab] = Transform<M>::G[i][ab / 3] * Transform<M>::G[j][ab % 3];
-      }
+  const int64_t K = weight.size(0), C = weight.size(1);
+  const Tensor g = weight.to(at::kFloat).permute({1, 2, 3, 0}).contiguous();  // (C, 3, 3, K): K innermost
+  Tensor u = at::empty({A * A, C, K}, weight.options().dtype(at::kFloat));
+  double coef[A * A][9];  // U[ξ = (i, j)] = Σ_ab G[i][a] G[j][b] g[a][b]
+  for (int i = 0; i < A; ++i) {
+    for (int j = 0; j < A; ++j) {
+      for (int ab = 0; ab < 9; ++ab) coef[i * A + j][ab] = Transform<M>::G[i][ab / 3] * Transform<M>::G[j][ab % 3];
     }
-    const float* gp = g.const_data_ptr<float>();
-    float* up = u.data_ptr<float>();
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const float* gc = gp + c * 9 * K;
-        for (int xi = 0; xi < A * A; ++xi) {
-          const double* w = coef[xi];
-          float* dst = up + (xi * C + c) * K;
-          for (int64_t k = 0; k < K; ++k) {  // float64 sums, one rounding
-            double acc = 0.0;
+  }
+  const float* gp = g.const_data_ptr<float>();
+  float* up = u.data_ptr<float>();
+  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* gc = gp + c * 9 * K;
+      for (int xi = 0; xi < A * A; ++xi) {
+        const double* w = coef[xi];
+        float* dst = up + (xi * C + c) * K;
+        for (int64_t k = 0; k < K; ++k) {  // float64 sums, one rounding
+          double acc = 0.0;
 #pragma GCC unroll 9
-            for (int ab = 0; ab < 9; ++ab) acc += w[ab] * static_cast<double>(gc[ab * K + k]);
-            dst[k] = static_cast<float>(acc);
-          }
+          for (int ab = 0; ab < 9; ++ab) acc += w[ab] * static_cast<double>(gc[ab * K + k]);
+          dst[k] = static_cast<float>(acc);
         }
       }
-    });
-    return u;
+    }
   });
+  return u;
+}
+
+// `prepared` when it is this weight's U for tile size M (the shape says so; the values are the caller's word),
+// else U computed now.
+template <int M>
+Tensor weight_for_tile(const Tensor& weight, const std::optional<Tensor>& prepared) {
+  constexpr int A = Transform<M>::kAlpha;
+  if (prepared.has_value() && prepared->defined() && !prepared->is_mkldnn() &&
+      prepared->scalar_type() == at::kFloat && prepared->device() == weight.device() &&
+      prepared->sizes() == at::IntArrayRef({A * A, weight.size(1), weight.size(0)}) && prepared->is_contiguous()) {
+    return *prepared;
+  }
+  return transformed_weight<M>(weight);
 }
 
 template <int M>
 Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding, IntArrayRef dilation,
-           const std::optional<Tensor>& residual, bool relu, const std::optional<Tensor>& into) {
+           const std::optional<Tensor>& residual, bool relu, const std::optional<Tensor>& into,
+           const std::optional<Tensor>& prepared) {
   constexpr int A = Transform<M>::kAlpha;
   const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t N = xin.size(0), C = xin.size(1), H = xin.size(2), W = xin.size(3), K = weight.size(0);
@@ -352,7 +360,7 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   }
   if (out.numel() == 0) return out.permute({0, 3, 1, 2});
 
-  const Tensor u = transformed_weight<M>(weight);
+  const Tensor u = weight_for_tile<M>(weight, prepared);
   const Tensor b = bias.to(at::kFloat).contiguous();
   Tensor res;
   if (residual.has_value()) res = residual->contiguous(at::MemoryFormat::ChannelsLast);
@@ -397,9 +405,17 @@ bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stri
 
 Tensor conv_winograd(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding,
                      IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
-                     const std::optional<Tensor>& out) {
-  return tile_size() == 4 ? run<4>(x, weight, bias, padding, dilation, residual, relu, out)
-                          : run<2>(x, weight, bias, padding, dilation, residual, relu, out);
+                     const std::optional<Tensor>& out, const std::optional<Tensor>& prepared) {
+  return tile_size() == 4 ? run<4>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
+                          : run<2>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
+}
+
+Tensor winograd_weight(const Tensor& weight) {
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 &&
+                        weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
+                    "winograd_weight: weight must be a float32 (K, C, 3, 3) CPU tensor, got ", weight.sizes(), " ",
+                    weight.scalar_type());
+  return tile_size() == 4 ? transformed_weight<4>(weight) : transformed_weight<2>(weight);
 }
 
 }  // namespace drn::cpu

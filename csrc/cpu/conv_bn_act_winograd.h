@@ -17,8 +17,14 @@ bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntA
 // tensor. x: (N,C,H,W) float32 any strides; weight (K,C,3,3); bias (K,); residual (N,K,P,Q) any strides.
 // out: where to write y, an (N,K,P,Q) channels_last-contiguous float32 tensor, which may be the residual itself
 // (each element is read and then written by the same thread); a new tensor when absent.
+// prepared: winograd_weight(weight), made by a caller that runs this weight many times; used when its shape
+// fits the current tile size (DRN_WINOGRAD_TILE), else — and when absent — the transform is computed per call.
 at::Tensor conv_winograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& residual,
-                         bool relu, const std::optional<at::Tensor>& out = std::nullopt);
+                         bool relu, const std::optional<at::Tensor>& out = std::nullopt,
+                         const std::optional<at::Tensor>& prepared = std::nullopt);
+
+// The transformed weight U = G g Gᵀ for the current tile size: (α², C, K) float32, α = tile + 2.
+at::Tensor winograd_weight(const at::Tensor& weight);
 
 }  // namespace drn::cpu

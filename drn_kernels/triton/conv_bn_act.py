@@ -5,8 +5,8 @@
 #   the input coordinates to (p*stride_h - pad_h + r*dil_h, q*stride_w - pad_w + s*dil_w); out-of-image taps are
 #   masked to zero (the padding). Nothing im2col-shaped ever reaches memory.
 # Layout: x in any strides (channels_last makes the C axis unit-stride, which triton specialises on, so the
-#   gather vectorises); the weight packed once to (K, R, S, C) contiguous, i.e. B[k, (r*S+s)*C + c], cached with
-#   the weight (a channels_last weight already is that layout: free view); y written as (N, P, Q, K) contiguous,
+#   gather vectorises); the weight as (K, R, S, C) contiguous, i.e. B[k, (r*S+s)*C + c] (a channels_last weight
+#   already is that layout: free view; any other is copied per call, never cached); y written as (N, P, Q, K) contiguous,
 #   which is the (N, K, P, Q) channels_last tensor the op returns.
 # Tiling: a program owns a BLOCK_M x BLOCK_N output tile and accumulates it in fp32 registers with tl.dot
 #   (tensor cores: HMMA/HGMMA for fp16/bf16, TF32 or exact-fp32 for fp32). Two reduction orders:
@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import os
-import weakref
 from typing import Optional
 
 import torch
@@ -189,34 +188,14 @@ _tuned = {
 }
 
 
-# ---- weight packing, once per weight ------------------------------------------------------------------------
-
-# id(weight) -> (weakref to weight, version key, packed copy). Keyed on identity (tensors compare elementwise, so
-# they cannot be dict keys by value); a finalizer drops the entry when the weight dies.
-_packed: dict[int, tuple] = {}
-
-
-def _is_plain(t: Tensor) -> bool:
-    return type(t) in (torch.Tensor, torch.nn.Parameter) and not torch.compiler.is_compiling()
-
+# ---- weight packing ---------------------------------------------------------------------------------------------
 
 def packed_weight(weight: Tensor) -> Tensor:
-    """weight (K, C, R, S) as (K, R, S, C) contiguous. A channels_last weight is already that: a free view.
-    Otherwise the copy is cached with the weight and rebuilt only when the weight changes in place."""
+    """weight (K, C, R, S) as (K, R, S, C) contiguous. A channels_last weight is already that: a free view (the
+    fused models keep theirs channels_last). Any other layout is copied on every call: nothing is cached, so a
+    write to the weight (even through .data, a numpy view or an inference tensor) is always seen."""
     view = weight.permute(0, 2, 3, 1)
-    if view.is_contiguous():
-        return view
-    if not _is_plain(weight):
-        return view.contiguous()
-    key = (weight._version, weight.data_ptr(), weight.shape, weight.dtype, weight.device)
-    hit = _packed.get(id(weight))
-    if hit is not None and hit[0]() is weight and hit[1] == key:
-        return hit[2]
-    packed = view.contiguous()
-    if hit is None or hit[0]() is not weight:
-        weakref.finalize(weight, _packed.pop, id(weight), None)
-    _packed[id(weight)] = (weakref.ref(weight), key, packed)
-    return packed
+    return view if view.is_contiguous() else view.contiguous()
 
 
 # ---- launcher -----------------------------------------------------------------------------------------------
