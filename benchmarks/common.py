@@ -589,6 +589,9 @@ def check_output(out, ref64, same, dtype: torch.dtype) -> dict:
                                     f"{dtype_name(dtype)} error {torch_err:.3g}, reference scale {scale:.3g})")
             info[f"max_err_{i}"], info[f"torch_max_err_{i}"] = err, torch_err
         else:
+            poison = torch.iinfo(o.dtype).max
+            unwritten = int(((o == poison) & (r != poison)).sum())
+            assert unwritten == 0, f"output {i}: {unwritten} labels still hold the poison value (unwritten?)"
             wrong = float((o.long() != r.long()).double().mean())
             torch_wrong = float((t.long() != r.long()).double().mean())
             allowed = 4 * torch_wrong + LABEL_FLOOR
@@ -653,12 +656,14 @@ def record_triton_configs():
 
         return run
 
-    for name, tuner in tuners:
-        tuner.run = recording(name, tuner)
+    patched = []
     try:
+        for name, tuner in tuners:
+            tuner.run = recording(name, tuner)
+            patched.append(tuner)
         yield found
     finally:
-        for _, tuner in tuners:
+        for tuner in patched:
             del tuner.run
 
 

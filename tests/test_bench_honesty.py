@@ -134,6 +134,10 @@ def test_output_check_of_labels():
     wrong[:100] += 1
     with pytest.raises(AssertionError, match="labels differ"):
         common.check_output(wrong, ref, ref, torch.float16)
+    unwritten = ref.clone()
+    unwritten[5] = torch.iinfo(torch.int64).max  # one label left as poisoned: below any mismatch budget
+    with pytest.raises(AssertionError, match="poison value"):
+        common.check_output(unwritten, ref, ref, torch.float16)
 
 
 # ---- 2: dtype and precision ---------------------------------------------------------------------------------------
