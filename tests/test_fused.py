@@ -17,8 +17,12 @@ import drn_kernels
 from drn.fused import FusedConv, FusedModel
 from drn.heads import DRNSeg, as_localizer, classifier_weights
 from margins import clear_top2
+from tolerance import assert_within_torch_error
 
-FP32_LOGIT_RTOL = 1e-4  # max |fused - unfused| / max |unfused| for fp32 logits
+# Fused and unfused outputs are each judged against the model run in float64, the fused one within tolerance.FACTOR
+# of the unfused float32 model's own error (tests/tolerance.py): a fixed fused-vs-unfused tolerance held on one CPU
+# only. float64 forwards are slow: the main input is 48x48.
+MAIN_SHAPE = (1, 3, 48, 48)
 ODD_SHAPE_MODELS = {"drn_a_18", "drn_c_58", "drn_d_22"}  # also run at 2x3x57x71
 SEG_CLASSES = 19
 CLS_CLASSES = 10
@@ -55,66 +59,77 @@ def unfused_models(name: str):
     return cls, seg, loc
 
 
+@functools.lru_cache(maxsize=2)
+def exact_models(name: str):
+    """unfused_models(name) in float64: the exact results both the fused and the unfused model are judged by."""
+    cls, seg, _ = unfused_models(name)
+    cls64 = copy.deepcopy(cls).double()
+    seg64 = DRNSeg(cls64, SEG_CLASSES).double().eval()
+    seg64.seg.weight.data.copy_(seg.seg.weight.double())
+    seg64.seg.bias.data.copy_(seg.seg.bias.double())
+    return cls64, seg64, as_localizer(copy.copy(cls64))
+
+
 def fresh_input(shape, seed=1):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
 def clear_margin(logits: torch.Tensor, dim: int = 1, margin: float = 1e-3) -> torch.Tensor:
     return clear_top2(logits, margin, dim)
 
 
-def check_classify(model, fused, x):
+def check_classify(model, fused, x, exact):
     ref, out = model(x), fused(x)
     assert out.shape == ref.shape and out.dtype == ref.dtype
-    assert rel_err(out, ref) <= FP32_LOGIT_RTOL
+    assert_within_torch_error(out, ref, exact(x.double()), what="logits")
 
 
-def check_segment(model, fused, x):
+def check_segment(model, fused, x, exact):
     ref_lp, ref_low = model(x)
+    ex_lp, ex_low = exact(x.double())
     lp, low = fused(x)
     assert lp.shape == ref_lp.shape and low.shape == ref_low.shape
-    assert rel_err(low, ref_low) <= FP32_LOGIT_RTOL
-    torch.testing.assert_close(lp, ref_lp, rtol=0, atol=1e-4 * ref_low.abs().max().item() + 1e-5)
+    assert_within_torch_error(low, ref_low, ex_low, what="low-resolution logits")
+    assert_within_torch_error(lp, ref_lp, ex_lp, what="log-probabilities")
     labels, probs = fused.predict(x)
     ref_labels, ref_probs = model.predict(x)
     assert labels.shape == ref_labels.shape == x.shape[:1] + x.shape[2:]
     assert labels.dtype == torch.int64 and probs.dtype == torch.float32
-    clear = clear_margin(ref_lp)
+    clear = clear_margin(ex_lp)
     assert clear.float().mean() > 0.9
-    assert torch.equal(labels[clear], ref_labels[clear])
-    torch.testing.assert_close(probs[clear], ref_probs[clear], rtol=1e-4, atol=1e-5)
+    ex_probs, ex_labels = ex_lp.exp().max(dim=1)
+    assert torch.equal(labels[clear], ex_labels[clear])
+    assert_within_torch_error(probs, ref_probs, ex_probs, relative=False, mask=clear, what="probabilities")
 
 
-def check_localize(model, fused, x, threshold=0.0):
+def check_localize(model, fused, x, exact, threshold=0.0):
     ref, out = model(x, threshold=threshold), fused(x, threshold=threshold)
+    x64 = x.double()
+    ex = exact(x64, threshold=threshold)
     assert isinstance(out, drn.Localization)
-    assert rel_err(out.logits, ref.logits) <= FP32_LOGIT_RTOL
-    weight, bias = classifier_weights(model)
-    maps = F.conv2d(model.features(x), weight, bias)
-    clear = clear_margin(maps)
+    assert_within_torch_error(out.logits, ref.logits, ex.logits, what="logits")
+    weight, bias = classifier_weights(exact)
+    clear = clear_margin(F.conv2d(exact.features(x64), weight, bias))
     assert out.labels.shape == ref.labels.shape
-    assert torch.equal(out.labels[clear], ref.labels[clear])
-    torch.testing.assert_close(out.scores[clear], ref.scores[clear], rtol=1e-4, atol=1e-5)
+    assert torch.equal(out.labels[clear], ex.labels[clear])
+    assert_within_torch_error(out.scores, ref.scores, ex.scores, relative=False, mask=clear, what="scores")
     # with threshold 0 a box depends only on the labels and the top-1 class: equal when both are clear
-    if clear.all() and clear_margin(ref.logits).all():
-        torch.testing.assert_close(out.boxes, ref.boxes)
+    if clear.all() and clear_margin(ex.logits).all():
+        torch.testing.assert_close(out.boxes, ex.boxes.to(out.boxes.dtype))
 
 
 @pytest.mark.parametrize("name", drn.list_models())
 def test_fused_equals_unfused(name):
     cls, seg, loc = unfused_models(name)
+    cls64, seg64, loc64 = exact_models(name)
     fused = {task: drn.fuse(m, backend="reference") for task, m in
              (("classify", cls), ("segment", seg), ("localize", loc))}
-    shapes = [(1, 3, 64, 64)] + ([(2, 3, 57, 71)] if name in ODD_SHAPE_MODELS else [])
+    shapes = [MAIN_SHAPE] + ([(2, 3, 57, 71)] if name in ODD_SHAPE_MODELS else [])
     for shape in shapes:
         x = fresh_input(shape)
-        check_classify(cls, fused["classify"], x)
-        check_segment(seg, fused["segment"], x)
-        check_localize(loc, fused["localize"], x)
+        check_classify(cls, fused["classify"], x, cls64)
+        check_segment(seg, fused["segment"], x, seg64)
+        check_localize(loc, fused["localize"], x, loc64)
 
 
 def test_structure_of_fused_model():
@@ -185,14 +200,14 @@ def test_low_precision(dtype):
     """Judged as the kernels are: within 2x of PyTorch's own same-dtype error against float64 (+ eps)."""
     cls, seg, _ = unfused_models("drn_d_22")
     x = fresh_input((1, 3, 48, 64))
-    exact = copy.deepcopy(cls).double()(x.double())
-    torch_err = rel_err(copy.deepcopy(cls).to(dtype)(x.to(dtype)), exact)
+    exact = exact_models("drn_d_22")[0](x.double())
+    torch_own = copy.deepcopy(cls).to(dtype)(x.to(dtype))
     fused = drn.fuse(cls, backend="reference").to(dtype)
     assert all(c.weight.dtype == dtype and c.weight.is_contiguous(memory_format=torch.channels_last)
                for c in fused.modules() if isinstance(c, FusedConv))
     out = fused(x.to(dtype))
     assert out.dtype == dtype
-    assert rel_err(out, exact) <= 2 * torch_err + 1e-3
+    assert_within_torch_error(out, torch_own, exact, what=f"{dtype} logits")
     fseg = drn.fuse(seg, backend="reference").to(dtype)
     labels, probs = fseg.predict(x.to(dtype))
     ref_lp, ref_low = seg(x)
@@ -241,10 +256,11 @@ def _require(backend):
 def test_cpu_backend(name):
     _require("cpu")
     cls, seg, loc = unfused_models(name)
+    cls64, seg64, loc64 = exact_models(name)
     x = fresh_input((2, 3, 57, 71))
-    check_classify(cls, drn.fuse(cls, backend="cpu"), x)
-    check_segment(seg, drn.fuse(seg, backend="cpu"), x)
-    check_localize(loc, drn.fuse(loc, backend="cpu"), x)
+    check_classify(cls, drn.fuse(cls, backend="cpu"), x, cls64)
+    check_segment(seg, drn.fuse(seg, backend="cpu"), x, seg64)
+    check_localize(loc, drn.fuse(loc, backend="cpu"), x, loc64)
 
 
 def test_triton_backend_interpreted():
@@ -257,8 +273,10 @@ def test_triton_backend_interpreted():
     start = time.perf_counter()
     out = fused.backbone[:5](x)  # layer0, layer1, layer2, layer3.0 (with downsample), layer3.1
     ref = torch.nn.Sequential(cls.layer0, cls.layer1, cls.layer2, cls.layer3)(x)
+    cls64 = exact_models("drn_d_22")[0]
+    exact = torch.nn.Sequential(cls64.layer0, cls64.layer1, cls64.layer2, cls64.layer3)(x.double())
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert rel_err(out, ref) <= FP32_LOGIT_RTOL
+    assert_within_torch_error(out, ref, exact, what="features")
     print(f"triton (interpreted) drn_d_22 levels 0-3 at 16x16: {time.perf_counter() - start:.1f} s")
 
 
@@ -275,14 +293,19 @@ def test_low_memory_predict_equals_plain(name):
     x = fresh_input((2, 3, 75, 97))
     fused.low_memory = False
     labels, probs = fused.predict(x)
-    clear = clear_margin(seg(x)[0])
+    ex_lp = exact_models(name)[1](x.double())[0]
+    ex_probs, ex_labels = ex_lp.exp().max(dim=1)
+    clear = clear_margin(ex_lp)
+    torch_probs = seg.predict(x)[1]
+    assert torch.equal(labels[clear], ex_labels[clear])
+    assert_within_torch_error(probs, torch_probs, ex_probs, relative=False, mask=clear, what="plain predict")
     fused.low_memory = True
     for band_bytes, stem_band_bytes in ((1, 1), (1 << 14, 1 << 16), (1 << 40, 1 << 40)):
         fused.band_bytes, fused.stem_band_bytes = band_bytes, stem_band_bytes
         lab, prob = fused.predict(x)
         assert lab.shape == labels.shape and prob.shape == probs.shape
         assert torch.equal(lab[clear], labels[clear])
-        torch.testing.assert_close(prob, probs, rtol=0, atol=1e-6)
+        assert_within_torch_error(prob, torch_probs, ex_probs, relative=False, what="banded predict")
     assert [t.shape for t in fused.predict(x[:0])] == [(0, 75, 97)] * 2
 
 
@@ -296,9 +319,11 @@ def test_low_memory_predict_on_the_reference_backend():
     labels, probs = fused.predict(x)
     fused.low_memory, fused.band_bytes, fused.stem_band_bytes = True, 1 << 14, 1 << 14
     lab, prob = fused.predict(x)
-    clear = clear_margin(seg(x)[0])
+    ex_lp = exact_models("drn_c_26")[1](x.double())[0]
+    clear = clear_margin(ex_lp)
     assert torch.equal(lab[clear], labels[clear])
-    torch.testing.assert_close(prob, probs, rtol=0, atol=1e-6)
+    assert_within_torch_error(prob, seg.predict(x)[1], ex_lp.exp().max(dim=1).values, relative=False,
+                              what="banded predict")
 
 
 def test_low_memory_predict_is_the_cpu_default_for_large_inputs(monkeypatch):
@@ -320,17 +345,22 @@ def test_low_memory_predict_is_the_cpu_default_for_large_inputs(monkeypatch):
 
 
 def test_low_memory_predict_bounds_peak_memory():
-    """The point of the banded path: at 256x512 its peak allocation (torch.profiler's CPU allocator events) is
-    well under the plain fused predict's, which holds the full-resolution stem maps."""
+    """The point of the banded path: at 256x512 with bands of ~0.5 MB (as 8 MB bands are at 1024x2048) its
+    steady-state peak allocation (torch.profiler's CPU allocator events) is well under the plain fused predict's,
+    which holds the full-resolution stem maps. Steady state: each path runs once first, as the first call also
+    makes the oneDNN weight copies for its shapes (and, before the fused model prepared its Winograd weights
+    when built, made those too — 4x the 3x3 weights, which is what this test used to measure)."""
     _require("cpu")
     from benchmarks.common import peak_memory_bytes
 
     _, seg, _ = unfused_models("drn_d_22")
     fused = drn.fuse(seg, backend="cpu")
+    fused.band_bytes, fused.stem_band_bytes = 1 << 19, 1 << 20
     x = fresh_input((1, 3, 256, 512))
     peaks = {}
     for low_memory in (False, True):
         fused.low_memory = low_memory
+        fused.predict(x)
         peaks[low_memory] = peak_memory_bytes(lambda: fused.predict(x))
     assert peaks[True] < 0.6 * peaks[False], peaks
 

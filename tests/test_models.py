@@ -10,6 +10,7 @@ import drn
 from drn.heads import DRNSeg, as_localizer
 from drn_kernels.reference import upsample8
 from seeded_weights import seeded_input, seeded_state_dict
+from tolerance import assert_within_torch_error
 
 DATA = pathlib.Path(__file__).parent / "data"
 REF_SHAPES = json.loads((DATA / "reference_state_dict_shapes.json").read_text())
@@ -77,20 +78,27 @@ REF_OUTPUTS = torch.load(DATA / "reference_outputs.pt")
 
 @pytest.mark.parametrize("name", ["drn_a_18", "drn_a_50", "drn_c_26", "drn_c_58", "drn_d_22", "drn_d_54"])
 def test_classify_output_equals_reference_at_224(name):
-    """Recorded from fyu/drn's drn.py with the same seeded weights and input: bit-identical here."""
+    """Recorded from fyu/drn's drn.py with the same seeded weights and input (bit-identical on the machine that
+    recorded them). Elsewhere oneDNN's kernels round differently, so the recording is judged as another float32
+    computation of the same thing: against this model in float64, within tests/tolerance.py's budget of this
+    machine's own float32 error."""
     model = drn.build(name)
     model.load_state_dict(seeded_state_dict(model.state_dict()))
-    out = model(seeded_input((1, 3, 224, 224)))[0]
-    torch.testing.assert_close(out, REF_OUTPUTS[name], rtol=1e-5, atol=1e-6)
+    x = seeded_input((1, 3, 224, 224))
+    out = model(x)[0]
+    exact = model.double()(x.double())[0]
+    assert_within_torch_error(REF_OUTPUTS[name], out, exact, what=f"{name} recorded logits")
 
 
 @pytest.mark.parametrize("name", ["drn_a_18", "drn_c_26", "drn_d_22"])
 def test_segment_output_equals_reference(name):
     model = drn.build(name, task="segment", num_classes=19)
     model.load_state_dict(seeded_state_dict(model.state_dict()))
-    log_probs, low = model(seeded_input((1, 3, 40, 56), seed=2))
-    torch.testing.assert_close(log_probs[0], REF_OUTPUTS[name + ":segment"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(low[0], REF_OUTPUTS[name + ":segment_low"], rtol=1e-5, atol=1e-6)
+    x = seeded_input((1, 3, 40, 56), seed=2)
+    log_probs, low = model(x)
+    ex_log_probs, ex_low = model.double()(x.double())
+    assert_within_torch_error(REF_OUTPUTS[name + ":segment"], log_probs[0], ex_log_probs[0], what="log-probs")
+    assert_within_torch_error(REF_OUTPUTS[name + ":segment_low"], low[0], ex_low[0], what="low logits")
 
 
 @pytest.mark.parametrize("name", drn.list_models())
@@ -131,7 +139,7 @@ def test_localize_logits_equal_classify():
     loc = drn.build("drn_d_22", task="localize", num_classes=10)
     loc.load_state_dict(cls.state_dict())
     x = seeded_input((2, 3, 72, 88))
-    torch.testing.assert_close(loc(x).logits, cls(x), rtol=1e-5, atol=1e-6)
+    assert_within_torch_error(loc(x).logits, cls(x), cls.double()(x.double()), what="localize logits")
 
 
 def test_segment_crops_sides_not_multiple_of_8():

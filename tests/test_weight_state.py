@@ -284,18 +284,24 @@ def test_model_backend_switch_and_copies(source):
     assert not torch.equal(_check_fresh(twin, x, BOTH), out)
 
 
-def test_winograd_weights_are_prepared_once(source, monkeypatch):
-    """The prepared path really is the one taken: with the transform disabled after fusing, the fused model
-    still runs (from its own transformed weights) while the op on a plain weight would need it."""
+@pytest.mark.parametrize("c, path", [(64, "winograd"), (16, "onednn")])
+def test_prepared_op_uses_what_it_is_given(c, path):
+    """drn::conv_bn_act_prepared_native computes with the prepared form it is passed (so the fused model's
+    forms are what runs, not a per-call transform), and ignores one that does not fit the path taken."""
     _available("cpu")
-    fused = drn.fuse(source, backend="cpu")
-    prepared = [m._conv.winograd for m in fused.modules() if isinstance(m, FusedConv)]
-    assert any(u is not None for u in prepared)
-    calls = []
-    real = torch.ops.drn.winograd_weight
-    monkeypatch.setattr(torch.ops.drn, "winograd_weight", lambda w: calls.append(1) or real(w))
-    fused(_x())
-    assert calls == []
+    x = _rand(1, c, 6, 7, seed=1).contiguous(memory_format=CL)
+    w, other, b = _rand(c, c, 3, 3, seed=3, scale=0.1), _rand(c, c, 3, 3, seed=4, scale=0.1), _rand(c, seed=2)
+    assert cpu_conv_algorithm(x, w) == path
+    if path == "winograd":
+        prepared, misfit = torch.ops.drn.winograd_weight(other), torch.zeros(3, c, c)
+    else:
+        prepared = torch.ops.mkldnn._reorder_convolution_weight(other, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+        misfit = torch.ops.drn.winograd_weight(other)  # a Winograd form: not for the oneDNN path
+    geo = ([1, 1], [1, 1], [1, 1], None, True)
+    got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, prepared, *geo)
+    assert torch.equal(got, drn_kernels.conv_bn_act(x, other, b, padding=1, backend="cpu"))
+    got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, misfit, *geo)
+    assert torch.equal(got, drn_kernels.conv_bn_act(x, w, b, padding=1, backend="cpu"))
 
 
 # ---- model level: single FusedConvs on triton (interpreter) ---------------------------------------------------

@@ -2,8 +2,8 @@
 //
 // Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). With α = m + 2, per m×m tile:
 //   V = Bᵀ d B            d: the α×α input tile of one channel
-//   U = G g Gᵀ            g: the 3×3 filter of one (k, c); in float64, rounded to float32 once (per call, or
-//                         once for a weight whose owner prepared it: winograd_weight, the `prepared` argument)
+//   U = G g Gᵀ            g: the 3×3 filter of one (k, c); in float64, rounded to float32 once (per call,
+//                         or once by the weight's owner: winograd_weight, then the `prepared` argument)
 //   M[ξ] = V[ξ] · U[ξ]    for each of the α² points ξ: a (tiles × C)·(C × K) GEMM — the work, done by MKL sgemm
 //   y = Aᵀ M A + bias (+ residual), ReLU
 // F(2,3) multiplies 16/36 = 2.25× less than direct convolution, F(4,3) 36/144 = 4× less, at a larger rounding

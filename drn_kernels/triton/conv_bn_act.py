@@ -6,8 +6,8 @@
 #   masked to zero (the padding). Nothing im2col-shaped ever reaches memory.
 # Layout: x in any strides (channels_last makes the C axis unit-stride, which triton specialises on, so the
 #   gather vectorises); the weight as (K, R, S, C) contiguous, i.e. B[k, (r*S+s)*C + c] (a channels_last weight
-#   already is that layout: free view; any other is copied per call, never cached); y written as (N, P, Q, K) contiguous,
-#   which is the (N, K, P, Q) channels_last tensor the op returns.
+#   already is that layout: free view; any other is copied per call, never cached); y written as (N, P, Q, K)
+#   contiguous, which is the (N, K, P, Q) channels_last tensor the op returns.
 # Tiling: a program owns a BLOCK_M x BLOCK_N output tile and accumulates it in fp32 registers with tl.dot
 #   (tensor cores: HMMA/HGMMA for fp16/bf16, TF32 or exact-fp32 for fp32). Two reduction orders:
 #   - NESTED (C >= 32): steps over (tap (r, s), BLOCK_C slice of channels) in one loop (so the pipeliner sees
