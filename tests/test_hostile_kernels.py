@@ -29,6 +29,8 @@ def _device(backend: str) -> torch.device:
 
 def _need(backend: str) -> torch.device:
     device = _device(backend)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
     reason = _backends.why_unavailable(backend, device)
     if reason is not None:
         pytest.skip(reason)
