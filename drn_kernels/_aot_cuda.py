@@ -33,7 +33,7 @@ _INSTANCES = [
     f"int, int);" for lab in ("int64_t", "int32_t", "int16_t", "uint8_t")
 ] + [
     f"template __global__ void drn::localize_image_kernel<{t}>(const float*, const int64_t*, const float*, {t}*, "
-    f"float*, int, int, int, float, int);" for t in ("float", "drn::half_t", "drn::bf16_t")
+    f"float*, int, int, int, float, int64_t);" for t in ("float", "drn::half_t", "drn::bf16_t")
 ]
 
 _DTYPES = {"float": "fp32", "__half": "fp16", "__nv_bfloat16": "bf16"}

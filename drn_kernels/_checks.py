@@ -7,6 +7,9 @@ from typing import Sequence
 import torch
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The kernels index pixel coordinates with int32: every padded size, dilated kernel extent, stride and box
+# coordinate factor must stay at most this (csrc/input_checks.h guards the compiled ops with the same rule).
+INDEX_LIMIT = 2**31 - 1
 LABEL_DTYPES = {torch.int64: 2**63 - 1, torch.int32: 2**31 - 1, torch.int16: 2**15 - 1, torch.uint8: 255}
 
 
@@ -51,6 +54,26 @@ def _check_backend_device(x, backend: str):
         raise ValueError(f"backend {backend!r} needs CPU tensors, but x is on {x.device}")
 
 
+def _check_spatial(x):
+    """torch.conv2d's rule, for every op: a non-empty batch needs a non-empty image (padding does not make one)."""
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"x must have height and width >= 1, got shape {tuple(x.shape)}")
+
+
+def _check_index_range(h: int, w: int, r: int, s: int, stride, padding, dilation):
+    """Integer arguments the int32 pixel coordinates of the kernels can hold (INDEX_LIMIT)."""
+    for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if max(value) > INDEX_LIMIT:
+            raise ValueError(f"{name} must be at most 2**31-1, got {list(value)}")
+    for axis, size, k in ((0, h, r), (1, w, s)):
+        if size + 2 * padding[axis] > INDEX_LIMIT:
+            raise ValueError(f"padding {list(padding)} makes x's padded size {size + 2 * padding[axis]} along "
+                             f"axis {axis + 2} exceed 2**31-1")
+        if dilation[axis] * (k - 1) + 1 > INDEX_LIMIT:
+            raise ValueError(f"dilation {list(dilation)} makes the dilated kernel extent "
+                             f"{dilation[axis] * (k - 1) + 1} along axis {axis + 2} exceed 2**31-1 (weight, dilation)")
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -81,6 +104,8 @@ def check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu
         raise ValueError(f"dilation must be positive, got {list(dilation)}")
     if len(padding) != 2 or min(padding) < 0:
         raise ValueError(f"padding must be non-negative, got {list(padding)}")
+    _check_spatial(x)
+    _check_index_range(h, w, r, s, stride, padding, dilation)
     p = conv_output_size(h, r, stride[0], padding[0], dilation[0])
     q = conv_output_size(w, s, stride[1], padding[1], dilation[1])
     if p <= 0 or q <= 0:
@@ -103,6 +128,7 @@ def _check_head_weights(x, weight, bias, backend):
     _like(weight, x, "weight", "x")
     _like(bias, x, "bias", "x")
     _check_backend_device(x, backend)
+    _check_spatial(x)
     c = x.shape[1]
     k = weight.shape[0]
     if c == 0:
@@ -134,4 +160,6 @@ def check_localize(x, weight, bias, threshold, stride, backend):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
+    if stride > INDEX_LIMIT:
+        raise ValueError(f"stride must be at most 2**31-1, got {stride}")
     return k

@@ -72,6 +72,49 @@ def _(weight):
 torch.library.define("drn::cpu_conv_algorithm", "(Tensor x, Tensor weight, int[] stride) -> str")
 
 
+# ---- autograd: every op is inference-only, and says so the same way ----------------------------------------------
+# With grad mode on and an input that requires grad, every op's floating-point outputs require grad (integer
+# outputs never do) and carry a backward that raises INFERENCE_ONLY; with no input requiring grad (or under
+# no_grad / inference_mode) the outputs are plain tensors. One rule for every op (public and backend ops), so
+# forward passes through a model built from trainable weights still run, and backward says what is wrong.
+# The backward raises when it *runs*, not when it is traced (drn::inference_only_backward's fake kernel returns a
+# gradient): eager and torch.compile behave alike — the forward runs, the backward raises the same error.
+
+INFERENCE_ONLY = ("drn_kernels ops are inference-only: {op} has no backward. Compute gradients with the unfused "
+                  "model (drn.build(..., fused=False)) or plain PyTorch ops")
+
+
+@torch.library.custom_op("drn::inference_only_backward", mutates_args=())
+def inference_only_backward(grad: Tensor, shape: list[int], dtype: torch.dtype, op: str) -> Tensor:
+    """The gradient of one input of drn op `op`: never computed, raises INFERENCE_ONLY."""
+    raise RuntimeError(INFERENCE_ONLY.format(op=op))
+
+
+@inference_only_backward.register_fake
+def _(grad, shape, dtype, op):
+    return grad.new_empty(shape, dtype=dtype)
+
+
+def register_inference_only(name: str) -> None:
+    """Register the autograd rule above for torch.ops.drn.<name>."""
+    op = f"drn::{name}"
+
+    def setup_context(ctx, inputs, output):
+        ctx.input_meta = [(list(t.shape), t.dtype) if isinstance(t, Tensor) else None for t in inputs]
+
+    def backward(ctx, *grads):
+        grad = next(g for g in grads if g is not None)
+        return tuple(torch.ops.drn.inference_only_backward(grad, meta[0], meta[1], op) if needed else None
+                     for meta, needed in zip(ctx.input_meta, ctx.needs_input_grad))
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+for _suffix in ("native", "sim"):
+    for _op in ("conv_bn_act", "class_head", "localize"):
+        register_inference_only(f"{_op}_{_suffix}")
+
+
 # ---- output allocation shared by fake kernels (and usable by kernels) -----------------------------------------
 
 def empty_conv_output(x: Tensor, weight: Tensor, stride, padding, dilation) -> Tensor:
@@ -186,3 +229,7 @@ def localize_op(x: Tensor, weight: Tensor, bias: Tensor, threshold: float, strid
 @localize_op.register_fake
 def _(x, weight, bias, threshold, stride, backend):
     return empty_localize_output(x, weight)
+
+
+for _op in ("conv_bn_act", "class_head", "localize"):
+    register_inference_only(_op)

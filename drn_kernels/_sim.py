@@ -54,8 +54,8 @@ def _sources_digest(paths) -> str:
 
 
 def _kernel_sources() -> list[Path]:
-    return sorted((CSRC / "cuda").glob("*.cuh")) + sorted((CSRC / "sim").glob("*.h")) + sorted(
-        (CSRC / "sim").glob("*.cpp"))
+    return (sorted(CSRC.glob("*.h")) + sorted((CSRC / "cuda").glob("*.cuh")) + sorted((CSRC / "sim").glob("*.h"))
+            + sorted((CSRC / "sim").glob("*.cpp")))
 
 
 def load(verbose: bool = False) -> None:

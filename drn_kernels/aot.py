@@ -107,7 +107,7 @@ def _specs(kernels: Optional[Iterable[str]]):
         sig.update({a: "i32" for a in ("M", "C", "H", "W", "K", "P", "Q", "R", "S", "sxn", "sxh", "sxw", "srn",
                                         "srp", "srq", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
                                         "M_BUCKET")})
-        return sig, {"sxc": 1, "srk": 1}
+        return sig, {"sxc": 1, "srk": 1, "sb": 1}
 
     def conv_aligned(flags):
         # DRN channel counts are multiples of 16 except the stems' C=3 (the FLAT variant), and triton's JIT
@@ -119,7 +119,7 @@ def _specs(kernels: Optional[Iterable[str]]):
         sig = {"x_ptr": f"*{_TL[dt]}", "w_ptr": f"*{_TL[dt]}", "b_ptr": f"*{_TL[dt]}", "labels_ptr": "*i64",
                "probs_ptr": "*fp32", "logits_ptr": "*fp32", "partial_ptr": "*fp32"}
         sig.update({a: "i32" for a in ("HW", "W", "C", "K", "sxn", "sxh", "sxw", "swk", "PIX_BUCKET")})
-        return sig, {"sxc": 1, "swc": 1}
+        return sig, {"sxc": 1, "swc": 1, "sbk": 1}
 
     def head_aligned(flags):
         return ["C", "sxn", "sxh", "sxw", "swk"]  # feature channels (512 in DRNs) are multiples of 16

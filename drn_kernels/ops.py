@@ -49,8 +49,9 @@ def conv_bn_act_into_residual(x, weight, bias, *, residual, stride=1, padding=0,
         raise TypeError(f"residual must be a torch.Tensor to write into, got {type(residual).__name__}")
     backend = _backends.resolve(backend, x.device, "conv_bn_act")
     _checks.check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
+    tracks_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, residual))
     if (backend == "cpu" and x.shape[0] > 0 and residual.is_contiguous(memory_format=torch.channels_last)
-            and not residual.requires_grad):
+            and not tracks_grad):  # else the copy below records the op, whose backward raises (inference-only)
         torch.ops.drn.conv_bn_act_residual_native(x, weight, bias, stride, padding, dilation, residual, relu,
                                                   prepared)
         return residual

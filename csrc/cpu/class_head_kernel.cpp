@@ -33,6 +33,8 @@
 #include <tuple>
 #include <vector>
 
+#include "input_checks.h"
+
 // Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time (GCC function multi-
 // versioning), so one build is fast on the machine it runs on without -march=native.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -239,7 +241,8 @@ std::tuple<Tensor, Tensor> class_head_cpu(const Tensor& x, const Tensor& weight,
                                           at::ScalarType label_dtype) {
   at::AutoDispatchBelowADInplaceOrView guard;
   check_dtype(x, "class_head");
-  TORCH_CHECK_VALUE(upsample == 1 || upsample == 8, "class_head (cpu): upsample must be 1 or 8, got ", upsample);
+  check_head_input("class_head (cpu)", x);
+  check_upsample("class_head (cpu)", upsample);
   const int64_t N = x.size(0), h = x.size(2), w = x.size(3);
   Tensor labels = at::empty({N, h * upsample, w * upsample}, x.options().dtype(label_dtype));
   Tensor probs = at::empty({N, h * upsample, w * upsample}, x.options().dtype(at::kFloat));
@@ -252,6 +255,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> localize_cpu(const Tensor& x, const T
                                                         double threshold, int64_t stride) {
   at::AutoDispatchBelowADInplaceOrView guard;
   check_dtype(x, "localize");
+  check_head_input("localize (cpu)", x);
+  check_box_stride("localize (cpu)", stride);
   const int64_t N = x.size(0), h = x.size(2), w = x.size(3), hw = h * w;
   const int64_t K = weight.size(0);
   Tensor labels = at::empty({N, h, w}, x.options().dtype(at::kLong));

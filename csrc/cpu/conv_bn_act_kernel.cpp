@@ -7,9 +7,10 @@
 // Winograd: float32 3×3 stride-1 convolutions with ≥ 64 channels in and out go to conv_bn_act_winograd.cpp
 //         (F(4×4,3×3): 4× fewer multiplies; DRN_CPU_CONV=direct turns it off). Everything else:
 // Tiling: none of our own. The GEMM-like core is oneDNN's (it ships inside torch), reached through the fused
-//         ops torch registers for inductor: mkldnn::_convolution_pointwise (post-op "relu"/"none") and its
-//         .binary overload (post-op "add" of the residual, then "relu"), so bias, residual and ReLU are applied
-//         to each output tile while it is still in registers — no full-size intermediate. oneDNN re-orders
+//         ops torch registers for inductor: mkldnn::_convolution_pointwise (post-op "none") and its .binary
+//         overload (post-op "add" of the residual), so bias and residual are applied to each output tile while it
+//         is still in registers. ReLU is torch's relu_ over the output afterwards (one extra pass): oneDNN's relu
+//         post-op computes max(x, 0), which turns NaN into 0, where torch.relu keeps NaN. oneDNN re-orders
 //         the weight into its blocked format on every call, unless the caller passes the blocked copy it keeps
 //         (drn::conv_bn_act_prepared_native, `prepared`: drn.fused prepares it once per layer and input shape).
 //         Nothing is cached here: a cache keyed on the weight tensor cannot see writes through .data, numpy
@@ -30,6 +31,7 @@
 #include <torch/library.h>
 
 #include "cpu/conv_bn_act_winograd.h"
+#include "input_checks.h"
 
 #include <array>
 #include <atomic>
@@ -93,15 +95,21 @@ Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, In
   const Tensor w = onednn_weight(weight, prepared);
   const std::optional<Tensor> b = bias.contiguous();
   c10::List<std::optional<at::Scalar>> no_scalars;
+  Tensor y;
   if (residual.has_value()) {
     const Tensor other = residual->contiguous(at::MemoryFormat::ChannelsLast);
-    return binary.call(xin, other, w, b, padding, stride, dilation, 1, "add", std::nullopt,
-                       relu ? std::optional<c10::string_view>("relu") : std::nullopt, no_scalars, std::nullopt);
+    y = binary.call(xin, other, w, b, padding, stride, dilation, 1, "add", std::nullopt, std::nullopt, no_scalars,
+                    std::nullopt);
+  } else {
+    y = pointwise.call(xin, w, b, padding, stride, dilation, 1, "none", no_scalars, "");
   }
-  return pointwise.call(xin, w, b, padding, stride, dilation, 1, relu ? "relu" : "none", no_scalars, "");
+  return relu ? y.relu_() : y;
 }
 
 // ---- fallback: ATen convolution + one fused epilogue pass -----------------------------------------------------
+
+// torch.relu: negatives to 0, NaN stays NaN (v > 0 ? v : 0 would zero it).
+inline float relu_keep_nan(float v) { return v < 0.f ? 0.f : v; }
 
 template <typename S, typename T>
 void epilogue(const S* src, T* out, const Tensor& bias, const std::optional<Tensor>& residual, bool relu,
@@ -126,12 +134,12 @@ void epilogue(const S* src, T* out, const Tensor& bias, const std::optional<Tens
         const int64_t sk = rs[1];
         for (int64_t k = 0; k < K; ++k) {
           float v = static_cast<float>(s[k]) + b[k] + static_cast<float>(rr[k * sk]);
-          o[k] = static_cast<T>(relu ? (v > 0.f ? v : 0.f) : v);
+          o[k] = static_cast<T>(relu ? relu_keep_nan(v) : v);
         }
       } else {
         for (int64_t k = 0; k < K; ++k) {
           float v = static_cast<float>(s[k]) + b[k];
-          o[k] = static_cast<T>(relu ? (v > 0.f ? v : 0.f) : v);
+          o[k] = static_cast<T>(relu ? relu_keep_nan(v) : v);
         }
       }
     }
@@ -188,6 +196,7 @@ Tensor conv_bn_act_cpu_impl(const Tensor& x, const Tensor& weight, const Tensor&
   const std::vector<int64_t> stride = C10_AS_INTARRAYREF_SLOW(stride_s).vec();
   const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
+  check_conv_args("conv_bn_act (cpu)", x, weight, stride, padding, dilation);
   if (winograd_applicable(x, weight, stride)) {
     return conv_winograd(x, weight, bias, padding, dilation, residual, relu, std::nullopt, prepared);
   }
@@ -240,6 +249,7 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
   const std::vector<int64_t> stride = C10_AS_INTARRAYREF_SLOW(stride_s).vec();
   const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
+  check_conv_args("conv_bn_act_residual_ (cpu)", x, weight, stride, padding, dilation);
   const std::optional<Tensor> res = residual;
   if (winograd_applicable(x, weight, stride)) {
     conv_winograd(x, weight, bias, padding, dilation, res, relu, res, prepared);
@@ -259,8 +269,8 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
       const Tensor w = onednn_weight(weight, prepared);
       Tensor other = residual;
       inplace.call(other, xin, w, bias.contiguous(), padding, stride, dilation, 1, "add", std::nullopt,
-                   relu ? std::optional<c10::string_view>("relu") : std::nullopt,
-                   c10::List<std::optional<at::Scalar>>(), std::nullopt);
+                   std::nullopt, c10::List<std::optional<at::Scalar>>(), std::nullopt);
+      if (relu) other.relu_();  // not oneDNN's relu post-op (see conv_onednn)
       return;
     } catch (const c10::Error&) {
       if (dt != at::kFloat) onednn_failed[dtype_slot(dt)].store(true, std::memory_order_relaxed);

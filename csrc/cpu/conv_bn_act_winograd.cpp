@@ -234,7 +234,7 @@ template <int M>
           const int64_t at = image + (p * a.Q + q) * a.K + k0;
           vec out = y[u][w_] + bias;
           if (a.res != nullptr) out += load_n(a.res + at, nk);
-          if (a.relu) out = out > 0.f ? out : vec{};
+          if (a.relu) out = out < 0.f ? vec{} : out;  // torch.relu: NaN stays NaN
           store_n(a.out + at, out, nk);
         }
       }

@@ -8,7 +8,8 @@
 // All weights are multiples of 1/16, so the 2x2 tap weights are exact in fp32.
 // Per pixel: one pass over the K classes keeps the running maximum (torch.argmax rules: first NaN wins,
 // otherwise first maximum) and the softmax denominator relative to it (online softmax: rescale by
-// exp(old_max - new_max) when the maximum moves), so probs = 1 / denominator without a second pass.
+// exp(old_max - new_max) when the maximum moves), so probs = 1 / denominator without a second pass; NaN when
+// the maximum is NaN or +-inf (including all -inf), as torch.softmax gives.
 // Layout. logits_low (N, h, w, K) fp32 contiguous: a pixel's K logits are contiguous. labels/probs (N, H, W).
 // Tiling. class_head_pixel_kernel: one thread per output pixel (int64 linear index), 256 threads per block.
 // localize_image_kernel: one block per image: class means (threads over classes), block argmax (warp
@@ -73,16 +74,18 @@ __global__ void __launch_bounds__(head::kPixelThreads)
     for (int i = 0; i < 4; ++i)
       if (inside[i]) v = fmaf(weight[i], cell[i][k], v);
     if (argmax_better(v, k, best, best_k) || k == 0) {
-      // A new maximum: rescale the denominator to it. exp(-inf - v) = 0 covers the first class.
+      // A new maximum: rescale the denominator to it. exp(-inf - v) = 0 covers the first class and a -inf max.
       denom = (k == 0 ? 0.f : denom * expf(best - v)) + 1.f;
       best = v;
       best_k = k;
-    } else {
+    } else if (v != -INFINITY) {
+      // a -inf logit adds exp(-inf) = 0, also under a -inf maximum (where v - best would be NaN)
       denom += expf(v - best);
     }
   }
   labels[idx] = static_cast<LabelT>(best_k);
-  probs[idx] = is_nan(best) ? best : 1.f / denom;
+  // torch.softmax: a NaN or +-inf maximum makes every probability NaN (l - max is NaN); else 1 / denominator.
+  probs[idx] = is_finite(best) ? 1.f / denom : NAN;
 }
 
 // One block per image. logits_low (N, h*w, K) fp32; labels/scores (N, h*w) from class_head_pixel_kernel.
@@ -90,7 +93,7 @@ template <class T>
 __global__ void __launch_bounds__(head::kImageThreads)
     localize_image_kernel(const float* __restrict__ logits_low, const int64_t* __restrict__ labels,
                           const float* __restrict__ scores, T* __restrict__ image_logits,
-                          float* __restrict__ boxes, int h, int w, int K, float threshold, int stride) {
+                          float* __restrict__ boxes, int h, int w, int K, float threshold, int64_t stride) {
   constexpr int kWarps = head::kImageThreads / 32;
   __shared__ float warp_best[kWarps];
   __shared__ int warp_best_k[kWarps];
@@ -167,8 +170,9 @@ __global__ void __launch_bounds__(head::kImageThreads)
   __syncthreads();
   if (tid < 4) {
     const bool found = box[2] >= 0;
-    const int v = box[tid] + (tid >= 2 ? 1 : 0);  // x2, y2 are exclusive pixel edges: (last cell + 1) * stride
-    boxes[static_cast<int64_t>(n) * 4 + tid] = found ? static_cast<float>(v) * static_cast<float>(stride) : -1.f;
+    // x2, y2 are exclusive pixel edges: (last cell + 1) * stride; the product is exact in int64, rounded once.
+    const int64_t v = (box[tid] + (tid >= 2 ? 1 : 0)) * stride;
+    boxes[static_cast<int64_t>(n) * 4 + tid] = found ? static_cast<float>(v) : -1.f;
   }
 }
 

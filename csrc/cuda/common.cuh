@@ -57,6 +57,7 @@ __device__ __forceinline__ T from_float(float v) {
 }
 
 __device__ __forceinline__ bool is_nan(float v) { return v != v; }
+__device__ __forceinline__ bool is_finite(float v) { return v - v == 0.f; }  // false for NaN and +-inf
 
 // 32-bit load of two adjacent 16-bit elements from shared memory (one mma fragment register).
 __device__ __forceinline__ uint32_t load_u32(const void* p) {

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "../conv_output_size.h"
+#include "../input_checks.h"
 #include "class_head_kernel.cuh"
 #include "conv_bn_act_kernel.cuh"
 
@@ -62,6 +63,10 @@ void launch_conv(ConvParams p) {
 inline ConvParams conv_params(const at::Tensor& x_nhwc, const at::Tensor& w_krsc, const at::Tensor& bias,
                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t P,
                               int64_t Q) {
+  // The kernel indexes pixels within one image with int (the batch index and element offsets are int64).
+  TORCH_CHECK_VALUE(x_nhwc.size(2) * x_nhwc.size(3) <= kIndexLimit && P * Q <= kIndexLimit,
+                    "conv_bn_act (CUDA kernels): more than 2**31-1 pixels per image: x ", x_nhwc.sizes(),
+                    ", output ", P, "x", Q);
   ConvParams p{};
   p.x = x_nhwc.data_ptr();
   p.w = w_krsc.data_ptr();
@@ -95,6 +100,7 @@ inline at::Tensor weight_krsc(const at::Tensor& weight) {
 inline at::Tensor conv_bn_act_host(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    const std::optional<at::Tensor>& residual, bool relu) {
+  check_conv_args("conv_bn_act", x_in, weight, stride, padding, dilation);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w = weight_krsc(weight);
   const at::Tensor b = bias.contiguous();
@@ -149,6 +155,8 @@ void dispatch_label(at::ScalarType dtype, F&& f) {
 template <class LabelT>
 void launch_pixels(const at::Tensor& logits, at::Tensor& labels, at::Tensor& probs, int64_t upsample) {
   const int64_t total = labels.numel();
+  TORCH_CHECK_VALUE(labels.size(1) * labels.size(2) <= kIndexLimit,
+                    "class_head (CUDA kernels): more than 2**31-1 output pixels per image: ", labels.sizes());
   const dim3 grid(static_cast<unsigned>((total + head::kPixelThreads - 1) / head::kPixelThreads));
   launch_kernel(class_head_pixel_kernel<LabelT>, grid, dim3(head::kPixelThreads), logits.data_ptr<float>(),
                 labels.data_ptr<LabelT>(), probs.data_ptr<float>(), static_cast<int>(logits.size(0)),
@@ -159,6 +167,8 @@ void launch_pixels(const at::Tensor& logits, at::Tensor& labels, at::Tensor& pro
 inline std::tuple<at::Tensor, at::Tensor> class_head_host(const at::Tensor& x, const at::Tensor& weight,
                                                           const at::Tensor& bias, int64_t upsample,
                                                           at::ScalarType label_dtype) {
+  check_head_input("class_head", x);
+  check_upsample("class_head", upsample);
   const at::Tensor logits = classifier_logits(x, weight, bias);
   const int64_t N = x.size(0), H = x.size(2) * upsample, W = x.size(3) * upsample;
   at::Tensor labels = at::empty({N, H, W}, x.options().dtype(label_dtype));
@@ -174,6 +184,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> localize_host(
                                                                                 const at::Tensor& weight,
                                                                                 const at::Tensor& bias,
                                                                                 double threshold, int64_t stride) {
+  check_head_input("localize", x);
+  check_box_stride("localize", stride);
   const at::Tensor maps = classifier_logits(x, weight, bias);
   const int64_t N = x.size(0), h = x.size(2), w = x.size(3), K = weight.size(0);
   at::Tensor labels = at::empty({N, h, w}, x.options().dtype(at::kLong));
@@ -186,8 +198,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> localize_host(
     launch_kernel(localize_image_kernel<T>, dim3(static_cast<unsigned>(N)), dim3(head::kImageThreads),
                   maps.data_ptr<float>(), labels.data_ptr<int64_t>(), scores.data_ptr<float>(),
                   static_cast<T*>(logits.data_ptr()), boxes.data_ptr<float>(), static_cast<int>(h),
-                  static_cast<int>(w), static_cast<int>(K), static_cast<float>(threshold),
-                  static_cast<int>(stride));
+                  static_cast<int>(w), static_cast<int>(K), static_cast<float>(threshold), stride);
   });
   return {logits, labels, scores, boxes};
 }

@@ -10,15 +10,19 @@ from __future__ import annotations
 import torch
 
 from .._backends import triton_interpreting
+from .._library import register_inference_only
 
 
 def register_op(name: str, fake):
-    """Decorator: register `fn` as torch.ops.<name> (triton_op on GPU, custom_op + `fake` under the interpreter)."""
+    """Decorator: register `fn` as torch.ops.<name> (triton_op on GPU, custom_op + `fake` under the interpreter),
+    inference-only like every drn op (drn_kernels._library.register_inference_only)."""
     def decorate(fn):
         if triton_interpreting():
             op = torch.library.custom_op(name, mutates_args=())(fn)
             op.register_fake(fake)
-            return op
-        return torch.library.triton_op(name, mutates_args=())(fn)
+        else:
+            op = torch.library.triton_op(name, mutates_args=())(fn)
+        register_inference_only(name.split("::", 1)[1])
+        return op
 
     return decorate

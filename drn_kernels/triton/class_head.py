@@ -4,7 +4,8 @@
 # Math: logits[p, k] = sum_c x[p, c] * w[k, c] + b[k]; label = argmax_k (torch rules: first index on ties, the
 #   first NaN wins), prob = softmax(logits)[label] = 1 / sum_k exp(logits[k] - max). Both come from an online
 #   softmax streamed over class tiles: a running max m, running sum s of exp(l - m) (rescaled when m grows), the
-#   running argmax and a sticky "saw a NaN" flag with its first index; prob = 1 / s (NaN once a NaN was seen).
+#   running argmax and a sticky "saw a NaN" flag with its first index; prob = 1 / s, NaN once a NaN was seen or
+#   when the max is +-inf (torch.softmax's NaN rule).
 # Kernels:
 #   _class_head_kernel   one program per (tile of BLOCK_P pixels, image). For each class tile it runs the
 #                        BLOCK_P x BLOCK_K x C GEMM on tensor cores (fp32 accumulation), adds the bias, then
@@ -66,24 +67,35 @@ def _online_argmax_update(logit, cols, col_ok, m, s, arg, nan_seen, nan_arg, K):
     new_m = tl.maximum(m, tile_max)
     # exp(m - new_m) is NaN for -inf - -inf (nothing finite seen yet); the scale is then irrelevant: use 1
     scale = tl.where(m == new_m, 1.0, tl.exp(m - new_m))
-    s = s * scale + tl.sum(tl.exp(clean - new_m[:, None]), axis=1)
+    # a -inf logit adds exp(-inf) = 0, also under a -inf running max (where clean - new_m would be NaN)
+    terms = tl.where(clean == float("-inf"), 0.0, tl.exp(clean - new_m[:, None]))
+    s = s * scale + tl.sum(terms, axis=1)
     arg = tl.where(tile_max > m, tile_arg, arg)  # strictly greater: on a tie the earlier class tile keeps it
     nan_arg = tl.where(tile_nan & (nan_seen == 0), tile_nan_arg, nan_arg)
     nan_seen = nan_seen | tile_nan.to(tl.int32)
     return new_m, s, arg, nan_seen, nan_arg
 
 
+@triton.jit
+def _online_argmax_result(m, s, arg, nan_seen, nan_arg):
+    """(label, prob) of the online softmax state: torch.argmax's label; prob NaN when a NaN was seen or the max
+    is +-inf (l - max is then NaN in torch.softmax, also for a pixel whose logits are all -inf), else 1 / s."""
+    label = tl.where(nan_seen > 0, nan_arg, arg)
+    prob = tl.where((nan_seen > 0) | ((m - m) != 0.0), float("nan"), 1.0 / s)
+    return label, prob
+
+
 @triton.jit(do_not_specialize=["PIX_BUCKET"])
 def _class_head_kernel(
     x_ptr,  # features (N, C, H, W), element strides sxn, sxc, sxh, sxw (any memory format)
     w_ptr,  # classifier weight (K, C), strides swk, swc
-    b_ptr,  # bias (K,)
+    b_ptr,  # bias (K,), element stride sbk (any view)
     labels_ptr,  # (N, H*W) contiguous, label dtype; written when ARGMAX
     probs_ptr,  # (N, H*W) float32; written when ARGMAX
     logits_ptr,  # (N, H*W, K) float32; written when WRITE_LOGITS
     partial_ptr,  # (N, tiles, K) float32, per pixel-tile sums of the logits; written when PARTIAL_SUMS
     HW, W, C, K,
-    sxn, sxc, sxh, sxw, swk, swc,
+    sxn, sxc, sxh, sxw, swk, swc, sbk,
     PIX_BUCKET,  # size_bucket(N*H*W): read only by the autotuner's key
     ARGMAX: tl.constexpr, WRITE_LOGITS: tl.constexpr, PARTIAL_SUMS: tl.constexpr, USE_INT64: tl.constexpr,
     DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
@@ -119,7 +131,7 @@ def _class_head_kernel(
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-        logit = acc + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        logit = acc + tl.load(b_ptr + cols * sbk, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if WRITE_LOGITS:
             tl.store(logits_ptr + out_row[:, None] * K + cols[None, :], logit,
                      mask=pix_ok[:, None] & col_ok[None, :])
@@ -131,8 +143,7 @@ def _class_head_kernel(
             m, s, arg, nan_seen, nan_arg = _online_argmax_update(logit, cols, col_ok, m, s, arg, nan_seen,
                                                                  nan_arg, K)
     if ARGMAX:
-        label = tl.where(nan_seen > 0, nan_arg, arg)
-        prob = tl.where(nan_seen > 0, float("nan"), 1.0 / s)
+        label, prob = _online_argmax_result(m, s, arg, nan_seen, nan_arg)
         tl.store(labels_ptr + out_row, label.to(labels_ptr.dtype.element_ty), mask=pix_ok)
         tl.store(probs_ptr + out_row, prob, mask=pix_ok)
 
@@ -192,8 +203,7 @@ def _upsample_argmax_kernel(
         logit = (wy_hi[:, None] * (wx_hi[:, None] * l_hh + wx_lo[:, None] * l_hl)
                  + wy_lo[:, None] * (wx_hi[:, None] * l_lh + wx_lo[:, None] * l_ll))
         m, s, arg, nan_seen, nan_arg = _online_argmax_update(logit, cols, col_ok, m, s, arg, nan_seen, nan_arg, K)
-    label = tl.where(nan_seen > 0, nan_arg, arg)
-    prob = tl.where(nan_seen > 0, float("nan"), 1.0 / s)
+    label, prob = _online_argmax_result(m, s, arg, nan_seen, nan_arg)
     out = n * OHW + o
     tl.store(labels_ptr + out, label.to(labels_ptr.dtype.element_ty), mask=o_ok)
     tl.store(probs_ptr + out, prob, mask=o_ok)
@@ -232,10 +242,15 @@ def _box_kernel(
     x2 = tl.max(x_max, axis=0)
     y2 = tl.max(y_max, axis=0)
     found = x2 >= 0
-    tl.store(boxes_ptr + n * 4 + 0, tl.where(found, (x1 * stride).to(tl.float32), -1.0))
-    tl.store(boxes_ptr + n * 4 + 1, tl.where(found, (y1 * stride).to(tl.float32), -1.0))
-    tl.store(boxes_ptr + n * 4 + 2, tl.where(found, ((x2 + 1) * stride).to(tl.float32), -1.0))
-    tl.store(boxes_ptr + n * 4 + 3, tl.where(found, ((y2 + 1) * stride).to(tl.float32), -1.0))
+    # cell * stride in int64 (stride may be up to 2**31-1), rounded once to float32
+    x1 = x1.to(tl.int64) * stride
+    y1 = y1.to(tl.int64) * stride
+    x2 = (x2 + 1).to(tl.int64) * stride
+    y2 = (y2 + 1).to(tl.int64) * stride
+    tl.store(boxes_ptr + n * 4 + 0, tl.where(found, x1.to(tl.float32), -1.0))
+    tl.store(boxes_ptr + n * 4 + 1, tl.where(found, y1.to(tl.float32), -1.0))
+    tl.store(boxes_ptr + n * 4 + 2, tl.where(found, x2.to(tl.float32), -1.0))
+    tl.store(boxes_ptr + n * 4 + 3, tl.where(found, y2.to(tl.float32), -1.0))
 
 
 _HEAD_KEY = ["C", "K", "PIX_BUCKET", "ARGMAX", "WRITE_LOGITS"]
@@ -256,9 +271,9 @@ def _launch_head(x, weight2d, bias, labels, probs, logits, partial, *, argmax, w
     dummy = probs if probs is not None else logits
     args = (x, weight2d, bias, labels if labels is not None else dummy, probs if probs is not None else dummy,
             logits if logits is not None else dummy, partial if partial is not None else dummy,
-            h * w, w, c, k, *x.stride(), *weight2d.stride(), size_bucket(n * h * w))
+            h * w, w, c, k, *x.stride(), *weight2d.stride(), bias.stride(0), size_bucket(n * h * w))
     flags = dict(ARGMAX=argmax, WRITE_LOGITS=write_logits, PARTIAL_SUMS=partial_sums,
-                 USE_INT64=needs_int64(x, weight2d, labels, probs, logits), DOT_PRECISION=_dot_precision(x.dtype),
+                 USE_INT64=needs_int64(x, weight2d, bias, labels, probs, logits), DOT_PRECISION=_dot_precision(x.dtype),
                  DOT_IN_FP32=dot_in_fp32(x.dtype))
     if _backends.triton_interpreting():
         cfg = INTERPRET_HEAD_CONFIG
@@ -326,9 +341,9 @@ def localize_triton(x: Tensor, weight: Tensor, bias: Tensor, threshold: float,
     partial = torch.empty((n, _head_tiles(h * w), k), dtype=torch.float32, device=x.device)
     # the partial-sum pass needs a known tile count, so it runs the untuned kernel at one fixed config
     args = (x, weight2d, bias, labels, scores, scores, partial, h * w, w, c, k, *x.stride(), *weight2d.stride(),
-            size_bucket(n * h * w))
+            bias.stride(0), size_bucket(n * h * w))
     flags = dict(ARGMAX=True, WRITE_LOGITS=False, PARTIAL_SUMS=True,
-                 USE_INT64=needs_int64(x, weight2d, labels, partial), DOT_PRECISION=_dot_precision(x.dtype),
+                 USE_INT64=needs_int64(x, weight2d, bias, labels, partial), DOT_PRECISION=_dot_precision(x.dtype),
                  DOT_IN_FP32=dot_in_fp32(x.dtype))
     first = (HEAD_FP32_CONFIGS if x.dtype == torch.float32 else HEAD_CONFIGS)[0]
     cfg = INTERPRET_HEAD_CONFIG if _backends.triton_interpreting() else first.kwargs

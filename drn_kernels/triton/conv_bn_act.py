@@ -4,10 +4,10 @@
 #   C fastest. The A operand (M x RSC) is the im2col matrix, gathered on the fly from x: a tap (r, s) only moves
 #   the input coordinates to (p*stride_h - pad_h + r*dil_h, q*stride_w - pad_w + s*dil_w); out-of-image taps are
 #   masked to zero (the padding). Nothing im2col-shaped ever reaches memory.
-# Layout: x in any strides (channels_last makes the C axis unit-stride, which triton specialises on, so the
-#   gather vectorises); the weight as (K, R, S, C) contiguous, i.e. B[k, (r*S+s)*C + c] (a channels_last weight
-#   already is that layout: free view; any other is copied per call, never cached); y written as (N, P, Q, K)
-#   contiguous, which is the (N, K, P, Q) channels_last tensor the op returns.
+# Layout: x, bias and residual in any strides (channels_last makes the C axis unit-stride, which triton
+#   specialises on, so the gather vectorises); the weight as (K, R, S, C) contiguous, i.e. B[k, (r*S+s)*C + c]
+#   (a channels_last weight already is that layout: free view; any other is copied per call, never cached); y
+#   written as (N, P, Q, K) contiguous, which is the (N, K, P, Q) channels_last tensor the op returns.
 # Tiling: a program owns a BLOCK_M x BLOCK_N output tile and accumulates it in fp32 registers with tl.dot
 #   (tensor cores: HMMA/HGMMA for fp16/bf16, TF32 or exact-fp32 for fp32). Two reduction orders:
 #   - NESTED (C >= 32): steps over (tap (r, s), BLOCK_C slice of channels) in one loop (so the pipeliner sees
@@ -85,11 +85,12 @@ def _prune_configs(configs, named_args, **kwargs):
 def _conv_bn_act_kernel(
     x_ptr,  # input (N, C, H, W), element strides sxn, sxc, sxh, sxw (any memory format)
     w_ptr,  # packed weight (K, R, S, C) contiguous: row k at k * R*S*C
-    b_ptr,  # bias (K,), the folded BatchNorm shift
+    b_ptr,  # bias (K,), the folded BatchNorm shift, element stride sb (any view: b[::2], an expanded scalar)
     res_ptr,  # residual (N, K, P, Q), strides srn, srk, srp, srq; unused unless HAS_RES
     y_ptr,  # output (N, P, Q, K) contiguous (= (N, K, P, Q) channels_last)
     M, C, H, W, K, P, Q, R, S,  # M = N*P*Q
     sxn, sxc, sxh, sxw,
+    sb,
     srn, srk, srp, srq,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     M_BUCKET,  # size_bucket(M): read only by the autotuner's key
@@ -155,7 +156,7 @@ def _conv_bn_act_kernel(
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     # Epilogue, all in fp32 registers: the reference adds bias and residual before the single rounding.
-    acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    acc += tl.load(b_ptr + cols * sb, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out_ok = row_ok[:, None] & col_ok[None, :]
     if HAS_RES:
         res_row = n_img * srn + p * srp + q * srq
@@ -245,10 +246,10 @@ def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int
     w_packed = packed_weight(weight)
     has_res = residual is not None
     res = residual if has_res else y  # a valid pointer; never read when HAS_RES is False
-    args = (x, w_packed, bias, res, y, m, c, h, w, k, p, q, r, s, *x.stride(), *res.stride(),
+    args = (x, w_packed, bias, res, y, m, c, h, w, k, p, q, r, s, *x.stride(), bias.stride(0), *res.stride(),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], size_bucket(m))
     flags = dict(HAS_RES=has_res, RELU=relu, FLAT=c < FLAT_BELOW_C,
-                 USE_INT64=needs_int64(x, w_packed, residual, y), DOT_PRECISION=dot_precision(x.dtype),
+                 USE_INT64=needs_int64(x, w_packed, bias, residual, y), DOT_PRECISION=dot_precision(x.dtype),
                  DOT_IN_FP32=dot_in_fp32(x.dtype))
     if _backends.triton_interpreting():
         cfg = INTERPRET_CONFIG
