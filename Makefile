@@ -34,9 +34,10 @@ demo: build
 # static kernel report reads their cubins.
 test: export DRN_BUILD_CUDA := 1
 # The whole suite runs against the default build (CPU + CUDA kernels where torch is a CUDA build and a toolkit is
-# found); then the CPU-only variant of the extension is built and the CPU-kernel tests run against it too.
+# found; DRN_REQUIRE_BUILD=1: a compiled backend that did not build fails its tests instead of skipping them);
+# then the CPU-only variant of the extension is built and the CPU-kernel tests run against it too.
 test: build
-	$(PY) -m pytest $(PYTEST_FLAGS) tests
+	DRN_REQUIRE_BUILD=1 $(PY) -m pytest $(PYTEST_FLAGS) tests
 	DRN_FORCE_CPU=1 $(PY) -m drn_kernels.build --quiet
 	DRN_FORCE_CPU=1 $(PY) -m pytest $(PYTEST_FLAGS) tests/test_cpu_kernels.py tests/test_ops.py
 	$(PY) -m pytest $(PYTEST_FLAGS) benchmarks --benchmark-disable

@@ -27,12 +27,7 @@ _STEM_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    weight, bias = drn_kernels.fold_bn(conv.weight, bn)
-    if conv.bias is not None:  # a conv bias passes through BN's scale (DRN's convs before a BN have none)
-        scale = torch.sqrt(bn.running_var.detach() + bn.eps).reciprocal()
-        if bn.weight is not None:
-            scale = scale * bn.weight.detach()
-        bias = bias + conv.bias.detach() * scale
+    weight, bias = drn_kernels.fold_bn(conv.weight, bn, conv_bias=conv.bias)
     out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
                     padding_mode=conv.padding_mode).to(device=conv.weight.device, dtype=conv.weight.dtype)

@@ -217,11 +217,7 @@ def _check_conv(name: str, conv: nn.Conv2d):
 def _fused_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool, backend: str) -> FusedConv:
     _check_conv(name, conv)
     if bn is not None:
-        if conv.bias is not None:
-            # fold_bn folds a bias-free conv; fold the conv bias into the BN mean instead (same float64 math).
-            bn = copy.deepcopy(bn)
-            bn.running_mean.sub_(conv.bias.detach().to(bn.running_mean.dtype))
-        weight, bias = drn_kernels.fold_bn(conv.weight, bn)
+        weight, bias = drn_kernels.fold_bn(conv.weight, bn, conv_bias=conv.bias)
     else:
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])

@@ -1,7 +1,7 @@
 """drn_kernels: fused inference ops for Dilated Residual Networks.
 
     conv_bn_act(x, weight, bias, *, stride, padding, dilation, residual, relu, backend)
-    fold_bn(weight, bn) -> (weight, bias)
+    fold_bn(weight, bn, *, conv_bias=None) -> (weight, bias)
     class_head(x, weight, bias, *, upsample, label_dtype, backend) -> (labels, probs)
     localize(x, weight, bias, *, threshold, stride, backend) -> (logits, labels, scores, boxes)
 

@@ -71,9 +71,10 @@ def cpu_conv_algorithm(x, weight, stride=1) -> str:
     return torch.ops.drn.cpu_conv_algorithm(x, weight, list(_checks.pair(stride, "stride")))
 
 
-def fold_bn(weight, bn):
-    """(weight, bias) of a bias-free conv followed by eval-mode BatchNorm2d `bn`, folded in float64."""
-    return reference.fold_bn(weight, bn)
+def fold_bn(weight, bn, *, conv_bias=None):
+    """(weight, bias) of a conv (weight, optional conv_bias) followed by eval-mode BatchNorm2d `bn`, folded in
+    float64."""
+    return reference.fold_bn(weight, bn, conv_bias=conv_bias)
 
 
 def class_head(x, weight, bias, *, upsample=1, label_dtype=torch.int64, backend="auto"):

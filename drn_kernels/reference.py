@@ -42,8 +42,13 @@ def conv_bn_act(x, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
     return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
 
 
-def fold_bn(weight: torch.Tensor, bn: torch.nn.BatchNorm2d):
-    """Fold an eval-mode BatchNorm2d that follows a bias-free conv into (weight, bias), computed in float64."""
+def fold_bn(weight: torch.Tensor, bn: torch.nn.BatchNorm2d, *, conv_bias: torch.Tensor | None = None):
+    """Fold an eval-mode BatchNorm2d that follows a conv into (weight, bias), computed in float64.
+
+    bn(conv(x) + conv_bias) = conv(x) * scale + (beta + (conv_bias - mean) * scale), scale = gamma / sqrt(var + eps):
+    the folded weight is weight * scale per output channel, the folded bias beta + (conv_bias - mean) * scale
+    (conv_bias None: a bias-free conv, as every DRN conv before a BatchNorm).
+    """
     if not isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"fold_bn: bn must be a BatchNorm module, got {type(bn).__name__}")
     if bn.running_mean is None or bn.running_var is None:
@@ -51,13 +56,16 @@ def fold_bn(weight: torch.Tensor, bn: torch.nn.BatchNorm2d):
     if weight.dim() != 4 or weight.shape[0] != bn.num_features:
         raise ValueError(f"fold_bn: weight must be (K, C, R, S) with K == bn.num_features={bn.num_features}, "
                          f"got {tuple(weight.shape)}")
+    if conv_bias is not None and tuple(conv_bias.shape) != (bn.num_features,):
+        raise ValueError(f"fold_bn: conv_bias must be ({bn.num_features},), got {tuple(conv_bias.shape)}")
     var = bn.running_var.detach().double()
     mean = bn.running_mean.detach().double()
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
     scale = gamma / torch.sqrt(var + bn.eps)
     w = weight.detach().double() * scale.view(-1, 1, 1, 1)
-    b = beta - mean * scale
+    shift = -mean if conv_bias is None else conv_bias.detach().double() - mean
+    b = beta + shift * scale
     return w.to(weight.dtype), b.to(weight.dtype)
 
 

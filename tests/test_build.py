@@ -260,10 +260,24 @@ def test_no_jit_build_reports_reason(tmp_path):
 
 
 def test_why_unavailable_kinds():
+    import torch
+
     from drn_kernels import _extension
 
+    from drn_kernels import _sim
+
+    # cuda-sim's answer is the simulator's own: None exactly when its ops are registered, else a reason
     sim = _extension.why_unavailable("cuda-sim")
-    assert sim is None or isinstance(sim, str)
+    assert sim == _sim.why_unavailable()
+    import drn_kernels
+
+    x, w, b = torch.randn(1, 2, 3, 3), torch.randn(3, 2, 1, 1), torch.randn(3)
+    if sim is None:  # the backend runs
+        out = drn_kernels.conv_bn_act(x, w, b, backend="cuda-sim")
+        torch.testing.assert_close(out, drn_kernels.conv_bn_act(x, w, b, backend="reference"))
+    else:  # the backend refuses, naming the reason
+        assert isinstance(sim, str) and sim
+        assert drn_kernels.available_backends("cpu")["cuda-sim"] is not None
     with pytest.raises(ValueError):
         _extension.why_unavailable("gpu")
 

@@ -50,6 +50,50 @@ def files(tmp_path_factory):
     return types.SimpleNamespace(root=root, images=images, seg=seg, seg5=seg5, cls=cls)
 
 
+def _pixels(img: Image.Image, mean, std) -> torch.Tensor:
+    """(1, 3, H, W): the model input written here with numpy, independently of drn.data."""
+    a = (np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0 - np.asarray(mean)) / np.asarray(std)
+    return torch.from_numpy(a.transpose(2, 0, 1)[None].astype(np.float32))
+
+
+def _one_crop(path, resize: int, crop: int) -> Image.Image:
+    """Shorter side to `resize` (PIL bilinear), then the centre crop by numpy slicing; the test images are chosen
+    so (side - crop) is even and the centre is unambiguous."""
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    size = (resize, resize * h // w) if w <= h else (resize * w // h, resize)
+    a = np.asarray(img.resize(size, Image.BILINEAR))
+    assert (a.shape[0] - crop) % 2 == 0 and (a.shape[1] - crop) % 2 == 0
+    top, left = (a.shape[0] - crop) // 2, (a.shape[1] - crop) // 2
+    return Image.fromarray(a[top:top + crop, left:left + crop])
+
+
+def test_normalisation_by_hand():
+    """A few pixels of drn.data.to_tensor worked out by hand: (value / 255 - mean) / std per channel."""
+    img = Image.fromarray(np.array([[[255, 0, 51], [102, 204, 0]]], dtype=np.uint8))  # 1 x 2 pixels
+    x = data.to_tensor(img, mean=(0.5, 0.25, 0.2), std=(0.5, 0.25, 0.1))
+    assert x.shape == (3, 1, 2)
+    want = [[[1.0, -0.2]], [[-1.0, 2.2]], [[0.0, -2.0]]]  # R: (1-.5)/.5, (.4-.5)/.5; G: -.25/.25, (.8-.25)/.25 ...
+    torch.testing.assert_close(x, torch.tensor(want), rtol=0, atol=1e-6)
+    default = data.to_tensor(img)  # ImageNet's mean/std
+    assert default[0, 0, 0].item() == pytest.approx((1.0 - 0.485) / 0.229, abs=1e-6)
+    assert default[2, 0, 1].item() == pytest.approx((0.0 - 0.406) / 0.225, abs=1e-6)
+
+
+def test_center_crop_by_hand():
+    """The centre crop of a 10 x 6 image to 4 starts at column 3, row 1 (pixel values encode their position)."""
+    a = (np.arange(6)[:, None] * 16 + np.arange(10)[None, :]).astype(np.uint8)
+    crop = np.asarray(data.center_crop(Image.fromarray(a), 4))
+    np.testing.assert_array_equal(crop, a[1:5, 3:7])
+
+
+def test_scale_box_by_hand():
+    """A box found on a 40 x 20 (W x H) input, mapped to the 100 x 80 original: x by 2.5, y by 4."""
+    assert predict.scale_box((8, 4, 16, 12), (40, 20), (100, 80)) == (20.0, 16.0, 40.0, 48.0)
+    assert predict.scale_box((30, 10, 40, 20), (40, 20), (100, 80)) == (75.0, 40.0, 100.0, 80.0)
+    assert predict.scale_box((-1, -1, -1, -1), (40, 20), (100, 80)) == (-1.0, -1.0, -1.0, -1.0)
+
+
 def _run(argv, capsys):
     rc = cli.main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -63,7 +107,7 @@ def test_classify_json_matches_the_model(files, capsys):
     lines = [json.loads(line) for line in out.strip().splitlines()]
     assert len(lines) == 3
     for path, rec in zip(files.images, lines):
-        x = data.classify_inputs(data.load_image(path), resize=64, crop=48)
+        x = _pixels(_one_crop(path, 64, 48), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # ImageNet's
         with torch.no_grad():
             probs = torch.softmax(files.cls(x), dim=1)[0]
         assert rec["image"] == str(path) and len(rec["top"]) == 5
@@ -82,7 +126,7 @@ def test_segment_writes_label_png_at_input_size(files, capsys):
         assert img.size == src.size and img.mode == "P"
         pal = np.array(img.getpalette()[:57], dtype=np.uint8).reshape(19, 3)
         np.testing.assert_array_equal(pal, CITYSCAPES_PALETTE)
-        labels, _ = files.seg.predict(data.to_tensor(src, mean, std)[None])
+        labels, _ = files.seg.predict(_pixels(src, [0.3, 0.35, 0.3], [0.2, 0.2, 0.21]))  # info.json's values
         np.testing.assert_array_equal(np.array(img), labels[0].numpy())
 
 
@@ -135,6 +179,35 @@ def test_localize_png_and_json(files, capsys):
         assert rec["score"] == pytest.approx(float(torch.softmax(want.logits, 1).max()), abs=1e-5)
         assert rec["box"] == pytest.approx(want.boxes[0].tolist())
         assert Image.open(out_dir / f"{path.stem}.png").size == src.size
+
+
+class _BrightBox(torch.nn.Module):
+    """A stand-in localizer whose box is the bright pixels of its input (in the input's pixels), class 1."""
+
+    def forward(self, x, threshold=0.5):
+        ys, xs = torch.nonzero(x[0, 0] > 0, as_tuple=True)  # normalised: white > 0 > black
+        box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+        cells = torch.zeros(1, x.shape[2] // 8, x.shape[3] // 8)
+        return drn.Localization(torch.tensor([[0.0, 3.0]]), cells.long(), cells, box)
+
+
+def test_localize_box_back_in_image_pixels(tmp_path, monkeypatch, capsys):
+    """Known box on a synthetic image: a white rectangle x 16..40, y 8..32 on a 96 x 48 canvas, localized on the
+    image resized to 48 x 24 (--resize 24), reported in the original image's pixels."""
+    canvas = np.zeros((48, 96, 3), dtype=np.uint8)
+    canvas[8:32, 16:40] = 255
+    Image.fromarray(canvas).save(tmp_path / "rect.png")
+    seen = []
+    stub = _BrightBox()
+    monkeypatch.setattr(predict, "load_model", lambda *a, **k: stub)
+    monkeypatch.setattr(stub, "forward", lambda x, threshold=0.5: seen.append(tuple(x.shape)) or
+                        _BrightBox.forward(stub, x, threshold))
+    _run(["localize", tmp_path / "rect.png", "--model", "drn_d_22", "--weights", tmp_path / "none.pth", "--out",
+          tmp_path / "out", "--resize", "24", "--device", "cpu"], capsys)
+    assert seen == [(1, 3, 24, 48)]
+    rec = json.loads((tmp_path / "out" / "rect.json").read_text())
+    assert rec["class"] == 1
+    assert rec["box"] == pytest.approx([16, 8, 40, 32], abs=2)
 
 
 @pytest.mark.skipif(not HAS_FUSED, reason="drn.fused is not there yet")

@@ -73,7 +73,7 @@ def test_models_part(tmp_path, monkeypatch):
     result = demo.demo_models(seg_size=(48, 64))
     assert {"classify_ms", "classify_first_ms", "segment_ms", "segment_first_ms"} <= set(result)
     if "segment_label_agreement" in result:  # fused path present: it must agree with the unfused model
-        assert result["segment_label_agreement"] > 0.99 and result["classify_rel_diff"] < 1e-3
+        assert result["segment_label_agreement"] > 0.99 and result["classify_rel_diff"] <= 1e-4
     assert not (tmp_path / "segment.png").exists()  # random weights: no picture to mistake for a result
 
 

@@ -68,7 +68,8 @@ def test_segment_matches_confusion_matrix(segset, capsys):
     got = _json_line(out)
     hist = np.zeros((19, 19), dtype=np.int64)
     for i in range(3):
-        x = data.to_tensor(data.load_image(root / "img" / f"{i}.png"), (0.4,) * 3, (0.25,) * 3)[None]
+        rgb = np.asarray(Image.open(root / "img" / f"{i}.png").convert("RGB"), dtype=np.float32) / 255.0
+        x = torch.from_numpy(((rgb - 0.4) / 0.25).transpose(2, 0, 1)[None].copy())  # info.json's mean/std
         pred = model.predict(x)[0][0].numpy()
         lab = np.array(Image.open(root / "gt" / f"{i}.png")).astype(np.int64)
         keep = lab != 255
@@ -202,6 +203,13 @@ def test_cli_forwards_evaluate(segset, capsys):
     from drn import cli
 
     root, _ = segset
-    assert cli.main(["evaluate", "segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19",
-                     "--weights", str(root / "seg.pth"), "--json", "--device", "cpu"]) == 0
-    assert _json_line(capsys.readouterr().out)["images"] == 3
+    argv = ["segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19", "--weights",
+            str(root / "seg.pth"), "--json", "--device", "cpu"]
+    assert cli.main(["evaluate", *argv]) == 0
+    forwarded = capsys.readouterr().out
+    assert evaluate.main(argv) == 0
+    direct = capsys.readouterr().out
+    # the same evaluation: the per-class table and the JSON result (mIoU, IoUs, pixel accuracy) agree
+    assert forwarded == direct and "mIoU" in forwarded
+    got = _json_line(forwarded)
+    assert got["images"] == 3 and got["miou"] is not None and len(got["iou"]) == 19

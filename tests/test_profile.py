@@ -60,14 +60,23 @@ def test_roofline_fraction():
 
 
 def test_profiled_run_small_cpu():
+    """Each layer's time is its own: a layer made 0.2 s slower (a sleep in its forward hook) shows the 0.2 s in its
+    row, and the rows add up to no more than the measured total, so the sleep is counted once."""
+    import time
+
     model = drn.build("drn_d_22", num_classes=10, fused=True, backend="reference")
     x = torch.randn(1, 3, 32, 48)
+    slow = next(m for m in model.modules() if isinstance(m, FusedConv) and m.name == "layer4.0.conv1")
+    slow.register_forward_hook(lambda m, a, out: time.sleep(0.2))  # runs before the profiler's closing hook
     rows, total = profile.profile_model(model, x, "classify", iters=1)
     convs = [r for r in rows if r.count is not None and r.name != "head"]
     n_convs = sum(isinstance(m, FusedConv) for m in model.modules())
     assert len(convs) == n_convs == 25 and all(r.seconds > 0 for r in convs)
-    assert total >= sum(r.seconds for r in rows) * 0.99 > 0
+    assert {r.name: r.seconds for r in convs}["layer4.0.conv1"] >= 0.2
+    assert total >= sum(r.seconds for r in rows) * 0.99 >= 0.2
     assert all(r.backend == "reference" for r in convs)
+    stem = next(r for r in convs if r.count.kernel == (7, 7))  # 3 -> 16 channels, 7x7, stride 1, on 32x48
+    assert stem.count.flops == 2 * 16 * 32 * 48 * 3 * 7 * 7
 
 
 def test_profile_names_the_cpu_algorithm(monkeypatch):
@@ -109,7 +118,15 @@ def test_cli_json_flops_only():
 def test_cli_json_timed_and_table():
     result = json.loads(run_cli("drn_d_22", "--fused", "--backend", "reference", "--size", "32", "32",
                                 "--iters", "1", "--json"))
-    assert result["total_gflops"] > 0 and result["time_ms"] > 0
-    assert all("time_ms" in layer and "roofline" in layer for layer in result["layers"])
+    layers = result["layers"]
+    assert all("time_ms" in layer and "roofline" in layer for layer in layers)
+    # the rates are the counts over the times, the rows add up to the total, the stem's FLOPs are 2*K*P*Q*C*R*S
+    assert result["total_gflops"] == pytest.approx(sum(layer["gflops"] for layer in layers))
+    assert 0 < sum(layer["time_ms"] for layer in layers) <= result["time_ms"] * 1.01
+    for layer in layers:
+        if layer["time_ms"] > 0:
+            assert layer["tflops_per_s"] == pytest.approx(layer["flops"] / (layer["time_ms"] * 1e-3) / 1e12)
+    stem = next(layer for layer in layers if layer["kernel"] == [7, 7])
+    assert stem["flops"] == 2 * 16 * 32 * 32 * 3 * 7 * 7
     table = run_cli("drn_c_26", "--flops-only", "--size", "1000", "1000", "--batch", "4")
     assert "total:" in table and "layer8.0.conv2" in table
