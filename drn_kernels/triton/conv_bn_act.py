@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .. import _backends
 from .._library import empty_conv_output
-from . import register_op
+from . import launcher, register_op
 
 INT32_LIMIT = 2**31 - 1
 
@@ -267,11 +267,11 @@ def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int
     if _backends.triton_interpreting():
         cfg = INTERPRET_CONFIG
         grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_N"]))
-        torch.library.wrap_triton(_conv_bn_act_kernel)[grid](*args, **flags, **cfg)
+        launcher(_conv_bn_act_kernel)[grid](*args, **flags, **cfg)
     else:
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
 
         tuned = _tuned[(flags["FLAT"], x.dtype == torch.float32)]
-        torch.library.wrap_triton(tuned)[grid](*args, **flags)
+        launcher(tuned)[grid](*args, **flags)
     return y
