@@ -60,14 +60,16 @@ gpu-check:
 # Not part of `make test` (a ~4 GB download and a second full suite); run it when torch/triton code changes.
 GPU_ENV ?= .venv-gpu-sim
 GPU_ENV_PYTHON ?= python3.12
-GPU_ENV_SPECS ?= torch==2.11.0 triton==3.6.0
+# numpy < 2.4: triton 3.6's interpreter converts 1-element arrays with int(), an error from numpy 2.4 on (the
+# lent machine's numpy 2.5 never meets the interpreter: it runs the compiled kernels)
+GPU_ENV_SPECS ?= torch==2.11.0 triton==3.6.0 'numpy<2.4'
 GPU_ENV_PY := $(GPU_ENV)/bin/python
 GPU_ENV_VARS := TORCH_EXTENSIONS_DIR=$(abspath $(GPU_ENV))/torch_extensions DRN_BUILD_DIR=$(abspath $(GPU_ENV))/drn_build \
 	TORCH_CUDA_ARCH_LIST=9.0a
 
 $(GPU_ENV)/.drn-setup-done:
 	test -x $(GPU_ENV_PY) || $(GPU_ENV_PYTHON) -m venv $(GPU_ENV)
-	$(GPU_ENV_PY) -m pip install -q $(GPU_ENV_SPECS) numpy pillow tqdm pytest pytest-benchmark ninja onnx \
+	$(GPU_ENV_PY) -m pip install -q $(GPU_ENV_SPECS) pillow tqdm pytest pytest-benchmark ninja onnx \
 		onnxruntime matplotlib scikit-learn
 	touch $@
 

@@ -24,8 +24,11 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None  # once: torch 2.11's dynamo cannot trace find_spec
+
+
 def triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_IMPORTABLE
 
 
 def why_unavailable(backend: str, device: torch.device) -> str | None:
