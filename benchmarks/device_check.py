@@ -592,7 +592,8 @@ def phase_layers(run: Run, rec: dict, deadline: float):
                 continue
             try:
                 with torch.inference_mode():
-                    _, first = timed_first_call(lambda: fn(0), dev)
+                    first_out, first = timed_first_call(lambda: fn(0), dev)
+                    del first_out  # its memory back before the poisoned call
                     if provider == "triton":
                         first_call_spent += first
                     y, poisoned = poisoned_call(lambda: fn(0), out_nbytes, dev)
@@ -682,8 +683,9 @@ def phase_models(run: Run, rec: dict, deadline: float):
         x32 = torch.randn(shape, generator=torch.Generator().manual_seed(7))
         with torch.inference_mode():
             ref = _model_fn(copy.deepcopy(base).to(dev, torch.float64), task)(x32.to(dev, torch.float64))
-        case = {"model": name + (f" (dry run: {DRY_MODEL})" if run.dry else ""), "task": task, "input": list(shape),
-                "dtype": str(dtype)[6:], "providers": {}}
+        case = {"model": name, "task": task, "input": list(shape), "dtype": str(dtype)[6:], "providers": {}}
+        if run.dry:
+            case["dry_run_model"] = f"a DRN-{name[4].upper()} with {DRY_MODEL}"
         rec["cases"].append(case)
         x = x32.to(dev, dtype).contiguous(memory_format=cl)
         runners = {"eager": _model_fn(copy.deepcopy(base).to(dev, dtype, memory_format=cl), task)}
@@ -905,8 +907,8 @@ def summary_lines(results: dict, markdown_style: bool = False) -> list[str]:
                  f"{env.get('device', '?')}; python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
                  f"triton {env.get('triton', '?')}; {results.get('elapsed_s', 0):.0f} s of {results['budget_s']:.0f}")
     b = results["build"]
-    lines.append(f"build: {b.get('status')} in {b.get('seconds', '?')} s ({b.get('arch')}); cuda backend: "
-                 f"{b.get('cuda_backend', '?')}")
+    lines.append(f"build: {b.get('status')}" + (f" in {b.get('seconds', '?')} s ({b.get('arch')}); cuda backend: "
+                                                 f"{b.get('cuda_backend', '?')}" if "seconds" in b else ""))
     lines.append("phases: " + ", ".join(f"{k} {v.get('status')}" + (f" ({v['seconds']:.0f} s)" if 'seconds' in v else "")
                                         for k, v in results["phases"].items()))
     p1 = results["phases"].get("1_device", {})
