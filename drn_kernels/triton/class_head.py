@@ -39,10 +39,10 @@ HEAD_CONFIGS = [
     triton.Config({"BLOCK_P": 64, "BLOCK_K": 64, "BLOCK_C": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_P": 64, "BLOCK_K": 32, "BLOCK_C": 64}, num_warps=4, num_stages=3),
 ]
-# exact-fp32 dot is FMA-based and register hungry: narrower tiles
+# exact-fp32 dot is FMA-based and register hungry: narrower tiles (32x64 on 8 warps: on 4, triton 3.6 spills 12 bytes)
 HEAD_FP32_CONFIGS = [
     triton.Config({"BLOCK_P": 64, "BLOCK_K": 32, "BLOCK_C": 16}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
 ]
 UPSAMPLE_CONFIGS = [
     triton.Config({"BLOCK_P": 128, "BLOCK_K": 32}, num_warps=4, num_stages=1),
