@@ -10,7 +10,7 @@ TRITON_SPEC ?= triton==3.8.0
 PYTEST_FLAGS ?= -q -ra
 STAMP := $(VENV)/.drn-setup-done
 
-.PHONY: setup build demo test test-fast bench bench-quick gpu-check clean
+.PHONY: setup build demo test test-fast bench bench-quick gpu-check test-gpu-env clean
 
 $(STAMP): pyproject.toml $(wildcard setup.py)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,10 +51,39 @@ bench: build
 bench-quick: build
 	$(PY) -m pytest benchmarks --benchmark-only -m quick
 
-# On a GPU machine: the @gpu tests and the full benchmark suite; writes benchmarks/results/<device>.json.
-gpu-check: build
-	$(PY) -m pytest $(PYTEST_FLAGS) tests -m gpu
-	$(PY) -m benchmarks.run_gpu_check
+# On a GPU machine: the one device check (benchmarks/device_check.py, one budget of 480 s by default), under the
+# Python that already has torch (the lent GPU's own image: no venv, no install), else after `make setup`.
+# Files: $$OUT when set, else benchmarks/results/. GPU_CHECK_FLAGS="--budget 300" or "--dry-run" (on the CPU).
+GPU_CHECK_FLAGS ?=
+gpu-check:
+	@if $(PYTHON) -c 'import torch' 2>/dev/null; then py='$(PYTHON)'; else $(MAKE) setup && py='$(PY)'; fi; \
+	echo "gpu-check: $$py -m benchmarks.device_check $(GPU_CHECK_FLAGS)"; \
+	PYTHONUNBUFFERED=1 $$py -m benchmarks.device_check $(GPU_CHECK_FLAGS)
+
+# The lent GPU's software rehearsed here, in a second environment $(GPU_ENV) (Python 3.12, torch 2.11.0, triton
+# 3.6.0, as on the lent H200): the extension builds against torch 2.11's headers (sm_90a), the CPU test suite
+# passes (Triton interpreter, cuda-sim, cpu) and every Triton kernel compiles for sm_90 under triton 3.6.
+# Not part of `make test` (a ~4 GB download and a second full suite); run it when torch/triton code changes.
+GPU_ENV ?= .venv-gpu-sim
+GPU_ENV_PYTHON ?= python3.12
+# numpy < 2.4: triton 3.6's interpreter converts 1-element arrays with int(), an error from numpy 2.4 on (the
+# lent machine's numpy 2.5 never meets the interpreter: it runs the compiled kernels)
+GPU_ENV_SPECS ?= torch==2.11.0 triton==3.6.0 'numpy<2.4'
+GPU_ENV_PY := $(GPU_ENV)/bin/python
+GPU_ENV_VARS := TORCH_EXTENSIONS_DIR=$(abspath $(GPU_ENV))/torch_extensions DRN_BUILD_DIR=$(abspath $(GPU_ENV))/drn_build \
+	TORCH_CUDA_ARCH_LIST=9.0a
+
+$(GPU_ENV)/.drn-setup-done:
+	test -x $(GPU_ENV_PY) || $(GPU_ENV_PYTHON) -m venv $(GPU_ENV)
+	$(GPU_ENV_PY) -m pip install -q $(GPU_ENV_SPECS) pillow tqdm pytest pytest-benchmark ninja onnx \
+		onnxruntime matplotlib scikit-learn
+	touch $@
+
+test-gpu-env: $(GPU_ENV)/.drn-setup-done
+	$(GPU_ENV_VARS) $(GPU_ENV_PY) -m drn_kernels.build --quiet
+	$(GPU_ENV_VARS) $(GPU_ENV_PY) -m pytest $(PYTEST_FLAGS) -p no:cacheprovider tests
+	$(GPU_ENV_VARS) $(GPU_ENV_PY) -m drn_kernels.aot --arches sm_90 --no-cuda > $(GPU_ENV)/aot_sm90.txt
+	tail -n 5 $(GPU_ENV)/aot_sm90.txt
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .benchmarks

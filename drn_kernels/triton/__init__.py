@@ -1,9 +1,10 @@
 """Hand-written Triton kernels, one file per op; importing a module registers its torch.ops.drn.*_triton ops.
 
 On a GPU each op is a torch.library.triton_op launching through wrap_triton, so torch.compile sees (and inductor
-can inline) the kernel. Under TRITON_INTERPRET=1 wrap_triton hands back the raw InterpretedFunction, which fake
-tensors cannot trace; there the same Python function is registered as an opaque torch.library.custom_op with an
-explicit fake kernel, so torch.compile(fullgraph=True) still works on CPU (the op is called, not inlined).
+can inline) the kernel. Under TRITON_INTERPRET=1 the kernels are InterpretedFunctions, which fake tensors cannot
+trace (and which torch 2.11's wrap_triton rejects outright); there the same Python function is registered as an
+opaque torch.library.custom_op with an explicit fake kernel and launches the kernel directly, so
+torch.compile(fullgraph=True) still works on CPU (the op is called, not inlined).
 """
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ def register_op(name: str, fake):
         return op
 
     return decorate
+
+
+def launcher(kernel):
+    """What to index with the grid to launch `kernel` (a triton.jit or triton.autotune object) from a registered op:
+    torch.library.wrap_triton(kernel) on a GPU (so torch.compile traces the launch); the kernel itself under
+    TRITON_INTERPRET=1, where the op is opaque and wrap_triton adds nothing (and some torch versions reject it)."""
+    if triton_interpreting():
+        return kernel
+    return torch.library.wrap_triton(kernel)

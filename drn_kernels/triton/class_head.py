@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .. import _backends
 from .._library import empty_class_head_output, empty_localize_output
-from . import register_op
+from . import launcher, register_op
 from .conv_bn_act import dot_in_fp32, needs_int64, size_bucket
 
 # The first config of each list fixes BLOCK_P of localize's partial-sum pass (64 in both).
@@ -40,10 +40,10 @@ HEAD_CONFIGS = [
     triton.Config({"BLOCK_P": 64, "BLOCK_K": 64, "BLOCK_C": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_P": 64, "BLOCK_K": 32, "BLOCK_C": 64}, num_warps=4, num_stages=3),
 ]
-# exact-fp32 dot is FMA-based and register hungry: narrower tiles
+# exact-fp32 dot is FMA-based and register hungry: narrower tiles (32x64 on 8 warps: on 4, triton 3.6 spills 12 bytes)
 HEAD_FP32_CONFIGS = [
     triton.Config({"BLOCK_P": 64, "BLOCK_K": 32, "BLOCK_C": 16}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_C": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_P": 32, "BLOCK_K": 64, "BLOCK_C": 16}, num_warps=8, num_stages=2),
 ]
 UPSAMPLE_CONFIGS = [
     triton.Config({"BLOCK_P": 128, "BLOCK_K": 32}, num_warps=4, num_stages=1),
@@ -277,12 +277,12 @@ def _launch_head(x, weight2d, bias, labels, probs, logits, partial, *, argmax, w
                  DOT_IN_FP32=dot_in_fp32(x.dtype))
     if _backends.triton_interpreting():
         cfg = INTERPRET_HEAD_CONFIG
-        torch.library.wrap_triton(_class_head_kernel)[(triton.cdiv(h * w, cfg["BLOCK_P"]), n)](*args, **flags, **cfg)
+        launcher(_class_head_kernel)[(triton.cdiv(h * w, cfg["BLOCK_P"]), n)](*args, **flags, **cfg)
     else:
         def grid(meta):
             return (triton.cdiv(h * w, meta["BLOCK_P"]), n)
 
-        torch.library.wrap_triton(_class_head_tuned[x.dtype == torch.float32])[grid](*args, **flags)
+        launcher(_class_head_tuned[x.dtype == torch.float32])[grid](*args, **flags)
 
 
 def _head_tiles(hw: int) -> int:
@@ -316,12 +316,12 @@ def class_head_triton(x: Tensor, weight: Tensor, bias: Tensor, upsample: int,
     if _backends.triton_interpreting():
         cfg = INTERPRET_UPSAMPLE_CONFIG
         grid = (triton.cdiv(64 * h * w, cfg["BLOCK_P"]), n)
-        torch.library.wrap_triton(_upsample_argmax_kernel)[grid](*args, USE_INT64=use_int64, **cfg)
+        launcher(_upsample_argmax_kernel)[grid](*args, USE_INT64=use_int64, **cfg)
     else:
         def grid(meta):
             return (triton.cdiv(64 * h * w, meta["BLOCK_P"]), n)
 
-        torch.library.wrap_triton(_upsample_argmax_tuned)[grid](*args, USE_INT64=use_int64)
+        launcher(_upsample_argmax_tuned)[grid](*args, USE_INT64=use_int64)
     return labels, probs
 
 
@@ -348,10 +348,10 @@ def localize_triton(x: Tensor, weight: Tensor, bias: Tensor, threshold: float,
     first = (HEAD_FP32_CONFIGS if x.dtype == torch.float32 else HEAD_CONFIGS)[0]
     cfg = INTERPRET_HEAD_CONFIG if _backends.triton_interpreting() else first.kwargs
     launch = {} if _backends.triton_interpreting() else dict(num_warps=first.num_warps, num_stages=first.num_stages)
-    torch.library.wrap_triton(_class_head_kernel)[(partial.shape[1], n)](*args, **flags, **cfg, **launch)
+    launcher(_class_head_kernel)[(partial.shape[1], n)](*args, **flags, **cfg, **launch)
     mean = partial.sum(dim=1) / (h * w)  # fixed-order reduction: bit-identical run to run
     logits.copy_(mean)
     top1 = torch.argmax(mean, dim=1)
-    torch.library.wrap_triton(_box_kernel)[(n,)](labels, scores, top1, boxes, h * w, w, threshold, stride,
+    launcher(_box_kernel)[(n,)](labels, scores, top1, boxes, h * w, w, threshold, stride,
                                                  **BOX_CONFIG)
     return logits, labels, scores, boxes
