@@ -184,6 +184,10 @@ def test_localize_png_and_json(files, capsys):
 class _BrightBox(torch.nn.Module):
     """A stand-in localizer whose box is the bright pixels of its input (in the input's pixels), class 1."""
 
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Conv2d(8, 2, 1)  # two classes: what the command reads for the class names
+
     def forward(self, x, threshold=0.5):
         ys, xs = torch.nonzero(x[0, 0] > 0, as_tuple=True)  # normalised: white > 0 > black
         box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
