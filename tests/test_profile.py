@@ -80,19 +80,27 @@ def test_profiled_run_small_cpu():
 
 
 def test_profile_names_the_cpu_algorithm(monkeypatch):
-    """The cpu backend's rows say which algorithm ran: Winograd for fp32 3x3 stride-1 convs with >= 64 channels,
-    oneDNN for the rest (and for everything with DRN_CPU_CONV=direct)."""
+    """The cpu backend's rows say which algorithm each layer chose: fp32 3x3 stride-1 convs with >= 64 channels
+    by measurement among Winograd F(4x4), F(2x2) and oneDNN (drn_kernels.prepared), oneDNN for the rest;
+    DRN_CPU_CONV=winograd / direct pins it."""
     if drn_kernels.available_backends("cpu")["cpu"] is not None:
         pytest.skip("the CPU extension is not available")
     monkeypatch.delenv("DRN_CPU_CONV", raising=False)
-    model = drn.build("drn_d_22", num_classes=10, fused=True, backend="cpu")
+    monkeypatch.delenv("DRN_WINOGRAD_TILE", raising=False)
     x = torch.randn(1, 3, 32, 48)
-    rows = {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
-    assert rows["layer6.1.conv2"] == rows["layer3.0.conv2"] == "cpu:winograd"
-    assert rows["layer1.0"] == rows["layer4.0.conv1"] == rows["layer4.0.downsample.0"] == "cpu:onednn"
+
+    def rows():
+        model = drn.build("drn_d_22", num_classes=10, fused=True, backend="cpu")
+        return {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
+
+    measured = rows()
+    assert {measured["layer6.1.conv2"], measured["layer3.0.conv2"]} <= {"cpu:winograd4", "cpu:winograd2",
+                                                                        "cpu:onednn"}
+    assert measured["layer1.0"] == measured["layer4.0.conv1"] == measured["layer4.0.downsample.0"] == "cpu:onednn"
+    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    assert rows()["layer6.1.conv2"] == "cpu:winograd4"
     monkeypatch.setenv("DRN_CPU_CONV", "direct")
-    rows = {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
-    assert rows["layer6.1.conv2"] == "cpu:onednn"
+    assert rows()["layer6.1.conv2"] == "cpu:onednn"
 
 
 def test_profile_segment_unfused_with_trace(tmp_path):
