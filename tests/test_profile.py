@@ -138,3 +138,20 @@ def test_cli_json_timed_and_table():
     assert stem["flops"] == 2 * 16 * 32 * 32 * 3 * 7 * 7
     table = run_cli("drn_c_26", "--flops-only", "--size", "1000", "1000", "--batch", "4")
     assert "total:" in table and "layer8.0.conv2" in table
+
+
+def test_cpu_roofline_peak_is_the_fma_peak(monkeypatch):
+    """The CPU's float32 roofline ceiling is drn::cpu_fma_peak (FMA chains on every thread), per ISA; no speed
+    is asserted, only that it measured something and says so."""
+    if drn_kernels.available_backends("cpu")["cpu"] is not None:
+        pytest.skip("the CPU extension is not available")
+    from drn import flops
+
+    assert flops.cpu_fma_peak("avx2") > 0
+    with pytest.raises(ValueError, match="isa"):
+        torch.ops.drn.cpu_fma_peak(7, 10)
+    with pytest.raises(ValueError, match="iters"):
+        torch.ops.drn.cpu_fma_peak(-1, 0)
+    monkeypatch.setenv("DRN_CPU_ISA", "avx2")
+    peaks = flops.device_peaks("cpu", torch.float32)
+    assert peaks.source == "measured FMA peak" and "avx2" in peaks.device and peaks.flops > 0
