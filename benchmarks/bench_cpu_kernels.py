@@ -15,16 +15,15 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import drn_kernels
 from drn_kernels import reference
+from drn_kernels.prepared import median_times
 
 # (name, C, K, R, stride, dilation, H, W, residual): the conv layers of DRN-D at a 224x224 input.
 CONV_CASES = [
@@ -38,18 +37,6 @@ CONV_CASES = [
     ("bottleneck-1x1", 256, 1024, 1, 1, 1, 28, 28, True),
 ]
 HEAD_SHAPE = (1, 512, 128, 256, 19)  # N, C, h, w, K
-
-
-def _interleaved(fns: dict, repeats: int) -> dict:
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def bench_conv(dtype: torch.dtype, repeats: int) -> list[dict]:
@@ -79,7 +66,7 @@ def bench_conv(dtype: torch.dtype, repeats: int) -> list[dict]:
                                            backend="cpu")
 
         with torch.inference_mode():
-            t = _interleaved({"eager": eager, "cpu": ours}, repeats)
+            t = median_times({"eager": eager, "cpu": ours}, repeats)
         flops = 2 * k * c * r * r * p * q
         rows.append({"case": name, "dtype": str(dtype).split(".")[-1], "eager_ms": t["eager"] * 1e3,
                      "cpu_ms": t["cpu"] * 1e3, "speedup": t["eager"] / t["cpu"],
@@ -165,7 +152,7 @@ def bench_head(repeats: int) -> dict:
         labels_e, probs_e = providers["eager"]()
         labels_c, probs_c = providers["cpu"]()
         agree = (labels_e == labels_c).float().mean().item()
-        t = _interleaved(providers, repeats)
+        t = median_times(providers, repeats)
     peaks, outputs = {}, {}
     for name in providers:
         out = subprocess.run([sys.executable, __file__, "--peak-child", name], capture_output=True, text=True,

@@ -5,7 +5,9 @@ Providers (one pytest-benchmark test each, same group per shape/model/dtype):
   GPU: cudnn (eager conv->BN->ReLU, channels_last), cudnn-fused (folded weights through
        torch.cudnn_convolution_relu / _add_relu), inductor (torch.compile max-autotune without CUDA graphs,
        freezing), triton, cuda
-  CPU: eager-nchw, eager-cl (the baseline), cpu (drn_kernels' C++ kernels), onnxruntime (when installed)
+  CPU: eager-nchw, eager-cl (the baseline), cpu (drn_kernels' C++ kernels), onnxruntime and openvino (fp32, when
+       installed; openvino: INFERENCE_NUM_THREADS = torch's threads, LATENCY hint, f32 inference precision),
+       inductor (torch.compile with freezing, default mode: what a CPU user would pick)
 Dtypes: fp16, bf16 and fp32 on the GPU (16-bit first: the tensor-core paths), fp32 and bf16 on the CPU.
 Precision is set the same on every side before each case (set_precision): TF32 off through both of torch's
 switches, so fp32 is exact fp32 for cuDNN, Inductor, Triton (which follows cudnn.allow_tf32) and the CUDA kernel
@@ -52,7 +54,8 @@ from drn.profile import build_meta_model
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GPU_PROVIDERS = ("cudnn", "cudnn-fused", "inductor", "triton", "cuda")
-CPU_PROVIDERS = ("eager-cl", "eager-nchw", "cpu", "onnxruntime")
+CPU_PROVIDERS = ("eager-cl", "eager-nchw", "cpu", "onnxruntime", "openvino", "inductor")
+EXPORTED = ("onnxruntime", "openvino")  # run an exported fp32 graph, outside torch's allocator
 PROVIDERS = GPU_PROVIDERS if DEVICE.type == "cuda" else CPU_PROVIDERS
 BASELINE = "cudnn" if DEVICE.type == "cuda" else "eager-cl"  # listed first: it runs first in each group
 FUSED_BASELINE = "cudnn-fused" if DEVICE.type == "cuda" else None  # cuDNN with BN folded: the fair GPU baseline
@@ -149,8 +152,8 @@ MAX_INPUT_SETS = 64
 
 
 def why_unavailable(provider: str, dtype: torch.dtype = torch.float32) -> str | None:
-    if provider == "onnxruntime" and dtype != torch.float32:
-        return "onnxruntime runs the fp32 export only"
+    if provider in EXPORTED and dtype != torch.float32:
+        return f"{provider} runs the fp32 export only"
     if provider in ("triton", "cuda", "cpu"):
         if provider == "triton" and DEVICE.type != "cuda":
             return "triton on CPU runs in the interpreter: not a benchmark"
@@ -160,7 +163,12 @@ def why_unavailable(provider: str, dtype: torch.dtype = torch.float32) -> str | 
             import onnxruntime  # noqa: F401
         except ImportError:
             return "onnxruntime is not installed"
-    if provider in GPU_PROVIDERS and DEVICE.type != "cuda":
+    if provider == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "openvino is not installed (the test extra has it)"
+    if provider in GPU_PROVIDERS and provider not in CPU_PROVIDERS and DEVICE.type != "cuda":
         return f"{provider} needs a CUDA GPU"
     return None
 
@@ -293,21 +301,41 @@ def _cudnn_fused_conv(x, w, b, stride, padding, dilation, residual, relu):
     return y + residual if residual is not None else y
 
 
-def _ort_session(module: nn.Module, inputs: tuple):
-    import onnxruntime as ort
-
+def _onnx_export(module: nn.Module, inputs: tuple) -> tuple[bytes, list[str]]:
+    """(the ONNX model (opset 17, TorchScript exporter), its input names): what onnxruntime and openvino run."""
     buf = io.BytesIO()
     names = [f"in{i}" for i in range(len(inputs))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, inputs, buf, dynamo=False, input_names=names, opset_version=17)
+    return buf.getvalue(), names
+
+
+def _ort_session(module: nn.Module, inputs: tuple):
+    import onnxruntime as ort
+
+    onnx, names = _onnx_export(module, inputs)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(onnx, opts, providers=["CPUExecutionProvider"])
     feeds = {n: t.contiguous().numpy() for n, t in zip(names, inputs)}
     return lambda: session.run(None, feeds)
+
+
+def _openvino_request(module: nn.Module, inputs: tuple):
+    """OpenVINO's CPU plugin on `module`'s ONNX export (its torch front end cannot convert the models): f32
+    inference precision, the LATENCY hint, INFERENCE_NUM_THREADS = torch's threads (what the other providers get)."""
+    import openvino as ov
+
+    onnx, _ = _onnx_export(module, inputs)
+    converted = ov.Core().read_model(onnx, b"")
+    config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "f32"}
+    request = ov.Core().compile_model(converted, "CPU", config).create_infer_request()
+    feeds = [t.contiguous().numpy() for t in inputs]
+    return lambda: list(request.infer(feeds).values())
 
 
 class CountingBackend:
@@ -340,11 +368,19 @@ def inductor_max_autotune(gm, example_inputs):
     return compile_fx(gm, example_inputs, config_patches=patches)
 
 
-def compile_case(fn, backend=inductor_max_autotune) -> tuple[Callable, CountingBackend]:
+def inductor_freezing(gm, example_inputs):
+    """Inductor as torch.compile's default mode runs it, with freezing: the CPU provider (max-autotune on the CPU
+    compiles for minutes to autotune GEMM templates that rarely beat oneDNN's)."""
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches={"freezing": True})
+
+
+def compile_case(fn, backend=None) -> tuple[Callable, CountingBackend]:
     """torch.compile(fn) with a fresh dynamo cache: every ConvBNAct shares one forward, so without the reset
     the 9th layer shape would hit recompile_limit and run eager, silently."""
     torch._dynamo.reset()
-    counter = CountingBackend(backend)
+    counter = CountingBackend(backend or (inductor_max_autotune if DEVICE.type == "cuda" else inductor_freezing))
     return torch.compile(fn, backend=counter), counter
 
 
@@ -375,9 +411,10 @@ def layer_set_bytes(shape: LayerShape, dtype: torch.dtype) -> int:
 def layer_runner(provider: str, shape: LayerShape, dtype=torch.float32, sets: int = 1) -> Runner:
     """The layer with `provider` in `dtype`, on `sets` input sets (not synchronized)."""
     module, inputs = _layer_inputs(shape, sets)
-    if provider == "onnxruntime":
+    if provider in EXPORTED:
         x, res = inputs[0]
-        return Runner([_ort_session(module, (x,) if res is None else (x, res))])
+        export = _ort_session if provider == "onnxruntime" else _openvino_request
+        return Runner([export(module, (x,) if res is None else (x, res))])
     module = module.to(dtype)
     cl = torch.channels_last
     if provider == "eager-nchw":
@@ -439,10 +476,11 @@ def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32
 
     model = _unfused(name, task)
     xs = _model_inputs(shape, sets)
-    if provider == "onnxruntime":
-        if task != "classify":
-            raise NotImplementedError("onnxruntime is benchmarked on classification only")
-        return Runner([_ort_session(model, (xs[0],))])
+    if provider in EXPORTED:
+        if task != "classify":  # predict's ONNX export: openvino's labels differed on 64% of pixels (issue 11)
+            raise NotImplementedError(f"{provider} is benchmarked on classification only")
+        export = _ort_session if provider == "onnxruntime" else _openvino_request
+        return Runner([export(model, (xs[0],))])
     xs = [x.to(dtype) for x in xs]
     cl = torch.channels_last
     if provider in ("eager-nchw", "eager-cl", "cudnn", "inductor"):

@@ -1,7 +1,7 @@
 """End to end: classify (forward) and segment (predict: labels at the input size) per model, dtype and provider.
 
-The CPU goals of issue 5 are groups here: drn_c_26 / drn_d_22 classify at 1x3x224x224 (fused `cpu` vs eager-cl
-and onnxruntime) and drn_d_22 segment predict at 1x3x1024x2048 (fused `cpu` vs eager forward + argmax). Every provider's memory
+The CPU goals of issues 5 and 11 are groups here: drn_c_26 / drn_d_22 / drn_d_38 classify at batch 1 and 8 @224
+(fused `cpu` fp32 and bf16 vs eager-cl, inductor, onnxruntime and openvino) and drn_d_22 segment predict at 1x3x1024x2048 (fused `cpu` vs eager forward + argmax). Every provider's memory
 is in extra_info: "peak_mb", the steady-state peak of one call, and "cache_mb", what its first call leaves
 allocated for the next ones (the CPU backend's transformed weights: Winograd keeps 4x the 3x3 weights).
 Each case checks one poisoned output (logits; labels and probabilities) against the float64 model first.
@@ -19,6 +19,7 @@ CASES = [  # (model, task, input shape, quick)
     ("drn_d_38", "classify", (1, 3, 224, 224), False),
     ("drn_c_26", "classify", (8, 3, 224, 224), False),
     ("drn_d_22", "classify", (8, 3, 224, 224), False),
+    ("drn_d_38", "classify", (8, 3, 224, 224), False),
     ("drn_d_38", "segment", (1, 3, 1024, 2048), False),
 ]
 
@@ -27,7 +28,7 @@ def _params():
     for dtype in common.DTYPES:
         for name, task, shape, quick in CASES:
             for provider in common.PROVIDERS:
-                if provider == "onnxruntime" and task != "classify":
+                if provider in common.EXPORTED and task != "classify":
                     continue
                 sid = "x".join(map(str, shape))
                 marks = [pytest.mark.quick] if quick and dtype == common.DTYPES[0] else []  # fp16 GPU, fp32 CPU
@@ -49,5 +50,5 @@ def test_model(benchmark, name, task, shape, dtype, provider):
 
     common.run(benchmark, group=group, provider=provider, runner=runner, flops=flops, nbytes=nbytes, dtype=dtype,
                reference=reference,
-               memory=provider != "onnxruntime",  # ORT's arena is not torch's
+               memory=provider not in common.EXPORTED,  # their arenas are not torch's
                extra={"model": name, "task": task, "shape": list(shape)})

@@ -168,7 +168,8 @@ class Peaks:
     flops: float          # FLOP/s for the dtype
     bytes_per_s: float    # memory bandwidth (bytes read + written per second)
     source: str           # where the figures come from: "device-check" (ceilings measured on this device by the
-                          # device check), "datasheet" (GPU_PEAKS), "measured" (timed now); "a+b" when mixed
+                          # device check), "datasheet" (GPU_PEAKS), "measured" (timed now: a matmul),
+                          # "measured FMA peak" (CPU float32: cpu_fma_peak); "a+b" when mixed
 
 
 # Datasheet figures of the SXM parts, dense (no sparsity). "fp32" is the plain FP32 pipe (no tensor cores): the
@@ -219,10 +220,22 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-@functools.lru_cache(maxsize=None)
-def _measured(device_str: str, dtype: torch.dtype, threads: int) -> tuple[float, float]:
-    """(FLOP/s of a square matmul, bytes/s of a large copy counting read + write), best of a few runs."""
-    device = torch.device(device_str)
+CPU_ISA_CODES = {"avx512": 2, "avx2": 1}  # DRN_CPU_ISA -> drn::cpu_fma_peak's isa; anything else: the best
+
+
+def cpu_fma_peak(isa: str = "") -> float | None:
+    """FLOP/s of float32 FMAs on all torch threads (drn::cpu_fma_peak: independent chains of AVX-512 or AVX2
+    FMAs that touch no memory, best of 5 runs of ~20 ms): the CPU's float32 compute ceiling, which no GEMM or
+    conv can pass. isa: "avx512", "avx2", else the best the CPU has. None when the C++ extension is missing."""
+    from drn_kernels import _backends
+
+    if _backends.why_unavailable("cpu", torch.device("cpu")) is not None:
+        return None
+    return max(torch.ops.drn.cpu_fma_peak(CPU_ISA_CODES.get(isa, -1), 2_000_000) for _ in range(5))
+
+
+def sgemm_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a square matmul (n = 4096 on CUDA, 2048 on CPU), best of 5 runs."""
     n = 4096 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -233,7 +246,16 @@ def _measured(device_str: str, dtype: torch.dtype, threads: int) -> tuple[float,
         torch.mm(a, b)
         _sync(device)
         best = min(best, time.perf_counter() - t)
-    flops = 2 * n**3 / best
+    return 2 * n**3 / best
+
+
+@functools.lru_cache(maxsize=None)
+def _measured(device_str: str, dtype: torch.dtype, threads: int, isa: str = "") -> tuple[float, float, str]:
+    """(FLOP/s, bytes/s of a large copy counting read + write, source), best of a few runs. FLOP/s: on the CPU in
+    float32 the FMA peak (cpu_fma_peak; sgemm where the extension is missing), else a square matmul's."""
+    device = torch.device(device_str)
+    fma = cpu_fma_peak(isa) if device.type == "cpu" and dtype == torch.float32 else None
+    flops = fma if fma is not None else sgemm_flops(device, dtype)
     src = torch.empty(64 * 2**20, dtype=torch.uint8, device=device)  # 64 MiB: well beyond the caches
     dst = torch.empty_like(src)
     best = float("inf")
@@ -243,23 +265,25 @@ def _measured(device_str: str, dtype: torch.dtype, threads: int) -> tuple[float,
         dst.copy_(src)
         _sync(device)
         best = min(best, time.perf_counter() - t)
-    return flops, 2 * src.numel() / best
+    return flops, 2 * src.numel() / best, "measured FMA peak" if fma is not None else "measured"
 
 
 def device_peaks(device="cpu", dtype: torch.dtype = torch.float32, ceilings: dict | None = None) -> Peaks:
     """Peak FLOP/s and bandwidth for `dtype` (fp32: the TF32 peak when cuDNN's TF32 switch is on): `ceilings`
     measured on this device (see peaks_from) first, then the datasheet table for H100/H200, else measured once per
-    process (matmul, memcpy)."""
+    process (CPU float32: the FMA peak, cpu_fma_peak, at DRN_CPU_ISA; else a matmul; and a memcpy)."""
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         known = peaks_from(name, dtype, ceilings, tf32=cudnn_tf32())
         if known is not None:
             return known
-    else:
-        name = f"cpu ({torch.get_num_threads()} threads)"
-    flops, bw = _measured(str(device), dtype, torch.get_num_threads())
-    return Peaks(name, flops, bw, "measured")
+        return Peaks(name, *_measured(str(device), dtype, torch.get_num_threads()))
+    from drn_kernels.prepared import cpu_conv_setting
+
+    isa = cpu_conv_setting()[2]  # DRN_CPU_ISA
+    name = f"cpu ({torch.get_num_threads()} threads{', ' + isa if isa else ''})"
+    return Peaks(name, *_measured(str(device), dtype, torch.get_num_threads(), isa))
 
 
 def roofline_fraction(flops: float, nbytes: float, seconds: float, peaks: Peaks) -> float:

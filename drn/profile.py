@@ -185,10 +185,14 @@ def profile_model(model: nn.Module, x: torch.Tensor, task: str = "classify", ite
 
 
 def _conv_backend(backend: str, conv: nn.Module, dtype: torch.dtype) -> str:
-    """"cpu:winograd" / "cpu:onednn" / "cpu:aten" for the cpu backend's convs (the algorithm it picks), else the
-    backend's name."""
+    """"cpu:winograd4" / "cpu:winograd2" / "cpu:onednn" for the cpu backend's fused convs (the algorithm each
+    chose by measurement, drn_kernels.prepared, for the shapes it ran), "cpu:winograd" / "cpu:onednn" /
+    "cpu:aten" for other convs (the algorithm the op picks), else the backend's name."""
     if backend != "cpu" or not hasattr(conv, "weight"):
         return backend
+    chosen = sorted({a for a in getattr(getattr(conv, "_conv", None), "algorithms", {}).values() if a})
+    if chosen:
+        return "cpu:" + "+".join(chosen)
     from drn_kernels.ops import cpu_conv_algorithm
 
     x = torch.empty((1, conv.weight.shape[1], 1, 1), dtype=dtype)
@@ -313,9 +317,13 @@ def main(argv=None) -> int:
         line += f"; {total * 1e3:.2f} ms per forward, {total_flops / total / 1e9:.1f} GFLOP/s"
         line += f" (peak {peaks.flops / 1e9:.0f} GFLOP/s, {peaks.bytes_per_s / 1e9:.0f} GB/s, {peaks.source})"
     print(line)
-    if any(r["backend"] == "cpu:winograd" for r in records) and total is not None:
-        print("FLOPs are those of direct convolution; cpu:winograd layers (Winograd F(4x4,3x3)) multiply 4x less, "
-              "so their rate and % of roofline can exceed the machine's peak.")
+    if any(r["backend"].startswith("cpu:winograd") for r in records) and total is not None:
+        print("FLOPs are those of direct convolution; cpu:winograd layers (Winograd F(4x4,3x3) / F(2x2,3x3)) "
+              "multiply 4x / 2.25x less, so their rate and % of roofline can exceed the machine's peak.")
+    searched = [s for m in model.modules() if (s := getattr(getattr(m, "_conv", None), "search_seconds", 0.0))]
+    if searched:
+        print(f"cpu algorithm choice: {len(searched)} convs measured their candidates at their first call, "
+              f"{sum(searched) * 1e3:.0f} ms in all (DRN_CPU_CONV=winograd|direct pins the choice)")
     if args.trace:
         print(f"Chrome trace written to {args.trace}")
     return 0

@@ -48,7 +48,7 @@ def _(x, weight, bias, stride, padding, dilation, residual, relu, prepared=None)
 torch.library.define("drn::conv_bn_act_prepared_native",
                      "(Tensor x, Tensor weight, Tensor bias, Tensor prepared, SymInt[] stride, SymInt[] padding, "
                      "SymInt[] dilation, Tensor? residual, bool relu) -> Tensor")
-torch.library.define("drn::winograd_weight", "(Tensor weight) -> Tensor")
+torch.library.define("drn::winograd_weight", "(Tensor weight, int tile=0) -> Tensor")  # tile 2|4, 0: setting
 
 
 def winograd_tile() -> int:
@@ -62,8 +62,8 @@ def _(x, weight, bias, prepared, stride, padding, dilation, residual, relu):
 
 
 @torch.library.register_fake("drn::winograd_weight")
-def _(weight):
-    alpha = winograd_tile() + 2
+def _(weight, tile=0):
+    alpha = (tile or winograd_tile()) + 2
     return weight.new_empty((alpha * alpha, weight.shape[1], weight.shape[0]), dtype=torch.float32)
 
 

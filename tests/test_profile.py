@@ -80,19 +80,27 @@ def test_profiled_run_small_cpu():
 
 
 def test_profile_names_the_cpu_algorithm(monkeypatch):
-    """The cpu backend's rows say which algorithm ran: Winograd for fp32 3x3 stride-1 convs with >= 64 channels,
-    oneDNN for the rest (and for everything with DRN_CPU_CONV=direct)."""
+    """The cpu backend's rows say which algorithm each layer chose: fp32 3x3 stride-1 convs with >= 64 channels
+    by measurement among Winograd F(4x4), F(2x2) and oneDNN (drn_kernels.prepared), oneDNN for the rest;
+    DRN_CPU_CONV=winograd / direct pins it."""
     if drn_kernels.available_backends("cpu")["cpu"] is not None:
         pytest.skip("the CPU extension is not available")
     monkeypatch.delenv("DRN_CPU_CONV", raising=False)
-    model = drn.build("drn_d_22", num_classes=10, fused=True, backend="cpu")
+    monkeypatch.delenv("DRN_WINOGRAD_TILE", raising=False)
     x = torch.randn(1, 3, 32, 48)
-    rows = {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
-    assert rows["layer6.1.conv2"] == rows["layer3.0.conv2"] == "cpu:winograd"
-    assert rows["layer1.0"] == rows["layer4.0.conv1"] == rows["layer4.0.downsample.0"] == "cpu:onednn"
+
+    def rows():
+        model = drn.build("drn_d_22", num_classes=10, fused=True, backend="cpu")
+        return {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
+
+    measured = rows()
+    assert {measured["layer6.1.conv2"], measured["layer3.0.conv2"]} <= {"cpu:winograd4", "cpu:winograd2",
+                                                                        "cpu:onednn"}
+    assert measured["layer1.0"] == measured["layer4.0.conv1"] == measured["layer4.0.downsample.0"] == "cpu:onednn"
+    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    assert rows()["layer6.1.conv2"] == "cpu:winograd4"
     monkeypatch.setenv("DRN_CPU_CONV", "direct")
-    rows = {r.name: r.backend for r in profile.profile_model(model, x, "classify", iters=1)[0]}
-    assert rows["layer6.1.conv2"] == "cpu:onednn"
+    assert rows()["layer6.1.conv2"] == "cpu:onednn"
 
 
 def test_profile_segment_unfused_with_trace(tmp_path):
@@ -130,3 +138,20 @@ def test_cli_json_timed_and_table():
     assert stem["flops"] == 2 * 16 * 32 * 32 * 3 * 7 * 7
     table = run_cli("drn_c_26", "--flops-only", "--size", "1000", "1000", "--batch", "4")
     assert "total:" in table and "layer8.0.conv2" in table
+
+
+def test_cpu_roofline_peak_is_the_fma_peak(monkeypatch):
+    """The CPU's float32 roofline ceiling is drn::cpu_fma_peak (FMA chains on every thread), per ISA; no speed
+    is asserted, only that it measured something and says so."""
+    if drn_kernels.available_backends("cpu")["cpu"] is not None:
+        pytest.skip("the CPU extension is not available")
+    from drn import flops
+
+    assert flops.cpu_fma_peak("avx2") > 0
+    with pytest.raises(ValueError, match="isa"):
+        torch.ops.drn.cpu_fma_peak(7, 10)
+    with pytest.raises(ValueError, match="iters"):
+        torch.ops.drn.cpu_fma_peak(-1, 0)
+    monkeypatch.setenv("DRN_CPU_ISA", "avx2")
+    peaks = flops.device_peaks("cpu", torch.float32)
+    assert peaks.source == "measured FMA peak" and "avx2" in peaks.device and peaks.flops > 0

@@ -157,12 +157,19 @@ def _check_fresh(fused, x, expect_paths=()):
     out, layers = _layers(fused, x)
     paths = set()
     for conv, inp, residual, y in layers:
-        fresh = drn_kernels.conv_bn_act(inp, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding,
-                                        dilation=conv.dilation, residual=residual, relu=conv.relu,
-                                        backend=conv.backend)
+        geometry = [[v, v] if isinstance(v, int) else list(v) for v in (conv.stride, conv.padding, conv.dilation)]
+        chosen = conv._conv.algorithm(inp, *geometry) if conv._conv.on_cpu else None
+        if chosen is not None and chosen.startswith("winograd"):  # the algorithm the layer chose, fresh weights
+            form = torch.ops.drn.winograd_weight(conv.weight, int(chosen[-1]))
+            fresh = torch.ops.drn.conv_bn_act_prepared_native(inp, conv.weight, conv.bias, form, *geometry,
+                                                              residual, conv.relu)
+        else:
+            fresh = drn_kernels.conv_bn_act(inp, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding,
+                                            dilation=conv.dilation, residual=residual, relu=conv.relu,
+                                            backend=conv.backend)
         assert torch.equal(y, fresh), conv.name
-        if conv.backend in ("cpu", "auto"):
-            paths.add(cpu_conv_algorithm(inp, conv.weight, conv.stride))
+        if chosen is not None:
+            paths.add("winograd" if chosen.startswith("winograd") else chosen)
     assert set(expect_paths) <= paths, paths
     return out
 
@@ -173,6 +180,13 @@ def _negated(state):
 
 def _state_equal(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(autouse=True)
+def _winograd_pinned(monkeypatch):
+    """Model-level tests check both kinds of prepared forms: Winograd pinned (DRN_CPU_CONV=winograd) so that the
+    3x3 stride-1 convs take it whatever the measurement would choose (op-level tests set their own mode)."""
+    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
 
 
 @pytest.fixture
@@ -285,10 +299,13 @@ def test_model_backend_switch_and_copies(source):
 
 
 @pytest.mark.parametrize("c, path", [(64, "winograd"), (16, "onednn")])
-def test_prepared_op_uses_what_it_is_given(c, path):
+def test_prepared_op_uses_what_it_is_given(c, path, monkeypatch):
     """drn::conv_bn_act_prepared_native computes with the prepared form it is passed (so the fused model's
-    forms are what runs, not a per-call transform), and ignores one that does not fit the path taken."""
+    forms are what runs, not a per-call transform), and ignores one that does not fit the call. A Winograd form
+    chooses the Winograd path, a oneDNN copy oneDNN's, whatever the settings would pick (the choice by
+    measurement, drn_kernels.prepared)."""
     _available("cpu")
+    monkeypatch.delenv("DRN_CPU_CONV")
     x = _rand(1, c, 6, 7, seed=1).contiguous(memory_format=CL)
     w, other, b = _rand(c, c, 3, 3, seed=3, scale=0.1), _rand(c, c, 3, 3, seed=4, scale=0.1), _rand(c, seed=2)
     assert cpu_conv_algorithm(x, w) == path
@@ -296,12 +313,17 @@ def test_prepared_op_uses_what_it_is_given(c, path):
         prepared, misfit = torch.ops.drn.winograd_weight(other), torch.zeros(3, c, c)
     else:
         prepared = torch.ops.mkldnn._reorder_convolution_weight(other, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
-        misfit = torch.ops.drn.winograd_weight(other)  # a Winograd form: not for the oneDNN path
+        misfit = torch.zeros(36, c + 1, c)  # not a Winograd form of this weight's shape
     geo = ([1, 1], [1, 1], [1, 1], None, True)
     got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, prepared, *geo)
     assert torch.equal(got, drn_kernels.conv_bn_act(x, other, b, padding=1, backend="cpu"))
     got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, misfit, *geo)
     assert torch.equal(got, drn_kernels.conv_bn_act(x, w, b, padding=1, backend="cpu"))
+    swapped = (torch.ops.mkldnn._reorder_convolution_weight(other, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+               if path == "winograd" else torch.ops.drn.winograd_weight(other))  # the other algorithm's form
+    got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, swapped, *geo)
+    monkeypatch.setenv("DRN_CPU_CONV", "direct" if path == "winograd" else "winograd")
+    assert torch.equal(got, drn_kernels.conv_bn_act(x, other, b, padding=1, backend="cpu"))
 
 
 # ---- model level: single FusedConvs on triton (interpreter) ---------------------------------------------------

@@ -184,6 +184,17 @@ Tensor as_declared_layout(const Tensor& y, const Tensor& x) {
   return cl.copy_(y);
 }
 
+// Whether this call runs the Winograd path. A prepared form is its caller's choice of algorithm (made by
+// measurement, drn_kernels.prepared): a Winograd U of either tile size -> Winograd at that tile, a oneDNN copy ->
+// oneDNN direct, whatever the channel threshold says. Without one, the settings decide (winograd_applicable).
+bool takes_winograd(const Tensor& x, const Tensor& weight, IntArrayRef stride, const std::optional<Tensor>& prepared) {
+  if (prepared.has_value() && prepared->defined()) {
+    if (prepared->is_mkldnn() && onednn_wanted(x.scalar_type())) return false;
+    if (winograd_tile_of(weight, prepared) != 0 && winograd_computes(x, weight, stride)) return true;
+  }
+  return winograd_applicable(x, weight, stride);
+}
+
 // `prepared`: a form of `weight` its caller keeps (see conv_bn_act_prepared_cpu); none for the public op.
 Tensor conv_bn_act_cpu_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, c10::SymIntArrayRef stride_s,
                             c10::SymIntArrayRef padding_s, c10::SymIntArrayRef dilation_s,
@@ -197,7 +208,7 @@ Tensor conv_bn_act_cpu_impl(const Tensor& x, const Tensor& weight, const Tensor&
   const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
   check_conv_args("conv_bn_act (cpu)", x, weight, stride, padding, dilation);
-  if (winograd_applicable(x, weight, stride)) {
+  if (takes_winograd(x, weight, stride, prepared)) {
     return conv_winograd(x, weight, bias, padding, dilation, residual, relu, std::nullopt, prepared);
   }
   if (onednn_wanted(dt)) {
@@ -219,9 +230,10 @@ Tensor conv_bn_act_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias
 }
 
 // drn::conv_bn_act_prepared_native: conv_bn_act_native with `prepared`, a form of `weight` that its caller made
-// once and keeps (drn.fused owns one per layer): drn::winograd_weight(weight) for the Winograd path, or
-// mkldnn::_reorder_convolution_weight(weight, padding, stride, dilation, 1, input_size) for oneDNN's. Used where
-// the path taken now can use it (shapes checked), ignored elsewhere. The caller vouches that it was made from
+// once and keeps (drn.fused owns one per layer): drn::winograd_weight(weight, tile) for the Winograd path at that
+// tile, or mkldnn::_reorder_convolution_weight(weight, padding, stride, dilation, 1, input_size) for oneDNN's.
+// The form is the caller's choice of algorithm (takes_winograd); its shapes are checked, and a form that does
+// not fit the call is ignored (the settings then decide). The caller vouches that it was made from
 // the weight's current values: nothing here can check that without redoing the work.
 Tensor conv_bn_act_prepared_cpu(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& prepared,
                                 c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
@@ -229,10 +241,11 @@ Tensor conv_bn_act_prepared_cpu(const Tensor& x, const Tensor& weight, const Ten
   return conv_bn_act_cpu_impl(x, weight, bias, stride, padding, dilation, residual, relu, prepared);
 }
 
-// drn::winograd_weight: the Winograd-transformed weight conv_bn_act_prepared_native takes (current tile size).
-Tensor winograd_weight_cpu(const Tensor& weight) {
+// drn::winograd_weight: the Winograd-transformed weight conv_bn_act_prepared_native takes, for output tile side
+// `tile` (2 or 4; 0: the DRN_WINOGRAD_TILE setting). Passing it chooses the Winograd path at that tile.
+Tensor winograd_weight_cpu(const Tensor& weight, int64_t tile) {
   at::AutoDispatchBelowADInplaceOrView guard;
-  return winograd_weight(weight);
+  return winograd_weight(weight, tile);
 }
 
 // drn::conv_bn_act_residual_native: the same y written over `residual` (float32/bf16/fp16 channels_last
@@ -251,7 +264,7 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
   check_conv_args("conv_bn_act_residual_ (cpu)", x, weight, stride, padding, dilation);
   const std::optional<Tensor> res = residual;
-  if (winograd_applicable(x, weight, stride)) {
+  if (takes_winograd(x, weight, stride, prepared)) {
     conv_winograd(x, weight, bias, padding, dilation, res, relu, res, prepared);
     return;
   }

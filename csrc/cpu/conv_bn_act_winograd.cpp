@@ -393,29 +393,45 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
 
 }  // namespace
 
+bool winograd_computes(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
+  if (x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat) return false;
+  if (weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 || x.size(1) != weight.size(1)) return false;
+  return stride[0] == 1 && stride[1] == 1;
+}
+
 bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
   const std::string_view mode(conv_env());
   if (mode == "direct" || mode == "aten") return false;
-  if (x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat) return false;
-  if (weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 || x.size(1) != weight.size(1)) return false;
-  if (stride[0] != 1 || stride[1] != 1) return false;
+  if (!winograd_computes(x, weight, stride)) return false;
   if (mode == "winograd") return true;
   return std::min(weight.size(0), weight.size(1)) >= 64;
+}
+
+int winograd_tile_of(const Tensor& weight, const std::optional<Tensor>& prepared) {
+  if (!prepared.has_value() || !prepared->defined() || prepared->is_mkldnn() || prepared->dim() != 3 ||
+      weight.dim() != 4 || prepared->size(1) != weight.size(1) || prepared->size(2) != weight.size(0)) {
+    return 0;
+  }
+  return prepared->size(0) == 36 ? 4 : prepared->size(0) == 16 ? 2 : 0;
 }
 
 Tensor conv_winograd(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding,
                      IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
                      const std::optional<Tensor>& out, const std::optional<Tensor>& prepared) {
-  return tile_size() == 4 ? run<4>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
-                          : run<2>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
+  const int given = winograd_tile_of(weight, prepared);  // the caller's choice of tile, made by measurement
+  return (given != 0 ? given : tile_size()) == 4
+             ? run<4>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
+             : run<2>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
 }
 
-Tensor winograd_weight(const Tensor& weight) {
+Tensor winograd_weight(const Tensor& weight, int64_t tile) {
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 &&
                         weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
                     "winograd_weight: weight must be a float32 (K, C, 3, 3) CPU tensor, got ", weight.sizes(), " ",
                     weight.scalar_type());
-  return tile_size() == 4 ? transformed_weight<4>(weight) : transformed_weight<2>(weight);
+  TORCH_CHECK_VALUE(tile == 0 || tile == 2 || tile == 4, "winograd_weight: tile must be 2, 4 or 0 (the "
+                    "DRN_WINOGRAD_TILE setting), got ", tile);
+  return (tile != 0 ? tile : tile_size()) == 4 ? transformed_weight<4>(weight) : transformed_weight<2>(weight);
 }
 
 }  // namespace drn::cpu

@@ -13,18 +13,27 @@ namespace drn::cpu {
 // "winograd" takes every float32 3×3 stride-1 convolution (tests), "direct" or "aten" none.
 bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
+// Whether conv_winograd can compute this convolution at all (float32, 3×3, stride 1, one group), whatever the
+// settings say: the test of a caller that chose Winograd by measurement (drn_kernels.prepared).
+bool winograd_computes(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
+
+// The tile side (2 or 4) of `prepared` when it is a Winograd form of `weight` ((α², C, K), α = tile + 2), else 0.
+int winograd_tile_of(const at::Tensor& weight, const std::optional<at::Tensor>& prepared);
+
 // y = relu?(conv2d(x, weight, stride=1, padding, dilation) + bias + residual?) as an (N,K,P,Q) channels_last
 // tensor. x: (N,C,H,W) float32 any strides; weight (K,C,3,3); bias (K,); residual (N,K,P,Q) any strides.
 // out: where to write y, an (N,K,P,Q) channels_last-contiguous float32 tensor, which may be the residual itself
 // (each element is read and then written by the same thread); a new tensor when absent.
-// prepared: winograd_weight(weight), made by a caller that runs this weight many times; used when its shape
-// fits the current tile size (DRN_WINOGRAD_TILE), else — and when absent — the transform is computed per call.
+// prepared: winograd_weight(weight, tile), made by a caller that runs this weight many times; its shape gives the
+// tile size (F(4×4,3×3) or F(2×2,3×3)); when absent, the current tile size (DRN_WINOGRAD_TILE) with the transform
+// computed per call.
 at::Tensor conv_winograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          at::IntArrayRef padding, at::IntArrayRef dilation, const std::optional<at::Tensor>& residual,
                          bool relu, const std::optional<at::Tensor>& out = std::nullopt,
                          const std::optional<at::Tensor>& prepared = std::nullopt);
 
-// The transformed weight U = G g Gᵀ for the current tile size: (α², C, K) float32, α = tile + 2.
-at::Tensor winograd_weight(const at::Tensor& weight);
+// The transformed weight U = G g Gᵀ for output tile side `tile` (2 or 4; 0: the current DRN_WINOGRAD_TILE):
+// (α², C, K) float32, α = tile + 2.
+at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile = 0);
 
 }  // namespace drn::cpu

@@ -1,0 +1,75 @@
+// drn::cpu_fma_peak: the CPU's float32 FMA peak, measured (the profiler's roofline ceiling, drn/flops.py): every
+// torch thread runs kChains independent chains of vector FMAs (acc = acc·a + b) that never touch memory, enough
+// chains to cover the FMA latency on two FMA ports; FLOP/s = threads × iterations × chains × lanes × 2 / wall time.
+// isa: 2 AVX-512 (16 lanes), 1 AVX2 + FMA (8 lanes), -1 the best the CPU has; capped by what the CPU has.
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <atomic>
+#include <chrono>
+
+namespace drn::cpu {
+namespace {
+
+constexpr int kChains = 16;
+
+// kChains independent accumulators acc = acc·a + b, `iters` times; returns a sum of them (so nothing is dead).
+#define DRN_FMA_CHAINS(name, target, V, set1, fmadd, add)                   \
+  target V name(int64_t iters) {                                            \
+    V acc[kChains];                                                         \
+    for (int i = 0; i < kChains; ++i) acc[i] = set1(static_cast<float>(i)); \
+    const V a = set1(0.999999f), b = set1(1e-6f);                           \
+    for (int64_t t = 0; t < iters; ++t) {                                   \
+      _Pragma("GCC unroll 16") for (int i = 0; i < kChains; ++i) acc[i] = fmadd(acc[i], a, b); \
+    }                                                                       \
+    V s = acc[0];                                                           \
+    for (int i = 1; i < kChains; ++i) s = add(s, acc[i]);                   \
+    return s;                                                               \
+  }
+DRN_FMA_CHAINS(chains_avx512, [[gnu::target("avx512f")]], __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
+DRN_FMA_CHAINS(chains_avx2, [[gnu::target("avx2,fma")]], __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
+#undef DRN_FMA_CHAINS
+
+[[gnu::target("avx512f")]] float run_avx512(int64_t iters) { return _mm512_reduce_add_ps(chains_avx512(iters)); }
+
+[[gnu::target("avx2,fma")]] float run_avx2(int64_t iters) {
+  float lanes[8];
+  _mm256_storeu_ps(lanes, chains_avx2(iters));
+  return lanes[0] + lanes[7];
+}
+
+double cpu_fma_peak(int64_t isa, int64_t iters) {
+  const bool has512 = __builtin_cpu_supports("avx512f");
+  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  TORCH_CHECK_VALUE(isa == -1 || isa == 1 || isa == 2, "cpu_fma_peak: isa must be -1 (best), 1 (avx2) or 2 "
+                    "(avx512), got ", isa);
+  TORCH_CHECK_VALUE(iters > 0 && iters <= (int64_t{1} << 34), "cpu_fma_peak: iters must be in [1, 2^34], got ",
+                    iters);
+  const bool use512 = has512 && isa != 1;
+  TORCH_CHECK(use512 || has2, "cpu_fma_peak: this CPU has neither AVX-512 nor AVX2 + FMA");
+  const int64_t threads = at::get_num_threads();
+  std::atomic<int64_t> ran{0};
+  std::atomic<uint32_t> sink{0};
+  const auto start = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float v = use512 ? run_avx512(iters) : run_avx2(iters);
+      sink.fetch_add(static_cast<uint32_t>(v), std::memory_order_relaxed);  // keeps the chains alive
+      ran.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double lanes = use512 ? 16.0 : 8.0;
+  return static_cast<double>(ran.load()) * static_cast<double>(iters) * kChains * lanes * 2.0 / seconds;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(drn, m) {
+  m.def("cpu_fma_peak(int isa=-1, int iters=1000000) -> float", &cpu_fma_peak);
+}
+
+}  // namespace drn::cpu

@@ -1,0 +1,118 @@
+"""The cpu backend's algorithm choice by measurement (drn_kernels.prepared, issue 11 item 2): a PreparedConv
+times Winograd F(4x4,3x3), F(2x2,3x3) and oneDNN's direct convolution at the first call of a shape and keeps the
+fastest; the choice is one of the candidates, repeats are bit-identical, DRN_CPU_CONV pins it, and every
+candidate computes the float64 reference's answer. No timing is asserted."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import drn_kernels
+from drn_kernels import prepared as prep
+
+CL = torch.channels_last
+
+
+def _cpu():
+    why = drn_kernels.available_backends("cpu")["cpu"]
+    if why is not None:
+        pytest.skip(why)
+
+
+def _rand(*shape, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*shape, generator=g) * 2 - 1) * scale
+
+
+def _ref(x, w, b, padding, dilation):
+    return F.conv2d(x.double(), w.double(), b.double(), padding=padding, dilation=dilation).relu()
+
+
+def _case(c, k, h, w, seed):
+    x = _rand(1, c, h, w, seed=seed).contiguous(memory_format=CL)
+    return x, _rand(k, c, 3, 3, seed=seed + 1, scale=0.05), _rand(k, seed=seed + 2)
+
+
+@pytest.fixture(autouse=True)
+def _auto(monkeypatch):
+    monkeypatch.delenv("DRN_CPU_CONV", raising=False)
+    monkeypatch.delenv("DRN_WINOGRAD_TILE", raising=False)
+
+
+@pytest.mark.parametrize("dil", [1, 2])
+def test_choice_is_a_candidate_and_repeats_bit_identical(dil):
+    _cpu()
+    x, w, b = _case(64, 72, 13, 11, seed=10 * dil)
+    conv = prep.PreparedConv(w, b, "cpu")
+    n_searches = len(prep.SEARCHES)
+    y = conv.conv_bn_act(x, stride=1, padding=dil, dilation=dil)
+    chosen = conv.algorithm(x, (1, 1), (dil, dil), (dil, dil))
+    assert chosen in prep.CANDIDATES
+    record = prep.SEARCHES[-1]
+    assert len(prep.SEARCHES) == n_searches + 1 and record["chosen"] == chosen
+    assert set(record["median_s"]) == set(prep.CANDIDATES) and conv.search_seconds > 0
+    # only the Winograd form of the tile kept stays in memory
+    assert set(conv.winograd) == ({int(chosen[-1])} if chosen.startswith("winograd") else set())
+    torch.testing.assert_close(y.double(), _ref(x, w, b, dil, dil), atol=1e-4, rtol=1e-4)
+    for _ in range(2):
+        assert torch.equal(conv.conv_bn_act(x, stride=1, padding=dil, dilation=dil), y)
+    twin = prep.PreparedConv(w.clone(), b.clone(), "cpu")  # same shape: the process's choice, no new search
+    assert torch.equal(twin.conv_bn_act(x, stride=1, padding=dil, dilation=dil), y)
+    assert len(prep.SEARCHES) == n_searches + 1 and twin.search_seconds == 0
+    assert twin.algorithm(x, (1, 1), (dil, dil), (dil, dil)) == chosen
+
+
+@pytest.mark.parametrize("mode, tile, expect", [("direct", "", "onednn"), ("winograd", "2", "winograd2"),
+                                                ("winograd", "4", "winograd4"), ("winograd", "", "winograd4")])
+def test_setting_pins_the_choice(monkeypatch, mode, tile, expect):
+    _cpu()
+    monkeypatch.setenv("DRN_CPU_CONV", mode)
+    monkeypatch.setenv("DRN_WINOGRAD_TILE", tile)
+    x, w, b = _case(64, 64, 9, 10, seed=7)
+    conv = prep.PreparedConv(w, b, "cpu")
+    n_searches = len(prep.SEARCHES)
+    y = conv.conv_bn_act(x, stride=1, padding=1, dilation=1)
+    assert conv.algorithm(x, (1, 1), (1, 1), (1, 1)) == expect and len(prep.SEARCHES) == n_searches
+    assert set(conv.winograd) == ({int(expect[-1])} if expect.startswith("winograd") else set())
+    assert torch.equal(y, drn_kernels.conv_bn_act(x, w, b, padding=1, backend="cpu"))  # the op's own pick
+
+
+def test_each_candidate_matches_float64_and_is_what_runs():
+    """The prepared op runs the algorithm its form names: the three candidates' outputs all equal the float64
+    reference, and differ from each other in the last bits (three different computations)."""
+    _cpu()
+    x, w, b = _case(64, 64, 14, 9, seed=3)
+    forms = {"winograd4": torch.ops.drn.winograd_weight(w, 4), "winograd2": torch.ops.drn.winograd_weight(w, 2),
+             "onednn": torch.ops.mkldnn._reorder_convolution_weight(w, [2, 2], [1, 1], [2, 2], 1, list(x.shape))}
+    outs = {n: torch.ops.drn.conv_bn_act_prepared_native(x, w, b, f, [1, 1], [2, 2], [2, 2], None, True)
+            for n, f in forms.items()}
+    ref = _ref(x, w, b, 2, 2)
+    for name, y in outs.items():
+        torch.testing.assert_close(y.double(), ref, atol=1e-4, rtol=1e-4, msg=name)
+    assert not torch.equal(outs["winograd4"], outs["winograd2"])
+    assert not torch.equal(outs["winograd4"], outs["onednn"])
+    with pytest.raises(ValueError, match="tile"):
+        torch.ops.drn.winograd_weight(w, 3)
+
+
+def test_no_search_where_only_one_algorithm_applies(monkeypatch):
+    _cpu()
+    x, w, b = _case(16, 16, 9, 10, seed=5)  # under 64 channels: oneDNN only
+    conv = prep.PreparedConv(w, b, "cpu")
+    n_searches = len(prep.SEARCHES)
+    conv.conv_bn_act(x, stride=1, padding=1, dilation=1)
+    assert conv.algorithm(x, (1, 1), (1, 1), (1, 1)) == "onednn" and len(prep.SEARCHES) == n_searches
+    xb, wb, bb = (t.bfloat16() for t in _case(64, 64, 9, 10, seed=6))
+    conv = prep.PreparedConv(wb, bb, "cpu")
+    conv.conv_bn_act(xb, stride=1, padding=1, dilation=1)
+    assert conv.algorithm(xb, (1, 1), (1, 1), (1, 1)) == "onednn" and len(prep.SEARCHES) == n_searches
+    monkeypatch.setenv("DRN_CPU_CONV", "fastest")
+    with pytest.raises(ValueError, match="DRN_CPU_CONV"):
+        prep.PreparedConv(w, b, "cpu").conv_bn_act(x, stride=1, padding=1, dilation=1)
+
+
+def test_timing_input_is_a_crop():
+    x = torch.empty(2, 8, 300, 200)
+    t = prep._timing_input(x, (4, 4), (4, 4))
+    assert t.shape[:2] == (1, 8) and t.shape[3] == 200 and 32 <= t.shape[2] < 300
+    small = torch.empty(1, 8, 20, 20)
+    assert prep._timing_input(small, (1, 1), (1, 1)) is small
