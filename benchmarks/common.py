@@ -32,7 +32,6 @@ import functools
 import io
 import itertools
 import json
-import os
 import pathlib
 import re
 import statistics
@@ -47,6 +46,7 @@ from torch import nn
 
 import drn
 import drn_kernels
+from drn_kernels import settings
 from drn.flops import conv_count, count_layers, device_peaks, dtype_key, roofline_fraction
 from drn.profile import build_meta_model
 
@@ -113,8 +113,8 @@ def measured_ceilings(name: Optional[str] = None) -> tuple[Optional[dict], Optio
     top-level "device" or machine_info.device, compared as device_name() spells it; without one, a file name
     starting with it) is this one; else (None, None)."""
     name = name or device_name()
-    if os.environ.get("DRN_CEILINGS"):
-        files = [pathlib.Path(os.environ["DRN_CEILINGS"])]
+    if settings.path("DRN_CEILINGS"):
+        files = [pathlib.Path(settings.path("DRN_CEILINGS"))]
     else:
         files = sorted(RESULTS_DIR.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
     for f in files:

@@ -4,7 +4,7 @@ Torch-free on purpose: setup.py reads this file (by path, without importing drn_
 what to build, and drn_kernels._extension uses the same answers for the build on first use, so an install-time
 build and a JIT build compile the same thing with the same flags.
 
-Environment:
+Environment (the DRN_* variables are read through drn_kernels/settings.py, loaded here by path too):
     DRN_FORCE_CPU=1       build the CPU kernels only, even where CUDA could be built
     DRN_BUILD_CUDA=1      build the CUDA kernels (where torch is a CUDA build and a toolkit is found) even when no
                           GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.aot`);
@@ -17,6 +17,7 @@ Environment:
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -33,21 +34,34 @@ JIT_NAME_CPU = "drn_kernels_C_cpu"          # cpp_extension.load names: one per 
 JIT_NAME_CUDA = "drn_kernels_C_cuda"
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _load_settings():
+    """drn_kernels.settings: imported as usual inside the package, loaded by path when setup.py loads this file."""
+    if __package__:
+        from . import settings as module
+        return module
+    spec = importlib.util.spec_from_file_location("_drn_settings", os.path.join(os.path.dirname(__file__),
+                                                                                "settings.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def force_cpu() -> bool:
-    return _env_flag("DRN_FORCE_CPU")
+settings = _load_settings()
+
+
+def force_cpu(requested: bool = False) -> bool:
+    """CPU kernels only: asked by the caller (`python -m drn_kernels.build --cpu`) or by DRN_FORCE_CPU=1."""
+    return requested or settings.flag("DRN_FORCE_CPU")
 
 
 def force_cuda() -> bool:
-    return _env_flag("DRN_FORCE_CUDA")
+    return settings.flag("DRN_FORCE_CUDA")
 
 
-def build_cuda_requested() -> bool:
-    """DRN_BUILD_CUDA=1 or DRN_FORCE_CUDA=1: the CUDA kernels are wanted even where no GPU is visible."""
-    return _env_flag("DRN_BUILD_CUDA") or force_cuda()
+def build_cuda_requested(requested: bool = False) -> bool:
+    """The CUDA kernels are wanted even where no GPU is visible: asked by the caller (`python -m drn_kernels.build
+    --cuda`), or by DRN_BUILD_CUDA=1 or DRN_FORCE_CUDA=1."""
+    return requested or settings.flag("DRN_BUILD_CUDA") or force_cuda()
 
 
 # ---- sources ------------------------------------------------------------------------------------------------
@@ -220,16 +234,18 @@ def find_cuda_home() -> tuple[str | None, str]:
     return None, "; ".join(tried)
 
 
-def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True) -> tuple[bool, str | None, str]:
+def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True, cpu_only: bool = False,
+                  build_cuda: bool = False) -> tuple[bool, str | None, str]:
     """(build the CUDA kernels?, CUDA_HOME, reason in words). Raises RuntimeError under DRN_FORCE_CUDA=1 when
     CUDA cannot be built. `torch_cuda_version` is torch.version.cuda (None for a CPU-only torch); `gpu_visible`
-    is torch.cuda.is_available(): without a GPU the CUDA kernels are built only on request (DRN_BUILD_CUDA=1)."""
+    is torch.cuda.is_available(): without a GPU the CUDA kernels are built only on request (DRN_BUILD_CUDA=1).
+    cpu_only / build_cuda: the caller's own request, as DRN_FORCE_CPU=1 / DRN_BUILD_CUDA=1 would ask."""
     home, how = find_cuda_home()
-    if force_cpu():
-        ok, reason = False, "DRN_FORCE_CPU=1 asks for a CPU-only build"
+    if force_cpu(cpu_only):
+        ok, reason = False, "DRN_FORCE_CPU=1 (or --cpu) asks for a CPU-only build"
     elif torch_cuda_version is None:
         ok, reason = False, "torch is a CPU-only build (torch.version.cuda is None)"
-    elif not gpu_visible and not build_cuda_requested():
+    elif not gpu_visible and not build_cuda_requested(build_cuda):
         ok, reason = False, ("no GPU visible, so the CPU kernels only (DRN_BUILD_CUDA=1 or "
                              "`python -m drn_kernels.build --cuda` compiles the CUDA kernels anyway)")
     elif home is None:

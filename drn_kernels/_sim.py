@@ -10,6 +10,7 @@ __syncthreads (negative control: ThreadSanitizer must report it).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -58,6 +59,20 @@ def _kernel_sources() -> list[Path]:
         (CSRC / "sim").glob("*.cpp"))
 
 
+@contextlib.contextmanager
+def _build_jobs(default: int):
+    """MAX_JOBS (torch's ninja build reads only the environment) = `default` while the build runs, unless the
+    user set it; restored afterwards, so the rest of the process never sees it."""
+    if "MAX_JOBS" in os.environ:
+        yield
+        return
+    os.environ["MAX_JOBS"] = str(default)
+    try:
+        yield
+    finally:
+        os.environ.pop("MAX_JOBS", None)
+
+
 def load(verbose: bool = False) -> None:
     """Build (first call, ~1 minute) or load the cached simulator extension; raises RuntimeError on failure."""
     global _loaded, _error
@@ -72,16 +87,16 @@ def load(verbose: bool = False) -> None:
             raise RuntimeError(reason)
         from torch.utils import cpp_extension
 
-        os.environ.setdefault("MAX_JOBS", "2")
         try:
-            cpp_extension.load(
-                name=NAME,
-                sources=[str(CSRC / "sim" / "sim_ops.cpp")],
-                extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_sources_digest(_kernel_sources())}"],
-                extra_ldflags=["-pthread"],
-                is_python_module=False,
-                verbose=verbose,
-            )
+            with _build_jobs(2):
+                cpp_extension.load(
+                    name=NAME,
+                    sources=[str(CSRC / "sim" / "sim_ops.cpp")],
+                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_sources_digest(_kernel_sources())}"],
+                    extra_ldflags=["-pthread"],
+                    is_python_module=False,
+                    verbose=verbose,
+                )
         except Exception as exc:  # compiler errors: keep the reason, report it from why_unavailable()
             _error = f"building the host simulation of the CUDA kernels failed: {exc}"
             raise RuntimeError(_error) from exc

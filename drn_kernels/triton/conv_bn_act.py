@@ -202,7 +202,9 @@ def packed_weight(weight: Tensor) -> Tensor:
 
 def force_int64() -> bool:
     """DRN_FORCE_INT64=1 selects the int64-offset kernel even for small tensors (read per call, for tests)."""
-    return os.environ.get("DRN_FORCE_INT64", "0") == "1"
+    from .. import settings
+
+    return settings.flag("DRN_FORCE_INT64")
 
 
 def max_offset(t: Tensor) -> int:
