@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import data, predict
+from .commands import add_model_args, add_run_args, command_main
 from .palette import CITYSCAPES_CLASSES
 
 
@@ -175,17 +176,11 @@ def add_arguments(parser: argparse.ArgumentParser):
                         ("localize", "the paper's weakly-supervised localization error")):
         p = sub.add_parser(task, help=help_, description=help_)
         p.add_argument("--data", required=True, help="dataset folder")
-        p.add_argument("--model", required=True, help="registry name, e.g. drn_d_22")
-        src = p.add_mutually_exclusive_group()
-        src.add_argument("--weights", help="checkpoint path")
-        if task != "segment":
-            src.add_argument("--pretrained", action="store_true", help="official ImageNet weights")
+        add_model_args(p, pretrained=task != "segment", weights_required=False)
         p.add_argument("--num-classes", type=int, required=False,
                        help="classes (default: the checkpoint's)" + ("; required without a checkpoint"
                                                                     if task == "segment" else ""))
-        p.add_argument("--fused", action="store_true", help="run the fused model (drn.fuse)")
-        p.add_argument("--backend", default="auto", help="drn_kernels backend of the fused model")
-        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        add_run_args(p)
         p.add_argument("--json", action="store_true", help="print one JSON line with the result last")
         if task == "segment":
             p.add_argument("--ms", action="store_true", help="multi-scale (0.5 ... 1.75) as the reference")
@@ -233,8 +228,6 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import command_main
-
     return command_main("drn evaluate", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 
