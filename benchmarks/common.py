@@ -47,7 +47,7 @@ from torch import nn
 import drn
 import drn_kernels
 from drn_kernels import settings
-from drn.flops import conv_count, count_layers, device_peaks, dtype_key, roofline_fraction
+from drn.flops import conv_count, count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
 from drn.profile import build_meta_model
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,11 +80,6 @@ def device_name() -> str:
             pass
         name += f" {torch.get_num_threads()}t"
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
-
-
-def sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -495,12 +490,12 @@ def memory_bytes(fn) -> tuple[int, int]:
     CUDA: the allocator's statistics; CPU: torch.profiler's allocation events (tensors from PyTorch's CPU
     allocator, which is where every op's output and workspace come from)."""
     if DEVICE.type == "cuda":
-        sync()
+        synchronize(DEVICE)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         with torch.no_grad():
             out = fn()
-        sync()
+        synchronize(DEVICE)
         del out
         return torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -617,7 +612,7 @@ def check_case(runner: Runner, reference: Callable, dtype: torch.dtype, poison: 
     (float64 output, torch's same-dtype output). Outside any timing."""
     with torch.no_grad(), (poisoned_outputs() if poison else contextlib.nullcontext()):
         out = runner.calls[0]()
-        sync()
+        synchronize(DEVICE)
     ref64, same = reference()
     return check_output(out, ref64, same, dtype)
 
@@ -721,7 +716,7 @@ def run(benchmark, *, group: str, provider: str, runner: Runner, flops: int, nby
     def timed():
         with torch.no_grad():
             first()
-        sync()
+        synchronize(DEVICE)
 
     disabled = getattr(benchmark, "disabled", False)
     memory = memory and not disabled

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from drn_kernels.reference import cell_boxes
+
 from . import data
 from .heads import OUTPUT_STRIDE, DRNSeg, as_localizer
 from .models import DRN, BasicBlock
@@ -251,16 +253,10 @@ def localizer(path: Path | None = None):
 
 
 def boxes_at(out, threshold: float) -> np.ndarray:
-    """The §5.2 boxes of a Localization for another threshold (the rule of drn_kernels.localize, in numpy)."""
-    top1 = out.logits.argmax(1).numpy()
-    labels, scores = out.labels.numpy(), out.scores.numpy()
-    stride = OUTPUT_STRIDE  # CANVAS is a multiple of it: no clipping needed
-    boxes = np.full((len(top1), 4), -1.0, dtype=np.float32)
-    for i, k in enumerate(top1):
-        ys, xs = np.nonzero((labels[i] == k) & (scores[i] > threshold))
-        if ys.size:
-            boxes[i] = (xs.min() * stride, ys.min() * stride, (xs.max() + 1) * stride, (ys.max() + 1) * stride)
-    return boxes
+    """The §5.2 boxes of a Localization for another threshold (drn_kernels.reference.cell_boxes), as numpy."""
+    top1 = out.logits.argmax(1)
+    mask = out.labels.eq(top1.view(-1, 1, 1)) & (out.scores > threshold)
+    return cell_boxes(mask, OUTPUT_STRIDE).numpy()  # CANVAS is a multiple of the stride: no clipping needed
 
 
 def loc_accuracy(pred, labels, boxes, truth) -> tuple[float, np.ndarray]:

@@ -214,7 +214,10 @@ def peaks_from(name: str, dtype: torch.dtype, ceilings: dict | None = None, tf32
     return Peaks(name, flops[0], bw[0], source)
 
 
-def _sync(device: torch.device):
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (a CUDA device; nothing to wait for elsewhere): the one place timing
+    code (drn.profile, drn.flops, benchmarks/) synchronises."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -228,20 +231,20 @@ def _measured(device_str: str, dtype: torch.dtype, threads: int) -> tuple[float,
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
     for _ in range(5):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     flops = 2 * n**3 / best
     src = torch.empty(64 * 2**20, dtype=torch.uint8, device=device)  # 64 MiB: well beyond the caches
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(5):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return flops, 2 * src.numel() / best
 

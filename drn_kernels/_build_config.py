@@ -17,6 +17,7 @@ Environment (the DRN_* variables are read through drn_kernels/settings.py, loade
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import os
 import re
@@ -202,6 +203,17 @@ def _toolkit_of_nvcc(nvcc: str) -> str | None:
         for token in re.findall(rb"[\"']?(/[^\s\"';|&]*nvcc)\b", head):
             todo.append(token.decode(errors="replace"))
     return None
+
+
+def sources_digest(paths, prefix: str = "") -> str:
+    """16 hex digits of sha256 over `prefix`, then each file's name and bytes in path order: a cache key that
+    changes when any of the sources does (the host simulation build, the kernel report's cubins)."""
+    h = hashlib.sha256(prefix.encode())
+    for p in sorted(paths):
+        h.update(os.path.basename(p).encode())
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
 
 
 def _version_key(path: str):

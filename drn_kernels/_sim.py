@@ -11,13 +11,14 @@ __syncthreads (negative control: ThreadSanitizer must report it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from . import _build_config
 
 _ROOT = Path(__file__).resolve().parent.parent
 CSRC = _ROOT / "csrc"
@@ -44,14 +45,6 @@ def _missing() -> str | None:
     except Exception:
         return "ninja is not installed (pip install ninja); it builds the host simulation of the CUDA kernels"
     return None
-
-
-def _sources_digest(paths) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _kernel_sources() -> list[Path]:
@@ -92,7 +85,7 @@ def load(verbose: bool = False) -> None:
                 cpp_extension.load(
                     name=NAME,
                     sources=[str(CSRC / "sim" / "sim_ops.cpp")],
-                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_sources_digest(_kernel_sources())}"],
+                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_build_config.sources_digest(_kernel_sources())}"],
                     extra_ldflags=["-pthread"],
                     is_python_module=False,
                     verbose=verbose,
@@ -126,7 +119,7 @@ def build_race_check(drop_sync: bool = False) -> Path:
         raise RuntimeError("no C++ compiler found (set CXX)")
     from torch.utils.cpp_extension import _get_build_directory
 
-    digest = _sources_digest(_kernel_sources())
+    digest = _build_config.sources_digest(_kernel_sources())
     out_dir = Path(_get_build_directory("drn_kernels_sim_tsan", verbose=False))
     exe = out_dir / f"race_check_{'dropsync_' if drop_sync else ''}{digest}"
     if exe.is_file():
