@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,12 +41,6 @@ class LayerCount:
     relu: bool = False
     padding: tuple = (0, 0)
     extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("in_shape", "out_shape", "kernel", "stride", "dilation", "padding"):
-            d[k] = list(d[k])
-        return d
 
 
 def conv_count(name, in_shape, out_shape, weight_shape, stride=(1, 1), dilation=(1, 1), *, groups=1,

@@ -42,7 +42,7 @@ def checkpoint_classes(weights) -> int | None:
 def load_model(name: str, task: str, *, num_classes=None, weights=None, pretrained=False, fused=False,
                backend="auto", device=None):
     """drn.build for the command line: weights (a path) win over pretrained; with weights and no num_classes,
-    the checkpoint's classifier size is used. fused=True needs drn.fused (ImportError otherwise)."""
+    the checkpoint's classifier size is used."""
     import drn
 
     if num_classes is None and weights is not None:

@@ -7,7 +7,7 @@ build and a JIT build compile the same thing with the same flags.
 Environment (the DRN_* variables are read through drn_kernels/settings.py, loaded here by path too):
     DRN_FORCE_CPU=1       build the CPU kernels only, even where CUDA could be built
     DRN_BUILD_CUDA=1      build the CUDA kernels (where torch is a CUDA build and a toolkit is found) even when no
-                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.aot`);
+                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.kernel_report`);
                           without it a machine without a GPU builds the CPU kernels only (what it can run)
     DRN_FORCE_CUDA=1      build the CUDA kernels, and fail (raise) instead of falling back to a CPU-only build
     TORCH_CUDA_ARCH_LIST  CUDA archs, default "8.0;8.6;9.0a" (an arch with "+PTX" also embeds PTX)
@@ -117,7 +117,7 @@ def cuda_arch_list() -> list[str]:
 
 
 def cuda_arch_flags(archs: list[str] | None = None) -> list[str]:
-    """-gencode flags for "8.0", "9.0a", "8.6+PTX" ...: SASS for every arch (the aot tool reads these cubins),
+    """-gencode flags for "8.0", "9.0a", "8.6+PTX" ...: SASS for every arch (the kernel report reads these cubins),
     PTX as well where "+PTX" asks for it. Given explicitly, so torch does not guess from a (missing) GPU."""
     flags = []
     for arch in archs if archs is not None else cuda_arch_list():

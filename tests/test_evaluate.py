@@ -205,3 +205,29 @@ def test_cli_forwards_evaluate(segset, capsys):
     assert cli.main(["evaluate", "segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19",
                      "--weights", str(root / "seg.pth"), "--json", "--device", "cpu"]) == 0
     assert _json_line(capsys.readouterr().out)["images"] == 3
+
+
+def test_localize_sizes_reach_the_right_step(localize_set, capsys, monkeypatch):
+    """--loc-resize sizes the image the boxes' maps are computed on, --resize/--crop the 10-crop classification:
+    each reaches its own step (they were easy to swap: both are resizes)."""
+    from drn import predict
+
+    seen = {"localize": set(), "classify": set()}
+    localize, classify = predict.localize, predict.classify
+
+    def spy_localize(model, img, **kw):
+        seen["localize"].add(kw["resize"])
+        return localize(model, img, **kw)
+
+    def spy_classify(model, img, **kw):
+        seen["classify"].add((kw["resize"], kw["crop"]))
+        return classify(model, img, **kw)
+
+    monkeypatch.setattr(predict, "localize", spy_localize)
+    monkeypatch.setattr(predict, "classify", spy_classify)
+    root = localize_set
+    argv = ["localize", "--data", str(root), "--model", "drn_d_22", "--weights", str(root / "loc.pth"),
+            "--threshold", "0.0", "--device", "cpu", "--ten-crop", "--loc-resize", "40", "--resize", "36",
+            "--crop", "32"]
+    assert evaluate.main(argv) == 0
+    assert seen == {"localize": {40}, "classify": {(36, 32)}}
