@@ -34,7 +34,6 @@ import functools
 import io
 import itertools
 import json
-import os
 import pathlib
 import re
 import statistics
@@ -49,7 +48,8 @@ from torch import nn
 
 import drn
 import drn_kernels
-from drn.flops import conv_count, count_layers, device_peaks, dtype_key, roofline_fraction
+from drn_kernels import settings
+from drn.flops import conv_count, count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
 from drn.profile import build_meta_model
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,11 +85,6 @@ def device_name() -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
-def sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -116,8 +111,8 @@ def measured_ceilings(name: Optional[str] = None) -> tuple[Optional[dict], Optio
     top-level "device" or machine_info.device, compared as device_name() spells it; without one, a file name
     starting with it) is this one; else (None, None)."""
     name = name or device_name()
-    if os.environ.get("DRN_CEILINGS"):
-        files = [pathlib.Path(os.environ["DRN_CEILINGS"])]
+    if settings.path("DRN_CEILINGS"):
+        files = [pathlib.Path(settings.path("DRN_CEILINGS"))]
     else:
         files = sorted(RESULTS_DIR.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
     for f in files:
@@ -533,12 +528,12 @@ def memory_bytes(fn) -> tuple[int, int]:
     CUDA: the allocator's statistics; CPU: torch.profiler's allocation events (tensors from PyTorch's CPU
     allocator, which is where every op's output and workspace come from)."""
     if DEVICE.type == "cuda":
-        sync()
+        synchronize(DEVICE)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         with torch.no_grad():
             out = fn()
-        sync()
+        synchronize(DEVICE)
         del out
         return torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -655,7 +650,7 @@ def check_case(runner: Runner, reference: Callable, dtype: torch.dtype, poison: 
     (float64 output, torch's same-dtype output). Outside any timing."""
     with torch.no_grad(), (poisoned_outputs() if poison else contextlib.nullcontext()):
         out = runner.calls[0]()
-        sync()
+        synchronize(DEVICE)
     ref64, same = reference()
     return check_output(out, ref64, same, dtype)
 
@@ -759,7 +754,7 @@ def run(benchmark, *, group: str, provider: str, runner: Runner, flops: int, nby
     def timed():
         with torch.no_grad():
             first()
-        sync()
+        synchronize(DEVICE)
 
     disabled = getattr(benchmark, "disabled", False)
     memory = memory and not disabled

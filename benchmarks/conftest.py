@@ -7,17 +7,18 @@ Timed sessions write benchmarks/results/<device>.json (the pytest-benchmark layo
 stats, extra_info) unless --benchmark-json names a file; benchmarks/report.py reads either.
 """
 import json
-import os
 import pathlib
 import platform
 
 import pytest
 import torch
 
+from drn_kernels import settings
+
 RESULTS_DIR = pathlib.Path(__file__).parent / "results"
 
-if os.environ.get("DRN_BENCH_THREADS"):
-    torch.set_num_threads(int(os.environ["DRN_BENCH_THREADS"]))
+if settings.positive_int("DRN_BENCH_THREADS") is not None:
+    torch.set_num_threads(settings.positive_int("DRN_BENCH_THREADS"))
 
 
 def pytest_configure(config):
@@ -25,7 +26,7 @@ def pytest_configure(config):
 
 
 def _full(config) -> bool:
-    return os.environ.get("DRN_BENCH_FULL") == "1" or bool(config.getoption("benchmark_only", False))
+    return settings.flag("DRN_BENCH_FULL") or bool(config.getoption("benchmark_only", False))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,6 +9,8 @@
 // name (e.g. drn_kernels_C_cpu) for the build on first use.
 #include <Python.h>
 
+#include "cpu/cpu_options.h"
+
 #ifndef TORCH_EXTENSION_NAME
 #define TORCH_EXTENSION_NAME _C
 #endif
@@ -35,7 +37,26 @@ PyObject* has_openmp(PyObject*, PyObject*) {
 #endif
 }
 
+// set_cpu_options(conv, winograd_tile, isa, poison): drn_kernels.settings.CpuOptions.codes(), validated there.
+PyObject* set_cpu_options(PyObject*, PyObject* args) {
+  int conv = 0, tile = 4, isa = -1, poison = 0;
+  if (!PyArg_ParseTuple(args, "iiip", &conv, &tile, &isa, &poison)) return nullptr;
+  if (conv < 0 || conv > 3 || (tile != 2 && tile != 4) || isa < -1 || isa > 2) {
+    PyErr_Format(PyExc_ValueError, "set_cpu_options: conv %d, winograd_tile %d or isa %d out of range", conv, tile,
+                 isa);
+    return nullptr;
+  }
+  auto& options = drn::cpu::cpu_options();
+  options.conv.store(conv);
+  options.winograd_tile.store(tile);
+  options.isa.store(isa);
+  options.poison.store(poison != 0);
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
+    {"set_cpu_options", set_cpu_options, METH_VARARGS,
+     "set_cpu_options(conv, winograd_tile, isa, poison): the cpu backend's settings (see csrc/cpu/cpu_options.h)."},
     {"has_cuda", has_cuda, METH_NOARGS, "True when the CUDA kernels (csrc/cuda) were compiled in."},
     {"has_openmp", has_openmp, METH_NOARGS, "True when the CPU kernels were compiled with OpenMP (parallel)."},
     {nullptr, nullptr, 0, nullptr},

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from . import data, predict
+from . import data, evaluate, export, predict
+from .commands import (add_model_args, add_run_args, non_negative_int, positive_int,  # noqa: F401 (re-exported)
+                       run_reporting_errors, warn_if_random)
 from .palette import draw_box, save_label_png
 from .registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -32,65 +34,13 @@ from .registry import IMAGENET_MEAN, IMAGENET_STD
 IMAGENET_CLASSES = Path(__file__).resolve().parent / "assets" / "imagenet_classes.txt"
 
 
-# ---- argument rules, shared by every command (drn.export uses them too) ----------------------------------------
-
-def positive_int(text: str) -> int:
-    value = int(text) if text.lstrip("+-").isdigit() else None
-    if value is None or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text) if text.lstrip("+-").isdigit() else None
-    if value is None or value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (0 = off), got {text!r}")
-    return value
-
-
-def device_arg(text: str) -> str:
-    """--device: 'cpu', 'cuda' or 'cuda:N', and a CUDA device only where torch sees one."""
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is visible (torch.cuda.is_available() is "
-                                             f"False); use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"{text}: only {count} CUDA device(s) are visible")
-    return text
-
-
-def add_weight_args(p: argparse.ArgumentParser, pretrained: bool = True) -> None:
-    """The one rule for weights: a checkpoint, the official weights, or random weights only when asked for."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="checkpoint path")
-    if pretrained:
-        src.add_argument("--pretrained", action="store_true",
-                         help="official ImageNet weights (downloaded once to the torch hub cache)")
-    src.add_argument("--random-weights", action="store_true",
-                     help="random weights: outputs mean nothing (for checking the plumbing and the speed)")
-
-
-def warn_if_random(prog: str, args) -> None:
-    if getattr(args, "random_weights", False):
-        print(f"{prog}: warning: --random-weights: {args.model} has random weights, its outputs mean nothing",
-              file=sys.stderr, flush=True)
-
-
 def _model_args(p: argparse.ArgumentParser, task: str):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--model", required=True, help="registry name (drn.list_models())")
-    add_weight_args(p, pretrained=task != "segment")
+    add_model_args(p, pretrained=task != "segment")
     p.add_argument("--num-classes", type=positive_int, required=False,
                    help="classes (default: the checkpoint's" + ("; needed with --random-weights)" if task == "segment"
                                                                  else "; 1000 otherwise)"))
-    p.add_argument("--fused", action="store_true", help="run the fused model (drn.fuse: BN folded, drn_kernels)")
-    p.add_argument("--backend", default="auto", help="drn_kernels backend of the fused model (auto)")
-    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
+    add_run_args(p)
 
 
 def _labels(path) -> list[str] | None:
@@ -219,8 +169,6 @@ def cmd_profile(extra: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import evaluate, export
-
     parser = argparse.ArgumentParser(prog="drn", description="Dilated Residual Networks: inference, evaluation, "
                                                              "export, profiling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,23 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("profile", help="per-layer profile (= python -m drn.profile)", add_help=False)
     sub.add_parser("bench", help="the benchmark suite (drn bench -h)", add_help=False)
     return parser
-
-
-def run_reporting_errors(prog: str, run, args) -> int:
-    """run(args), with a bad argument or a missing file (ValueError, FileNotFoundError) reported as
-    "PROG: error: ..." on stderr and exit status 2, as argparse does for its own errors."""
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-
-
-def command_main(prog: str, description: str, add_arguments, run, argv=None) -> int:
-    """The main() of a stand-alone command (python -m drn.evaluate, drn.export): parse with add_arguments, run."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_arguments(parser)
-    return run_reporting_errors(prog, run, parser.parse_args(argv))
 
 
 def main(argv=None) -> int:

@@ -5,9 +5,9 @@ canvases built from scikit-learn's bundled handwritten digits (one scaled digit 
 of noise and stroke fragments of other digits, spread evenly). Training sees 48×48 crops of such canvases, labelled
 with the digit when they hold its whole ink and "no digit" when they miss it (often just beside it), plus a few
 whole canvases labelled with their digit. It never sees a box. Then the classification network localizes digits
-on unseen 96×96 canvases (digits it was not trained on, fresh placements): the 1×1 classifier applied to every
+on unseen 64×64 canvases (digits it was not trained on, fresh placements): the 1×1 classifier applied to every
 stride-8 cell, the dominant class per cell, and the smallest box around the cells of the predicted class
-(drn_kernels.localize, through the fused model when drn.fused exists) with the probability threshold picked on
+(drn_kernels.localize, through the fused model) with the probability threshold picked on
 validation canvases (digits of neither training nor test). Reported: classification accuracy, localization
 accuracy (class right and IoU > 0.5 with the known box, the paper's criterion) and a PNG grid.
 
@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from drn_kernels.reference import cell_boxes
 
 from . import data
 from .heads import OUTPUT_STRIDE, DRNSeg, as_localizer
@@ -238,29 +240,20 @@ def train(steps: int = 2250, seed: int = 0, path: Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------- part 1
 
 def localizer(path: Path | None = None):
-    """(unfused localization model, fused one or None, note)."""
+    """(unfused localization model, fused one, note)."""
     model = digits_model()
     model.load_state_dict(torch.load(path or WEIGHTS, map_location="cpu", weights_only=True))
     as_localizer(model.eval())
-    try:
-        import drn
+    import drn
 
-        return model, drn.fuse(model), "fused model (drn.fuse: BN folded, drn_kernels.localize head)"
-    except ImportError as e:
-        return model, None, f"note: drn.fused is not available ({e}); localizing with the unfused model"
+    return model, drn.fuse(model), "fused model (drn.fuse: BN folded, drn_kernels.localize head)"
 
 
 def boxes_at(out, threshold: float) -> np.ndarray:
-    """The §5.2 boxes of a Localization for another threshold (the rule of drn_kernels.localize, in numpy)."""
-    top1 = out.logits.argmax(1).numpy()
-    labels, scores = out.labels.numpy(), out.scores.numpy()
-    stride = OUTPUT_STRIDE  # CANVAS is a multiple of it: no clipping needed
-    boxes = np.full((len(top1), 4), -1.0, dtype=np.float32)
-    for i, k in enumerate(top1):
-        ys, xs = np.nonzero((labels[i] == k) & (scores[i] > threshold))
-        if ys.size:
-            boxes[i] = (xs.min() * stride, ys.min() * stride, (xs.max() + 1) * stride, (ys.max() + 1) * stride)
-    return boxes
+    """The §5.2 boxes of a Localization for another threshold (drn_kernels.reference.cell_boxes), as numpy."""
+    top1 = out.logits.argmax(1)
+    mask = out.labels.eq(top1.view(-1, 1, 1)) & (out.scores > threshold)
+    return cell_boxes(mask, OUTPUT_STRIDE).numpy()  # CANVAS is a multiple of the stride: no clipping needed
 
 
 def loc_accuracy(pred, labels, boxes, truth) -> tuple[float, np.ndarray]:
@@ -287,7 +280,7 @@ def demo_localize(n: int = 500, seed: int = 1234, val: int = 200) -> dict:
         train()
     model, fused, note = localizer()
     print(note)
-    run = fused if fused is not None else model
+    run = fused
     threshold, val_acc = pick_threshold(run, val)
     print(f"threshold {threshold}: the best of {THRESHOLDS} on {val} validation canvases (digits of neither "
           f"training nor test), localization accuracy there {100 * val_acc:.1f}%")
@@ -298,16 +291,15 @@ def demo_localize(n: int = 500, seed: int = 1234, val: int = 200) -> dict:
         out = run(x, threshold=threshold)
         elapsed = time.perf_counter() - t
         pred = out.logits.argmax(1).numpy()
-        if fused is not None:
-            ref = model(x, threshold=threshold)
-            exact = copy.deepcopy(model).double()(x.double(), threshold=threshold).logits  # float64: the yardstick
-            same_boxes = float((ref.boxes == out.boxes).all(1).float().mean())
-            diff = float((ref.logits - out.logits).abs().max())
-            fused_err = float((out.logits.double() - exact).abs().max())
-            unfused_err = float((ref.logits.double() - exact).abs().max())
-            print(f"fused vs unfused: logits max |diff| {diff:.2e} (|logit| up to {float(exact.abs().max()):.0f}), "
-                  f"within the two float32 errors vs float64 ({fused_err:.2e} fused + {unfused_err:.2e} unfused); "
-                  f"identical boxes on {100 * same_boxes:.1f}% of canvases")
+        ref = model(x, threshold=threshold)
+        exact = copy.deepcopy(model).double()(x.double(), threshold=threshold).logits  # float64: the yardstick
+        same_boxes = float((ref.boxes == out.boxes).all(1).float().mean())
+        diff = float((ref.logits - out.logits).abs().max())
+        fused_err = float((out.logits.double() - exact).abs().max())
+        unfused_err = float((ref.logits.double() - exact).abs().max())
+        print(f"fused vs unfused: logits max |diff| {diff:.2e} (|logit| up to {float(exact.abs().max()):.0f}), "
+              f"within the two float32 errors vs float64 ({fused_err:.2e} fused + {unfused_err:.2e} unfused); "
+              f"identical boxes on {100 * same_boxes:.1f}% of canvases")
     boxes = out.boxes.numpy()
     loc_acc, ious = loc_accuracy(pred, labels, boxes, truth)
     cls_acc = float((pred == labels).mean())
@@ -531,7 +523,7 @@ def demo_segment(n: int = 200, seed: int = 2024) -> dict:
     state = torch.load(SEG_WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.eval()
-    fused = _fuse(drn, model)
+    fused = drn.fuse(model)
     canvases, truth = segmentation_canvases(n, np.random.default_rng(seed), "test")
     x = to_input(canvases)
     (labels, _), ms, first = _timed(lambda: model.predict(x), repeat=1)
@@ -539,21 +531,17 @@ def demo_segment(n: int = 200, seed: int = 2024) -> dict:
     miou, iou = mean_iou(confusion(labels.numpy(), truth))
     result["miou_unfused"] = miou
     shown = labels
-    if fused is not None:
-        (flabels, _), fms, ffirst = _timed(lambda: fused.predict(x), repeat=1)
-        agree = float((flabels == labels).float().mean())
-        fmiou, iou = mean_iou(confusion(flabels.numpy(), truth))
-        result.update(fused_ms=fms, fused_first_ms=ffirst, miou_fused=fmiou, fused_unfused_agreement=agree)
-        shown = flabels
+    (flabels, _), fms, ffirst = _timed(lambda: fused.predict(x), repeat=1)
+    agree = float((flabels == labels).float().mean())
+    fmiou, iou = mean_iou(confusion(flabels.numpy(), truth))
+    result.update(fused_ms=fms, fused_first_ms=ffirst, miou_fused=fmiou, fused_unfused_agreement=agree)
+    shown = flabels
     print(f"{n} unseen canvases ({SEG_CANVAS}x{SEG_CANVAS}, 1-2 digits of the test split on clutter), "
           f"{NUM_CLASSES} classes (10 digits + background)")
-    if fused is not None:
-        print(f"  mIoU fused predict {100 * result['miou_fused']:.1f}%   unfused {100 * miou:.1f}%   "
-              f"fused and unfused labels agree on {100 * result['fused_unfused_agreement']:.3f}% of pixels")
-        print(f"  predict on the batch of {n}: fused {fms:.0f} ms warm ({ffirst:.0f} ms first call), unfused "
-              f"{ms:.0f} ms warm ({first:.0f} ms first call)")
-    else:
-        print(f"  mIoU {100 * miou:.1f}%")
+    print(f"  mIoU fused predict {100 * result['miou_fused']:.1f}%   unfused {100 * miou:.1f}%   "
+          f"fused and unfused labels agree on {100 * result['fused_unfused_agreement']:.3f}% of pixels")
+    print(f"  predict on the batch of {n}: fused {fms:.0f} ms warm ({ffirst:.0f} ms first call), unfused "
+          f"{ms:.0f} ms warm ({first:.0f} ms first call)")
     print("  IoU per class: " + ", ".join(f"{name} {100 * v:.0f}%" for name, v in zip(SEG_NAMES, iou)))
     OUT.mkdir(parents=True, exist_ok=True)
     k = 6
@@ -609,13 +597,12 @@ def demo_models(seg_size=(256, 384)) -> dict:
     print(f"drn_c_26 classify: input {tuple(x.shape)} -> logits {tuple(logits.shape)}  unfused {ms:.0f} ms warm "
           f"({first:.0f} ms first call)")
     result.update(classify_ms=ms, classify_first_ms=first)
-    fused = _fuse(drn, model)
-    if fused is not None:
-        flogits, fms, ffirst = _timed(lambda: fused(x))
-        diff = float((flogits - logits).abs().max() / logits.abs().max())
-        print(f"  fused {fms:.0f} ms warm ({ffirst:.0f} ms first call); max |diff| / max |logit| {diff:.2e}; same "
-              f"top-1: {bool(flogits.argmax() == logits.argmax())}")
-        result.update(classify_fused_ms=fms, classify_fused_first_ms=ffirst, classify_rel_diff=diff)
+    fused = drn.fuse(model)
+    flogits, fms, ffirst = _timed(lambda: fused(x))
+    diff = float((flogits - logits).abs().max() / logits.abs().max())
+    print(f"  fused {fms:.0f} ms warm ({ffirst:.0f} ms first call); max |diff| / max |logit| {diff:.2e}; same "
+          f"top-1: {bool(flogits.argmax() == logits.argmax())}")
+    result.update(classify_fused_ms=fms, classify_fused_first_ms=ffirst, classify_rel_diff=diff)
 
     seg_img = img.resize((seg_size[1], seg_size[0]), Image.BILINEAR)
     xs = data.to_tensor(seg_img)[None]
@@ -624,22 +611,13 @@ def demo_models(seg_size=(256, 384)) -> dict:
     print(f"drn_d_22 segment (19 classes): input {tuple(xs.shape)} -> labels {tuple(labels.shape)}  unfused "
           f"predict {ms:.0f} ms warm ({first:.0f} ms first call)")
     result.update(segment_ms=ms, segment_first_ms=first)
-    fseg = _fuse(drn, seg)
-    if fseg is not None:
-        (flabels, fprobs), fms, ffirst = _timed(lambda: fseg.predict(xs))
-        agree = float((flabels == labels).float().mean())
-        print(f"  fused predict {fms:.0f} ms warm ({ffirst:.0f} ms first call; one class_head op, no 19xHxW map); "
-              f"labels agree on {100 * agree:.3f}% of pixels; max |prob diff| {float((fprobs - probs).abs().max()):.2e}")
-        result.update(segment_fused_ms=fms, segment_fused_first_ms=ffirst, segment_label_agreement=agree)
+    fseg = drn.fuse(seg)
+    (flabels, fprobs), fms, ffirst = _timed(lambda: fseg.predict(xs))
+    agree = float((flabels == labels).float().mean())
+    print(f"  fused predict {fms:.0f} ms warm ({ffirst:.0f} ms first call; one class_head op, no 19xHxW map); "
+          f"labels agree on {100 * agree:.3f}% of pixels; max |prob diff| {float((fprobs - probs).abs().max()):.2e}")
+    result.update(segment_fused_ms=fms, segment_fused_first_ms=ffirst, segment_label_agreement=agree)
     return result
-
-
-def _fuse(drn, model):
-    try:
-        return drn.fuse(model)
-    except ImportError as e:
-        print(f"  note: no fused path yet (drn.fused: {e}); unfused only")
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import data, predict
+from .commands import add_model_args, add_run_args, command_main
 from .palette import CITYSCAPES_CLASSES
 
 
@@ -118,17 +119,19 @@ def evaluate_classify(model, samples, procs: Processes, ten_crop=False, resize=2
             "top5_error": _num(1 - top5 / n), "images": n}
 
 
-def evaluate_localize(model, samples, procs: Processes, threshold=0.5, resize=0, ten_crop=False,
-                      crop_resize=256, crop=224) -> dict:
+def evaluate_localize(model, samples, procs: Processes, threshold=0.5, *, loc_resize=0, ten_crop=False, resize=256,
+                      crop=224) -> dict:
+    """Paper §5.2's localization error. loc_resize (--loc-resize): shorter side of the image the boxes' cell maps
+    are computed on (0: its own size); resize and crop (--resize, --crop): the 10-crop classification's."""
     # images, top-1 class right, top-5 class right, top-1 localization right, top-5 localization right
     counts = np.zeros(5, dtype=np.int64)
     for sample in progress(data.shard(samples, procs.rank, procs.world), procs.rank, "localize"):
         img = data.load_image(sample.image)
-        probs, boxes = predict.localize(model, img, threshold=threshold, resize=resize, top=5)
+        probs, boxes = predict.localize(model, img, threshold=threshold, resize=loc_resize, top=5)
         if ten_crop:  # the paper: classes from 10-crop testing, boxes from the whole image's maps
-            probs = predict.classify(model, img, resize=crop_resize, crop=crop, ten_crop=True)
+            probs = predict.classify(model, img, resize=resize, crop=crop, ten_crop=True)
             order = torch.argsort(probs, descending=True, stable=True)[:5].tolist()
-            boxes = _boxes_for(model, img, order, threshold, resize)
+            boxes = _boxes_for(model, img, order, threshold, loc_resize)
         truth = {c for c, _ in sample.boxes}
         right = [c in truth and any(data.box_iou(b, g) > 0.5 for gc, g in sample.boxes if gc == c)
                  for c, b in boxes]
@@ -175,17 +178,11 @@ def add_arguments(parser: argparse.ArgumentParser):
                         ("localize", "the paper's weakly-supervised localization error")):
         p = sub.add_parser(task, help=help_, description=help_)
         p.add_argument("--data", required=True, help="dataset folder")
-        p.add_argument("--model", required=True, help="registry name, e.g. drn_d_22")
-        src = p.add_mutually_exclusive_group()
-        src.add_argument("--weights", help="checkpoint path")
-        if task != "segment":
-            src.add_argument("--pretrained", action="store_true", help="official ImageNet weights")
+        add_model_args(p, pretrained=task != "segment", weights_required=False)
         p.add_argument("--num-classes", type=int, required=False,
                        help="classes (default: the checkpoint's)" + ("; required without a checkpoint"
                                                                     if task == "segment" else ""))
-        p.add_argument("--fused", action="store_true", help="run the fused model (drn.fuse)")
-        p.add_argument("--backend", default="auto", help="drn_kernels backend of the fused model")
-        p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+        add_run_args(p)
         p.add_argument("--json", action="store_true", help="print one JSON line with the result last")
         if task == "segment":
             p.add_argument("--ms", action="store_true", help="multi-scale (0.5 ... 1.75) as the reference")
@@ -220,8 +217,8 @@ def run(args) -> int:
             show = lambda: print_counts(result)  # noqa: E731
         else:
             _, samples = data.read_boxes(args.data, args.boxes, args.classes)
-            result = evaluate_localize(model, samples, procs, args.threshold, args.loc_resize, args.ten_crop,
-                                       args.resize, args.crop)
+            result = evaluate_localize(model, samples, procs, args.threshold, loc_resize=args.loc_resize,
+                                       ten_crop=args.ten_crop, resize=args.resize, crop=args.crop)
             show = lambda: print_counts(result)  # noqa: E731
         if procs.rank == 0:
             show()
@@ -233,8 +230,6 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import command_main
-
     return command_main("drn evaluate", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 

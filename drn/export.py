@@ -21,6 +21,7 @@ from torch import nn
 import drn_kernels
 from drn_kernels import reference
 
+from .commands import add_model_args, command_main, positive_int, warn_if_random
 from .heads import OUTPUT_STRIDE, classifier_weights, clip_boxes
 
 _STEM_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
@@ -122,10 +123,7 @@ def export_onnx(model: nn.Module, path, *, task: str = "classify", size=(224, 22
 
 
 def add_arguments(p: argparse.ArgumentParser):
-    from .cli import add_weight_args, positive_int
-
-    p.add_argument("--model", required=True, help="registry name")
-    add_weight_args(p)
+    add_model_args(p)
     p.add_argument("--onnx", required=True, help="output .onnx file")
     p.add_argument("--task", default="classify", choices=list(OUTPUT_NAMES), help="classify (default)")
     p.add_argument("--num-classes", type=positive_int, help="classes (default: the checkpoint's)")
@@ -136,7 +134,6 @@ def add_arguments(p: argparse.ArgumentParser):
 
 
 def run(args) -> int:
-    from .cli import warn_if_random
     from .predict import load_model
 
     warn_if_random("drn export", args)
@@ -150,8 +147,6 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import command_main
-
     return command_main("drn export", __doc__.split("\n\n")[0], add_arguments, run, argv)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -41,12 +41,6 @@ class LayerCount:
     relu: bool = False
     padding: tuple = (0, 0)
     extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("in_shape", "out_shape", "kernel", "stride", "dilation", "padding"):
-            d[k] = list(d[k])
-        return d
 
 
 def conv_count(name, in_shape, out_shape, weight_shape, stride=(1, 1), dilation=(1, 1), *, groups=1,
@@ -215,7 +209,10 @@ def peaks_from(name: str, dtype: torch.dtype, ceilings: dict | None = None, tf32
     return Peaks(name, flops[0], bw[0], source)
 
 
-def _sync(device: torch.device):
+def synchronize(device) -> None:
+    """Wait for the work queued on `device` (a CUDA device; nothing to wait for elsewhere): the one place timing
+    code (drn.profile, drn.flops, benchmarks/) synchronises."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -241,10 +238,10 @@ def sgemm_flops(device: torch.device, dtype: torch.dtype) -> float:
     b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
     for _ in range(5):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
 
@@ -260,10 +257,10 @@ def _measured(device_str: str, dtype: torch.dtype, threads: int, isa: str = "") 
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(5):
-        _sync(device)
+        synchronize(device)
         t = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return flops, 2 * src.numel() / best, "measured FMA peak" if fma is not None else "measured"
 

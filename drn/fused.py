@@ -385,9 +385,7 @@ class FusedModel(InferenceOnly):
 
     @backend.setter
     def backend(self, value: str):
-        if value not in drn_kernels.BACKENDS:
-            raise ValueError(f"backend must be one of {drn_kernels.BACKENDS}, got {value!r}")
-        self._backend = value
+        self._backend = drn_kernels.check_backend(value)
         for m in self.modules():
             if isinstance(m, FusedConv):
                 m.backend = value
@@ -519,8 +517,7 @@ def fuse(model: nn.Module, backend: str = "auto", *, device=None, dtype=None) ->
     device, dtype: where the fused model goes, as .to(device, dtype) after fusing would (BatchNorm is folded in
     float64 from the source's statistics first), but with the kernels' weights prepared only once, there.
     """
-    if backend not in drn_kernels.BACKENDS:
-        raise ValueError(f"backend must be one of {drn_kernels.BACKENDS}, got {backend!r}")
+    drn_kernels.check_backend(backend)
     unprepared = "reference"  # the reference backend prepares nothing: built, moved, then prepared once
     with torch.no_grad():
         if isinstance(model, DRNSeg):

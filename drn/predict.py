@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from drn_kernels.reference import cell_boxes
+
 from .data import classify_inputs, resize_shorter, to_tensor
+from .heads import OUTPUT_STRIDE
 from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-OUTPUT_STRIDE = 8
 _MS_CHANNEL_CHUNK = 4  # classes resized and added at once: bounds the temporary at 4/K of a full map
 
 
@@ -40,7 +42,7 @@ def checkpoint_classes(weights) -> int | None:
 def load_model(name: str, task: str, *, num_classes=None, weights=None, pretrained=False, fused=False,
                backend="auto", device=None):
     """drn.build for the command line: weights (a path) win over pretrained; with weights and no num_classes,
-    the checkpoint's classifier size is used. fused=True needs drn.fused (ImportError otherwise)."""
+    the checkpoint's classifier size is used."""
     import drn
 
     if num_classes is None and weights is not None:
@@ -108,11 +110,7 @@ def class_box(labels: torch.Tensor, scores: torch.Tensor, cls: int, threshold: f
               stride: int = OUTPUT_STRIDE) -> tuple:
     """The paper's minimal box for class `cls` from per-cell (labels, scores) (h, w): the cells whose dominant class
     is cls and whose score > threshold; (x1, y1, x2, y2) in the model input's pixels, -1s when none."""
-    ys, xs = torch.nonzero((labels == cls) & (scores > threshold), as_tuple=True)
-    if ys.numel() == 0:
-        return (-1.0, -1.0, -1.0, -1.0)
-    return (float(xs.min()) * stride, float(ys.min()) * stride, float(xs.max() + 1) * stride,
-            float(ys.max() + 1) * stride)
+    return tuple(cell_boxes(((labels == cls) & (scores > threshold))[None], stride)[0].tolist())
 
 
 def scale_box(box, from_size, to_size) -> tuple:

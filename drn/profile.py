@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .flops import LayerCount, count_layers, device_peaks, roofline_fraction
+from .flops import LayerCount, count_layers, device_peaks, roofline_fraction, synchronize
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 RANGE_PREFIX = "drn/"
@@ -114,11 +114,6 @@ class _Ranges:
             h.remove()
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def profile_model(model: nn.Module, x: torch.Tensor, task: str = "classify", iters: int = 3, warmup: int = 1,
                   trace: str | None = None) -> tuple[list[LayerProfile], float]:
     """Per-layer times (seconds per forward) of `model` on `x`; returns (rows, total seconds per forward)."""
@@ -146,12 +141,12 @@ def profile_model(model: nn.Module, x: torch.Tensor, task: str = "classify", ite
         with torch.no_grad():
             for _ in range(warmup):
                 run(x)
-            _sync(device)
+            synchronize(device)
             with torch.profiler.profile(activities=activities) as prof:
                 for _ in range(iters):
                     with torch.autograd.profiler.record_function(RANGE_PREFIX + "total"):
                         run(x)
-                    _sync(device)
+                    synchronize(device)
     finally:
         ranges.remove()
     if trace:

@@ -8,10 +8,10 @@
 Backends: "auto", "triton", "cuda", "cpu", "cuda-sim", "reference" (see drn_kernels._backends).
 """
 from . import _library  # noqa: F401  (registers torch.ops.drn.*)
-from ._backends import BACKENDS
+from ._backends import BACKENDS, check_backend
 from .ops import class_head, conv_bn_act, fold_bn, localize
 
-__all__ = ["conv_bn_act", "fold_bn", "class_head", "localize", "BACKENDS", "available_backends"]
+__all__ = ["conv_bn_act", "fold_bn", "class_head", "localize", "BACKENDS", "check_backend", "available_backends"]
 
 
 def available_backends(device="cpu") -> dict:

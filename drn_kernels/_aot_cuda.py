@@ -13,12 +13,13 @@ that case are the ones csrc/cuda/host_ops.cuh launches (_INSTANCES below; keep t
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+
+from . import _build_config
 
 _ROOT = Path(__file__).resolve().parent.parent
 _CUDA_SRC = _ROOT / "csrc" / "cuda"
@@ -42,11 +43,8 @@ _TORCH_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__"
 
 
 def _cuda_home() -> Path | None:
-    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda-13.0", "/usr/local/cuda"):
-        if cand and (Path(cand) / "bin" / "nvcc").is_file():
-            return Path(cand)
-    nvcc = shutil.which("nvcc")
-    return Path(nvcc).resolve().parent.parent if nvcc else None
+    home, _ = _build_config.find_cuda_home()
+    return Path(home) if home and (Path(home) / "bin" / "nvcc").is_file() else None
 
 
 def nvcc_path() -> str | None:
@@ -108,11 +106,7 @@ def _extension_library() -> Path | None:
 
 
 def _digest() -> str:
-    h = hashlib.sha256("\n".join(_INSTANCES).encode())
-    for p in sorted(_CUDA_SRC.glob("*.cuh")):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    return _build_config.sources_digest(_CUDA_SRC.glob("*.cuh"), prefix="\n".join(_INSTANCES))
 
 
 def build_cubins(ptxas_verbose: bool = False) -> dict[str, Path]:

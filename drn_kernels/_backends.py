@@ -64,14 +64,21 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
         if device.type != "cpu":
             return f"backend 'cuda-sim' runs CUDA kernel sources on CPU tensors, got {device.type}"
         return _extension.why_unavailable("cuda-sim")
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
+    raise ValueError(f"no availability rule for backend {backend!r}")
+
+
+def check_backend(backend) -> str:
+    """`backend` when it names a backend (BACKENDS), else ValueError: the one check of a backend name."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
 @torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device, op: str) -> str:
     """The concrete backend for `backend` on `device`; raises naming what is missing."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend != "auto":
         reason = why_unavailable(backend, device)
         if reason is not None:

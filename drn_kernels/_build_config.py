@@ -4,10 +4,10 @@ Torch-free on purpose: setup.py reads this file (by path, without importing drn_
 what to build, and drn_kernels._extension uses the same answers for the build on first use, so an install-time
 build and a JIT build compile the same thing with the same flags.
 
-Environment:
+Environment (the DRN_* variables are read through drn_kernels/settings.py, loaded here by path too):
     DRN_FORCE_CPU=1       build the CPU kernels only, even where CUDA could be built
     DRN_BUILD_CUDA=1      build the CUDA kernels (where torch is a CUDA build and a toolkit is found) even when no
-                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.aot`);
+                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.kernel_report`);
                           without it a machine without a GPU builds the CPU kernels only (what it can run)
     DRN_FORCE_CUDA=1      build the CUDA kernels, and fail (raise) instead of falling back to a CPU-only build
     TORCH_CUDA_ARCH_LIST  CUDA archs, default "8.0;8.6;9.0a" (an arch with "+PTX" also embeds PTX)
@@ -17,6 +17,8 @@ Environment:
 from __future__ import annotations
 
 import glob
+import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -33,21 +35,34 @@ JIT_NAME_CPU = "drn_kernels_C_cpu"          # cpp_extension.load names: one per 
 JIT_NAME_CUDA = "drn_kernels_C_cuda"
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def _load_settings():
+    """drn_kernels.settings: imported as usual inside the package, loaded by path when setup.py loads this file."""
+    if __package__:
+        from . import settings as module
+        return module
+    spec = importlib.util.spec_from_file_location("_drn_settings", os.path.join(os.path.dirname(__file__),
+                                                                                "settings.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def force_cpu() -> bool:
-    return _env_flag("DRN_FORCE_CPU")
+settings = _load_settings()
+
+
+def force_cpu(requested: bool = False) -> bool:
+    """CPU kernels only: asked by the caller (`python -m drn_kernels.build --cpu`) or by DRN_FORCE_CPU=1."""
+    return requested or settings.flag("DRN_FORCE_CPU")
 
 
 def force_cuda() -> bool:
-    return _env_flag("DRN_FORCE_CUDA")
+    return settings.flag("DRN_FORCE_CUDA")
 
 
-def build_cuda_requested() -> bool:
-    """DRN_BUILD_CUDA=1 or DRN_FORCE_CUDA=1: the CUDA kernels are wanted even where no GPU is visible."""
-    return _env_flag("DRN_BUILD_CUDA") or force_cuda()
+def build_cuda_requested(requested: bool = False) -> bool:
+    """The CUDA kernels are wanted even where no GPU is visible: asked by the caller (`python -m drn_kernels.build
+    --cuda`), or by DRN_BUILD_CUDA=1 or DRN_FORCE_CUDA=1."""
+    return requested or settings.flag("DRN_BUILD_CUDA") or force_cuda()
 
 
 # ---- sources ------------------------------------------------------------------------------------------------
@@ -102,7 +117,7 @@ def cuda_arch_list() -> list[str]:
 
 
 def cuda_arch_flags(archs: list[str] | None = None) -> list[str]:
-    """-gencode flags for "8.0", "9.0a", "8.6+PTX" ...: SASS for every arch (the aot tool reads these cubins),
+    """-gencode flags for "8.0", "9.0a", "8.6+PTX" ...: SASS for every arch (the kernel report reads these cubins),
     PTX as well where "+PTX" asks for it. Given explicitly, so torch does not guess from a (missing) GPU."""
     flags = []
     for arch in archs if archs is not None else cuda_arch_list():
@@ -190,6 +205,17 @@ def _toolkit_of_nvcc(nvcc: str) -> str | None:
     return None
 
 
+def sources_digest(paths, prefix: str = "") -> str:
+    """16 hex digits of sha256 over `prefix`, then each file's name and bytes in path order: a cache key that
+    changes when any of the sources does (the host simulation build, the kernel report's cubins)."""
+    h = hashlib.sha256(prefix.encode())
+    for p in sorted(paths):
+        h.update(os.path.basename(p).encode())
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def _version_key(path: str):
     nums = re.findall(r"\d+", os.path.basename(path))
     return tuple(int(n) for n in nums) if nums else (-1,)
@@ -220,16 +246,18 @@ def find_cuda_home() -> tuple[str | None, str]:
     return None, "; ".join(tried)
 
 
-def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True) -> tuple[bool, str | None, str]:
+def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True, cpu_only: bool = False,
+                  build_cuda: bool = False) -> tuple[bool, str | None, str]:
     """(build the CUDA kernels?, CUDA_HOME, reason in words). Raises RuntimeError under DRN_FORCE_CUDA=1 when
     CUDA cannot be built. `torch_cuda_version` is torch.version.cuda (None for a CPU-only torch); `gpu_visible`
-    is torch.cuda.is_available(): without a GPU the CUDA kernels are built only on request (DRN_BUILD_CUDA=1)."""
+    is torch.cuda.is_available(): without a GPU the CUDA kernels are built only on request (DRN_BUILD_CUDA=1).
+    cpu_only / build_cuda: the caller's own request, as DRN_FORCE_CPU=1 / DRN_BUILD_CUDA=1 would ask."""
     home, how = find_cuda_home()
-    if force_cpu():
-        ok, reason = False, "DRN_FORCE_CPU=1 asks for a CPU-only build"
+    if force_cpu(cpu_only):
+        ok, reason = False, "DRN_FORCE_CPU=1 (or --cpu) asks for a CPU-only build"
     elif torch_cuda_version is None:
         ok, reason = False, "torch is a CPU-only build (torch.version.cuda is None)"
-    elif not gpu_visible and not build_cuda_requested():
+    elif not gpu_visible and not build_cuda_requested(build_cuda):
         ok, reason = False, ("no GPU visible, so the CPU kernels only (DRN_BUILD_CUDA=1 or "
                              "`python -m drn_kernels.build --cuda` compiles the CUDA kernels anyway)")
     elif home is None:

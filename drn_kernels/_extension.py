@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from . import _build_config
+from . import _build_config, settings
 
 _lock = threading.RLock()
 _tried = False
@@ -49,7 +49,7 @@ def build_directory(with_cuda: bool, create: bool = False) -> str:
     import torch
 
     cpp_extension = _import_cpp_extension()
-    root = os.environ.get("DRN_BUILD_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR") \
+    root = settings.path("DRN_BUILD_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR") \
         or cpp_extension.get_default_build_root()
     cu = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", "")
     tv = torch.__version__.split("+")[0]
@@ -97,11 +97,11 @@ def _gpu_visible() -> bool:
         return False
 
 
-def _decision() -> tuple[bool, str | None, str]:
+def build_decision(cpu_only: bool = False, build_cuda: bool = False) -> tuple[bool, str | None, str]:
     """_build_config.cuda_decision for this torch and machine (a GPU visible or not)."""
     import torch
 
-    return _build_config.cuda_decision(torch.version.cuda, _gpu_visible())
+    return _build_config.cuda_decision(torch.version.cuda, _gpu_visible(), cpu_only, build_cuda)
 
 
 def _build_settings(name: str, sources: list[str], with_cuda: bool, ninja: str) -> dict:
@@ -120,7 +120,7 @@ def _newer_input(library: str) -> str | None:
     return os.path.relpath(newer[0], _build_config.ROOT) if newer else None
 
 
-def _stale_reason(library: str, settings: dict) -> str | None:
+def _stale_reason(library: str, record: dict) -> str | None:
     """Why cpp_extension.load would compile (None: it will not): the library is missing, was built with other
     settings (flags, sources, torch, ninja), or ninja's own dry run has steps to run (a changed source or any
     header it includes, per ninja's dependency log)."""
@@ -134,11 +134,11 @@ def _stale_reason(library: str, settings: dict) -> str | None:
         recorded = None
     if not isinstance(recorded, dict):
         return "no record of how the cached library was built"
-    changed = [k for k in settings if recorded.get(k) != settings[k]]
+    changed = [k for k in record if recorded.get(k) != record[k]]
     if changed:
         return "built with another " + ", ".join(changed)
     if os.path.isfile(os.path.join(build_dir, "build.ninja")):
-        dry = subprocess.run([settings["ninja"], "-n", "-C", build_dir], capture_output=True, text=True)
+        dry = subprocess.run([record["ninja"], "-n", "-C", build_dir], capture_output=True, text=True)
         steps = [ln for ln in dry.stdout.splitlines() if _STEP.match(ln)]
         if dry.returncode != 0 or steps:
             return f"ninja has {len(steps)} step(s) to run" if dry.returncode == 0 else "ninja's dry run failed"
@@ -221,15 +221,16 @@ def _compiler_output_to_log(build_dir: str, echo: bool = False, progress: bool =
             os.remove(partial)
 
 
-def jit_build(verbose: bool = False, progress: bool = True):
+def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = False, build_cuda: bool = False):
     """Build (or load the cached build of) the extension with torch.utils.cpp_extension.load; returns the module.
     Always with the ninja of _build_config.find_ninja() (first on PATH while it runs). A compile is announced on
     stderr (why, then one line per finished step; the compiler output goes to BUILD_DIR/build.log) — whether or
     not the check beforehand predicted it. verbose=True also prints the compiler output; progress=False leaves out
-    the per-step lines (the first and last line stay). Raises on failure (RuntimeError carrying the compiler's error lines)."""
+    the per-step lines (the first and last line stay). cpu_only / build_cuda: as DRN_FORCE_CPU=1 / DRN_BUILD_CUDA=1.
+    Raises on failure (RuntimeError carrying the compiler's error lines)."""
     global _cuda_reason
 
-    with_cuda, cuda_home, reason = _decision()
+    with_cuda, cuda_home, reason = build_decision(cpu_only, build_cuda)
     _cuda_reason = None if with_cuda else reason
     if cuda_home is not None and (with_cuda or "torch.utils.cpp_extension" not in sys.modules):
         _set_cuda_home(cuda_home)
@@ -245,8 +246,8 @@ def jit_build(verbose: bool = False, progress: bool = True):
                            f"use needs a source checkout installed with `pip install -e .`")
     build_dir = build_directory(with_cuda, create=True)
     library = os.path.join(build_dir, name + ".so")
-    settings = _build_settings(name, sources, with_cuda, ninja)
-    stale = _stale_reason(library, settings)
+    record = _build_settings(name, sources, with_cuda, ninja)
+    stale = _stale_reason(library, record)
     what = ("CPU + CUDA kernels (" if with_cuda else "CPU kernels (") + reason + ")"
     announced = False
 
@@ -283,7 +284,7 @@ def jit_build(verbose: bool = False, progress: bool = True):
         else:
             os.environ["PATH"] = old_path
     with open(os.path.join(build_dir, SETTINGS_FILE), "w") as f:
-        json.dump(settings, f, indent=1)
+        json.dump(record, f, indent=1)
     if steps and not announced:  # ninja compiled although the check beforehand said up to date: say so anyway
         say(f"compiled the C++ extension ({len(steps)} steps the check beforehand did not predict) — {what}")
     if steps:
@@ -306,7 +307,7 @@ def _load_cached_build():
     """Import an up-to-date library of the build on first use without running the build (DRN_NO_JIT_BUILD=1)."""
     global _cuda_reason
 
-    with_cuda, _, reason = _decision()
+    with_cuda, _, reason = build_decision()
     _cuda_reason = None if with_cuda else reason
     name = _build_config.JIT_NAME_CUDA if with_cuda else _build_config.JIT_NAME_CPU
     library = os.path.join(build_directory(with_cuda), name + ".so")
@@ -330,11 +331,11 @@ def in_place_library() -> str | None:
     return spec.origin if spec is not None and spec.origin and os.path.isfile(spec.origin) else None
 
 
-def in_place_skip_reason(path: str) -> str | None:
+def in_place_skip_reason(path: str, cpu_only: bool = False) -> str | None:
     """Why the in-place library at `path` must not be loaded (None: load it): DRN_FORCE_CPU=1 asks for CPU
     kernels only (setup.py's build may hold CUDA kernels), or a file under csrc/ is newer than it."""
-    if _build_config.force_cpu():
-        return "DRN_FORCE_CPU=1 asks for the CPU-only build on first use"
+    if _build_config.force_cpu(cpu_only):
+        return "DRN_FORCE_CPU=1 (or --cpu) asks for the CPU-only build on first use"
     newer = _newer_input(path)
     if newer:
         return (f"it is older than {newer} (rebuild it with `pip install --no-build-isolation -e .`, or delete "
@@ -365,6 +366,7 @@ def load(verbose: bool = False):
     with _lock:
         if _tried:
             return _module
+        settings.cpu_options()  # a bad DRN_CPU_* value raises (naming it) before anything is built
         from . import _library  # noqa: F401  (the schemas the kernels register against)
 
         in_place_error = None
@@ -382,7 +384,7 @@ def load(verbose: bool = False):
         except ImportError as e:  # e.g. built against another torch: try the build on first use instead
             in_place_error = f"drn_kernels._C exists but does not import ({e})"
         if _module is None:
-            if _build_config._env_flag("DRN_NO_JIT_BUILD"):
+            if settings.flag("DRN_NO_JIT_BUILD"):
                 try:
                     _module = _load_cached_build()
                 except Exception as e:  # noqa: BLE001
@@ -395,7 +397,20 @@ def load(verbose: bool = False):
                 except Exception as e:  # noqa: BLE001 — any build failure means "no extension", with the reason
                     _error = f"building the C++ extension drn_kernels._C failed: {type(e).__name__}: {_tail(e)}"
         _tried = True
+        push_cpu_options()
         return _module
+
+
+def push_cpu_options():
+    """Pass drn_kernels.settings.cpu_options() (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_POISON, read
+    and validated now) to the loaded extension's kernels, which never read the environment themselves. Done
+    when the extension loads; call it again after changing those variables in this process. Returns the options
+    (None when the extension is not loaded: it reads them when it is)."""
+    if _module is None:
+        return None
+    options = settings.cpu_options()
+    _module.set_cpu_options(*options.codes())
+    return options
 
 
 def library_path() -> str | None:

@@ -10,7 +10,6 @@ compiled extension is missing:
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -53,7 +52,9 @@ torch.library.define("drn::winograd_weight", "(Tensor weight, int tile=0) -> Ten
 
 def winograd_tile() -> int:
     """Output tile side of the cpu backend's Winograd convolution (DRN_WINOGRAD_TILE=2|4, default 4)."""
-    return 2 if os.environ.get("DRN_WINOGRAD_TILE", "") == "2" else 4
+    from . import settings
+
+    return int(settings.choice("DRN_WINOGRAD_TILE"))
 
 
 @torch.library.register_fake("drn::conv_bn_act_prepared_native")

@@ -10,13 +10,15 @@ __syncthreads (negative control: ThreadSanitizer must report it).
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from . import _build_config
 
 _ROOT = Path(__file__).resolve().parent.parent
 CSRC = _ROOT / "csrc"
@@ -45,17 +47,23 @@ def _missing() -> str | None:
     return None
 
 
-def _sources_digest(paths) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def _kernel_sources() -> list[Path]:
     return (sorted(CSRC.glob("*.h")) + sorted((CSRC / "cuda").glob("*.cuh")) + sorted((CSRC / "sim").glob("*.h"))
             + sorted((CSRC / "sim").glob("*.cpp")))
+
+
+@contextlib.contextmanager
+def _build_jobs(default: int):
+    """MAX_JOBS (torch's ninja build reads only the environment) = `default` while the build runs, unless the
+    user set it; restored afterwards, so the rest of the process never sees it."""
+    if "MAX_JOBS" in os.environ:
+        yield
+        return
+    os.environ["MAX_JOBS"] = str(default)
+    try:
+        yield
+    finally:
+        os.environ.pop("MAX_JOBS", None)
 
 
 def load(verbose: bool = False) -> None:
@@ -72,16 +80,16 @@ def load(verbose: bool = False) -> None:
             raise RuntimeError(reason)
         from torch.utils import cpp_extension
 
-        os.environ.setdefault("MAX_JOBS", "2")
         try:
-            cpp_extension.load(
-                name=NAME,
-                sources=[str(CSRC / "sim" / "sim_ops.cpp")],
-                extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_sources_digest(_kernel_sources())}"],
-                extra_ldflags=["-pthread"],
-                is_python_module=False,
-                verbose=verbose,
-            )
+            with _build_jobs(2):
+                cpp_extension.load(
+                    name=NAME,
+                    sources=[str(CSRC / "sim" / "sim_ops.cpp")],
+                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_build_config.sources_digest(_kernel_sources())}"],
+                    extra_ldflags=["-pthread"],
+                    is_python_module=False,
+                    verbose=verbose,
+                )
         except Exception as exc:  # compiler errors: keep the reason, report it from why_unavailable()
             _error = f"building the host simulation of the CUDA kernels failed: {exc}"
             raise RuntimeError(_error) from exc
@@ -111,7 +119,7 @@ def build_race_check(drop_sync: bool = False) -> Path:
         raise RuntimeError("no C++ compiler found (set CXX)")
     from torch.utils.cpp_extension import _get_build_directory
 
-    digest = _sources_digest(_kernel_sources())
+    digest = _build_config.sources_digest(_kernel_sources())
     out_dir = Path(_get_build_directory("drn_kernels_sim_tsan", verbose=False))
     exe = out_dir / f"race_check_{'dropsync_' if drop_sync else ''}{digest}"
     if exe.is_file():

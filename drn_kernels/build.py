@@ -9,7 +9,6 @@ Without a GPU the CUDA kernels are compiled only with --cuda (= DRN_BUILD_CUDA=1
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -24,18 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     shown.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     shown.add_argument("--verbose", action="store_true", help="also print the compiler output (it is in build.log)")
     args = parser.parse_args(argv)
-    if args.cpu:
-        os.environ["DRN_FORCE_CPU"] = "1"
-    if args.cuda:
-        os.environ["DRN_BUILD_CUDA"] = "1"
-
     from . import _extension, _library  # noqa: F401  (_library: schemas before the kernels load)
 
-    with_cuda, _, reason = _extension._decision()
+    with_cuda, _, reason = _extension.build_decision(cpu_only=args.cpu, build_cuda=args.cuda)
     print(f"drn_kernels.build: {'CPU + CUDA' if with_cuda else 'CPU-only'} build — {reason}", flush=True)
     start = time.perf_counter()
     try:
-        module = _extension.jit_build(verbose=args.verbose, progress=not args.quiet)
+        module = _extension.jit_build(verbose=args.verbose, progress=not args.quiet, cpu_only=args.cpu,
+                                      build_cuda=args.cuda)
     except Exception as e:  # noqa: BLE001
         print(f"drn_kernels.build: FAILED: {type(e).__name__}: {_extension._tail(e)}", file=sys.stderr)
         return 1
@@ -43,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{module.has_cuda()}, OpenMP: {module.has_openmp()}) in {time.perf_counter() - start:.0f} s", flush=True)
     in_place = _extension.in_place_library()
     if in_place is not None:
-        skip = _extension.in_place_skip_reason(in_place)
+        skip = _extension.in_place_skip_reason(in_place, cpu_only=args.cpu)
         print(f"drn_kernels.build: note: the in-place {in_place} (from setup.py) "
               + (f"is not loaded: {skip}" if skip else "is loaded first: a fresh process uses it, not this build; "
                                                          "delete it to use this build"), flush=True)

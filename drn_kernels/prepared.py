@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import statistics
 import time
 
@@ -49,12 +48,12 @@ SEARCHES: list[dict] = []               # one record per measured choice: key, m
 
 
 def cpu_conv_setting() -> tuple[str, int, str]:
-    """(DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA) as the algorithm choice reads them. DRN_CPU_CONV: "auto"
-    (default: measure), "winograd" (pinned, at the tile), "direct" (oneDNN pinned) or "aten" (no prepared forms)."""
-    mode = os.environ.get("DRN_CPU_CONV", "").strip() or "auto"
-    if mode not in ("auto", "winograd", "direct", "aten"):
-        raise ValueError(f"DRN_CPU_CONV must be auto, winograd, direct or aten, got {mode!r}")
-    return mode, _library.winograd_tile(), os.environ.get("DRN_CPU_ISA", "")
+    """(DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA) as the algorithm choice reads them (drn_kernels.settings
+    validates them). DRN_CPU_CONV: "auto" (default: measure), "winograd" (pinned, at the tile), "direct" (oneDNN
+    pinned) or "aten" (no prepared forms)."""
+    from . import settings
+
+    return settings.choice("DRN_CPU_CONV"), _library.winograd_tile(), settings.choice("DRN_CPU_ISA")
 
 
 def _timing_input(x: Tensor, padding, dilation) -> Tensor:

@@ -129,14 +129,14 @@ def localize(x, weight, bias, threshold, stride=8):
     boxes = torch.full((n, 4), -1.0, dtype=torch.float32, device=x.device)
     if n > 0 and h * w > 0:
         top1 = torch.argmax(logits, dim=1)
-        boxes = _box_of(labels.eq(top1.view(n, 1, 1)) & (scores > threshold), stride)
+        boxes = cell_boxes(labels.eq(top1.view(n, 1, 1)) & (scores > threshold), stride)
     out_dtype = x.dtype if x.dtype.is_floating_point else torch.float32
     return logits.to(out_dtype), labels, scores, boxes
 
 
-def _box_of(mask: torch.Tensor, stride: int) -> torch.Tensor:
-    """(N, 4) float32 box around each image's True cells of mask (N, h, w), in pixels of `stride`-sized cells;
-    -1s where none. Masked min/max only (no data-dependent shapes), so it traces and exports to ONNX."""
+def cell_boxes(mask: torch.Tensor, stride: int) -> torch.Tensor:
+    """Paper §5.2's box rule, the one place it is written: (N, 4) float32 (x1, y1, x2, y2) around each image's True
+    cells of mask (N, h, w), in pixels of `stride`-sized cells; -1s where none. Masked min/max only (no data-dependent shapes), so it traces and exports to ONNX."""
     n, h, w = mask.shape
     cols = torch.arange(w, device=mask.device).view(1, 1, w).expand(n, h, w)
     rows = torch.arange(h, device=mask.device).view(1, h, 1).expand(n, h, w)

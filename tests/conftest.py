@@ -1,6 +1,8 @@
 """Test set-up: without a GPU, Triton kernels run in the interpreter on CPU tensors.
 
 TRITON_INTERPRET must be set before triton (and so drn_kernels.triton) is imported.
+The `monkeypatch` fixture passes a changed DRN_CPU_* / DRN_WINOGRAD_TILE setting on to the loaded C++ kernels (as
+the extension's load does in a fresh process): the kernels never read the environment themselves.
 """
 import os
 
@@ -21,6 +23,8 @@ if not _has_cuda():
 
 HAS_CUDA = _has_cuda()
 
+from drn_kernels import settings  # noqa: E402  (after TRITON_INTERPRET is decided)
+
 
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
@@ -34,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
 # `make test` sets DRN_REQUIRE_BUILD=1: there a compiled backend that did not build (the CPU extension, the CUDA
 # kernels on a GPU machine, the SIMT simulator, the ThreadSanitizer race check) FAILS its tests instead of skipping
 # them, so a broken build cannot pass as a green run. Plain pytest elsewhere skips with the reason.
-REQUIRE_BUILD = os.environ.get("DRN_REQUIRE_BUILD") == "1"
+REQUIRE_BUILD = settings.flag("DRN_REQUIRE_BUILD")
 COMPILED_BACKENDS = ("cpu", "cuda", "cuda-sim")
 
 
@@ -57,3 +61,30 @@ def require_backend(backend: str, device="cpu"):
     if backend in COMPILED_BACKENDS:
         skip_or_fail_unbuilt(f"backend {backend!r}", reason)
     pytest.skip(f"backend {backend!r} unavailable: {reason}")
+
+
+CPU_SETTINGS = ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON")
+
+
+@pytest.fixture
+def monkeypatch(monkeypatch):
+    """pytest's monkeypatch; setenv/delenv of a cpu setting also calls drn_kernels._extension.push_cpu_options()
+    (a bad value raises ValueError there, naming the variable), and so does the undo at the end of the test."""
+    from drn_kernels import _extension
+
+    setenv, delenv = monkeypatch.setenv, monkeypatch.delenv
+
+    def pushing_setenv(name, value, prepend=None):
+        setenv(name, value, prepend)
+        if name in CPU_SETTINGS:
+            _extension.push_cpu_options()
+
+    def pushing_delenv(name, raising=True):
+        delenv(name, raising)
+        if name in CPU_SETTINGS:
+            _extension.push_cpu_options()
+
+    monkeypatch.setenv, monkeypatch.delenv = pushing_setenv, pushing_delenv
+    yield monkeypatch
+    monkeypatch.undo()
+    _extension.push_cpu_options()

@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+from drn_kernels import settings
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Makes `import torch` fail, as in pip's isolated build environment.
@@ -308,7 +310,7 @@ def test_setup_py_builds_extension_with_torch(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("DRN_TEST_PIP") != "1", reason="set DRN_TEST_PIP=1 (needs the package index)")
+@pytest.mark.skipif(not settings.flag("DRN_TEST_PIP"), reason="set DRN_TEST_PIP=1 (needs the package index)")
 def test_pip_wheel_isolated_has_no_extension(tmp_path):
     """pip's default build isolation has no torch: the wheel carries the Python package and no compiled _C."""
     import shutil

@@ -213,3 +213,29 @@ def test_cli_forwards_evaluate(segset, capsys):
     assert forwarded == direct and "mIoU" in forwarded
     got = _json_line(forwarded)
     assert got["images"] == 3 and got["miou"] is not None and len(got["iou"]) == 19
+
+
+def test_localize_sizes_reach_the_right_step(localize_set, capsys, monkeypatch):
+    """--loc-resize sizes the image the boxes' maps are computed on, --resize/--crop the 10-crop classification:
+    each reaches its own step (they were easy to swap: both are resizes)."""
+    from drn import predict
+
+    seen = {"localize": set(), "classify": set()}
+    localize, classify = predict.localize, predict.classify
+
+    def spy_localize(model, img, **kw):
+        seen["localize"].add(kw["resize"])
+        return localize(model, img, **kw)
+
+    def spy_classify(model, img, **kw):
+        seen["classify"].add((kw["resize"], kw["crop"]))
+        return classify(model, img, **kw)
+
+    monkeypatch.setattr(predict, "localize", spy_localize)
+    monkeypatch.setattr(predict, "classify", spy_classify)
+    root = localize_set
+    argv = ["localize", "--data", str(root), "--model", "drn_d_22", "--weights", str(root / "loc.pth"),
+            "--threshold", "0.0", "--device", "cpu", "--ten-crop", "--loc-resize", "40", "--resize", "36",
+            "--crop", "32"]
+    assert evaluate.main(argv) == 0
+    assert seen == {"localize": {40}, "classify": {(36, 32)}}

@@ -32,6 +32,7 @@
 
 #include "cpu/conv_bn_act_winograd.h"
 #include "input_checks.h"
+#include "cpu/cpu_options.h"
 
 #include <array>
 #include <atomic>
@@ -65,8 +66,7 @@ int dtype_slot(at::ScalarType dt) {
 
 bool onednn_wanted(at::ScalarType dt) {
   if (!at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn()) return false;
-  const char* env = std::getenv("DRN_CPU_CONV");
-  if (env != nullptr && std::string_view(env) == "aten") return false;
+  if (conv_mode() == ConvMode::kAten) return false;
   return !onednn_failed[dtype_slot(dt)].load(std::memory_order_relaxed);
 }
 

@@ -20,6 +20,7 @@
 // Epilogue in the output transform: bias, residual, ReLU, stored straight into the channels_last output.
 // Threads: the transforms split the chunk's tiles with at::parallel_for; the GEMMs use MKL's threads.
 #include "cpu/conv_bn_act_winograd.h"
+#include "cpu/cpu_options.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/bmm.h>
@@ -69,18 +70,7 @@ struct Transform<4> {
 constexpr int kLanes = 16;                        // channels per transform step (one AVX-512 register of floats)
 constexpr int64_t kWorkspaceFloats = 2 << 20;     // ~8 MB for each of V and M per chunk
 
-const char* conv_env() {
-  const char* env = std::getenv("DRN_CPU_CONV");
-  return env == nullptr ? "" : env;
-}
-
-int tile_size() {
-  const char* env = std::getenv("DRN_WINOGRAD_TILE");
-  if (env == nullptr || *env == '\0') return 4;
-  const std::string_view s(env);
-  TORCH_CHECK_VALUE(s == "2" || s == "4", "DRN_WINOGRAD_TILE must be 2 or 4 (output tile side), got '", s, "'");
-  return s == "4" ? 4 : 2;
-}
+int tile_size() { return cpu_options().winograd_tile.load(std::memory_order_relaxed) == 2 ? 2 : 4; }
 
 // Tile origins along one output axis of `size` pixels with dilation `dil`: phase by phase, m outputs per tile.
 std::vector<int64_t> tile_origins(int64_t size, int64_t dil, int m) {
@@ -264,13 +254,8 @@ Isa transform_isa() {
                               ? Isa::kAvx512
                           : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? Isa::kAvx2
                                                                                                 : Isa::kBaseline;
-  const char* env = std::getenv("DRN_CPU_ISA");
-  if (env == nullptr || *env == '\0') return best;
-  const std::string_view s(env);
-  TORCH_CHECK_VALUE(s == "baseline" || s == "avx2" || s == "avx512",
-                    "DRN_CPU_ISA must be baseline, avx2 or avx512, got '", s, "'");
-  const Isa asked = s == "avx512" ? Isa::kAvx512 : s == "avx2" ? Isa::kAvx2 : Isa::kBaseline;
-  return static_cast<int>(asked) < static_cast<int>(best) ? asked : best;
+  const int asked = cpu_options().isa.load(std::memory_order_relaxed);  // -1: the best
+  return asked >= 0 && asked < static_cast<int>(best) ? static_cast<Isa>(asked) : best;
 }
 
 template <int M>
@@ -353,8 +338,7 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
     out = into->permute({0, 2, 3, 1});
   } else {
     out = at::empty({N, P, Q, K}, xin.options());
-    const char* poison = std::getenv("DRN_CPU_POISON");
-    if (poison != nullptr && std::string_view(poison) == "1") {
+    if (cpu_options().poison.load(std::memory_order_relaxed)) {
       out.fill_(std::numeric_limits<float>::quiet_NaN());  // tests: an output element never written shows up
     }
   }
@@ -400,10 +384,10 @@ bool winograd_computes(const Tensor& x, const Tensor& weight, IntArrayRef stride
 }
 
 bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
-  const std::string_view mode(conv_env());
-  if (mode == "direct" || mode == "aten") return false;
+  const ConvMode mode = conv_mode();
+  if (mode == ConvMode::kDirect || mode == ConvMode::kAten) return false;
   if (!winograd_computes(x, weight, stride)) return false;
-  if (mode == "winograd") return true;
+  if (mode == ConvMode::kWinograd) return true;
   return std::min(weight.size(0), weight.size(1)) >= 64;
 }
 

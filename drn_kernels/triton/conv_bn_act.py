@@ -177,7 +177,7 @@ def size_bucket(n: int) -> int:
 
 
 def config_list(flat: bool, fp32: bool) -> list:
-    """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.aot compiles the same."""
+    """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.kernel_report compiles the same."""
     return {(False, False): CONFIGS, (True, False): FLAT_CONFIGS,
             (False, True): FP32_CONFIGS, (True, True): FP32_FLAT_CONFIGS}[(flat, fp32)]
 
@@ -203,7 +203,9 @@ def packed_weight(weight: Tensor) -> Tensor:
 
 def force_int64() -> bool:
     """DRN_FORCE_INT64=1 selects the int64-offset kernel even for small tensors (read per call, for tests)."""
-    return os.environ.get("DRN_FORCE_INT64", "0") == "1"
+    from .. import settings
+
+    return settings.flag("DRN_FORCE_INT64")
 
 
 def max_offset(t: Tensor) -> int:

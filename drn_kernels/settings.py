@@ -1,0 +1,156 @@
+"""Every DRN_* environment variable: the one table, one truthy rule, validated values.
+
+Torch-free and import-free on purpose (only the standard library): setup.py loads drn_kernels/_build_config.py by
+path, and _build_config loads this file the same way, so an install-time build and the build on first use read
+the same settings. Nothing else in the package reads a DRN_* variable.
+
+Each read is fresh (the variable as it is now) and validated: a value outside the allowed ones raises ValueError
+naming the variable and the values it accepts. The C++ CPU kernels never read the environment: the extension is
+given cpu_options() once when it is loaded (drn_kernels._extension.push_cpu_options), and again by whoever
+changes these variables later in the process (the tests do).
+
+README.md's "Settings" table documents the same variables; tests/test_settings.py checks that both cover every
+DRN_ name the sources read.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("", "0", "false", "no", "off")
+
+
+class Setting(NamedTuple):
+    name: str
+    kind: str                       # "flag", "choice", "int", "path"
+    choices: tuple = ()             # allowed values of a "choice" ("" = unset = the default)
+    default: object = None
+    doc: str = ""
+
+
+TABLE: dict[str, Setting] = {s.name: s for s in (
+    # ---- building the C++ extension (setup.py and the build on first use) ----
+    Setting("DRN_FORCE_CPU", "flag", doc="build the CPU kernels only, even where CUDA could be built"),
+    Setting("DRN_BUILD_CUDA", "flag", doc="compile the CUDA kernels even without a GPU (where torch is a CUDA "
+                                          "build and a toolkit is found): the static kernel report wants them"),
+    Setting("DRN_FORCE_CUDA", "flag", doc="compile the CUDA kernels, and fail instead of building CPU-only"),
+    Setting("DRN_NO_JIT_BUILD", "flag", doc="never build on first use: load an up-to-date cached build or none"),
+    Setting("DRN_BUILD_DIR", "path", doc="folder of the build on first use (default: the torch extensions "
+                                         "folder, $TORCH_EXTENSIONS_DIR)"),
+    # ---- the cpu backend's convolution (passed to the C++ kernels when the extension loads) ----
+    Setting("DRN_CPU_CONV", "choice", ("auto", "winograd", "direct", "aten"), "auto",
+            "auto: Winograd for float32 3x3 stride-1 convs with >= 64 channels in and out, oneDNN's direct "
+            "convolution for the rest; winograd: Winograd for every float32 3x3 stride-1 conv (oneDNN for the "
+            "rest); direct: oneDNN only, no Winograd; aten: ATen's convolution + a fused epilogue, no oneDNN, "
+            "no Winograd"),
+    Setting("DRN_WINOGRAD_TILE", "choice", ("4", "2"), "4",
+            "output tile side of the Winograd convolution: F(4x4,3x3) or F(2x2,3x3)"),
+    Setting("DRN_CPU_ISA", "choice", ("best", "baseline", "avx2", "avx512"), "best",
+            "which build of the Winograd transforms runs (capped by what the CPU has); tests"),
+    Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests"),
+    # ---- Triton ----
+    Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests"),
+    # ---- benchmarks and tests ----
+    Setting("DRN_BENCH_THREADS", "int", doc="torch's intra-op threads in benchmarks/ (the CPU goals are at 2)"),
+    Setting("DRN_BENCH_FULL", "flag", doc="collect every benchmark under plain pytest, not only the quick ones"),
+    Setting("DRN_CEILINGS", "path", doc="JSON file of measured copy/matmul ceilings for the benchmark report "
+                                        "(default: benchmarks/results/*.json of the same device)"),
+    Setting("DRN_TEST_PIP", "flag", doc="run the test that pip-installs the package (needs the package index)"),
+    Setting("DRN_REQUIRE_BUILD", "flag", doc="tests: a compiled backend that does not build fails its tests instead "
+                                             "of skipping them (`make test` sets it)"),
+)}
+
+# The DRN_* names in the sources that are not environment variables: C++ macros and symbols.
+NOT_SETTINGS = ("DRN_WITH_CUDA", "DRN_SIMT_HOST", "DRN_SIM_DIGEST", "DRN_SIM_DROP_MAINLOOP_SYNC", "DRN_MULTIVERSION",
+                "DRN_TILES", "DRN_STR", "DRN_STR_", "DRN_CAT", "DRN_CAT_")
+
+
+def _raw(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _setting(name: str) -> Setting:
+    try:
+        return TABLE[name]
+    except KeyError:
+        raise KeyError(f"{name} is not a drn_kernels setting (drn_kernels.settings.TABLE)") from None
+
+
+def flag(name: str) -> bool:
+    """A yes/no setting: 1/true/yes/on is yes; unset, empty, 0/false/no/off is no; anything else raises."""
+    _setting(name)
+    raw = _raw(name).lower()
+    if raw in TRUE:
+        return True
+    if raw in FALSE:
+        return False
+    raise ValueError(f"{name} must be one of {', '.join(TRUE)} (yes) or {', '.join(FALSE[1:])} or unset (no), "
+                     f"got {os.environ.get(name)!r}")
+
+
+def choice(name: str) -> str:
+    """A setting with a fixed set of values; unset or empty is the default."""
+    s = _setting(name)
+    raw = _raw(name).lower()
+    if raw == "":
+        return s.default
+    if raw not in s.choices:
+        raise ValueError(f"{name} must be one of {', '.join(s.choices)} (or unset), got {os.environ.get(name)!r}")
+    return raw
+
+
+def positive_int(name: str) -> Optional[int]:
+    _setting(name)
+    raw = _raw(name)
+    if raw == "":
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a positive integer (or unset), got {os.environ.get(name)!r}")
+    return int(raw)
+
+
+def path(name: str) -> Optional[str]:
+    _setting(name)
+    return _raw(name) or None
+
+
+def value(name: str):
+    """The setting `name` as its kind reads it (flag: bool, choice: str, int: int|None, path: str|None)."""
+    kind = _setting(name).kind
+    return {"flag": flag, "choice": choice, "int": positive_int, "path": path}[kind](name)
+
+
+def check_all() -> dict:
+    """Every setting read and validated: {name: value}; raises on the first bad one."""
+    return {name: value(name) for name in TABLE}
+
+
+class CpuOptions(NamedTuple):
+    """What the C++ CPU kernels are told (drn_kernels._C.set_cpu_options takes the integer codes)."""
+    conv: str            # DRN_CPU_CONV
+    winograd_tile: int   # DRN_WINOGRAD_TILE
+    isa: str             # DRN_CPU_ISA
+    poison: bool         # DRN_CPU_POISON
+
+    def codes(self) -> tuple[int, int, int, bool]:
+        """(conv, tile, isa, poison) as csrc/cpu/cpu_options.h numbers them."""
+        conv = TABLE["DRN_CPU_CONV"].choices.index(self.conv)
+        isa = TABLE["DRN_CPU_ISA"].choices.index(self.isa) - 1   # -1 = best, 0 baseline, 1 avx2, 2 avx512
+        return conv, self.winograd_tile, isa, self.poison
+
+
+def cpu_options() -> CpuOptions:
+    return CpuOptions(choice("DRN_CPU_CONV"), int(choice("DRN_WINOGRAD_TILE")), choice("DRN_CPU_ISA"),
+                      flag("DRN_CPU_POISON"))
+
+
+def markdown_table() -> str:
+    """The README's table of settings, made from TABLE."""
+    rows = ["| Variable | Values | Meaning |", "|---|---|---|"]
+    for s in TABLE.values():
+        values = {"flag": "1/true/yes/on; unset, 0/false/no/off", "int": "a positive integer; unset",
+                  "path": "a path; unset"}.get(s.kind) or " \\| ".join(
+                      f"`{c}`" + (" (default)" if c == s.default else "") for c in s.choices)
+        rows.append(f"| `{s.name}` | {values} | {s.doc} |")
+    return "\n".join(rows)

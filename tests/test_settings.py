@@ -1,0 +1,94 @@
+"""drn_kernels.settings: the one table of DRN_* environment variables (README's "Settings" section)."""
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from drn_kernels import settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SOURCES = [p for pattern in ("drn_kernels/**/*.py", "drn/**/*.py", "benchmarks/**/*.py", "tests/**/*.py", "csrc/**/*",
+                             "setup.py", "Makefile", "hubconf.py", "README.md", "docs/**/*.md")
+           for p in ROOT.glob(pattern) if p.is_file() and p.suffix not in (".png", ".pth", ".so", ".o")]
+NAME = re.compile(r"\bDRN_[A-Z0-9_]*[A-Z0-9]\b")
+
+
+def _names_in_sources() -> dict[str, str]:
+    found = {}
+    for path in SOURCES:
+        for name in NAME.findall(path.read_text(errors="replace")):
+            found.setdefault(name, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_drn_name_is_in_the_table():
+    found = _names_in_sources()
+    assert "DRN_CPU_CONV" in found and "DRN_WITH_CUDA" in found  # the grep sees Python and C++ sources
+    unknown = {n: f for n, f in found.items() if n not in settings.TABLE and n not in settings.NOT_SETTINGS
+               and not re.fullmatch(r"DRN_[A-D]\w*|DRN_D_38_\w+", n)}  # model names in tables (DRN_A_50, ...)
+    assert not unknown, f"DRN_ names that are neither settings nor C++ macros: {unknown}"
+
+
+def test_the_environment_is_read_only_by_settings():
+    """No other source reads a DRN_* variable (os.environ / getenv): settings.py is the one place."""
+    read = re.compile(r"(environ\.get\(|environ\[|getenv\()\s*['\"]DRN_")
+    readers = [str(p.relative_to(ROOT)) for p in SOURCES
+               if p.suffix in (".py", ".cpp", ".h", ".cu", ".cuh") and "tests" not in p.parts
+               and p.name != "settings.py" and read.search(p.read_text(errors="replace"))]
+    assert readers == []
+
+
+def test_readme_table_is_the_table():
+    readme = (ROOT / "README.md").read_text()
+    assert settings.markdown_table() in readme
+    for name in settings.TABLE:
+        assert f"`{name}`" in readme
+
+
+@pytest.mark.parametrize("name, bad", [("DRN_FORCE_CPU", "maybe"), ("DRN_CPU_CONV", "fast"),
+                                       ("DRN_WINOGRAD_TILE", "3"), ("DRN_CPU_ISA", "neon"),
+                                       ("DRN_BENCH_THREADS", "-2"), ("DRN_BENCH_THREADS", "two")])
+def test_bad_values_raise_naming_the_variable(monkeypatch, name, bad):
+    with pytest.raises(ValueError, match=name) as err:
+        monkeypatch.setenv(name, bad)  # a cpu setting is passed on to a loaded extension here (conftest): raises
+        settings.value(name)
+    if settings.TABLE[name].kind == "choice":
+        assert all(c in str(err.value) for c in settings.TABLE[name].choices)
+
+
+def test_one_truthy_rule(monkeypatch):
+    for raw, want in [("1", True), ("yes", True), ("ON", True), (" true ", True), ("", False), ("0", False),
+                      ("off", False), ("No", False)]:
+        monkeypatch.setenv("DRN_BUILD_CUDA", raw)
+        assert settings.flag("DRN_BUILD_CUDA") is want, raw
+    monkeypatch.delenv("DRN_BUILD_CUDA")
+    assert settings.flag("DRN_BUILD_CUDA") is False
+
+
+def test_cpu_options_defaults_and_codes(monkeypatch):
+    for name in ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON"):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.cpu_options() == ("auto", 4, "best", False)
+    assert settings.cpu_options().codes() == (0, 4, -1, False)
+    monkeypatch.setenv("DRN_CPU_CONV", "ATEN")
+    monkeypatch.setenv("DRN_CPU_ISA", "avx2")
+    assert settings.cpu_options().codes() == (3, 4, 1, False)
+
+
+def test_the_kernels_take_the_pushed_options(monkeypatch):
+    """DRN_CPU_CONV reaches the C++ kernels through push_cpu_options (conftest's monkeypatch calls it)."""
+    import torch
+
+    from drn_kernels import _extension
+    from drn_kernels.ops import cpu_conv_algorithm
+
+    if _extension.load() is None:
+        pytest.skip(_extension.why_unavailable("cpu"))
+    x, w = torch.randn(1, 64, 5, 5), torch.randn(64, 64, 3, 3)
+    for mode, path in [("", "winograd"), ("direct", "onednn"), ("aten", "aten"), ("winograd", "winograd")]:
+        monkeypatch.setenv("DRN_CPU_CONV", mode)
+        if path == "onednn" and not torch.backends.mkldnn.is_available():
+            path = "aten"
+        assert cpu_conv_algorithm(x, w) == path, mode
