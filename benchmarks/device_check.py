@@ -263,7 +263,10 @@ def start_build(run: Run):
                             "arch": env.get("TORCH_CUDA_ARCH_LIST", "(default)"), "max_jobs": env.get("MAX_JOBS")}
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read back in finish_build
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    os.environ["DRN_NO_JIT_BUILD"] = "1"
+    from drn_kernels import _extension
+
+    _extension.forbid_jit_build()  # this process only loads what the build makes
+    CHILD_ENV["DRN_NO_JIT_BUILD"] = "1"  # and so do the subprocesses it starts (pytest, the Inductor worker)
     return proc, log, time.monotonic()
 
 
@@ -309,8 +312,12 @@ def kill_group(proc):
     proc.wait()
 
 
+CHILD_ENV: dict[str, str] = {}  # settings for the subprocesses, on top of this process's environment
+
+
 def run_capped(cmd, *, timeout: float, env=None):
     """(returncode or None when cut at `timeout`, combined output) of a subprocess and all its children."""
+    env = {**(env if env is not None else os.environ), **CHILD_ENV}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

@@ -358,6 +358,16 @@ def loaded_variant() -> str | None:
     return variant_of(load())
 
 
+_jit_build_allowed = True
+
+
+def forbid_jit_build() -> None:
+    """From now on this process only loads an up-to-date cached build, as under DRN_NO_JIT_BUILD=1 (for a caller
+    that built the extension itself, e.g. the device check, without writing the flag into os.environ)."""
+    global _jit_build_allowed
+    _jit_build_allowed = False
+
+
 def load(verbose: bool = False):
     """The loaded extension module, or None (then why_unavailable() says why). Cached for the process."""
     global _tried, _module, _error, _cuda_reason
@@ -384,7 +394,7 @@ def load(verbose: bool = False):
         except ImportError as e:  # e.g. built against another torch: try the build on first use instead
             in_place_error = f"drn_kernels._C exists but does not import ({e})"
         if _module is None:
-            if settings.flag("DRN_NO_JIT_BUILD"):
+            if not _jit_build_allowed or settings.flag("DRN_NO_JIT_BUILD"):
                 try:
                     _module = _load_cached_build()
                 except Exception as e:  # noqa: BLE001

@@ -105,8 +105,8 @@ def test_no_search_where_only_one_algorithm_applies(monkeypatch):
     conv = prep.PreparedConv(wb, bb, "cpu")
     conv.conv_bn_act(xb, stride=1, padding=1, dilation=1)
     assert conv.algorithm(xb, (1, 1), (1, 1), (1, 1)) == "onednn" and len(prep.SEARCHES) == n_searches
-    monkeypatch.setenv("DRN_CPU_CONV", "fastest")
-    with pytest.raises(ValueError, match="DRN_CPU_CONV"):
+    with pytest.raises(ValueError, match="DRN_CPU_CONV"):  # where the value is passed on, or where it is read
+        monkeypatch.setenv("DRN_CPU_CONV", "fastest")
         prep.PreparedConv(w, b, "cpu").conv_bn_act(x, stride=1, padding=1, dilation=1)
 
 
