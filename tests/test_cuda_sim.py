@@ -204,7 +204,7 @@ def test_thread_sanitizer_reports_a_missing_syncthreads():
 def test_aot_cuda_records():
     reason = _aot_cuda.why_unavailable()
     if reason is not None:
-        pytest.skip(reason)
+        skip_or_fail_unbuilt("the CUDA extension's cubins", reason)
     records = _aot_cuda.cuda_records()
     keys = {"source", "kernel", "arch", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
             "tensor_core_instructions"}

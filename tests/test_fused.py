@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 import drn
-import drn_kernels
 from drn.fused import FusedConv, FusedModel
 from drn.heads import DRNSeg, as_localizer, classifier_weights
 from margins import clear_top2
 from tolerance import assert_within_torch_error
+from conftest import require_backend
 
 # Fused and unfused outputs are each judged against the model run in float64, the fused one within tolerance.FACTOR
 # of the unfused float32 model's own error (tests/tolerance.py): a fixed fused-vs-unfused tolerance held on one CPU
@@ -247,9 +247,7 @@ def test_fuse_rejects():
 
 
 def _require(backend):
-    reason = drn_kernels.available_backends("cpu")[backend]
-    if reason is not None:
-        pytest.skip(f"backend {backend!r} unavailable: {reason}")
+    require_backend(backend)
 
 
 @pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26"])

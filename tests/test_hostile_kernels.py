@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import drn_kernels
-from drn_kernels import _backends
+from conftest import require_backend
 
 BACKENDS = ["cpu", "triton", "cuda", "cuda-sim", "reference"]
 INF, NAN = float("inf"), float("nan")
@@ -31,9 +31,7 @@ def _need(backend: str) -> torch.device:
     device = _device(backend)
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    reason = _backends.why_unavailable(backend, device)
-    if reason is not None:
-        pytest.skip(reason)
+    require_backend(backend, device)
     return device
 
 

@@ -6,6 +6,7 @@ import torch
 
 import drn_kernels
 from drn_kernels import _backends
+from conftest import require_backend
 
 
 def _conv_sample(n=2, channels_last=False):
@@ -85,9 +86,7 @@ def test_torch_compile_fullgraph_as_first_use_in_a_fresh_process(backend):
     import sys
     from pathlib import Path
 
-    reason = drn_kernels.available_backends("cpu")[backend]
-    if reason is not None:
-        pytest.skip(reason)
+    require_backend(backend)
     run = subprocess.run([sys.executable, "-c", _FIRST_USE_COMPILED, backend], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert run.returncode == 0 and "compiled first use ok" in run.stdout, run.stderr[-3000:]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import drn
-import drn_kernels
 from drn import profile
 from drn.fused import FusedConv
 from drn.flops import conv_count, count_layers, device_peaks, roofline_fraction
+from conftest import require_backend
 
 # OpenVINO Open Model Zoo, public model "drn-d-38" (Cityscapes, 19 classes, 1x3x1024x2048):
 # 1768.3276 GFLOPs, 25.9939 M parameters (BatchNorm folded into the convs).
@@ -83,8 +83,7 @@ def test_profile_names_the_cpu_algorithm(monkeypatch):
     """The cpu backend's rows say which algorithm each layer chose: fp32 3x3 stride-1 convs with >= 64 channels
     by measurement among Winograd F(4x4), F(2x2) and oneDNN (drn_kernels.prepared), oneDNN for the rest;
     DRN_CPU_CONV=winograd / direct pins it."""
-    if drn_kernels.available_backends("cpu")["cpu"] is not None:
-        pytest.skip("the CPU extension is not available")
+    require_backend("cpu")
     monkeypatch.delenv("DRN_CPU_CONV", raising=False)
     monkeypatch.delenv("DRN_WINOGRAD_TILE", raising=False)
     x = torch.randn(1, 3, 32, 48)
@@ -143,8 +142,7 @@ def test_cli_json_timed_and_table():
 def test_cpu_roofline_peak_is_the_fma_peak(monkeypatch):
     """The CPU's float32 roofline ceiling is drn::cpu_fma_peak (FMA chains on every thread), per ISA; no speed
     is asserted, only that it measured something and says so."""
-    if drn_kernels.available_backends("cpu")["cpu"] is not None:
-        pytest.skip("the CPU extension is not available")
+    require_backend("cpu")
     from drn import flops
 
     assert flops.cpu_fma_peak("avx2") > 0

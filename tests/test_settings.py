@@ -7,6 +7,7 @@ import re
 import pytest
 
 from drn_kernels import settings
+from conftest import require_backend
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = [p for pattern in ("drn_kernels/**/*.py", "drn/**/*.py", "benchmarks/**/*.py", "tests/**/*.py", "csrc/**/*",
@@ -81,11 +82,9 @@ def test_the_kernels_take_the_pushed_options(monkeypatch):
     """DRN_CPU_CONV reaches the C++ kernels through push_cpu_options (conftest's monkeypatch calls it)."""
     import torch
 
-    from drn_kernels import _extension
     from drn_kernels.ops import cpu_conv_algorithm
 
-    if _extension.load() is None:
-        pytest.skip(_extension.why_unavailable("cpu"))
+    require_backend("cpu")
     x, w = torch.randn(1, 64, 5, 5), torch.randn(64, 64, 3, 3)
     for mode, path in [("", "winograd"), ("direct", "onednn"), ("aten", "aten"), ("winograd", "winograd")]:
         monkeypatch.setenv("DRN_CPU_CONV", mode)

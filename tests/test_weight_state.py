@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
@@ -25,14 +24,13 @@ import drn_kernels
 from drn.fused import FusedConv
 from drn.models import DRN, BasicBlock
 from drn_kernels.ops import cpu_conv_algorithm
+from conftest import require_backend
 
 CL = torch.channels_last
 
 
 def _available(backend):
-    reason = drn_kernels.available_backends("cpu")[backend]
-    if reason is not None:
-        pytest.skip(f"backend {backend!r} unavailable: {reason}")
+    require_backend(backend)
 
 
 def _rand(*shape, seed, scale=1.0, dtype=torch.float32):
