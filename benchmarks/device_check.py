@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 PROCESS_START = time.monotonic()
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -550,7 +550,7 @@ def phase_layers(run: Run, rec: dict, deadline: float):
 
     import drn_kernels  # noqa: F401
     from benchmarks.device_timing import (Rotation, check_deadline, input_sets, median_seconds, poisoned_call,
-                                          relative_error, timed_first_call)
+                                          relative_error, runnable, timed_first_call)
     from drn_kernels import reference
 
     dev, dtype = run.device, run.dtype
@@ -587,12 +587,8 @@ def phase_layers(run: Run, rec: dict, deadline: float):
                 "min_bytes": layer.min_bytes(itemsize), "input_sets": n_sets, "providers": {}}
         rec["cases"].append(case)
         out_nbytes = layer.n * layer.k * p * q * itemsize
-        for provider, fn in layer_runners(run, layer, conv, bn, xs, rs).items():
-            check_deadline(deadline, f"{provider} on {layer.id}")
-            entry = case["providers"][provider] = {}
-            if isinstance(fn, str):
-                entry["skipped"] = fn
-                continue
+        for provider, fn, entry in runnable(layer_runners(run, layer, conv, bn, xs, rs), case["providers"], deadline,
+                                            f"on {layer.id}"):
             if provider == "triton" and first_call_spent > first_call_cap:
                 entry["skipped"] = (f"Triton's first calls (compile + autotune) took {first_call_spent:.0f} s, over "
                                     f"their cap of {first_call_cap:.0f} s")
@@ -676,8 +672,7 @@ def phase_models(run: Run, rec: dict, deadline: float):
     import torch
 
     import drn
-    import drn_kernels
-    from benchmarks.device_timing import check_deadline, median_seconds, peak_memory_bytes, timed_first_call
+    from benchmarks.device_timing import check_deadline, median_seconds, peak_memory_bytes, runnable, timed_first_call
 
     dev, dtype = run.device, run.dtype
     cl = torch.channels_last
@@ -700,12 +695,7 @@ def phase_models(run: Run, rec: dict, deadline: float):
             reason = why_unavailable(backends[provider], dev)
             runners[f"fused-{provider}"] = reason or _model_fn(
                 drn.fuse(copy.deepcopy(base), backend=backends[provider]).to(dev, dtype), task)
-        for provider, fn in runners.items():
-            check_deadline(deadline, f"{provider} {name}")
-            entry = case["providers"][provider] = {}
-            if isinstance(fn, str):
-                entry["skipped"] = fn
-                continue
+        for provider, fn, entry in runnable(runners, case["providers"], deadline, name):
             try:
                 with torch.inference_mode():
                     out, first = timed_first_call(lambda: fn(x), dev)
@@ -786,7 +776,7 @@ def phase_head(run: Run, rec: dict, deadline: float):
     import torch.nn.functional as F
 
     import drn_kernels
-    from benchmarks.device_timing import check_deadline, median_seconds, peak_memory_bytes, timed_first_call
+    from benchmarks.device_timing import median_seconds, peak_memory_bytes, runnable, timed_first_call
     from drn_kernels import reference
 
     dev, dtype = run.device, run.dtype
@@ -810,12 +800,7 @@ def phase_head(run: Run, rec: dict, deadline: float):
         runners[f"fused-{provider}"] = reason or (lambda be=backends[provider]: drn_kernels.class_head(
             x, weight, bias, upsample=8, backend=be))
     rec.update(shape={"n": n, "c": c, "h": h, "w": w, "classes": k, "out": [h * 8, w * 8]}, providers={})
-    for provider, fn in runners.items():
-        check_deadline(deadline, provider)
-        entry = rec["providers"][provider] = {}
-        if isinstance(fn, str):
-            entry["skipped"] = fn
-            continue
+    for provider, fn, entry in runnable(runners, rec["providers"], deadline, "head"):
         try:
             with torch.inference_mode():
                 (labels, probs), first = timed_first_call(fn, dev)

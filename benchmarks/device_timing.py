@@ -43,6 +43,19 @@ def check_deadline(deadline: float, what: str = ""):
         raise BudgetExhausted(f"budget spent{' before ' + what if what else ''}")
 
 
+def runnable(runners: dict, entries: dict, deadline: float, what: str):
+    """(provider, fn, entry) for each provider of `runners` that can run, in order: the deadline is checked before
+    each; entries[provider] is the dict its results go into; a runner that is a string (why it cannot run) is
+    recorded there as skipped and not yielded."""
+    for provider, fn in runners.items():
+        check_deadline(deadline, f"{provider} {what}")
+        entry = entries[provider] = {}
+        if isinstance(fn, str):
+            entry["skipped"] = fn
+            continue
+        yield provider, fn, entry
+
+
 def median_seconds(fn, device: torch.device, *, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     """Median seconds of one fn() call (fn already warmed up). CPU: calls for about rep_ms, at least one."""
     if device.type == "cuda":
