@@ -4,7 +4,8 @@
 //   V = Bᵀ d B            d: the α×α input tile of one channel
 //   U = G g Gᵀ            g: the 3×3 filter of one (k, c); in float64, rounded to float32 once (per call,
 //                         or once by the weight's owner: winograd_weight, then the `prepared` argument)
-//   M[ξ] = V[ξ] · U[ξ]    for each of the α² points ξ: a (tiles × C)·(C × K) GEMM — the work, done by MKL sgemm
+//   M[ξ] = V[ξ] · U[ξ]    for each of the α² points ξ: a (tiles × C)·(C × K) GEMM — the work, done by our own
+//                         register-blocked kernels (gemm.cpp: AVX-512 or AVX2, alike on every x86 vendor)
 //   y = Aᵀ M A + bias (+ residual), ReLU
 // F(2,3) multiplies 16/36 = 2.25× less than direct convolution, F(4,3) 36/144 = 4× less, at a larger rounding
 // error (its transforms carry factors up to 8 and 1/24): measured on seeded DRN-C-26/D-22/D-105 at 224, the
@@ -15,15 +16,16 @@
 //   Tiles are laid out phase by phase (tile_origins); a phase whose length is not a multiple of m gets a partial
 //   last tile whose missing outputs are never written.
 // Layout: x NHWC (channels_last), channels innermost, so both transforms vectorise over channels.
-//   V: [α²][T][C], U: [α²][C][K], M: [α²][T][K] for a chunk of T tiles sized so that V and M stay ~8 MB each
+//   V: [α²][T][C], U: [α²][C][K] packed in panels of 32 columns (gemm.h: pack_b), M: [α²][T][Kp] (Kp: K rounded up
+//   to 32) for a chunk of T tiles sized so that V and M stay ~8 MB each
 //   (the 1/8-resolution maps of a 1024×2048 image have 8192 tiles: the chunks bound the workspace).
 // Epilogue in the output transform: bias, residual, ReLU, stored straight into the channels_last output.
-// Threads: the transforms split the chunk's tiles with at::parallel_for; the GEMMs use MKL's threads.
+// Threads: the transforms split the chunk's tiles, the GEMMs the (ξ, column panel) pairs, with at::parallel_for.
 #include "cpu/conv_bn_act_winograd.h"
 #include "cpu/cpu_options.h"
+#include "cpu/gemm.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
@@ -146,8 +148,8 @@ struct InArgs {
   const float* x;                    // NHWC input
   int64_t H, W, C, ph, pw, dh, dw;
   TileGrid grid;
-  float* v;                          // V chunk: tile i's row of plane ξ at v + ξ·plane + i·C
-  int64_t plane;
+  float* v;                          // V chunk: tile i's row of plane ξ at v + ξ·plane + i·row
+  int64_t plane, row;                // row = padded_row(C)
 };
 
 // Tiles [begin, end) of the chunk starting at global tile t0 → V.
@@ -178,7 +180,7 @@ template <int M>
       for (int u = 0; u < A; ++u) apply<A, A, T::BT>(&t1[u][0], 1, &v[u][0], 1);        // (Bᵀ d) B
       for (int u = 0; u < A; ++u) {
         for (int w_ = 0; w_ < A; ++w_) {
-          store_n(a.v + (u * A + w_) * a.plane + i * a.C + c0, v[u][w_], nc);
+          store_n(a.v + (u * A + w_) * a.plane + i * a.row + c0, v[u][w_], nc);
         }
       }
     }
@@ -246,18 +248,6 @@ DRN_TILES(avx2, [[gnu::target("avx2,fma")]])
 DRN_TILES(baseline, )
 #undef DRN_TILES
 
-enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
-
-Isa transform_isa() {
-  static const Isa best = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                           __builtin_cpu_supports("avx512vl"))
-                              ? Isa::kAvx512
-                          : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? Isa::kAvx2
-                                                                                                : Isa::kBaseline;
-  const int asked = cpu_options().isa.load(std::memory_order_relaxed);  // -1: the best
-  return asked >= 0 && asked < static_cast<int>(best) ? static_cast<Isa>(asked) : best;
-}
-
 template <int M>
 void in_tiles_on(Isa isa, const InArgs& a, int64_t t0, int64_t b, int64_t e) {
   isa == Isa::kAvx512 ? in_tiles_avx512<M>(a, t0, b, e)
@@ -272,7 +262,7 @@ void out_tiles_on(Isa isa, const OutArgs& a, int64_t t0, int64_t b, int64_t e) {
                       : out_tiles_baseline<M>(a, t0, b, e);
 }
 
-// U = G g Gᵀ for every (k, c), as [α²][C][K] float32; summed in float64 (G's 1/6, 1/12, 1/24 are inexact in
+// U = G g Gᵀ for every (k, c), as [α²][C][K] float32 packed for the GEMM (α², panels_of(K), C, kPanel); summed in float64 (G's 1/6, 1/12, 1/24 are inexact in
 // binary), rounded once. Nothing is cached here: a caller that runs one weight many times (drn.fused) keeps the
 // result (winograd_weight) and passes it back as `prepared`.
 template <int M>
@@ -304,7 +294,13 @@ Tensor transformed_weight(const Tensor& weight) {
       }
     }
   });
-  return u;
+  Tensor packed = at::empty({A * A, panels_of(K), C, kPanel}, u.options());
+  at::parallel_for(0, A * A, 1, [&](int64_t x0, int64_t x1) {
+    for (int64_t xi = x0; xi < x1; ++xi) {
+      pack_b(up + xi * C * K, C, K, K, packed.data_ptr<float>() + xi * panels_of(K) * C * kPanel);
+    }
+  });
+  return packed;
 }
 
 // `prepared` when it is this weight's U for tile size M (the shape says so; the values are the caller's word),
@@ -314,7 +310,8 @@ Tensor weight_for_tile(const Tensor& weight, const std::optional<Tensor>& prepar
   constexpr int A = Transform<M>::kAlpha;
   if (prepared.has_value() && prepared->defined() && !prepared->is_mkldnn() &&
       prepared->scalar_type() == at::kFloat && prepared->device() == weight.device() &&
-      prepared->sizes() == at::IntArrayRef({A * A, weight.size(1), weight.size(0)}) && prepared->is_contiguous()) {
+      prepared->sizes() == at::IntArrayRef({A * A, panels_of(weight.size(0)), weight.size(1), kPanel}) &&
+      prepared->is_contiguous()) {
     return *prepared;
   }
   return transformed_weight<M>(weight);
@@ -353,19 +350,22 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   const int64_t total = N * per_image;
   const int64_t chunk = std::clamp<int64_t>(kWorkspaceFloats / (A * A * std::max(C, K)), 1, total);
 
-  Tensor vbuf = at::empty({A * A, chunk, C}, xin.options());
-  Tensor mbuf = at::empty({A * A, chunk, K}, xin.options());
+  const int64_t ldv = padded_row(C);
+  Tensor vbuf = at::empty({A * A, chunk, ldv}, xin.options());
+  const int64_t panels = panels_of(K), kp = panels * kPanel;
+  Tensor mbuf = at::empty({A * A, chunk, kp}, xin.options());
   const TileGrid grid{ty.data(), tx.data(), static_cast<int64_t>(tx.size()), per_image};
-  const InArgs in{xin.const_data_ptr<float>(), H, W, C, ph, pw, dh, dw, grid, vbuf.data_ptr<float>(), chunk * C};
-  const Isa isa = transform_isa();
+  const InArgs in{xin.const_data_ptr<float>(), H, W, C, ph, pw, dh, dw, grid, vbuf.data_ptr<float>(), chunk * ldv,
+                  ldv};
+  const Isa isa = cpu_isa();
   for (int64_t t0 = 0; t0 < total; t0 += chunk) {
     const int64_t tc = std::min(chunk, total - t0);
     at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
       in_tiles_on<M>(isa, in, t0, begin, end);
     });
-    Tensor mm = mbuf.narrow(1, 0, tc);
-    at::bmm_out(mm, vbuf.narrow(1, 0, tc), u);
-    const OutArgs o{mm.const_data_ptr<float>(), mm.stride(0), mm.stride(1), K, b.const_data_ptr<float>(),
+    gemm_packed(A * A, tc, C, panels, vbuf.const_data_ptr<float>(), ldv, chunk * ldv, u.const_data_ptr<float>(),
+                panels * C * kPanel, mbuf.data_ptr<float>(), kp, chunk * kp);
+    const OutArgs o{mbuf.const_data_ptr<float>(), chunk * kp, kp, K, b.const_data_ptr<float>(),
                     res.defined() ? res.const_data_ptr<float>() : nullptr, out.data_ptr<float>(), P, Q, dh, dw,
                     grid, relu};
     at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
@@ -392,8 +392,9 @@ bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stri
 }
 
 int winograd_tile_of(const Tensor& weight, const std::optional<Tensor>& prepared) {
-  if (!prepared.has_value() || !prepared->defined() || prepared->is_mkldnn() || prepared->dim() != 3 ||
-      weight.dim() != 4 || prepared->size(1) != weight.size(1) || prepared->size(2) != weight.size(0)) {
+  if (!prepared.has_value() || !prepared->defined() || prepared->is_mkldnn() || prepared->dim() != 4 ||
+      weight.dim() != 4 || prepared->size(1) != panels_of(weight.size(0)) || prepared->size(2) != weight.size(1) ||
+      prepared->size(3) != kPanel) {
     return 0;
   }
   return prepared->size(0) == 36 ? 4 : prepared->size(0) == 16 ? 2 : 0;

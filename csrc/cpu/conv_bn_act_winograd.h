@@ -17,7 +17,8 @@ bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntA
 // settings say: the test of a caller that chose Winograd by measurement (drn_kernels.prepared).
 bool winograd_computes(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
-// The tile side (2 or 4) of `prepared` when it is a Winograd form of `weight` ((α², C, K), α = tile + 2), else 0.
+// The tile side (2 or 4) of `prepared` when it is a Winograd form of `weight` ((α², panels_of(K), C, kPanel),
+// α = tile + 2: see winograd_weight), else 0.
 int winograd_tile_of(const at::Tensor& weight, const std::optional<at::Tensor>& prepared);
 
 // y = relu?(conv2d(x, weight, stride=1, padding, dilation) + bias + residual?) as an (N,K,P,Q) channels_last
@@ -33,7 +34,7 @@ at::Tensor conv_winograd(const at::Tensor& x, const at::Tensor& weight, const at
                          const std::optional<at::Tensor>& prepared = std::nullopt);
 
 // The transformed weight U = G g Gᵀ for output tile side `tile` (2 or 4; 0: the current DRN_WINOGRAD_TILE):
-// (α², C, K) float32, α = tile + 2.
+// float32, α = tile + 2, each point's (C × K) matrix packed for the GEMM (gemm.h): (α², panels_of(K), C, kPanel).
 at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile = 0);
 
 }  // namespace drn::cpu

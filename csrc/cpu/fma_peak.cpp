@@ -1,6 +1,9 @@
 // drn::cpu_fma_peak: the CPU's float32 FMA peak, measured (the profiler's roofline ceiling, drn/flops.py): every
-// torch thread runs kChains independent chains of vector FMAs (acc = acc·a + b) that never touch memory, enough
-// chains to cover the FMA latency on two FMA ports; FLOP/s = threads × iterations × chains × lanes × 2 / wall time.
+// torch thread runs independent chains of vector FMAs (acc = acc·a + b) that never touch memory, enough chains to
+// cover the FMA latency (4-5 cycles) on two FMA ports, few enough that they and the two constants stay in
+// registers: 16 of AVX-512's 32 zmm, 12 of AVX2's 16 ymm (16 chains there spilled to the stack and measured ~60%
+// of the true AVX2 peak, below what our AVX2 GEMM reaches); FLOP/s = threads × iterations × chains × lanes × 2 /
+// wall time.
 // isa: 2 AVX-512 (16 lanes), 1 AVX2 + FMA (8 lanes), -1 the best the CPU has; capped by what the CPU has.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -14,10 +17,10 @@
 namespace drn::cpu {
 namespace {
 
-constexpr int kChains = 16;
+constexpr int kChains512 = 16, kChains256 = 12;
 
 // kChains independent accumulators acc = acc·a + b, `iters` times; returns a sum of them (so nothing is dead).
-#define DRN_FMA_CHAINS(name, target, V, set1, fmadd, add)                   \
+#define DRN_FMA_CHAINS(name, target, kChains, V, set1, fmadd, add)          \
   target V name(int64_t iters) {                                            \
     V acc[kChains];                                                         \
     for (int i = 0; i < kChains; ++i) acc[i] = set1(static_cast<float>(i)); \
@@ -29,8 +32,8 @@ constexpr int kChains = 16;
     for (int i = 1; i < kChains; ++i) s = add(s, acc[i]);                   \
     return s;                                                               \
   }
-DRN_FMA_CHAINS(chains_avx512, [[gnu::target("avx512f")]], __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
-DRN_FMA_CHAINS(chains_avx2, [[gnu::target("avx2,fma")]], __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
+DRN_FMA_CHAINS(chains_avx512, [[gnu::target("avx512f")]], kChains512, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
+DRN_FMA_CHAINS(chains_avx2, [[gnu::target("avx2,fma")]], kChains256, __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
 #undef DRN_FMA_CHAINS
 
 [[gnu::target("avx512f")]] float run_avx512(int64_t iters) { return _mm512_reduce_add_ps(chains_avx512(iters)); }
@@ -62,8 +65,8 @@ double cpu_fma_peak(int64_t isa, int64_t iters) {
     }
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double lanes = use512 ? 16.0 : 8.0;
-  return static_cast<double>(ran.load()) * static_cast<double>(iters) * kChains * lanes * 2.0 / seconds;
+  const double per_iter = use512 ? 16.0 * kChains512 : 8.0 * kChains256;  // lanes × chains
+  return static_cast<double>(ran.load()) * static_cast<double>(iters) * per_iter * 2.0 / seconds;
 }
 
 }  // namespace

@@ -1,0 +1,209 @@
+// The CPU backend's float32 GEMM (gemm.h): c = a · b for the Winograd convolution's per-point products.
+//
+// Math:    c[i][j] = Σ_p a[i][p] b[p][j], float32 FMAs accumulated in p order (one rounding per FMA).
+// Layout:  a row-major with any row stride (the Winograd V chunk: tiles × channels); b packed once by its owner
+//          into column panels of 32 (pack_b: each panel (k × 32) row-major, zero-padded); c row-major.
+// Tiling:  register blocks of MR rows × one panel — AVX-512: MR = 14 rows × 32 columns = 28 zmm accumulators,
+//          + 2 for the panel row + 1 broadcast (of 32 registers); AVX2: MR = 6 rows × 16 columns (half a panel)
+//          = 12 ymm accumulators + 2 + 1 (of 16). Per step p: load the panel row, broadcast a[i][p] for each row,
+//          2·MR FMAs; the accumulators never leave registers until the block is done. The last rows of a
+//          problem use the same kernel instantiated for fewer rows (full speed down to ~4 rows: enough
+//          independent accumulators to cover the FMA latency on two FMA ports).
+//          Cache: a thread takes (problem, panel) pairs in order, so it walks one problem's a (tiles × channels,
+//          ≤ ~0.5 MB for the Winograd chunks) from L2 panel after panel, and reuses each b panel (k × 32 floats:
+//          64 KB at 512 channels) from L1/L2 over all the row blocks. No k blocking: the Winograd products have
+//          k = channels ≤ 512 in every DRN (up to 2048 still runs, from L2/L3).
+// Threads: at::parallel_for over (problem, panel) pairs; no thread pool of MKL's own.
+// ISA:     cpu_isa(): AVX-512F, AVX2+FMA or the baseline (a plain loop), each compiled with its own target
+//          attribute, so one build runs on every x86-64 CPU; DRN_CPU_ISA forces a lower one (tests, benchmarks).
+#include "cpu/gemm.h"
+
+#include "cpu/cpu_options.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <utility>
+
+#ifndef DRN_GEMM_DEPTH
+#define DRN_GEMM_DEPTH 256
+#endif
+
+namespace drn::cpu {
+namespace {
+
+// ---- register kernels: c (MR × 32, row stride ldc) = a (MR × k, row stride lda) · one packed panel -------------
+
+// Two vectors of columns (32 on AVX-512: the whole panel; 16 on AVX2: half of it, b's row stride stays kPanel)
+// for MR rows: 2·MR accumulators. One body for both ISAs, instantiated with each one's intrinsics.
+#define DRN_TWO_VECTOR_BLOCK(name, target, V, lanes, zero, load, broadcast, fmadd, store) \
+  template <int MR>                                                                     \
+  target void name(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, bool add) { \
+    V lo[MR], hi[MR];                                                                   \
+    _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                             \
+      lo[r] = add ? load(c + r * ldc) : zero();                                         \
+      hi[r] = add ? load(c + r * ldc + lanes) : zero();                                 \
+    }                                                                                   \
+    for (int64_t p = 0; p < k; ++p) {                                                   \
+      const V b0 = load(b + p * kPanel), b1 = load(b + p * kPanel + lanes);             \
+      _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                           \
+        const V ar = broadcast(a + r * lda + p);                                        \
+        lo[r] = fmadd(ar, b0, lo[r]);                                                   \
+        hi[r] = fmadd(ar, b1, hi[r]);                                                   \
+      }                                                                                 \
+    }                                                                                   \
+    _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                             \
+      store(c + r * ldc, lo[r]);                                                        \
+      store(c + r * ldc + lanes, hi[r]);                                                \
+    }                                                                                   \
+  }
+
+[[gnu::target("avx512f"), gnu::always_inline]] inline __m512 broadcast512(const float* p) {
+  return _mm512_set1_ps(*p);
+}
+DRN_TWO_VECTOR_BLOCK(block_avx512, [[gnu::target("avx512f")]], __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps,
+                     broadcast512, _mm512_fmadd_ps, _mm512_storeu_ps)
+DRN_TWO_VECTOR_BLOCK(half_block_avx2, [[gnu::target("avx2,fma")]], __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps,
+                     _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_storeu_ps)
+#undef DRN_TWO_VECTOR_BLOCK
+
+template <int MR>
+[[gnu::target("avx2,fma")]] void block_avx2(int64_t k, const float* a, int64_t lda, const float* b, float* c,
+                                            int64_t ldc, bool add) {
+  half_block_avx2<MR>(k, a, lda, b, c, ldc, add);
+  half_block_avx2<MR>(k, a, lda, b + 16, c + 16, ldc, add);
+}
+
+// The baseline ISA (SSE2 on x86-64, whatever the build targets elsewhere): plain loops, same summation order.
+template <int MR>
+void block_baseline(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, bool add) {
+  float acc[MR][kPanel] = {};
+  for (int r = 0; add && r < MR; ++r) std::copy(c + r * ldc, c + r * ldc + kPanel, acc[r]);
+  for (int64_t p = 0; p < k; ++p) {
+    for (int r = 0; r < MR; ++r) {
+      const float ar = a[r * lda + p];
+      for (int j = 0; j < kPanel; ++j) acc[r][j] = std::fma(ar, b[p * kPanel + j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) std::copy(acc[r], acc[r] + kPanel, c + r * ldc);
+}
+
+// c (+)= a · b for one register block; add: accumulate onto c (the k blocks after the first).
+using BlockFn = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
+
+// The kernels of one ISA for 1..max_rows rows: kernel_rows[r - 1] computes r rows.
+#define DRN_BLOCK_TABLE(kernel, max_rows)                                                      \
+  template <int... R>                                                                          \
+  constexpr std::array<BlockFn, sizeof...(R)> kernel##_table(std::integer_sequence<int, R...>) { \
+    return {&kernel<R + 1>...};                                                                \
+  }                                                                                            \
+  constexpr auto kernel##_rows = kernel##_table(std::make_integer_sequence<int, max_rows>());
+DRN_BLOCK_TABLE(block_avx512, 14)
+DRN_BLOCK_TABLE(block_avx2, 6)
+DRN_BLOCK_TABLE(block_baseline, 4)
+#undef DRN_BLOCK_TABLE
+
+struct Kernels {
+  const BlockFn* rows;  // rows[r - 1]: the kernel for r rows
+  int max_rows;
+};
+
+// Depth of a k block: its slice of a b panel (kDepth × 32 floats, 32 KB) stays in L1 (48 KB on Zen 5 and on
+// Sapphire Rapids) while every row block of the problem uses it.
+constexpr int64_t kDepth = DRN_GEMM_DEPTH;
+
+Kernels kernels_for(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return {block_avx512_rows.data(), 14};
+    case Isa::kAvx2: return {block_avx2_rows.data(), 6};
+    default: return {block_baseline_rows.data(), 4};
+  }
+}
+
+}  // namespace
+
+void pack_b(const float* src, int64_t rows, int64_t n, int64_t ld, float* dst) {
+  const int64_t panels = panels_of(n);
+  for (int64_t q = 0; q < panels; ++q) {
+    const int64_t j0 = q * kPanel, width = std::min(kPanel, n - j0);
+    float* out = dst + q * rows * kPanel;
+    for (int64_t p = 0; p < rows; ++p) {
+      std::copy(src + p * ld + j0, src + p * ld + j0 + width, out + p * kPanel);
+      std::fill(out + p * kPanel + width, out + (p + 1) * kPanel, 0.f);
+    }
+  }
+}
+
+void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const float* a, int64_t lda, int64_t a_batch,
+                 const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch) {
+  if (batch == 0 || m == 0 || panels == 0) return;
+  const Kernels kern = kernels_for(cpu_isa());
+  at::parallel_for(0, batch * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / panels, q = item % panels;
+      const float* at = a + t * a_batch;
+      const float* bt = b + t * b_batch + q * k * kPanel;
+      float* ct = c + t * c_batch + q * kPanel;
+      if (k == 0) {
+        for (int64_t i = 0; i < m; ++i) std::fill(ct + i * ldc, ct + i * ldc + kPanel, 0.f);
+        continue;
+      }
+      for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
+        const int64_t depth = std::min(kDepth, k - p0);
+        for (int64_t i = 0; i < m; i += kern.max_rows) {
+          const int64_t rows = std::min<int64_t>(kern.max_rows, m - i);
+          kern.rows[rows - 1](depth, at + i * lda + p0, lda, bt + p0 * kPanel, ct + i * ldc, ldc, p0 > 0);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor gemm_pack_b(const at::Tensor& b) {
+  TORCH_CHECK_VALUE(b.dim() == 3 && b.scalar_type() == at::kFloat && b.device().is_cpu(),
+                    "gemm_pack_b: b must be a (B, K, N) float32 CPU tensor, got ", b.sizes(), " ", b.scalar_type(),
+                    " on ", b.device());
+  const at::Tensor src = b.contiguous();
+  const int64_t batch = b.size(0), rows = b.size(1), n = b.size(2);
+  at::Tensor out = at::empty({batch, panels_of(n), rows, kPanel}, b.options());
+  const float* s = src.const_data_ptr<float>();
+  float* d = out.data_ptr<float>();
+  at::parallel_for(0, batch, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) pack_b(s + t * rows * n, rows, n, n, d + t * panels_of(n) * rows * kPanel);
+  });
+  return out;
+}
+
+at::Tensor gemm_packed_op(const at::Tensor& a, const at::Tensor& b_packed, int64_t n) {
+  TORCH_CHECK_VALUE(a.dim() == 3 && a.scalar_type() == at::kFloat && a.device().is_cpu(),
+                    "gemm_packed: a must be a (B, M, K) float32 CPU tensor, got ", a.sizes(), " ", a.scalar_type());
+  TORCH_CHECK_VALUE(n >= 0, "gemm_packed: n must be >= 0, got ", n);
+  const int64_t batch = a.size(0), m = a.size(1), k = a.size(2), panels = panels_of(n);
+  TORCH_CHECK_VALUE(b_packed.scalar_type() == at::kFloat && b_packed.device().is_cpu() &&
+                        b_packed.sizes() == at::IntArrayRef({batch, panels, k, kPanel}),
+                    "gemm_packed: b_packed must be gemm_pack_b of a (", batch, ", ", k, ", ", n,
+                    ") float32 CPU tensor, i.e. of shape (", batch, ", ", panels, ", ", k, ", ", kPanel, "), got ",
+                    b_packed.sizes(), " ", b_packed.scalar_type());
+  // a's own strides when its rows are unit-stride (benchmarks pass padded rows, as the Winograd chunks have)
+  const at::Tensor ac = a.stride(2) == 1 ? a : a.contiguous(), bc = b_packed.contiguous();
+  at::Tensor c = at::empty({batch, m, panels * kPanel}, a.options());
+  gemm_packed(batch, m, k, panels, ac.const_data_ptr<float>(), ac.stride(1), ac.stride(0), bc.const_data_ptr<float>(),
+              panels * k * kPanel, c.data_ptr<float>(), panels * kPanel, m * panels * kPanel);
+  return c.narrow(2, 0, n);
+}
+
+// Internal ops for tests and benchmarks (benchmarks/test_cpu_gemm.py measures the rate against cpu_fma_peak).
+TORCH_LIBRARY_FRAGMENT(drn, m) {
+  m.def("gemm_pack_b(Tensor b) -> Tensor", &gemm_pack_b);
+  m.def("gemm_packed(Tensor a, Tensor b_packed, int n) -> Tensor", &gemm_packed_op);
+}
+
+}  // namespace drn::cpu

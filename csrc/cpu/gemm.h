@@ -1,0 +1,44 @@
+// The CPU backend's own float32 GEMM: the (tiles × C)·(C × K) products of the Winograd convolution
+// (conv_bn_act_winograd.cpp), one per transform point ξ. See gemm.cpp for the kernels and their blocking.
+//
+// Why not MKL (at::bmm): MKL's sgemm is fast on Intel and slow on AMD (measured on a 2-core AMD EPYC, 2 threads:
+// 160-200 GFLOP/s for the Winograd shapes against an FMA peak of ~510), and its small-M shapes (49 tiles for a
+// 224×224 image at 1/8 resolution) waste much of it on any vendor. These kernels depend only on the ISA
+// (AVX-512F or AVX2+FMA, chosen as the transforms are: cpu_isa()), so they run alike on every x86 vendor.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace drn::cpu {
+
+// B's packed layout: column panels of kPanel output columns, each (rows × kPanel) row-major, the last one padded
+// with zero columns. A panel row is two AVX-512 (four AVX2) registers; packing once keeps the kernels' B reads
+// sequential and free of edge cases.
+constexpr int64_t kPanel = 32;
+
+inline int64_t panels_of(int64_t n) { return n / kPanel + (n % kPanel != 0); }  // no overflow near 2⁶³
+
+// A row stride for an a of `k` columns that the caller lays out itself (the Winograd V chunk): k plus one cache
+// line, so that the GEMM kernel's MR rows, read together, do not fall into the same few L1 sets (a stride of a
+// multiple of 1-2 KB — 256 or 512 channels — put all 14 rows in two of L1's 64 sets and cost ~20% of the rate).
+inline int64_t padded_row(int64_t k) { return k + 16; }
+
+// Packs src (rows × n, row-major, row stride `ld`) into dst (panels_of(n) × rows × kPanel floats).
+void pack_b(const float* src, int64_t rows, int64_t n, int64_t ld, float* dst);
+
+// c[i][j] = Σ_p a[i][p] · b[p][j] for i < m, j < panels·kPanel (the padded columns come out 0), for each of
+// `batch` independent problems: a + t·a_batch (m × k, row stride lda), packed b + t·b_batch (pack_b), c + t·c_batch
+// (m × panels·kPanel, row stride ldc ≥ panels·kPanel). Threads: at::parallel_for over (problem, panel) pairs;
+// call it from outside any parallel region.
+void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const float* a, int64_t lda, int64_t a_batch,
+                 const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch);
+
+// drn::gemm_pack_b(b) for a (B, K, N) float32 tensor: (B, panels_of(N), K, kPanel).
+at::Tensor gemm_pack_b(const at::Tensor& b);
+
+// drn::gemm_packed(a, b_packed, n): (B, M, n) = a (B, M, K) · b, b given packed (gemm_pack_b of a (B, K, n)).
+at::Tensor gemm_packed_op(const at::Tensor& a, const at::Tensor& b_packed, int64_t n);
+
+}  // namespace drn::cpu

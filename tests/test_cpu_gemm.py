@@ -1,0 +1,104 @@
+"""The cpu backend's own GEMM (csrc/cpu/gemm.cpp: drn::gemm_pack_b / drn::gemm_packed), which the Winograd
+convolution runs for its per-point products: against float64 on random odd shapes, on each ISA build (DRN_CPU_ISA,
+capped by this CPU), bit-identical across ISAs (every build accumulates the same float32 FMAs in the same order),
+packing, empty sizes, hostile arguments."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import require_backend
+from tolerance import assert_within_torch_error
+
+ISAS = ["baseline", "avx2", "avx512"]
+
+
+@pytest.fixture(autouse=True)
+def _cpu_built():
+    require_backend("cpu")
+
+
+def _rand(*shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g)
+
+
+def _gemm(a, b):
+    return torch.ops.drn.gemm_packed(a, torch.ops.drn.gemm_pack_b(b), b.shape[-1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch, m, k, n", [
+    (1, 1, 1, 1), (2, 13, 7, 31), (3, 14, 64, 32), (1, 15, 33, 33), (2, 29, 5, 65), (36, 49, 96, 64),
+    (1, 6, 17, 16), (1, 7, 130, 96), (2, 100, 3, 40)])
+def test_matches_float64(monkeypatch, isa, batch, m, k, n):
+    """Every row and column written (NaN-free where the poisoned padding would show), error within 4x torch's own
+    float32 bmm error against the float64 product."""
+    monkeypatch.setenv("DRN_CPU_ISA", isa)
+    a, b = _rand(batch, m, k, seed=m * 1000 + k), _rand(batch, k, n, seed=n * 1000 + k)
+    ours = _gemm(a, b)
+    exact = torch.bmm(a.double(), b.double())
+    assert ours.shape == (batch, m, n)
+    assert_within_torch_error(ours, torch.bmm(a, b), exact, what=f"gemm {isa}")
+
+
+def test_bit_identical_across_isas(monkeypatch):
+    """Same float32 FMAs in the same order on AVX-512, AVX2 and the baseline loop: equal bit for bit (a choice of
+    ISA changes the speed, never the answer). ISAs this CPU lacks are capped to the best it has."""
+    a, b = _rand(4, 31, 77, seed=1), _rand(4, 77, 70, seed=2)
+    outs = {}
+    for isa in ISAS:
+        monkeypatch.setenv("DRN_CPU_ISA", isa)
+        outs[isa] = _gemm(a, b)
+    assert torch.equal(outs["baseline"], outs["avx2"]) and torch.equal(outs["avx2"], outs["avx512"])
+
+
+def test_pack_layout():
+    """Panels of 32 columns, each (K x 32) row-major, the last zero-padded."""
+    b = _rand(2, 5, 40, seed=3)
+    packed = torch.ops.drn.gemm_pack_b(b)
+    assert packed.shape == (2, 2, 5, 32)
+    assert torch.equal(packed[:, 0], b[:, :, :32])
+    assert torch.equal(packed[:, 1, :, :8], b[:, :, 32:])
+    assert torch.equal(packed[:, 1, :, 8:], torch.zeros(2, 5, 24))
+
+
+def test_views_and_non_finite():
+    """Strided / expanded views of a and b give the contiguous answer; NaN and inf propagate as in bmm."""
+    a, b = _rand(3, 20, 40, seed=4), _rand(3, 40, 36, seed=5)
+    want = _gemm(a.contiguous(), b.contiguous())
+    at = a.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(torch.ops.drn.gemm_packed(at, torch.ops.drn.gemm_pack_b(b.transpose(1, 2).contiguous()
+                                                                              .transpose(1, 2)), 36), want)
+    a1, b1 = a[:1].expand(3, -1, -1), b[:1].expand(3, -1, -1)
+    assert torch.equal(_gemm(a1, b1), _gemm(a1.contiguous(), b1.contiguous()))
+    a[0, 3, 5], a[1, 0, 0], b[2, 7, 1] = float("nan"), float("inf"), float("-inf")
+    ours, ref = _gemm(a, b), torch.bmm(a, b)
+    assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.isinf(), ref.isinf())
+
+
+@pytest.mark.parametrize("batch, m, k, n", [(0, 4, 4, 4), (2, 0, 4, 4), (2, 4, 0, 5), (2, 4, 4, 0)])
+def test_empty_sizes(batch, m, k, n):
+    """Zero-size problems: the shape bmm gives, and k = 0 gives zeros (the empty sum), not leftover memory."""
+    a, b = _rand(batch, m, k, seed=6), _rand(batch, k, n, seed=7)
+    ours = _gemm(a, b)
+    assert ours.shape == (batch, m, n)
+    assert torch.equal(ours, torch.zeros(batch, m, n))
+
+
+def test_hostile_arguments_name_the_argument():
+    a, b = _rand(2, 3, 4, seed=8), _rand(2, 4, 5, seed=9)
+    packed = torch.ops.drn.gemm_pack_b(b)
+    with pytest.raises(ValueError, match="gemm_pack_b: b must be"):
+        torch.ops.drn.gemm_pack_b(b.double())
+    with pytest.raises(ValueError, match="gemm_pack_b: b must be"):
+        torch.ops.drn.gemm_pack_b(b[0])
+    with pytest.raises(ValueError, match="gemm_packed: a must be"):
+        torch.ops.drn.gemm_packed(a.half(), packed, 5)
+    with pytest.raises(ValueError, match="gemm_packed: n must be"):
+        torch.ops.drn.gemm_packed(a, packed, -1)
+    for bad_n in (33, 2**62, 2**63 - 1):  # n that does not fit the packed panels
+        with pytest.raises(ValueError, match="gemm_packed: b_packed must be"):
+            torch.ops.drn.gemm_packed(a, packed, bad_n)
+    with pytest.raises(ValueError, match="gemm_packed: b_packed must be"):
+        torch.ops.drn.gemm_packed(a[:1], packed, 5)
