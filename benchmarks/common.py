@@ -297,7 +297,13 @@ def _cudnn_fused_conv(x, w, b, stride, padding, dilation, residual, relu):
 
 
 def _onnx_export(module: nn.Module, inputs: tuple) -> tuple[bytes, list[str]]:
-    """(the ONNX model (opset 17, TorchScript exporter), its input names): what onnxruntime and openvino run."""
+    """(the ONNX model (opset 17, TorchScript exporter), its input names): what onnxruntime and openvino run.
+
+    A copy in eval mode is exported: the TorchScript exporter puts a module back into its *own* training mode after
+    tracing (train(mode) recursively), so exporting a wrapper made in training mode (nn.Module's default) around
+    an eval-mode model used to leave that model — the harness's cached float64/eager reference — in training mode,
+    BatchNorm on batch statistics: the "64% wrong labels" once blamed on openvino."""
+    module = copy.deepcopy(module).eval()
     buf = io.BytesIO()
     names = [f"in{i}" for i in range(len(inputs))]
     with warnings.catch_warnings():
@@ -465,6 +471,18 @@ def model_set_bytes(shape, dtype: torch.dtype) -> int:
     return n * torch.empty((), dtype=dtype).element_size()
 
 
+class _Predict(nn.Module):
+    """A segmentation model's predict (labels, probs at the input size) as its forward, for the ONNX export: what
+    the other providers time for task "segment"."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.predict(x)
+
+
 def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32, sets: int = 1) -> Runner:
     """The model (classify: forward, segment: predict) with `provider` in `dtype`, on `sets` input sets."""
     from drn.fused import FusedConv
@@ -472,10 +490,8 @@ def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32
     model = _unfused(name, task)
     xs = _model_inputs(shape, sets)
     if provider in EXPORTED:
-        if task != "classify":  # predict's ONNX export: openvino's labels differed on 64% of pixels (issue 11)
-            raise NotImplementedError(f"{provider} is benchmarked on classification only")
         export = _ort_session if provider == "onnxruntime" else _openvino_request
-        return Runner([export(model, (xs[0],))])
+        return Runner([export(_Predict(model) if task == "segment" else model, (xs[0],))])
     xs = [x.to(dtype) for x in xs]
     cl = torch.channels_last
     if provider in ("eager-nchw", "eager-cl", "cudnn", "inductor"):

@@ -54,6 +54,8 @@ namespace {
     }                                                                                   \
     for (int64_t p = 0; p < k; ++p) {                                                   \
       const V b0 = load(b + p * kPanel), b1 = load(b + p * kPanel + lanes);             \
+      _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * kPanel), _MM_HINT_T0);   \
+      _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * kPanel + 16), _MM_HINT_T0); \
       _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                           \
         const V ar = broadcast(a + r * lda + p);                                        \
         lo[r] = fmadd(ar, b0, lo[r]);                                                   \
