@@ -64,8 +64,12 @@ def _(x, weight, bias, prepared, stride, padding, dilation, residual, relu):
 
 @torch.library.register_fake("drn::winograd_weight")
 def _(weight, tile=0):
-    alpha = (tile or winograd_tile()) + 2  # packed for csrc/cpu/gemm.cpp: panels of 32 output channels
-    return weight.new_empty((alpha * alpha, -(-weight.shape[0] // 32), weight.shape[1], 32), dtype=torch.float32)
+    # packed for csrc/cpu/gemm.cpp: panels of 32 output channels; bfloat16 in pairs of input channels, F(2x2) only
+    panels, c = -(-weight.shape[0] // 32), weight.shape[1]
+    if weight.dtype == torch.bfloat16:
+        return weight.new_empty((16, panels, -(-c // 2), 32, 2))
+    alpha = (tile or winograd_tile()) + 2
+    return weight.new_empty((alpha * alpha, panels, c, 32), dtype=torch.float32)
 
 
 # Which algorithm the CPU kernel picks for (x's dtype and channels, weight, stride): "winograd", "onednn" or

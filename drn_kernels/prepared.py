@@ -14,9 +14,10 @@ tensors to itself (its `weight`, `bias` and state_dict() are copies) and re-prep
 and assignment. The Triton and CUDA kernels need no prepared form: a channels_last weight already is the (K, R,
 S, C) layout they stream (a free view).
 
-Algorithm choice, by measurement (like cudnn.benchmark): at the first call of an input shape, a float32 3x3
-stride-1 conv that Winograd applies to times its candidates — Winograd F(4x4,3x3), F(2x2,3x3) and oneDNN's
-direct convolution — on that input (cropped to at most TIMED_PIXELS output pixels), warm-up then TIMING_ROUNDS
+Algorithm choice, by measurement (like cudnn.benchmark): at the first call of an input shape, a 3x3 stride-1
+conv that Winograd applies to (float32; bfloat16 where the CPU has AVX512-BF16) times its candidates — the
+Winograd tiles offered for its dtype (drn::cpu_winograd_tiles: F(4x4,3x3) and F(2x2,3x3) in float32, F(2x2) only in
+bfloat16, whose F(4x4) is too inaccurate) and oneDNN's direct convolution — on that input (cropped to at most TIMED_PIXELS output pixels), warm-up then TIMING_ROUNDS
 interleaved rounds, and keeps the one with the least median, per (weight shape, input shape, geometry, dtype,
 threads, ISA) for the whole process: every later call, and every PreparedConv of the same shape, runs the same
 algorithm, so repeats are bit-identical. The choice goes to the kernel as the prepared form it passes (a Winograd
@@ -38,7 +39,7 @@ from torch import Tensor
 from . import _backends, _checks, _library, ops
 
 WINOGRAD = "winograd"
-CANDIDATES = ("winograd4", "winograd2", "onednn")  # what a Winograd-shaped float32 conv chooses from
+CANDIDATES = ("winograd4", "winograd2", "onednn")  # every algorithm a search may time (its dtype's subset)
 TIMED_PIXELS = 4096   # output pixels (batch x rows x columns) of the input the candidates are timed on, at most
 TIMING_ROUNDS = 3     # interleaved timed rounds per candidate, after one warm-up run each
 
@@ -114,22 +115,24 @@ class PreparedConv:
         shared = (tuple(self.weight.shape), key, self.weight.dtype, torch.get_num_threads(), isa, mode, tile)
         if shared not in _CHOICES:
             path = torch.ops.drn.cpu_conv_algorithm(x, self.weight, list(stride))
+            tiles = torch.ops.drn.cpu_winograd_tiles(x, self.weight, list(stride))
             if path == "aten":
                 _CHOICES[shared] = None
             elif path != WINOGRAD:
                 _CHOICES[shared] = "onednn"
             elif mode != "auto":
-                _CHOICES[shared] = f"winograd{tile}"
+                _CHOICES[shared] = f"winograd{tile if tile in tiles else tiles[0]}"
             else:
-                _CHOICES[shared] = self._measure(x, stride, padding, dilation, shared)
+                _CHOICES[shared] = self._measure(x, stride, padding, dilation, shared, tiles)
         self.algorithms[key] = _CHOICES[shared]
         return self.algorithms[key]
 
-    def _measure(self, x: Tensor, stride, padding, dilation, shared) -> str:
-        """The fastest of CANDIDATES for this call (median of interleaved runs on a crop of x)."""
+    def _measure(self, x: Tensor, stride, padding, dilation, shared, tiles) -> str:
+        """The fastest of the Winograd `tiles` and oneDNN for this call (median of interleaved runs on a crop of
+        x)."""
         start = time.perf_counter()
         xt = _timing_input(x, padding, dilation)
-        forms = {f"winograd{t}": torch.ops.drn.winograd_weight(self.weight, t) for t in (4, 2)}
+        forms = {f"winograd{t}": torch.ops.drn.winograd_weight(self.weight, t) for t in tiles}
         try:
             forms["onednn"] = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight.contiguous(), list(padding), list(stride), list(dilation), 1, list(xt.shape))

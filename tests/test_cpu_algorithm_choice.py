@@ -100,13 +100,38 @@ def test_no_search_where_only_one_algorithm_applies(monkeypatch):
     n_searches = len(prep.SEARCHES)
     conv.conv_bn_act(x, stride=1, padding=1, dilation=1)
     assert conv.algorithm(x, (1, 1), (1, 1), (1, 1)) == "onednn" and len(prep.SEARCHES) == n_searches
-    xb, wb, bb = (t.bfloat16() for t in _case(64, 64, 9, 10, seed=6))
-    conv = prep.PreparedConv(wb, bb, "cpu")
-    conv.conv_bn_act(xb, stride=1, padding=1, dilation=1)
-    assert conv.algorithm(xb, (1, 1), (1, 1), (1, 1)) == "onednn" and len(prep.SEARCHES) == n_searches
+    x2, w2, b2 = _case(64, 64, 9, 10, seed=7)  # stride 2: oneDNN only
+    conv = prep.PreparedConv(w2, b2, "cpu")
+    conv.conv_bn_act(x2, stride=2, padding=1, dilation=1)
+    assert conv.algorithm(x2, (2, 2), (1, 1), (1, 1)) == "onednn"
+    assert len(prep.SEARCHES) == n_searches
     with pytest.raises(ValueError, match="DRN_CPU_CONV"):  # where the value is passed on, or where it is read
         monkeypatch.setenv("DRN_CPU_CONV", "fastest")
         prep.PreparedConv(w, b, "cpu").conv_bn_act(x, stride=1, padding=1, dilation=1)
+
+
+def test_bfloat16_searches_f2_only_where_the_cpu_has_avx512_bf16():
+    """bfloat16 3x3 convs with >= 64 channels time Winograd F(2x2) (never F(4x4): too inaccurate in bf16) against
+    oneDNN where the CPU has AVX512-BF16; elsewhere oneDNN runs without a search. The chosen algorithm runs."""
+    _cpu()
+    xb, wb, bb = (t.bfloat16() for t in _case(64, 64, 9, 10, seed=6))
+    tiles = torch.ops.drn.cpu_winograd_tiles(xb, wb, [1, 1])
+    assert tiles in ([], [2])
+    n_searches = len(prep.SEARCHES)
+    conv = prep.PreparedConv(wb, bb, "cpu")
+    y = conv.conv_bn_act(xb, stride=1, padding=1, dilation=1)
+    chosen = conv.algorithm(xb, (1, 1), (1, 1), (1, 1))
+    if not tiles:
+        assert chosen == "onednn" and len(prep.SEARCHES) == n_searches
+        return
+    assert len(prep.SEARCHES) == n_searches + 1
+    assert set(prep.SEARCHES[-1]["median_s"]) == {"winograd2", "onednn"} and chosen in ("winograd2", "onednn")
+    form = torch.ops.drn.winograd_weight(wb, 2) if chosen == "winograd2" else None
+    if form is not None:
+        assert torch.equal(y, torch.ops.drn.conv_bn_act_prepared_native(xb, wb, bb, form, [1, 1], [1, 1], [1, 1],
+                                                                         None, True))
+    with pytest.raises(ValueError, match="tile 4 is not offered in bfloat16"):
+        torch.ops.drn.winograd_weight(wb, 4)
 
 
 def test_timing_input_is_a_crop():

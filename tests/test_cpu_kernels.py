@@ -101,7 +101,10 @@ def test_conv_bn_act_parity(conv_path, dtype, atol, rtol, c, k, r, stride, dil, 
                         torch.testing.assert_close(y.double(), ref, atol=atol, rtol=rtol)
                     else:
                         own = _torch_same_dtype_conv(x, wt, b, stride, pad, dil, res, relu)
-                        bound = 2 * _max_err(own, ref) + 1e-3 * ref.abs().max().item()
+                        # bf16 Winograd (F(2x2) only) also rounds its GEMM operands V and U to bf16: measured up
+                        # to ~2.1x torch's own error here, judged by the project's 4x rule (tests/tolerance.py)
+                        factor = 4 if conv_path.startswith("winograd") and y.dtype == torch.bfloat16 else 2
+                        bound = factor * _max_err(own, ref) + 1e-3 * ref.abs().max().item()
                         assert _max_err(y, ref) <= bound, (conv_path, batch, fmt, res is None, relu)
 
 

@@ -299,9 +299,19 @@ std::string cpu_conv_algorithm(const Tensor& x, const Tensor& weight, IntArrayRe
   return onednn_wanted(x.scalar_type()) ? "onednn" : "aten";
 }
 
+// drn::cpu_winograd_tiles: the Winograd tiles offered for this call (the algorithm search's candidates).
+std::vector<int64_t> cpu_winograd_tiles(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
+  return winograd_tiles(x, weight, stride);
+}
+
 }  // namespace
 
+TORCH_LIBRARY_FRAGMENT(drn, m) {
+  m.def("cpu_winograd_tiles(Tensor x, Tensor weight, int[] stride) -> int[]");
+}
+
 TORCH_LIBRARY_IMPL(drn, CPU, m) {
+  m.impl("cpu_winograd_tiles", TORCH_FN(cpu_winograd_tiles));
   m.impl("cpu_conv_algorithm", TORCH_FN(cpu_conv_algorithm));
   m.impl("conv_bn_act_native", TORCH_FN(conv_bn_act_cpu));
   m.impl("conv_bn_act_residual_native", TORCH_FN(conv_bn_act_residual_cpu));

@@ -27,12 +27,14 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "conv_output_size.h"
@@ -74,6 +76,13 @@ constexpr int64_t kWorkspaceFloats = 2 << 20;     // ~8 MB for each of V and M p
 
 int tile_size() { return cpu_options().winograd_tile.load(std::memory_order_relaxed) == 2 ? 2 : 4; }
 
+// The tile a call runs: the one asked for (a prepared form's, or 0: DRN_WINOGRAD_TILE), except that bfloat16 runs
+// F(2×2) only — see winograd_tiles.
+int resolve_tile(at::ScalarType dt, int asked) {
+  const int tile = asked != 0 ? asked : tile_size();
+  return dt == at::kBFloat16 ? 2 : tile;
+}
+
 // Tile origins along one output axis of `size` pixels with dilation `dil`: phase by phase, m outputs per tile.
 std::vector<int64_t> tile_origins(int64_t size, int64_t dil, int m) {
   std::vector<int64_t> out;
@@ -94,16 +103,35 @@ typedef float vec_u __attribute__((vector_size(64), aligned(4), may_alias));  //
 [[gnu::always_inline]] inline vec load(const float* p) { return *reinterpret_cast<const vec_u*>(p); }
 [[gnu::always_inline]] inline void store(float* p, vec v) { *reinterpret_cast<vec_u*>(p) = v; }
 
+// bfloat16 (the bf16 model's activations, and its V chunk): widened exactly on load; rounded to nearest even on
+// store, NaN as 0x7FC0 — bit for bit c10::BFloat16's conversion (torch's).
+typedef uint16_t hvec_u __attribute__((vector_size(32), aligned(2), may_alias));
+typedef uint16_t hvec __attribute__((vector_size(32)));
+typedef uint32_t wvec __attribute__((vector_size(64)));
+
+[[gnu::always_inline]] inline vec load(const c10::BFloat16* p) {
+  const wvec w = __builtin_convertvector(*reinterpret_cast<const hvec_u*>(p), wvec) << 16;
+  return reinterpret_cast<const vec&>(w);
+}
+[[gnu::always_inline]] inline void store(c10::BFloat16* p, vec v) {
+  const wvec w = reinterpret_cast<const wvec&>(v);
+  const wvec rounded = (w + 0x7FFFu + ((w >> 16) & 1u)) >> 16;
+  const wvec out = (w & 0x7FFFFFFFu) > 0x7F800000u ? wvec{} + 0x7FC0u : rounded;
+  *reinterpret_cast<hvec_u*>(p) = __builtin_convertvector(out, hvec);
+}
+
 // The first n (<= kLanes) lanes; the others 0 on load and untouched on store.
-[[gnu::always_inline]] inline vec load_n(const float* p, int64_t n) {
+template <class E>
+[[gnu::always_inline]] inline vec load_n(const E* p, int64_t n) {
   if (n == kLanes) return load(p);
-  alignas(64) float tmp[kLanes] = {};
+  alignas(64) E tmp[kLanes] = {};
   std::copy(p, p + n, tmp);
   return load(tmp);
 }
-[[gnu::always_inline]] inline void store_n(float* p, vec v, int64_t n) {
+template <class E>
+[[gnu::always_inline]] inline void store_n(E* p, vec v, int64_t n) {
   if (n == kLanes) return store(p, v);
-  alignas(64) float tmp[kLanes];
+  alignas(64) E tmp[kLanes];
   store(tmp, v);
   std::copy(tmp, tmp + n, p);
 }
@@ -144,23 +172,25 @@ struct TileGrid {
   }
 };
 
+// E: the element type of x, V, the residual and the output (float32, or bfloat16 for the bf16 path).
+template <class E>
 struct InArgs {
-  const float* x;                    // NHWC input
+  const E* x;                        // NHWC input
   int64_t H, W, C, ph, pw, dh, dw;
   TileGrid grid;
-  float* v;                          // V chunk: tile i's row of plane ξ at v + ξ·plane + i·row
+  E* v;                              // V chunk: tile i's row of plane ξ at v + ξ·plane + i·row
   int64_t plane, row;                // row = padded_row(C)
 };
 
 // Tiles [begin, end) of the chunk starting at global tile t0 → V.
-template <int M>
-[[gnu::always_inline]] inline void in_tiles(const InArgs& a, int64_t t0, int64_t begin, int64_t end) {
+template <int M, class E>
+[[gnu::always_inline]] inline void in_tiles(const InArgs<E>& a, int64_t t0, int64_t begin, int64_t end) {
   using T = Transform<M>;
   constexpr int A = T::kAlpha;
   for (int64_t i = begin; i < end; ++i) {
     const auto [n, y0, x0] = a.grid.at(t0 + i);
-    const float* img = a.x + n * a.H * a.W * a.C;
-    const float* src[A][A];
+    const E* img = a.x + n * a.H * a.W * a.C;
+    const E* src[A][A];
     for (int u = 0; u < A; ++u) {
       const int64_t h = y0 - a.ph + a.dh * u;
       for (int w_ = 0; w_ < A; ++w_) {
@@ -187,20 +217,21 @@ template <int M>
   }
 }
 
+template <class E>
 struct OutArgs {
   const float* m;                    // M chunk: tile i's row of plane ξ at m + ξ·plane + i·row
   int64_t plane, row, K;
   const float* bias;
-  const float* res;                  // NPQK residual or nullptr
-  float* out;                        // NPQK output
+  const E* res;                      // NPQK residual or nullptr
+  E* out;                            // NPQK output
   int64_t P, Q, dh, dw;
   TileGrid grid;
   bool relu;
 };
 
 // Tiles [begin, end) of the chunk starting at global tile t0: M → Aᵀ M A + bias (+ residual), ReLU → out.
-template <int M>
-[[gnu::always_inline]] inline void out_tiles(const OutArgs& a, int64_t t0, int64_t begin, int64_t end) {
+template <int M, class E>
+[[gnu::always_inline]] inline void out_tiles(const OutArgs<E>& a, int64_t t0, int64_t begin, int64_t end) {
   using T = Transform<M>;
   constexpr int A = T::kAlpha;
   for (int64_t i = begin; i < end; ++i) {
@@ -237,10 +268,12 @@ template <int M>
 // The transforms compiled three times: AVX-512, AVX2 + FMA, and the build's baseline ISA (SSE2 on x86-64);
 // the best the CPU has runs, or the one DRN_CPU_ISA=baseline|avx2|avx512 asks for (tests; capped by the CPU).
 #define DRN_TILES(isa, target)                                                                          \
-  template <int M>                                                                                      \
-  target void in_tiles_##isa(const InArgs& a, int64_t t0, int64_t b, int64_t e) { in_tiles<M>(a, t0, b, e); } \
-  template <int M>                                                                                      \
-  target void out_tiles_##isa(const OutArgs& a, int64_t t0, int64_t b, int64_t e) {                     \
+  template <int M, class E>                                                                             \
+  target void in_tiles_##isa(const InArgs<E>& a, int64_t t0, int64_t b, int64_t e) {                    \
+    in_tiles<M>(a, t0, b, e);                                                                           \
+  }                                                                                                     \
+  template <int M, class E>                                                                             \
+  target void out_tiles_##isa(const OutArgs<E>& a, int64_t t0, int64_t b, int64_t e) {                  \
     out_tiles<M>(a, t0, b, e);                                                                          \
   }
 DRN_TILES(avx512, [[gnu::target("avx512f,avx512dq,avx512vl,avx2,fma")]])
@@ -248,23 +281,29 @@ DRN_TILES(avx2, [[gnu::target("avx2,fma")]])
 DRN_TILES(baseline, )
 #undef DRN_TILES
 
-template <int M>
-void in_tiles_on(Isa isa, const InArgs& a, int64_t t0, int64_t b, int64_t e) {
-  isa == Isa::kAvx512 ? in_tiles_avx512<M>(a, t0, b, e)
-  : isa == Isa::kAvx2 ? in_tiles_avx2<M>(a, t0, b, e)
-                      : in_tiles_baseline<M>(a, t0, b, e);
+template <int M, class E>
+void in_tiles_on(Isa isa, const InArgs<E>& a, int64_t t0, int64_t b, int64_t e) {
+  isa == Isa::kAvx512 ? in_tiles_avx512<M, E>(a, t0, b, e)
+  : isa == Isa::kAvx2 ? in_tiles_avx2<M, E>(a, t0, b, e)
+                      : in_tiles_baseline<M, E>(a, t0, b, e);
 }
 
-template <int M>
-void out_tiles_on(Isa isa, const OutArgs& a, int64_t t0, int64_t b, int64_t e) {
-  isa == Isa::kAvx512 ? out_tiles_avx512<M>(a, t0, b, e)
-  : isa == Isa::kAvx2 ? out_tiles_avx2<M>(a, t0, b, e)
-                      : out_tiles_baseline<M>(a, t0, b, e);
+template <int M, class E>
+void out_tiles_on(Isa isa, const OutArgs<E>& a, int64_t t0, int64_t b, int64_t e) {
+  isa == Isa::kAvx512 ? out_tiles_avx512<M, E>(a, t0, b, e)
+  : isa == Isa::kAvx2 ? out_tiles_avx2<M, E>(a, t0, b, e)
+                      : out_tiles_baseline<M, E>(a, t0, b, e);
 }
 
-// U = G g Gᵀ for every (k, c), as [α²][C][K] float32 packed for the GEMM (α², panels_of(K), C, kPanel); summed in float64 (G's 1/6, 1/12, 1/24 are inexact in
-// binary), rounded once. Nothing is cached here: a caller that runs one weight many times (drn.fused) keeps the
+// U = G g Gᵀ for every (k, c), summed in float64 (G's 1/6, 1/12, 1/24 are inexact in binary) and rounded once,
+// packed for the GEMM: float32 weight → (α², panels_of(K), C, kPanel) float32 (pack_b); bfloat16 weight →
+// (α², panels_of(K), ceil(C/2), kPanel, 2) bfloat16 (pack_b_bf16). Nothing is cached here: a caller that runs one weight many times (drn.fused) keeps the
 // result (winograd_weight) and passes it back as `prepared`.
+std::vector<int64_t> winograd_form_shape(int64_t alpha2, int64_t C, int64_t K, bool bf16) {
+  return bf16 ? std::vector<int64_t>{alpha2, panels_of(K), (C + 1) / 2, kPanel, 2}
+              : std::vector<int64_t>{alpha2, panels_of(K), C, kPanel};
+}
+
 template <int M>
 Tensor transformed_weight(const Tensor& weight) {
   constexpr int A = Transform<M>::kAlpha;
@@ -294,10 +333,16 @@ Tensor transformed_weight(const Tensor& weight) {
       }
     }
   });
-  Tensor packed = at::empty({A * A, panels_of(K), C, kPanel}, u.options());
+  const bool bf16 = weight.scalar_type() == at::kBFloat16;
+  Tensor packed = at::empty(winograd_form_shape(A * A, C, K, bf16), weight.options());
+  const int64_t per = packed.numel() / (A * A);
   at::parallel_for(0, A * A, 1, [&](int64_t x0, int64_t x1) {
     for (int64_t xi = x0; xi < x1; ++xi) {
-      pack_b(up + xi * C * K, C, K, K, packed.data_ptr<float>() + xi * panels_of(K) * C * kPanel);
+      if (bf16) {
+        pack_b_bf16(up + xi * C * K, C, K, K, packed.data_ptr<c10::BFloat16>() + xi * per);
+      } else {
+        pack_b(up + xi * C * K, C, K, K, packed.data_ptr<float>() + xi * per);
+      }
     }
   });
   return packed;
@@ -309,15 +354,16 @@ template <int M>
 Tensor weight_for_tile(const Tensor& weight, const std::optional<Tensor>& prepared) {
   constexpr int A = Transform<M>::kAlpha;
   if (prepared.has_value() && prepared->defined() && !prepared->is_mkldnn() &&
-      prepared->scalar_type() == at::kFloat && prepared->device() == weight.device() &&
-      prepared->sizes() == at::IntArrayRef({A * A, panels_of(weight.size(0)), weight.size(1), kPanel}) &&
+      prepared->scalar_type() == weight.scalar_type() && prepared->device() == weight.device() &&
+      prepared->sizes() == at::IntArrayRef(winograd_form_shape(A * A, weight.size(1), weight.size(0),
+                                                               weight.scalar_type() == at::kBFloat16)) &&
       prepared->is_contiguous()) {
     return *prepared;
   }
   return transformed_weight<M>(weight);
 }
 
-template <int M>
+template <int M, class E>
 Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding, IntArrayRef dilation,
            const std::optional<Tensor>& residual, bool relu, const std::optional<Tensor>& into,
            const std::optional<Tensor>& prepared) {
@@ -328,9 +374,10 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   const int64_t P = conv_output_size(H, 3, 1, ph, dh), Q = conv_output_size(W, 3, 1, pw, dw);
   Tensor out;  // (N, P, Q, K) contiguous
   if (into.has_value()) {
-    TORCH_CHECK(into->sizes() == at::IntArrayRef({N, K, P, Q}) && into->scalar_type() == at::kFloat &&
+    TORCH_CHECK(into->sizes() == at::IntArrayRef({N, K, P, Q}) && into->scalar_type() == x.scalar_type() &&
                     into->is_contiguous(at::MemoryFormat::ChannelsLast),
-                "conv_bn_act (cpu, winograd): the output buffer must be a float32 channels_last (", N, ", ", K,
+                "conv_bn_act (cpu, winograd): the output buffer must be a ", x.scalar_type(), " channels_last (", N,
+                ", ", K,
                 ", ", P, ", ", Q, ") tensor, got ", into->sizes(), " ", into->scalar_type());
     out = into->permute({0, 2, 3, 1});
   } else {
@@ -350,26 +397,33 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   const int64_t total = N * per_image;
   const int64_t chunk = std::clamp<int64_t>(kWorkspaceFloats / (A * A * std::max(C, K)), 1, total);
 
-  const int64_t ldv = padded_row(C);
-  Tensor vbuf = at::empty({A * A, chunk, ldv}, xin.options());
+  // V rows padded (gemm.h: padded_row); bf16 pairs channels, so an odd C gets a zero column (never written)
+  constexpr bool bf16 = std::is_same_v<E, c10::BFloat16>;
+  const int64_t pairs = (C + 1) / 2, ldv = padded_row(bf16 ? 2 * pairs : C);
+  Tensor vbuf = bf16 && C % 2 != 0 ? at::zeros({A * A, chunk, ldv}, xin.options())
+                                   : at::empty({A * A, chunk, ldv}, xin.options());
   const int64_t panels = panels_of(K), kp = panels * kPanel;
-  Tensor mbuf = at::empty({A * A, chunk, kp}, xin.options());
+  Tensor mbuf = at::empty({A * A, chunk, kp}, xin.options().dtype(at::kFloat));
   const TileGrid grid{ty.data(), tx.data(), static_cast<int64_t>(tx.size()), per_image};
-  const InArgs in{xin.const_data_ptr<float>(), H, W, C, ph, pw, dh, dw, grid, vbuf.data_ptr<float>(), chunk * ldv,
-                  ldv};
+  const InArgs<E> in{xin.const_data_ptr<E>(), H, W, C, ph, pw, dh, dw, grid, vbuf.data_ptr<E>(), chunk * ldv, ldv};
   const Isa isa = cpu_isa();
   for (int64_t t0 = 0; t0 < total; t0 += chunk) {
     const int64_t tc = std::min(chunk, total - t0);
     at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
-      in_tiles_on<M>(isa, in, t0, begin, end);
+      in_tiles_on<M, E>(isa, in, t0, begin, end);
     });
-    gemm_packed(A * A, tc, C, panels, vbuf.const_data_ptr<float>(), ldv, chunk * ldv, u.const_data_ptr<float>(),
-                panels * C * kPanel, mbuf.data_ptr<float>(), kp, chunk * kp);
-    const OutArgs o{mbuf.const_data_ptr<float>(), chunk * kp, kp, K, b.const_data_ptr<float>(),
-                    res.defined() ? res.const_data_ptr<float>() : nullptr, out.data_ptr<float>(), P, Q, dh, dw,
-                    grid, relu};
+    if constexpr (bf16) {
+      gemm_packed_bf16(A * A, tc, pairs, panels, vbuf.const_data_ptr<E>(), ldv, chunk * ldv, u.const_data_ptr<E>(),
+                       panels * pairs * 2 * kPanel, mbuf.data_ptr<float>(), kp, chunk * kp);
+    } else {
+      gemm_packed(A * A, tc, C, panels, vbuf.const_data_ptr<E>(), ldv, chunk * ldv, u.const_data_ptr<E>(),
+                  panels * C * kPanel, mbuf.data_ptr<float>(), kp, chunk * kp);
+    }
+    const OutArgs<E> o{mbuf.const_data_ptr<float>(), chunk * kp, kp, K, b.const_data_ptr<float>(),
+                       res.defined() ? res.const_data_ptr<E>() : nullptr, out.data_ptr<E>(), P, Q, dh, dw, grid,
+                       relu};
     at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
-      out_tiles_on<M>(isa, o, t0, begin, end);
+      out_tiles_on<M, E>(isa, o, t0, begin, end);
     });
   }
   return out.permute({0, 3, 1, 2});
@@ -378,7 +432,9 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
 }  // namespace
 
 bool winograd_computes(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
-  if (x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat) return false;
+  const auto dt = x.scalar_type();
+  if (weight.scalar_type() != dt) return false;
+  if (dt != at::kFloat && !(dt == at::kBFloat16 && gemm_bf16_supported())) return false;
   if (weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 || x.size(1) != weight.size(1)) return false;
   return stride[0] == 1 && stride[1] == 1;
 }
@@ -391,32 +447,54 @@ bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stri
   return std::min(weight.size(0), weight.size(1)) >= 64;
 }
 
+std::vector<int64_t> winograd_tiles(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
+  if (!winograd_computes(x, weight, stride)) return {};
+  if (x.scalar_type() == at::kBFloat16) return {2};
+  return {4, 2};
+}
+
 int winograd_tile_of(const Tensor& weight, const std::optional<Tensor>& prepared) {
-  if (!prepared.has_value() || !prepared->defined() || prepared->is_mkldnn() || prepared->dim() != 4 ||
-      weight.dim() != 4 || prepared->size(1) != panels_of(weight.size(0)) || prepared->size(2) != weight.size(1) ||
-      prepared->size(3) != kPanel) {
+  if (!prepared.has_value() || !prepared->defined() || prepared->is_mkldnn() || weight.dim() != 4 ||
+      prepared->dim() < 1 || prepared->scalar_type() != weight.scalar_type()) {
     return 0;
   }
-  return prepared->size(0) == 36 ? 4 : prepared->size(0) == 16 ? 2 : 0;
+  const bool bf16 = weight.scalar_type() == at::kBFloat16;
+  for (const int tile : {4, 2}) {
+    const int64_t alpha = tile + 2;
+    if (prepared->sizes() == at::IntArrayRef(winograd_form_shape(alpha * alpha, weight.size(1), weight.size(0),
+                                                                  bf16))) {
+      return tile;
+    }
+  }
+  return 0;
 }
 
 Tensor conv_winograd(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding,
                      IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
                      const std::optional<Tensor>& out, const std::optional<Tensor>& prepared) {
-  const int given = winograd_tile_of(weight, prepared);  // the caller's choice of tile, made by measurement
-  return (given != 0 ? given : tile_size()) == 4
-             ? run<4>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
-             : run<2>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
+  // the caller's choice of tile, made by measurement
+  const bool four = resolve_tile(x.scalar_type(), winograd_tile_of(weight, prepared)) == 4;
+  if (x.scalar_type() == at::kBFloat16) {
+    return four ? run<4, c10::BFloat16>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
+                : run<2, c10::BFloat16>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
+  }
+  return four ? run<4, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
+              : run<2, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
 }
 
 Tensor winograd_weight(const Tensor& weight, int64_t tile) {
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3 &&
-                        weight.scalar_type() == at::kFloat && weight.device().is_cpu(),
-                    "winograd_weight: weight must be a float32 (K, C, 3, 3) CPU tensor, got ", weight.sizes(), " ",
-                    weight.scalar_type());
+                        (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16) &&
+                        weight.device().is_cpu(),
+                    "winograd_weight: weight must be a float32 or bfloat16 (K, C, 3, 3) CPU tensor, got ",
+                    weight.sizes(), " ", weight.scalar_type());
   TORCH_CHECK_VALUE(tile == 0 || tile == 2 || tile == 4, "winograd_weight: tile must be 2, 4 or 0 (the "
                     "DRN_WINOGRAD_TILE setting), got ", tile);
-  return (tile != 0 ? tile : tile_size()) == 4 ? transformed_weight<4>(weight) : transformed_weight<2>(weight);
+  TORCH_CHECK_VALUE(!(tile == 4 && weight.scalar_type() == at::kBFloat16), "winograd_weight: tile 4 is not "
+                    "offered in bfloat16 (F(4x4) loses too much accuracy there: ~15x torch's own bfloat16 error); "
+                    "use tile 2");
+  return resolve_tile(weight.scalar_type(), static_cast<int>(tile)) == 4 ? transformed_weight<4>(weight)
+                                                                          : transformed_weight<2>(weight);
 }
 
 }  // namespace drn::cpu

@@ -5,24 +5,32 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <vector>
 
 namespace drn::cpu {
 
-// Whether conv_winograd takes this convolution. Only float32, 3×3 filters, stride 1, one group; by default only
-// when both channel counts are at least 64 (below that oneDNN's direct convolution is as fast). DRN_CPU_CONV=
-// "winograd" takes every float32 3×3 stride-1 convolution (tests), "direct" or "aten" none.
+// Whether conv_winograd takes this convolution (the op-level rule; drn.fused's layers choose by measurement).
+// Only what winograd_computes; by default only when both channel counts are at least 64 (below that oneDNN's
+// direct convolution is as fast). DRN_CPU_CONV="winograd" takes every one (tests), "direct" or "aten" none.
 bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
-// Whether conv_winograd can compute this convolution at all (float32, 3×3, stride 1, one group), whatever the
-// settings say: the test of a caller that chose Winograd by measurement (drn_kernels.prepared).
+// Whether conv_winograd can compute this convolution at all (float32, or bfloat16 where the CPU has AVX512-BF16
+// and DRN_CPU_ISA allows AVX-512; 3×3, stride 1, one group), whatever the settings say: the test of a caller
+// that chose Winograd by measurement (drn_kernels.prepared).
 bool winograd_computes(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
+
+// The tiles Winograd offers for this call (empty when it cannot compute it): float32 F(4×4) and F(2×2); bfloat16
+// F(2×2) only — bfloat16 V and U (the GEMM's operands, rounded to 8 bits after transforms whose factors reach
+// 25 in F(4×4)) put F(4×4)'s error at ~15× torch's own bfloat16 convolution error, F(2×2)'s at 1.4-1.7×
+// (measured on 64-512 channel DRN layers). drn::cpu_winograd_tiles; the algorithm search's candidates.
+std::vector<int64_t> winograd_tiles(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
 // The tile side (2 or 4) of `prepared` when it is a Winograd form of `weight` ((α², panels_of(K), C, kPanel),
 // α = tile + 2: see winograd_weight), else 0.
 int winograd_tile_of(const at::Tensor& weight, const std::optional<at::Tensor>& prepared);
 
 // y = relu?(conv2d(x, weight, stride=1, padding, dilation) + bias + residual?) as an (N,K,P,Q) channels_last
-// tensor. x: (N,C,H,W) float32 any strides; weight (K,C,3,3); bias (K,); residual (N,K,P,Q) any strides.
+// tensor of x's dtype. x: (N,C,H,W) float32 or bfloat16, any strides; weight (K,C,3,3); bias (K,); residual (N,K,P,Q) any strides.
 // out: where to write y, an (N,K,P,Q) channels_last-contiguous float32 tensor, which may be the residual itself
 // (each element is read and then written by the same thread); a new tensor when absent.
 // prepared: winograd_weight(weight, tile), made by a caller that runs this weight many times; its shape gives the
@@ -33,8 +41,9 @@ at::Tensor conv_winograd(const at::Tensor& x, const at::Tensor& weight, const at
                          bool relu, const std::optional<at::Tensor>& out = std::nullopt,
                          const std::optional<at::Tensor>& prepared = std::nullopt);
 
-// The transformed weight U = G g Gᵀ for output tile side `tile` (2 or 4; 0: the current DRN_WINOGRAD_TILE):
-// float32, α = tile + 2, each point's (C × K) matrix packed for the GEMM (gemm.h): (α², panels_of(K), C, kPanel).
+// The transformed weight U = G g Gᵀ for output tile side `tile` (2 or 4; 0: the current DRN_WINOGRAD_TILE, and 2
+// for bfloat16), α = tile + 2, each point's (C × K) matrix packed for the GEMM (gemm.h): float32 (α², panels_of(K),
+// C, kPanel), bfloat16 (α², panels_of(K), ceil(C/2), kPanel, 2).
 at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile = 0);
 
 }  // namespace drn::cpu

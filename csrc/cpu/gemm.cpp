@@ -31,7 +31,9 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <utility>
+#include <vector>
 
 #ifndef DRN_GEMM_DEPTH
 #define DRN_GEMM_DEPTH 256
@@ -98,23 +100,59 @@ void block_baseline(int64_t k, const float* a, int64_t lda, const float* b, floa
   for (int r = 0; r < MR; ++r) std::copy(acc[r], acc[r] + kPanel, c + r * ldc);
 }
 
+// bfloat16 (AVX512-BF16, vdpbf16ps): k counts pairs; a row-major bf16 (a pair = 2 consecutive columns, one 32-bit
+// broadcast), b packed by pack_b_bf16 (per pair, 32 columns × 2 bf16 = two zmm), float32 accumulators: each step
+// adds a[i][2p]·b[2p][j] + a[i][2p+1]·b[2p+1][j] (the products exact in float32, one rounding per step).
+template <int MR>
+[[gnu::target("avx512f,avx512bf16")]] void block_bf16(int64_t k, const uint16_t* a, int64_t lda, const uint16_t* b,
+                                                      float* c, int64_t ldc, bool add) {
+  __m512 lo[MR], hi[MR];
+#pragma GCC unroll 14
+  for (int r = 0; r < MR; ++r) {
+    lo[r] = add ? _mm512_loadu_ps(c + r * ldc) : _mm512_setzero_ps();
+    hi[r] = add ? _mm512_loadu_ps(c + r * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < k; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * 2 * kPanel);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * 2 * kPanel + kPanel);
+    _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * 2 * kPanel), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * 2 * kPanel + kPanel), _MM_HINT_T0);
+#pragma GCC unroll 14
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + 2 * p, sizeof pair);
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(pair);
+      lo[r] = _mm512_dpbf16_ps(lo[r], ar, b0);
+      hi[r] = _mm512_dpbf16_ps(hi[r], ar, b1);
+    }
+  }
+#pragma GCC unroll 14
+  for (int r = 0; r < MR; ++r) {
+    _mm512_storeu_ps(c + r * ldc, lo[r]);
+    _mm512_storeu_ps(c + r * ldc + 16, hi[r]);
+  }
+}
+
 // c (+)= a · b for one register block; add: accumulate onto c (the k blocks after the first).
-using BlockFn = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, bool);
+template <class E>
+using BlockFn = void (*)(int64_t, const E*, int64_t, const E*, float*, int64_t, bool);
 
 // The kernels of one ISA for 1..max_rows rows: kernel_rows[r - 1] computes r rows.
 #define DRN_BLOCK_TABLE(kernel, max_rows)                                                      \
   template <int... R>                                                                          \
-  constexpr std::array<BlockFn, sizeof...(R)> kernel##_table(std::integer_sequence<int, R...>) { \
-    return {&kernel<R + 1>...};                                                                \
+  constexpr auto kernel##_table(std::integer_sequence<int, R...>) {                           \
+    return std::array{&kernel<R + 1>...};                                                      \
   }                                                                                            \
   constexpr auto kernel##_rows = kernel##_table(std::make_integer_sequence<int, max_rows>());
 DRN_BLOCK_TABLE(block_avx512, 14)
 DRN_BLOCK_TABLE(block_avx2, 6)
 DRN_BLOCK_TABLE(block_baseline, 4)
+DRN_BLOCK_TABLE(block_bf16, 14)
 #undef DRN_BLOCK_TABLE
 
+template <class E>
 struct Kernels {
-  const BlockFn* rows;  // rows[r - 1]: the kernel for r rows
+  const BlockFn<E>* rows;  // rows[r - 1]: the kernel for r rows
   int max_rows;
 };
 
@@ -122,12 +160,40 @@ struct Kernels {
 // Sapphire Rapids) while every row block of the problem uses it.
 constexpr int64_t kDepth = DRN_GEMM_DEPTH;
 
-Kernels kernels_for(Isa isa) {
+Kernels<float> kernels_for(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return {block_avx512_rows.data(), 14};
     case Isa::kAvx2: return {block_avx2_rows.data(), 6};
     default: return {block_baseline_rows.data(), 4};
   }
+}
+
+// The loop over (problem, panel) pairs, k blocks and row blocks, for float32 (step 1: k counts columns of a) and
+// bfloat16 (step 2: k counts pairs). b's panel holds kPanel·step elements per k.
+template <class E, int Step>
+void drive(const Kernels<E>& kern, int64_t batch, int64_t m, int64_t k, int64_t panels, const E* a, int64_t lda,
+           int64_t a_batch, const E* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch) {
+  if (batch == 0 || m == 0 || panels == 0) return;
+  at::parallel_for(0, batch * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / panels, q = item % panels;
+      const E* at = a + t * a_batch;
+      const E* bt = b + t * b_batch + q * k * kPanel * Step;
+      float* ct = c + t * c_batch + q * kPanel;
+      if (k == 0) {
+        for (int64_t i = 0; i < m; ++i) std::fill(ct + i * ldc, ct + i * ldc + kPanel, 0.f);
+        continue;
+      }
+      for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
+        const int64_t depth = std::min(kDepth, k - p0);
+        for (int64_t i = 0; i < m; i += kern.max_rows) {
+          const int64_t rows = std::min<int64_t>(kern.max_rows, m - i);
+          kern.rows[rows - 1](depth, at + i * lda + p0 * Step, lda, bt + p0 * kPanel * Step, ct + i * ldc, ldc,
+                              p0 > 0);
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -146,59 +212,101 @@ void pack_b(const float* src, int64_t rows, int64_t n, int64_t ld, float* dst) {
 
 void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const float* a, int64_t lda, int64_t a_batch,
                  const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch) {
-  if (batch == 0 || m == 0 || panels == 0) return;
-  const Kernels kern = kernels_for(cpu_isa());
-  at::parallel_for(0, batch * panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item / panels, q = item % panels;
-      const float* at = a + t * a_batch;
-      const float* bt = b + t * b_batch + q * k * kPanel;
-      float* ct = c + t * c_batch + q * kPanel;
-      if (k == 0) {
-        for (int64_t i = 0; i < m; ++i) std::fill(ct + i * ldc, ct + i * ldc + kPanel, 0.f);
-        continue;
-      }
-      for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
-        const int64_t depth = std::min(kDepth, k - p0);
-        for (int64_t i = 0; i < m; i += kern.max_rows) {
-          const int64_t rows = std::min<int64_t>(kern.max_rows, m - i);
-          kern.rows[rows - 1](depth, at + i * lda + p0, lda, bt + p0 * kPanel, ct + i * ldc, ldc, p0 > 0);
+  drive<float, 1>(kernels_for(cpu_isa()), batch, m, k, panels, a, lda, a_batch, b, b_batch, c, ldc, c_batch);
+}
+
+bool gemm_bf16_supported() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has && cpu_isa() == Isa::kAvx512;
+}
+
+void pack_b_bf16(const float* src, int64_t rows, int64_t n, int64_t ld, c10::BFloat16* dst) {
+  const int64_t panels = panels_of(n), pairs = (rows + 1) / 2;
+  for (int64_t q = 0; q < panels; ++q) {
+    c10::BFloat16* out = dst + q * pairs * 2 * kPanel;
+    for (int64_t p = 0; p < pairs; ++p) {
+      for (int64_t j = 0; j < kPanel; ++j) {
+        for (int64_t e = 0; e < 2; ++e) {
+          const int64_t row = 2 * p + e, col = q * kPanel + j;
+          out[(p * kPanel + j) * 2 + e] = row < rows && col < n ? c10::BFloat16(src[row * ld + col]) : c10::BFloat16(0.f);
         }
       }
     }
-  });
+  }
+}
+
+void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, const c10::BFloat16* a, int64_t lda,
+                      int64_t a_batch, const c10::BFloat16* b, int64_t b_batch, float* c, int64_t ldc,
+                      int64_t c_batch) {
+  TORCH_CHECK(gemm_bf16_supported(), "gemm_packed_bf16: this CPU has no AVX512-BF16 (or DRN_CPU_ISA forbids it)");
+  TORCH_CHECK(lda % 2 == 0 && a_batch % 2 == 0, "gemm_packed_bf16: a's strides must be even");
+  drive<uint16_t, 2>({block_bf16_rows.data(), 14}, batch, m, pairs, panels, reinterpret_cast<const uint16_t*>(a),
+                     lda, a_batch, reinterpret_cast<const uint16_t*>(b), b_batch, c, ldc, c_batch);
+}
+
+// bf16 packed shape of a (B, K, N) b: (B, panels, ceil(K/2), kPanel, 2); float32: (B, panels, K, kPanel).
+std::vector<int64_t> packed_shape(int64_t batch, int64_t k, int64_t n, bool bf16) {
+  return bf16 ? std::vector<int64_t>{batch, panels_of(n), (k + 1) / 2, kPanel, 2}
+              : std::vector<int64_t>{batch, panels_of(n), k, kPanel};
 }
 
 at::Tensor gemm_pack_b(const at::Tensor& b) {
-  TORCH_CHECK_VALUE(b.dim() == 3 && b.scalar_type() == at::kFloat && b.device().is_cpu(),
-                    "gemm_pack_b: b must be a (B, K, N) float32 CPU tensor, got ", b.sizes(), " ", b.scalar_type(),
-                    " on ", b.device());
-  const at::Tensor src = b.contiguous();
+  TORCH_CHECK_VALUE(b.dim() == 3 && (b.scalar_type() == at::kFloat || b.scalar_type() == at::kBFloat16) &&
+                        b.device().is_cpu(),
+                    "gemm_pack_b: b must be a (B, K, N) float32 or bfloat16 CPU tensor, got ", b.sizes(), " ",
+                    b.scalar_type(), " on ", b.device());
+  const bool bf16 = b.scalar_type() == at::kBFloat16;
+  const at::Tensor src = b.to(at::kFloat).contiguous();  // bf16 -> float32 is exact, and back again
   const int64_t batch = b.size(0), rows = b.size(1), n = b.size(2);
-  at::Tensor out = at::empty({batch, panels_of(n), rows, kPanel}, b.options());
+  at::Tensor out = at::empty(packed_shape(batch, rows, n, bf16), b.options());
+  const int64_t per = out.numel() / std::max<int64_t>(batch, 1);
   const float* s = src.const_data_ptr<float>();
-  float* d = out.data_ptr<float>();
   at::parallel_for(0, batch, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) pack_b(s + t * rows * n, rows, n, n, d + t * panels_of(n) * rows * kPanel);
+    for (int64_t t = t0; t < t1; ++t) {
+      if (bf16) {
+        pack_b_bf16(s + t * rows * n, rows, n, n, out.data_ptr<c10::BFloat16>() + t * per);
+      } else {
+        pack_b(s + t * rows * n, rows, n, n, out.data_ptr<float>() + t * per);
+      }
+    }
   });
   return out;
 }
 
+// float32 a: float32 c; bfloat16 a (needs AVX512-BF16): c accumulated in float32, returned as float32.
 at::Tensor gemm_packed_op(const at::Tensor& a, const at::Tensor& b_packed, int64_t n) {
-  TORCH_CHECK_VALUE(a.dim() == 3 && a.scalar_type() == at::kFloat && a.device().is_cpu(),
-                    "gemm_packed: a must be a (B, M, K) float32 CPU tensor, got ", a.sizes(), " ", a.scalar_type());
+  TORCH_CHECK_VALUE(a.dim() == 3 && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16) &&
+                        a.device().is_cpu(),
+                    "gemm_packed: a must be a (B, M, K) float32 or bfloat16 CPU tensor, got ", a.sizes(), " ",
+                    a.scalar_type());
   TORCH_CHECK_VALUE(n >= 0, "gemm_packed: n must be >= 0, got ", n);
+  const bool bf16 = a.scalar_type() == at::kBFloat16;
   const int64_t batch = a.size(0), m = a.size(1), k = a.size(2), panels = panels_of(n);
-  TORCH_CHECK_VALUE(b_packed.scalar_type() == at::kFloat && b_packed.device().is_cpu() &&
-                        b_packed.sizes() == at::IntArrayRef({batch, panels, k, kPanel}),
-                    "gemm_packed: b_packed must be gemm_pack_b of a (", batch, ", ", k, ", ", n,
-                    ") float32 CPU tensor, i.e. of shape (", batch, ", ", panels, ", ", k, ", ", kPanel, "), got ",
+  const std::vector<int64_t> want = packed_shape(batch, k, n, bf16);
+  TORCH_CHECK_VALUE(b_packed.scalar_type() == a.scalar_type() && b_packed.device().is_cpu() &&
+                        b_packed.sizes() == at::IntArrayRef(want),
+                    "gemm_packed: b_packed must be gemm_pack_b of a (", batch, ", ", k, ", ", n, ") ",
+                    a.scalar_type(), " CPU tensor, i.e. of shape ", at::IntArrayRef(want), ", got ",
                     b_packed.sizes(), " ", b_packed.scalar_type());
-  // a's own strides when its rows are unit-stride (benchmarks pass padded rows, as the Winograd chunks have)
-  const at::Tensor ac = a.stride(2) == 1 ? a : a.contiguous(), bc = b_packed.contiguous();
-  at::Tensor c = at::empty({batch, m, panels * kPanel}, a.options());
-  gemm_packed(batch, m, k, panels, ac.const_data_ptr<float>(), ac.stride(1), ac.stride(0), bc.const_data_ptr<float>(),
-              panels * k * kPanel, c.data_ptr<float>(), panels * kPanel, m * panels * kPanel);
+  at::Tensor c = at::empty({batch, m, panels * kPanel}, a.options().dtype(at::kFloat));
+  const at::Tensor bc = b_packed.contiguous();
+  if (bf16) {
+    TORCH_CHECK(gemm_bf16_supported(), "gemm_packed: bfloat16 needs AVX512-BF16 (this CPU lacks it, or "
+                "DRN_CPU_ISA asks for less than avx512)");
+    // rows of an even length (a zero column when k is odd: the packed b's last pair holds a zero row there)
+    const int64_t pairs = (k + 1) / 2;
+    at::Tensor ac = at::zeros({batch, m, 2 * pairs}, a.options());
+    ac.narrow(2, 0, k).copy_(a);
+    gemm_packed_bf16(batch, m, pairs, panels, ac.const_data_ptr<c10::BFloat16>(), 2 * pairs, m * 2 * pairs,
+                     bc.const_data_ptr<c10::BFloat16>(), panels * pairs * 2 * kPanel, c.data_ptr<float>(),
+                     panels * kPanel, m * panels * kPanel);
+  } else {
+    // a's own strides when its rows are unit-stride (benchmarks pass padded rows, as the Winograd chunks have)
+    const at::Tensor ac = a.stride(2) == 1 ? a : a.contiguous();
+    gemm_packed(batch, m, k, panels, ac.const_data_ptr<float>(), ac.stride(1), ac.stride(0),
+                bc.const_data_ptr<float>(), panels * k * kPanel, c.data_ptr<float>(), panels * kPanel,
+                m * panels * kPanel);
+  }
   return c.narrow(2, 0, n);
 }
 

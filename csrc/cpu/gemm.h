@@ -8,6 +8,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/BFloat16.h>
 
 #include <cstdint>
 
@@ -35,10 +36,25 @@ void pack_b(const float* src, int64_t rows, int64_t n, int64_t ld, float* dst);
 void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const float* a, int64_t lda, int64_t a_batch,
                  const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch);
 
-// drn::gemm_pack_b(b) for a (B, K, N) float32 tensor: (B, panels_of(N), K, kPanel).
+// bfloat16: whether gemm_packed_bf16 runs here (AVX512-BF16, and DRN_CPU_ISA allows AVX-512).
+bool gemm_bf16_supported();
+
+// pack_b for gemm_packed_bf16: src (rows × n float32, rounded to bfloat16 here) into panels_of(n) × ceil(rows/2) ×
+// kPanel × 2 (each 32-bit lane a pair of consecutive rows of one column; an odd last row paired with a zero).
+void pack_b_bf16(const float* src, int64_t rows, int64_t n, int64_t ld, c10::BFloat16* dst);
+
+// gemm_packed with bfloat16 a and b and float32 c: `pairs` = k / 2 (a's rows padded to an even length with zeros
+// by the caller; lda and a_batch even), b from pack_b_bf16. Products are exact in float32; each step adds two.
+void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, const c10::BFloat16* a, int64_t lda,
+                      int64_t a_batch, const c10::BFloat16* b, int64_t b_batch, float* c, int64_t ldc,
+                      int64_t c_batch);
+
+// drn::gemm_pack_b(b) for a (B, K, N) float32 tensor: (B, panels_of(N), K, kPanel); bfloat16: (B, panels_of(N),
+// ceil(K/2), kPanel, 2).
 at::Tensor gemm_pack_b(const at::Tensor& b);
 
-// drn::gemm_packed(a, b_packed, n): (B, M, n) = a (B, M, K) · b, b given packed (gemm_pack_b of a (B, K, n)).
+// drn::gemm_packed(a, b_packed, n): (B, M, n) float32 = a (B, M, K) · b, b given packed (gemm_pack_b of a
+// (B, K, n) of a's dtype, float32 or bfloat16).
 at::Tensor gemm_packed_op(const at::Tensor& a, const at::Tensor& b_packed, int64_t n);
 
 }  // namespace drn::cpu
