@@ -5,20 +5,25 @@
     class_head(x, weight, bias, *, upsample, label_dtype, backend) -> (labels, probs)
     localize(x, weight, bias, *, threshold, stride, backend) -> (logits, labels, scores, boxes)
 
-Backends: "auto", "triton", "cuda", "cpu", "cuda-sim", "reference" (see drn_kernels._backends).
+Backends: "auto", "triton", "cuda", "cpu", "cuda-sim", "reference" (see drn_kernels._backends):
+    available_backends(device) -> {backend: None or why it cannot run}; why_unavailable(backend, device) asks about
+    one; resolve_backend(backend, device, op) -> the concrete backend the op runs ("auto" chosen), or raises.
+conv_output_size(size, kernel, stride, padding, dilation): an output side of conv_bn_act.
+The ops are also registered as torch.ops.drn.* (drn_kernels._schemas; the dispatch path: drn_kernels.ops).
 """
-from . import _library  # noqa: F401  (registers torch.ops.drn.*)
-from ._backends import BACKENDS, check_backend
+from . import _backends
+from ._backends import BACKENDS, check_backend, why_unavailable
+from ._backends import resolve as resolve_backend
+from ._checks import conv_output_size
 from .ops import class_head, conv_bn_act, fold_bn, localize
 
-__all__ = ["conv_bn_act", "fold_bn", "class_head", "localize", "BACKENDS", "check_backend", "available_backends"]
+__all__ = ["conv_bn_act", "fold_bn", "class_head", "localize", "BACKENDS", "check_backend", "available_backends",
+           "why_unavailable", "resolve_backend", "conv_output_size"]
 
 
 def available_backends(device="cpu") -> dict:
     """{backend: None if it can run on `device` now, else the reason it cannot}."""
     import torch
 
-    from ._backends import why_unavailable
-
     dev = torch.device(device)
-    return {b: why_unavailable(b, dev) for b in BACKENDS if b != "auto"}
+    return {b: _backends.why_unavailable(b, dev) for b in BACKENDS if b != "auto"}

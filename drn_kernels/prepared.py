@@ -35,7 +35,7 @@ import time
 import torch
 from torch import Tensor
 
-from . import _backends, _checks, _library, ops
+from . import _backends, _checks, ops
 
 WINOGRAD = "winograd"
 CANDIDATES = ("winograd4", "winograd2", "onednn")  # what a Winograd-shaped float32 conv chooses from
@@ -53,7 +53,7 @@ def cpu_conv_setting() -> tuple[str, int, str]:
     pinned) or "aten" (no prepared forms)."""
     from . import settings
 
-    return settings.choice("DRN_CPU_CONV"), _library.winograd_tile(), settings.choice("DRN_CPU_ISA")
+    return settings.choice("DRN_CPU_CONV"), settings.cpu_options().winograd_tile, settings.choice("DRN_CPU_ISA")
 
 
 def _timing_input(x: Tensor, padding, dilation) -> Tensor:
