@@ -679,9 +679,9 @@ def _triton_tuners() -> list:
     from drn_kernels.triton import conv_bn_act as conv_mod
 
     tuners = [(f"conv_bn_act[{'flat' if flat else 'nested'},{'fp32' if fp32 else '16bit'}]", t)
-              for (flat, fp32), t in conv_mod._tuned.items()]
-    tuners += [(f"class_head[{'fp32' if fp32 else '16bit'}]", t) for fp32, t in head_mod._class_head_tuned.items()]
-    return tuners + [("upsample_argmax", head_mod._upsample_argmax_tuned)]
+              for (flat, fp32), t in conv_mod.TUNED.items()]
+    tuners += [(f"class_head[{'fp32' if fp32 else '16bit'}]", t) for fp32, t in head_mod.CLASS_HEAD_TUNED.items()]
+    return tuners + [("upsample_argmax", head_mod.UPSAMPLE_ARGMAX_TUNED)]
 
 
 @contextlib.contextmanager

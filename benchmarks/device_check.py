@@ -263,9 +263,9 @@ def start_build(run: Run):
                             "arch": env.get("TORCH_CUDA_ARCH_LIST", "(default)"), "max_jobs": env.get("MAX_JOBS")}
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read back in finish_build
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    from drn_kernels import _extension
+    from drn_kernels import build
 
-    _extension.forbid_jit_build()  # this process only loads what the build makes
+    build.forbid_jit_build()  # this process only loads what the build makes
     CHILD_ENV["DRN_NO_JIT_BUILD"] = "1"  # and so do the subprocesses it starts (pytest, the Inductor worker)
     return proc, log, time.monotonic()
 
@@ -299,9 +299,9 @@ def finish_build(run: Run, build):
 def why_unavailable(backend: str, device) -> str | None:
     """None when drn_kernels' `backend` runs on `device` now, else why (asks about that backend alone, so the
     dry run never builds drn_kernels._C for a provider it does not use)."""
-    from drn_kernels import _backends
+    import drn_kernels
 
-    return _backends.why_unavailable(backend, device)
+    return drn_kernels.why_unavailable(backend, device)
 
 
 def kill_group(proc):

@@ -13,6 +13,8 @@ import os
 import pytest
 import torch
 
+import drn_kernels
+
 from benchmarks import common
 
 SHAPES = [  # (batch, M, K, N)
@@ -36,16 +38,23 @@ def _params():
                                    marks=marks)
 
 
+@pytest.fixture
+def monkeypatch(monkeypatch):
+    """pytest's monkeypatch, and the cpu settings passed on again once it has undone DRN_CPU_ISA."""
+    yield monkeypatch
+    monkeypatch.undo()
+    drn_kernels.push_cpu_options()
+
+
 @pytest.mark.parametrize(("isa", "shape", "provider"), list(_params()))
 def test_gemm(benchmark, monkeypatch, isa, shape, provider):
-    from drn_kernels import _extension
-
-    if _extension.load() is None:
-        pytest.skip(f"the compiled extension is unavailable: {_extension.why_unavailable('cpu')}")
+    reason = drn_kernels.why_unavailable("cpu", torch.device("cpu"))  # loads the extension
+    if reason:
+        pytest.skip(f"the compiled extension is unavailable: {reason}")
     if not _cpu_has(isa):
         pytest.skip(f"this CPU has no {isa}")
     monkeypatch.setenv("DRN_CPU_ISA", isa)
-    _extension.push_cpu_options()
+    drn_kernels.push_cpu_options()
     batch, m, k, n = shape
     g = torch.Generator().manual_seed(m * k + n)
     a = torch.randn(batch, m, k + 16, generator=g)[..., :k]  # padded rows, as the convolution's V chunk

@@ -1,6 +1,6 @@
 // drn_kernels._C — module init.
 //
-// The ops' schemas are defined in Python (drn_kernels/_library.py); the kernels register themselves at load
+// The ops' schemas are defined in Python (drn_kernels/_schemas.py); the kernels register themselves at load
 // time with TORCH_LIBRARY_IMPL(drn, CPU/CUDA, m) in csrc/cpu and csrc/cuda, so this file only has to make the
 // shared library importable as a Python module and say what was compiled in. It uses the plain CPython API
 // (no pybind11) to keep the build short.

@@ -224,9 +224,9 @@ def cpu_fma_peak(isa: str = "") -> float | None:
     """FLOP/s of float32 FMAs on all torch threads (drn::cpu_fma_peak: independent chains of AVX-512 or AVX2
     FMAs that touch no memory, best of 5 runs of ~20 ms): the CPU's float32 compute ceiling, which no GEMM or
     conv can pass. isa: "avx512", "avx2", else the best the CPU has. None when the C++ extension is missing."""
-    from drn_kernels import _backends
+    import drn_kernels
 
-    if _backends.why_unavailable("cpu", torch.device("cpu")) is not None:
+    if drn_kernels.why_unavailable("cpu", torch.device("cpu")) is not None:
         return None
     return max(torch.ops.drn.cpu_fma_peak(CPU_ISA_CODES.get(isa, -1), 2_000_000) for _ in range(5))
 

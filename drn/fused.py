@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import drn_kernels
-from drn_kernels import _backends
-from drn_kernels._checks import conv_output_size
+from drn_kernels import conv_output_size
 from drn_kernels.prepared import PreparedConv
 from drn_kernels.reference import bilinear_up_weight, upsample8
 
@@ -394,7 +393,7 @@ class FusedModel(InferenceOnly):
         """The concrete backend the ops run on for tensors on `device` (default: the model's device)."""
         if device is None:
             device = self.head_weight.device
-        return _backends.resolve(self._backend, torch.device(device), "conv_bn_act")
+        return drn_kernels.resolve_backend(self._backend, torch.device(device), "conv_bn_act")
 
     def features(self, x):
         # channels_last from the first layer on: every conv_bn_act returns channels_last, max-pool keeps it.

@@ -6,8 +6,9 @@ A backend is available when the code behind it can run on the given device *now*
 - "cuda-sim": the CUDA kernel sources built for the host through csrc/sim (tests only, slow).
 - "reference": always.
 
+This module only answers "which backend"; drn_kernels.ops calls resolve() once per op call and runs the answer.
 Under torch.compile: whether triton is installed is decided once, at import; the backend choice (which may load or
-even build the extension, under a lock, and import the Triton op modules) is marked
+even build the extension, under a lock, and import the Triton op module) is marked
 torch.compiler.assume_constant_result, so dynamo runs it eagerly and traces only its answer. That keeps
 torch.compile(fullgraph=True) working when it is a process's first use of the ops.
 """
@@ -77,14 +78,16 @@ def check_backend(backend) -> str:
 
 @torch.compiler.assume_constant_result
 def resolve(backend: str, device: torch.device, op: str) -> str:
-    """The concrete backend for `backend` on `device`; raises naming what is missing."""
+    """The concrete backend that runs drn_kernels.<op> for `backend` on `device` ("auto": the first available of
+    triton, cuda on CUDA tensors, cpu on CPU tensors, else the reference with one warning); raises naming what is
+    missing. Choosing "triton" imports the op's Triton module (TRITON_MODULES), which registers its op."""
     check_backend(backend)
     if backend != "auto":
         reason = why_unavailable(backend, device)
         if reason is not None:
             raise RuntimeError(f"drn_kernels.{op}: backend {backend!r} is not available: {reason}")
         if backend == "triton":
-            _import_triton_ops()
+            _import_triton_op(op)
         return backend
     preferred = ("triton", "cuda") if device.type == "cuda" else ("cpu",)
     reasons = []
@@ -92,30 +95,23 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
         reason = why_unavailable(name, device)
         if reason is None:
             if name == "triton":
-                _import_triton_ops()
+                _import_triton_op(op)
             return name
         reasons.append(f"{name}: {reason}")
     key = f"{device.type}"
     if key not in _warned_fallback:
         _warned_fallback.add(key)
         warnings.warn(f"drn_kernels: no kernel backend for {device.type} tensors ({'; '.join(reasons)}); "
-                      f"falling back to the PyTorch reference", RuntimeWarning, stacklevel=3)
+                      f"falling back to the PyTorch reference", RuntimeWarning,
+                      stacklevel=4)  # the caller of drn_kernels.<op> (through ops._backend_for)
     return "reference"
 
 
-def load_triton_op(module: str):
-    """Import drn_kernels.triton.<module>, which registers its torch.ops.drn.*_triton ops.
-
-    Dynamo cannot trace importlib; while compiling, the module was already imported by the backend choice
-    (resolve(), run eagerly even under torch.compile, imports every Triton op module when it picks "triton").
-    """
-    if torch.compiler.is_compiling():
-        return None
-    return importlib.import_module(f"drn_kernels.triton.{module}")
+# op -> the module of drn_kernels/triton/ that registers its drn::<op>_triton
+TRITON_MODULES = {"conv_bn_act": "conv_bn_act", "class_head": "class_head", "localize": "class_head"}
 
 
-def _import_triton_ops():
-    """Called by resolve() only, which runs eagerly even under torch.compile (assume_constant_result), where
-    torch.compiler.is_compiling() is already true: import directly."""
-    for module in ("conv_bn_act", "class_head"):
-        importlib.import_module(f"drn_kernels.triton.{module}")
+def _import_triton_op(op: str):
+    """Import the module that registers torch.ops.drn.<op>_triton. Called by resolve() only, which runs eagerly
+    even under torch.compile (assume_constant_result; dynamo cannot trace importlib)."""
+    importlib.import_module(f"drn_kernels.triton.{TRITON_MODULES[op]}")

@@ -11,7 +11,7 @@ load() order (loaded_variant() says which one this process uses):
      without CUDA an error; DRN_NO_JIT_BUILD=1 only loads an up-to-date cached build.
      `python -m drn_kernels.build` does it ahead of time.
 The result (module or failure) is cached for the process; why_unavailable() reports the failure.
-drn_kernels._library is imported first: the kernels register with TORCH_LIBRARY_IMPL against its schemas.
+drn_kernels._schemas is imported first: the kernels register with TORCH_LIBRARY_IMPL against its schemas.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ _error: str | None = None
 _cuda_reason: str | None = None  # why a module we built (or found) has no CUDA kernels
 
 
-def _tail(text: str, lines: int = 12) -> str:
+def error_lines(text: str, lines: int = 12) -> str:
     """The compiler's error lines (a verbose nvcc log buries them), then the last lines of the output."""
     kept = [ln for ln in str(text).strip().splitlines() if ln.strip()]
     errors = [ln for ln in kept if "error" in ln.lower() or ln.startswith("FAILED")][:lines]
@@ -276,8 +276,8 @@ def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = Fal
                 is_python_module=True,
             )
     except Exception as e:
-        raise RuntimeError(f"{type(e).__name__}: {e}\n{_tail(_read(os.path.join(build_dir, LOG_FILE)))}\n"
-                           f"(compiler output: {os.path.join(build_dir, LOG_FILE)})") from None
+        log = os.path.join(build_dir, LOG_FILE)
+        raise RuntimeError(f"{type(e).__name__}: {e}\n{error_lines(_read(log))}\n(compiler output: {log})") from None
     finally:
         if old_path is None:
             os.environ.pop("PATH", None)
@@ -377,7 +377,7 @@ def load(verbose: bool = False):
         if _tried:
             return _module
         settings.cpu_options()  # a bad DRN_CPU_* value raises (naming it) before anything is built
-        from . import _library  # noqa: F401  (the schemas the kernels register against)
+        from . import _schemas  # noqa: F401  (the schemas the kernels register against)
 
         in_place_error = None
         in_place = in_place_library()
@@ -405,7 +405,8 @@ def load(verbose: bool = False):
                 try:
                     _module = jit_build(verbose=verbose)
                 except Exception as e:  # noqa: BLE001 — any build failure means "no extension", with the reason
-                    _error = f"building the C++ extension drn_kernels._C failed: {type(e).__name__}: {_tail(e)}"
+                    _error = (f"building the C++ extension drn_kernels._C failed: {type(e).__name__}: "
+                              f"{error_lines(e)}")
         _tried = True
         push_cpu_options()
         return _module
@@ -427,6 +428,12 @@ def library_path() -> str | None:
     """Path of the loaded _C shared library (setup.py's in-place build or the JIT build), or None."""
     module = load()
     return getattr(module, "__file__", None) if module is not None else None
+
+
+def built_library() -> str | None:
+    """Path of the extension library this process uses, without ever starting a build: the loaded one once load()
+    has run (None when it failed), else setup.py's in-place build (None without one)."""
+    return library_path() if _tried else in_place_library()
 
 
 def why_unavailable(kind: str) -> str | None:

@@ -80,6 +80,8 @@ def load(verbose: bool = False) -> None:
             raise RuntimeError(reason)
         from torch.utils import cpp_extension
 
+        from . import _schemas  # noqa: F401  (the schemas the kernels register against)
+
         try:
             with _build_jobs(2):
                 cpp_extension.load(

@@ -12,6 +12,11 @@ import argparse
 import sys
 import time
 
+from . import _extension, _schemas  # noqa: F401  (_schemas: the schemas before the kernels load)
+from ._extension import forbid_jit_build
+
+__all__ = ["main", "forbid_jit_build"]  # forbid_jit_build: for a program that runs this build in the background
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drn_kernels.build", description=__doc__.splitlines()[0])
@@ -23,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     shown.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     shown.add_argument("--verbose", action="store_true", help="also print the compiler output (it is in build.log)")
     args = parser.parse_args(argv)
-    from . import _extension, _library  # noqa: F401  (_library: schemas before the kernels load)
 
     with_cuda, _, reason = _extension.build_decision(cpu_only=args.cpu, build_cuda=args.cuda)
     print(f"drn_kernels.build: {'CPU + CUDA' if with_cuda else 'CPU-only'} build — {reason}", flush=True)
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         module = _extension.jit_build(verbose=args.verbose, progress=not args.quiet, cpu_only=args.cpu,
                                       build_cuda=args.cuda)
     except Exception as e:  # noqa: BLE001
-        print(f"drn_kernels.build: FAILED: {type(e).__name__}: {_extension._tail(e)}", file=sys.stderr)
+        print(f"drn_kernels.build: FAILED: {type(e).__name__}: {_extension.error_lines(e)}", file=sys.stderr)
         return 1
     print(f"drn_kernels.build: {module.__file__} ({_extension.variant_of(module)}; CUDA kernels: "
           f"{module.has_cuda()}, OpenMP: {module.has_openmp()}) in {time.perf_counter() - start:.0f} s", flush=True)

@@ -8,7 +8,7 @@ target=GPUTarget("cuda", 80|90, 32)), which needs no GPU. From each artifact we 
   registers / spill bytes  ptxas -v on the compiled PTX, with the flags triton itself passes to ptxas
   shared_bytes             metadata.shared (dynamic shared memory)
   tensor_core_instructions HMMA + HGMMA lines in the SASS (cuobjdump -sass of the cubin; both ship with triton)
-The CUDA extension's records come from drn_kernels._aot_cuda.cuda_records() when that module exists.
+The CUDA extension's records come from drn_kernels._cuda_cubins.cuda_records().
 
 Kernels are compiled for the channels_last specialisation a fused model launches (unit channel stride) with
 16-byte-aligned pointers, as triton's JIT would specialise them. TRITON_INTERPRET must be unset in this process
@@ -89,7 +89,11 @@ def _conv_variant_list(dtype: str, flat: bool):
 
 
 def _head_variants(dtype: str):
-    prec = "ieee" if dtype == "fp32" else "tf32"
+    import torch
+
+    from .triton.common import precision_exact_fp32
+
+    prec = precision_exact_fp32({"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     for label, argmax, logits, partial in (("class_head", True, False, False), ("low_res_logits", False, True, False),
                                            ("localize", True, False, True)):
         yield f"MODE={label}", dict(ARGMAX=argmax, WRITE_LOGITS=logits, PARTIAL_SUMS=partial, USE_INT64=False,
@@ -138,16 +142,16 @@ def _specs(kernels: Optional[Iterable[str]]):
     specs = []
     for flat in (False, True):
         for fp32 in (False, True):
-            specs.append(("conv_bn_act", conv_mod._conv_bn_act_kernel, cfgs(conv_mod.config_list(flat, fp32)),
+            specs.append(("conv_bn_act", conv_mod.conv_bn_act_kernel, cfgs(conv_mod.config_list(flat, fp32)),
                           ("fp32",) if fp32 else ("fp16", "bf16"), _conv_variants(flat), conv_sig, conv_aligned))
     specs += [
-        ("class_head", head_mod._class_head_kernel, cfgs(head_mod.HEAD_CONFIGS), ("fp16", "bf16"), _head_variants,
+        ("class_head", head_mod.class_head_kernel, cfgs(head_mod.HEAD_CONFIGS), ("fp16", "bf16"), _head_variants,
          head_sig, head_aligned),
-        ("class_head", head_mod._class_head_kernel, cfgs(head_mod.HEAD_FP32_CONFIGS), ("fp32",), _head_variants,
+        ("class_head", head_mod.class_head_kernel, cfgs(head_mod.HEAD_FP32_CONFIGS), ("fp32",), _head_variants,
          head_sig, head_aligned),
-        ("upsample_argmax", head_mod._upsample_argmax_kernel, cfgs(head_mod.UPSAMPLE_CONFIGS), ("fp32",),
+        ("upsample_argmax", head_mod.upsample_argmax_kernel, cfgs(head_mod.UPSAMPLE_CONFIGS), ("fp32",),
          lambda dt: [("", dict(USE_INT64=False))], upsample_sig, lambda flags: ["K"]),
-        ("box", head_mod._box_kernel, [(dict(head_mod.BOX_CONFIG), 4, 1)], ("fp32",), lambda dt: [("", {})],
+        ("box", head_mod.box_kernel, [(dict(head_mod.BOX_CONFIG), 4, 1)], ("fp32",), lambda dt: [("", {})],
          box_sig, lambda flags: []),
     ]
     return [s for s in specs if kernels is None or s[0] in kernels]
@@ -198,11 +202,9 @@ def records(arches=ARCHES, dtypes=None, kernels=None, max_configs: Optional[int]
 
 
 def cuda_records() -> list[dict]:
-    try:
-        from . import _aot_cuda
-    except ImportError:
-        return []
-    return list(_aot_cuda.cuda_records())
+    from . import _cuda_cubins
+
+    return list(_cuda_cubins.cuda_records())
 
 
 # Kernels that hold a GEMM and so must use tensor cores at 16-bit. The others are epilogues without one:

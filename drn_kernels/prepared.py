@@ -36,7 +36,7 @@ import time
 import torch
 from torch import Tensor
 
-from . import _backends, _checks, _library, ops
+from . import _backends, _checks, ops
 
 WINOGRAD = "winograd"
 CANDIDATES = ("winograd4", "winograd2", "onednn")  # every algorithm a search may time (its dtype's subset)
@@ -54,7 +54,7 @@ def cpu_conv_setting() -> tuple[str, int, str]:
     pinned) or "aten" (no prepared forms)."""
     from . import settings
 
-    return settings.choice("DRN_CPU_CONV"), _library.winograd_tile(), settings.choice("DRN_CPU_ISA")
+    return settings.choice("DRN_CPU_CONV"), settings.cpu_options().winograd_tile, settings.choice("DRN_CPU_ISA")
 
 
 def _timing_input(x: Tensor, padding, dilation) -> Tensor:

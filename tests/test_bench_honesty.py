@@ -153,11 +153,11 @@ def test_dtype_reaches_the_provider(provider):
 
 def test_set_precision_turns_tf32_off_through_both_apis():
     """In a fresh process: torch's TF32 switches are global, and mixing its two APIs makes the getters raise."""
-    code = ("import torch; from benchmarks import common; from drn_kernels.triton import conv_bn_act as c\n"
+    code = ("import torch; from benchmarks import common; from drn_kernels.triton import common as c\n"
             "print(common.set_precision())\n"
             "b = torch.backends\n"
             "print(b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision(),"
-            " c.dot_precision(torch.float32))\n"
+            " c.precision_as_cudnn(torch.float32))\n"
             "if hasattr(b.cuda.matmul, 'fp32_precision'):\n"
             "    print(b.cuda.matmul.fp32_precision, b.cudnn.fp32_precision, b.cudnn.conv.fp32_precision)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
@@ -218,8 +218,10 @@ def _tuner_keys(monkeypatch, tuner, launch, sizes):
 
 def test_conv_autotune_key_buckets_m(monkeypatch):
     conv_mod = pytest.importorskip("drn_kernels.triton.conv_bn_act")
-    tuner = conv_mod._tuned[(False, True)]  # nested reduction (C >= 32), fp32
-    assert "M_BUCKET" in tuner.keys and conv_mod.size_bucket(42) == 64 and conv_mod.size_bucket(64) == 64
+    from drn_kernels.triton.common import size_bucket
+
+    tuner = conv_mod.TUNED[(False, True)]  # nested reduction (C >= 32), fp32
+    assert "M_BUCKET" in tuner.keys and size_bucket(42) == 64 and size_bucket(64) == 64
     w, b = torch.randn(8, 40, 3, 3), torch.randn(8)
 
     def launch(hw):  # M = 1 * h * w output pixels (3x3, padding 1)
@@ -235,7 +237,7 @@ def test_conv_autotune_key_buckets_m(monkeypatch):
 
 def test_class_head_autotune_key_buckets_pixels(monkeypatch):
     head_mod = pytest.importorskip("drn_kernels.triton.class_head")
-    tuner = head_mod._class_head_tuned[True]
+    tuner = head_mod.CLASS_HEAD_TUNED[True]
     w, b = torch.randn(19, 16, 1, 1), torch.randn(19)
 
     def launch(n_hw):
@@ -245,7 +247,7 @@ def test_class_head_autotune_key_buckets_pixels(monkeypatch):
     keys, _ = _tuner_keys(monkeypatch, tuner, launch, [(1, 28, 28), (1, 28, 29), (8, 28, 28), (1, 128, 256)])
     at = tuner.keys.index("PIX_BUCKET")
     assert [k[at] for k in keys] == [1024, 8192, 32768]
-    assert "PIX_BUCKET" in head_mod._upsample_argmax_tuned.keys
+    assert "PIX_BUCKET" in head_mod.UPSAMPLE_ARGMAX_TUNED.keys
 
 
 # ---- 3: speedups against cudnn-fused too ---------------------------------------------------------------------------

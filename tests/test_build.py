@@ -297,7 +297,7 @@ def test_setup_py_builds_extension_with_torch(tmp_path):
     assert len(libs) == 1
     code = textwrap.dedent(f"""
         import importlib.util, torch
-        import drn_kernels._library
+        import drn_kernels._schemas
         spec = importlib.util.spec_from_file_location("drn_kernels._C", {str(libs[0])!r})
         m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
         assert m.has_openmp() and not m.has_cuda()

@@ -1,7 +1,7 @@
 """backend="cuda-sim": the CUDA kernels (csrc/cuda) run on CPU tensors through the SIMT host shim (csrc/sim).
 
 Parity against the float64 reference on tiny shapes (every CUDA thread is an OS thread), the ThreadSanitizer
-race check with its negative control, and the static records of the CUDA cubins (drn_kernels._aot_cuda).
+race check with its negative control, and the static records of the CUDA cubins (drn_kernels._cuda_cubins).
 """
 import zlib
 
@@ -10,7 +10,7 @@ import torch
 
 import drn_kernels
 from conftest import skip_or_fail_unbuilt
-from drn_kernels import _aot_cuda, _sim, reference
+from drn_kernels import _cuda_cubins, _sim, reference
 from margins import clear_top2
 
 
@@ -201,11 +201,11 @@ def test_thread_sanitizer_reports_a_missing_syncthreads():
 
 # ---- static records of the CUDA cubins --------------------------------------------------------------------------
 
-def test_aot_cuda_records():
-    reason = _aot_cuda.why_unavailable()
+def test_cuda_cubin_records():
+    reason = _cuda_cubins.why_unavailable()
     if reason is not None:
         skip_or_fail_unbuilt("the CUDA extension's cubins", reason)
-    records = _aot_cuda.cuda_records()
+    records = _cuda_cubins.cuda_records()
     keys = {"source", "kernel", "arch", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
             "tensor_core_instructions"}
     assert records and all(set(r) == keys and r["source"] == "cuda" for r in records)

@@ -386,11 +386,10 @@ def _public_calls(backend, device, requires_grad):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_raises_inference_only_for_every_op(backend):
     device = _need(backend)
-    suffix = {"cpu": "native", "cuda": "native", "cuda-sim": "sim", "triton": "triton"}.get(backend)
+    suffix = {"cpu": "native", "cuda": "native", "cuda-sim": "sim", "triton": "triton", "reference": "reference"}
     for name, args in _public_calls(backend, device, requires_grad=True).items():
-        ops = [(getattr(torch.ops.drn, name), args + (backend,))]
-        if suffix is not None:
-            ops.append((getattr(torch.ops.drn, f"{name}_{suffix}"), args))
+        ops = [(getattr(torch.ops.drn, name), args + (backend,)),
+               (getattr(torch.ops.drn, f"{name}_{suffix[backend]}"), args)]
         for op, call in ops:
             outs = op(*call)
             outs = outs if isinstance(outs, tuple) else (outs,)

@@ -2,15 +2,12 @@
 
 Module-level imports (run when the module is imported, in any order a user may trigger) must form no circle.
 Imports inside functions run later, when the function is called, so a circle through one cannot break an
-import; they are checked separately: the one circle left among them is item 1 of issue 13 (the dispatch path:
-_backends -> _extension -> _library -> _backends), marked xfail until that is untangled.
+import; they must form none either (a circle there is a tangle of responsibilities, as the dispatch path was).
 """
 from __future__ import annotations
 
 import ast
 import pathlib
-
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("drn", "drn_kernels")
@@ -92,8 +89,36 @@ def test_no_module_level_import_circle():
     assert _circle(function_level=False) is None
 
 
-@pytest.mark.xfail(reason="issue 13 item 1: drn_kernels._backends -> _extension -> _library -> _backends "
-                          "(imports inside functions)", strict=True)
 def test_no_import_circle_even_inside_functions():
     circle = _circle(function_level=True)
     assert circle is None, " -> ".join(circle)
+
+
+def _private_kernel_names(path: pathlib.Path) -> list[str]:
+    """The private names of drn_kernels (a module or name starting with "_") that `path` imports or reads."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("drn_kernels"):
+            parts = node.module.split(".") + [a.name for a in node.names]
+            found += [f"{node.module}: {p}" for p in parts if p.startswith("_")]
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names
+                      if a.name.startswith("drn_kernels") and any(p.startswith("_") for p in a.name.split("."))]
+        elif (isinstance(node, ast.Attribute) and node.attr.startswith("_") and isinstance(node.value, ast.Name)
+              and node.value.id == "drn_kernels"):
+            found.append(f"drn_kernels.{node.attr}")
+    return found
+
+
+def test_the_private_name_reader_sees_them(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import drn_kernels\nfrom drn_kernels import _backends\nfrom drn_kernels._checks import pair\n"
+                   "drn_kernels._sim.load()\n")
+    assert len(_private_kernel_names(bad)) == 3
+
+
+def test_drn_and_benchmarks_use_only_public_names_of_drn_kernels():
+    """drn and benchmarks/ are drn_kernels' users: what they need has a public name (drn_kernels.__all__)."""
+    used = {str(path.relative_to(ROOT)): names for folder in ("drn", "benchmarks")
+            for path in (ROOT / folder).rglob("*.py") if (names := _private_kernel_names(path))}
+    assert not used, used

@@ -15,6 +15,7 @@ from benchmarks import common as bench_common
 from drn_kernels import reference
 
 conv_mod = pytest.importorskip("drn_kernels.triton.conv_bn_act")
+common = pytest.importorskip("drn_kernels.triton.common")
 
 # (id, N, C, H, W, K, R, S, stride, padding, dilation): every convolution a DRN uses, at odd sizes.
 CASES = [
@@ -125,23 +126,25 @@ def test_residual_relu_combinations(relu, with_residual, poisoned, no_tf32):
 def test_forced_int64(case, monkeypatch, poisoned, no_tf32):
     monkeypatch.setenv("DRN_FORCE_INT64", "1")
     x, weight, bias, residual, geo = _inputs(case, torch.float32, False, True, seed=2)
-    assert conv_mod.needs_int64(x)
+    assert common.needs_int64(x)
     y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
     _check(y, x, weight, bias, residual, geo, True, torch.float32, 0.0, 1e-5)
 
 
 def test_int64_selection():
     small = torch.empty(2, 3)
-    assert not conv_mod.needs_int64(small)
+    assert not common.needs_int64(small)
     big = torch.empty_strided((2, 2), (2**31, 1), device="meta")  # int32-overflowing strides, no memory
-    assert conv_mod.max_offset(big) > 2**31 - 1 and conv_mod.needs_int64(small, big)
+    assert common.max_offset(big) > 2**31 - 1 and common.needs_int64(small, big)
 
 
-def test_tf32_follows_cudnn_flag(monkeypatch):
+def test_conv_tf32_follows_cudnn_flag_and_heads_stay_exact(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    assert conv_mod.dot_precision(torch.float32) == "tf32"
+    assert common.precision_as_cudnn(torch.float32) == "tf32"
+    assert common.precision_exact_fp32(torch.float32) == "ieee"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert conv_mod.dot_precision(torch.float32) == "ieee"
+    assert common.precision_as_cudnn(torch.float32) == "ieee"
+    assert common.precision_exact_fp32(torch.float32) == "ieee"
 
 
 def test_batch_zero():

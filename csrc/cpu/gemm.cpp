@@ -35,9 +35,6 @@
 #include <utility>
 #include <vector>
 
-#ifndef DRN_GEMM_DEPTH
-#define DRN_GEMM_DEPTH 256
-#endif
 
 namespace drn::cpu {
 namespace {
@@ -158,7 +155,7 @@ struct Kernels {
 
 // Depth of a k block: its slice of a b panel (kDepth × 32 floats, 32 KB) stays in L1 (48 KB on Zen 5 and on
 // Sapphire Rapids) while every row block of the problem uses it.
-constexpr int64_t kDepth = DRN_GEMM_DEPTH;
+constexpr int64_t kDepth = 256;
 
 Kernels<float> kernels_for(Isa isa) {
   switch (isa) {

@@ -1,4 +1,5 @@
-"""Hand-written Triton kernels, one file per op; importing a module registers its torch.ops.drn.*_triton ops.
+"""Hand-written Triton kernels, one file per op; importing a module registers its torch.ops.drn.*_triton ops
+(drn_kernels._backends.TRITON_MODULES says which module has which op; common.py holds what they share).
 
 On a GPU each op is a torch.library.triton_op launching through wrap_triton, so torch.compile sees (and inductor
 can inline) the kernel. Under TRITON_INTERPRET=1 the kernels are InterpretedFunctions, which fake tensors cannot
@@ -11,12 +12,12 @@ from __future__ import annotations
 import torch
 
 from .._backends import triton_interpreting
-from .._library import register_inference_only
+from .._schemas import register_inference_only
 
 
 def register_op(name: str, fake):
     """Decorator: register `fn` as torch.ops.<name> (triton_op on GPU, custom_op + `fake` under the interpreter),
-    inference-only like every drn op (drn_kernels._library.register_inference_only)."""
+    inference-only like every drn op (drn_kernels._schemas.register_inference_only)."""
     def decorate(fn):
         if triton_interpreting():
             op = torch.library.custom_op(name, mutates_args=())(fn)

@@ -7,22 +7,22 @@
 #   running argmax and a sticky "saw a NaN" flag with its first index; prob = 1 / s, NaN once a NaN was seen or
 #   when the max is +-inf (torch.softmax's NaN rule).
 # Kernels:
-#   _class_head_kernel   one program per (tile of BLOCK_P pixels, image). For each class tile it runs the
+#   class_head_kernel    one program per (tile of BLOCK_P pixels, image). For each class tile it runs the
 #                        BLOCK_P x BLOCK_K x C GEMM on tensor cores (fp32 accumulation), adds the bias, then
 #                        (ARGMAX) updates the online softmax, (WRITE_LOGITS) stores the tile's fp32 logits, or
 #                        (PARTIAL_SUMS) stores the tile's per-class sum over its pixels.
-#   _upsample_argmax_kernel  upsample=8, second stage. The low-res fp32 logits (N, h, w, K) -- 1/64 of the
-#                        output size, the only logits ever written -- come from _class_head_kernel(WRITE_LOGITS).
+#   upsample_argmax_kernel  upsample=8, second stage. The low-res fp32 logits (N, h, w, K) -- 1/64 of the
+#                        output size, the only logits ever written -- come from class_head_kernel(WRITE_LOGITS).
 #                        One program per tile of output pixels; each pixel blends its 2x2 low-res cells with the
 #                        reference ConvTranspose2d(16, stride 8, padding 4) bilinear weights in registers, class
 #                        tile by class tile, straight into the online softmax.
-#   _box_kernel          localize, one program per image: min/max cell coordinates of the cells labelled with
+#   box_kernel           localize, one program per image: min/max cell coordinates of the cells labelled with
 #                        the image's top-1 class and scoring above the threshold.
-# localize = _class_head_kernel(ARGMAX + PARTIAL_SUMS) on the feature map, then the per-tile partial sums are
+# localize = class_head_kernel(ARGMAX + PARTIAL_SUMS) on the feature map, then the per-tile partial sums are
 #   added in a fixed order (a torch sum over a (N, tiles, K) buffer: deterministic, unlike float atomics), the
-#   image logits are their mean, top-1 is torch.argmax of those, and _box_kernel draws the boxes.
-# fp32 inputs use exact-fp32 dot (input_precision="ieee"): the head is a tiny share of the FLOPs and TF32 would
-#   flip labels whose top-2 margin is below ~1e-3.
+#   image logits are their mean, top-1 is torch.argmax of those, and box_kernel draws the boxes.
+# fp32 inputs use exact-fp32 dot (input_precision="ieee", common.precision_exact_fp32): the head is a tiny share
+#   of the FLOPs and TF32 would flip labels whose top-2 margin is below ~1e-3.
 from __future__ import annotations
 
 import torch
@@ -31,9 +31,9 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import _backends
-from .._library import empty_class_head_output, empty_localize_output
+from .._schemas import FAKES, empty_class_head_output, empty_localize_output
 from . import launcher, register_op
-from .conv_bn_act import dot_in_fp32, needs_int64, size_bucket
+from .common import dot_in_fp32, needs_int64, precision_exact_fp32, size_bucket
 
 # The first config of each list fixes BLOCK_P of localize's partial-sum pass (64 in both).
 HEAD_CONFIGS = [
@@ -86,7 +86,7 @@ def _online_argmax_result(m, s, arg, nan_seen, nan_arg):
 
 
 @triton.jit(do_not_specialize=["PIX_BUCKET"])
-def _class_head_kernel(
+def class_head_kernel(
     x_ptr,  # features (N, C, H, W), element strides sxn, sxc, sxh, sxw (any memory format)
     w_ptr,  # classifier weight (K, C), strides swk, swc
     b_ptr,  # bias (K,), element stride sbk (any view)
@@ -127,7 +127,7 @@ def _class_head_kernel(
             a = tl.load(x_ptr + x_row[:, None] + c[None, :] * sxc, mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(w_ptr + cols[None, :] * swk + c[:, None] * swc, mask=c_ok[:, None] & col_ok[None, :],
                         other=0.0)
-            if DOT_IN_FP32:  # interpreter only: numpy has no bf16 matmul (conv_bn_act.dot_in_fp32)
+            if DOT_IN_FP32:  # interpreter only: numpy has no bf16 matmul (common.dot_in_fp32)
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
@@ -149,7 +149,7 @@ def _class_head_kernel(
 
 
 @triton.jit(do_not_specialize=["PIX_BUCKET"])
-def _upsample_argmax_kernel(
+def upsample_argmax_kernel(
     logits_ptr,  # low-res logits (N, h, w, K) float32 contiguous
     labels_ptr,  # (N, 8h * 8w) contiguous, label dtype
     probs_ptr,  # (N, 8h * 8w) float32
@@ -210,7 +210,7 @@ def _upsample_argmax_kernel(
 
 
 @triton.jit
-def _box_kernel(
+def box_kernel(
     labels_ptr,  # (N, h*w) int64 per-cell labels
     scores_ptr,  # (N, h*w) float32 per-cell probabilities
     top1_ptr,  # (N,) int64 image top-1 class
@@ -254,16 +254,12 @@ def _box_kernel(
 
 
 _HEAD_KEY = ["C", "K", "PIX_BUCKET", "ARGMAX", "WRITE_LOGITS"]
-_class_head_tuned = {fp32: triton.autotune(configs=HEAD_FP32_CONFIGS if fp32 else HEAD_CONFIGS,
-                                           key=_HEAD_KEY)(_class_head_kernel) for fp32 in (False, True)}
-_upsample_argmax_tuned = triton.autotune(configs=UPSAMPLE_CONFIGS, key=["K", "PIX_BUCKET"])(_upsample_argmax_kernel)
+CLASS_HEAD_TUNED = {fp32: triton.autotune(configs=HEAD_FP32_CONFIGS if fp32 else HEAD_CONFIGS,
+                                           key=_HEAD_KEY)(class_head_kernel) for fp32 in (False, True)}
+UPSAMPLE_ARGMAX_TUNED = triton.autotune(configs=UPSAMPLE_CONFIGS, key=["K", "PIX_BUCKET"])(upsample_argmax_kernel)
 
 
 # ---- launchers ----------------------------------------------------------------------------------------------
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"
-
 
 def _launch_head(x, weight2d, bias, labels, probs, logits, partial, *, argmax, write_logits, partial_sums):
     n, c, h, w = x.shape
@@ -273,16 +269,16 @@ def _launch_head(x, weight2d, bias, labels, probs, logits, partial, *, argmax, w
             logits if logits is not None else dummy, partial if partial is not None else dummy,
             h * w, w, c, k, *x.stride(), *weight2d.stride(), bias.stride(0), size_bucket(n * h * w))
     flags = dict(ARGMAX=argmax, WRITE_LOGITS=write_logits, PARTIAL_SUMS=partial_sums,
-                 USE_INT64=needs_int64(x, weight2d, bias, labels, probs, logits), DOT_PRECISION=_dot_precision(x.dtype),
-                 DOT_IN_FP32=dot_in_fp32(x.dtype))
+                 USE_INT64=needs_int64(x, weight2d, bias, labels, probs, logits),
+                 DOT_PRECISION=precision_exact_fp32(x.dtype), DOT_IN_FP32=dot_in_fp32(x.dtype))
     if _backends.triton_interpreting():
         cfg = INTERPRET_HEAD_CONFIG
-        launcher(_class_head_kernel)[(triton.cdiv(h * w, cfg["BLOCK_P"]), n)](*args, **flags, **cfg)
+        launcher(class_head_kernel)[(triton.cdiv(h * w, cfg["BLOCK_P"]), n)](*args, **flags, **cfg)
     else:
         def grid(meta):
             return (triton.cdiv(h * w, meta["BLOCK_P"]), n)
 
-        launcher(_class_head_tuned[x.dtype == torch.float32])[grid](*args, **flags)
+        launcher(CLASS_HEAD_TUNED[x.dtype == torch.float32])[grid](*args, **flags)
 
 
 def _head_tiles(hw: int) -> int:
@@ -292,11 +288,7 @@ def _head_tiles(hw: int) -> int:
     return triton.cdiv(hw, block["BLOCK_P"])
 
 
-def _class_head_fake(x, weight, bias, upsample, label_dtype):
-    return empty_class_head_output(x, upsample, label_dtype)
-
-
-@register_op("drn::class_head_triton", _class_head_fake)
+@register_op("drn::class_head_triton", FAKES["class_head"])
 def class_head_triton(x: Tensor, weight: Tensor, bias: Tensor, upsample: int,
                       label_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     labels, probs = empty_class_head_output(x, upsample, label_dtype)
@@ -316,20 +308,16 @@ def class_head_triton(x: Tensor, weight: Tensor, bias: Tensor, upsample: int,
     if _backends.triton_interpreting():
         cfg = INTERPRET_UPSAMPLE_CONFIG
         grid = (triton.cdiv(64 * h * w, cfg["BLOCK_P"]), n)
-        launcher(_upsample_argmax_kernel)[grid](*args, USE_INT64=use_int64, **cfg)
+        launcher(upsample_argmax_kernel)[grid](*args, USE_INT64=use_int64, **cfg)
     else:
         def grid(meta):
             return (triton.cdiv(64 * h * w, meta["BLOCK_P"]), n)
 
-        launcher(_upsample_argmax_tuned)[grid](*args, USE_INT64=use_int64)
+        launcher(UPSAMPLE_ARGMAX_TUNED)[grid](*args, USE_INT64=use_int64)
     return labels, probs
 
 
-def _localize_fake(x, weight, bias, threshold, stride):
-    return empty_localize_output(x, weight)
-
-
-@register_op("drn::localize_triton", _localize_fake)
+@register_op("drn::localize_triton", FAKES["localize"])
 def localize_triton(x: Tensor, weight: Tensor, bias: Tensor, threshold: float,
                     stride: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     logits, labels, scores, boxes = empty_localize_output(x, weight)
@@ -343,15 +331,15 @@ def localize_triton(x: Tensor, weight: Tensor, bias: Tensor, threshold: float,
     args = (x, weight2d, bias, labels, scores, scores, partial, h * w, w, c, k, *x.stride(), *weight2d.stride(),
             bias.stride(0), size_bucket(n * h * w))
     flags = dict(ARGMAX=True, WRITE_LOGITS=False, PARTIAL_SUMS=True,
-                 USE_INT64=needs_int64(x, weight2d, bias, labels, partial), DOT_PRECISION=_dot_precision(x.dtype),
-                 DOT_IN_FP32=dot_in_fp32(x.dtype))
+                 USE_INT64=needs_int64(x, weight2d, bias, labels, partial),
+                 DOT_PRECISION=precision_exact_fp32(x.dtype), DOT_IN_FP32=dot_in_fp32(x.dtype))
     first = (HEAD_FP32_CONFIGS if x.dtype == torch.float32 else HEAD_CONFIGS)[0]
     cfg = INTERPRET_HEAD_CONFIG if _backends.triton_interpreting() else first.kwargs
     launch = {} if _backends.triton_interpreting() else dict(num_warps=first.num_warps, num_stages=first.num_stages)
-    launcher(_class_head_kernel)[(partial.shape[1], n)](*args, **flags, **cfg, **launch)
+    launcher(class_head_kernel)[(partial.shape[1], n)](*args, **flags, **cfg, **launch)
     mean = partial.sum(dim=1) / (h * w)  # fixed-order reduction: bit-identical run to run
     logits.copy_(mean)
     top1 = torch.argmax(mean, dim=1)
-    launcher(_box_kernel)[(n,)](labels, scores, top1, boxes, h * w, w, threshold, stride,
+    launcher(box_kernel)[(n,)](labels, scores, top1, boxes, h * w, w, threshold, stride,
                                                  **BOX_CONFIG)
     return logits, labels, scores, boxes

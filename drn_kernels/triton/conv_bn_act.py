@@ -15,11 +15,11 @@
 #   - FLAT (C < 32, the 7x7 stems with C=3): the reduction index t in [0, R*S*C) is split into (r, s, c) per
 #     element, so a 3-channel stem does not waste 13/16 of every dot on masked channels.
 #   Epilogue in registers: + bias (folded BN shift), + residual, ReLU (NaN-preserving), cast, store.
-# Offsets are int32 unless a tensor can exceed 2**31-1 elements (or DRN_FORCE_INT64=1): then USE_INT64 widens
-#   every row offset before it is multiplied by a stride.
+# Offsets are int32 unless a tensor can exceed 2**31-1 elements (or DRN_FORCE_INT64=1; common.needs_int64): then
+#   USE_INT64 widens every row offset before it is multiplied by a stride. fp32 dots: TF32 exactly when cuDNN would
+#   use it (common.precision_as_cudnn).
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -28,10 +28,9 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import _backends
-from .._library import empty_conv_output
+from .._schemas import FAKES, empty_conv_output
 from . import launcher, register_op
-
-INT32_LIMIT = 2**31 - 1
+from .common import dot_in_fp32, needs_int64, precision_as_cudnn, size_bucket
 
 # GPU autotune space: tensor-core friendly tiles with 4-8 warps; the reduction tile is 32 (64 bytes of fp16
 # per row, one 128B line per two rows) so shared memory per stage stays small on sm_80.
@@ -82,7 +81,7 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 @triton.jit(do_not_specialize=["M_BUCKET"])
-def _conv_bn_act_kernel(
+def conv_bn_act_kernel(
     x_ptr,  # input (N, C, H, W), element strides sxn, sxc, sxh, sxw (any memory format)
     w_ptr,  # packed weight (K, R, S, C) contiguous: row k at k * R*S*C
     b_ptr,  # bias (K,), the folded BatchNorm shift, element stride sb (any view: b[::2], an expanded scalar)
@@ -131,7 +130,7 @@ def _conv_bn_act_kernel(
             a_ok = row_ok[:, None] & t_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_ptr + x_row[:, None] + ih * sxh + iw * sxw + c[None, :] * sxc, mask=a_ok, other=0.0)
             b = tl.load(w_ptr + w_col[None, :] + t[:, None], mask=t_ok[:, None] & col_ok[None, :], other=0.0)
-            if DOT_IN_FP32:  # interpreter only (dot_in_fp32)
+            if DOT_IN_FP32:  # interpreter only (common.dot_in_fp32)
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
@@ -150,7 +149,7 @@ def _conv_bn_act_kernel(
             a = tl.load(x_ptr + a_row[:, None] + c[None, :] * sxc, mask=a_row_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(w_ptr + w_col[None, :] + rs * C + c[:, None], mask=c_ok[:, None] & col_ok[None, :],
                         other=0.0)
-            if DOT_IN_FP32:  # interpreter only (dot_in_fp32)
+            if DOT_IN_FP32:  # interpreter only (common.dot_in_fp32)
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
@@ -171,20 +170,15 @@ def _conv_bn_act_kernel(
 _TUNE_KEY = ["C", "K", "R", "S", "stride_h", "stride_w", "dil_h", "dil_w", "M_BUCKET"]
 
 
-def size_bucket(n: int) -> int:
-    """n rounded up to a power of 2: the size class an autotune key holds (one tuning per factor of 2 in size)."""
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def config_list(flat: bool, fp32: bool) -> list:
     """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.kernel_report compiles the same."""
     return {(False, False): CONFIGS, (True, False): FLAT_CONFIGS,
             (False, True): FP32_CONFIGS, (True, True): FP32_FLAT_CONFIGS}[(flat, fp32)]
 
 
-_tuned = {
+TUNED = {
     (flat, fp32): triton.autotune(configs=config_list(flat, fp32), key=_TUNE_KEY,
-                                  prune_configs_by={"early_config_prune": _prune_configs})(_conv_bn_act_kernel)
+                                  prune_configs_by={"early_config_prune": _prune_configs})(conv_bn_act_kernel)
     for flat in (False, True) for fp32 in (False, True)
 }
 
@@ -201,41 +195,7 @@ def packed_weight(weight: Tensor) -> Tensor:
 
 # ---- launcher -----------------------------------------------------------------------------------------------
 
-def force_int64() -> bool:
-    """DRN_FORCE_INT64=1 selects the int64-offset kernel even for small tensors (read per call, for tests)."""
-    from .. import settings
-
-    return settings.flag("DRN_FORCE_INT64")
-
-
-def max_offset(t: Tensor) -> int:
-    """One past the largest element offset the tensor's strides can reach (its numel when dense)."""
-    if t.numel() == 0:
-        return 0
-    return 1 + sum((size - 1) * abs(st) for size, st in zip(t.shape, t.stride()))
-
-
-def needs_int64(*tensors: Optional[Tensor]) -> bool:
-    return force_int64() or any(t is not None and max_offset(t) > INT32_LIMIT for t in tensors)
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 runs on TF32 tensor cores exactly when cuDNN would (torch.backends.cudnn.allow_tf32), else exact."""
-    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
-        return "ieee"
-    return "tf32"
-
-
-def _conv_fake(x, weight, bias, stride, padding, dilation, residual, relu):
-    return empty_conv_output(x, weight, stride, padding, dilation)
-
-
-def dot_in_fp32(dtype: torch.dtype) -> bool:
-    """The interpreter's tl.dot is numpy matmul, which has no bfloat16: feed it exact fp32 copies instead."""
-    return dtype == torch.bfloat16 and _backends.triton_interpreting()
-
-
-@register_op("drn::conv_bn_act_triton", _conv_fake)
+@register_op("drn::conv_bn_act_triton", FAKES["conv_bn_act"])
 def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int], padding: list[int],
                        dilation: list[int], residual: Optional[Tensor], relu: bool) -> Tensor:
     y = empty_conv_output(x, weight, stride, padding, dilation)
@@ -251,16 +211,16 @@ def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int
     args = (x, w_packed, bias, res, y, m, c, h, w, k, p, q, r, s, *x.stride(), bias.stride(0), *res.stride(),
             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], size_bucket(m))
     flags = dict(HAS_RES=has_res, RELU=relu, FLAT=c < FLAT_BELOW_C,
-                 USE_INT64=needs_int64(x, w_packed, bias, residual, y), DOT_PRECISION=dot_precision(x.dtype),
+                 USE_INT64=needs_int64(x, w_packed, bias, residual, y), DOT_PRECISION=precision_as_cudnn(x.dtype),
                  DOT_IN_FP32=dot_in_fp32(x.dtype))
     if _backends.triton_interpreting():
         cfg = INTERPRET_CONFIG
         grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_N"]))
-        launcher(_conv_bn_act_kernel)[grid](*args, **flags, **cfg)
+        launcher(conv_bn_act_kernel)[grid](*args, **flags, **cfg)
     else:
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
 
-        tuned = _tuned[(flags["FLAT"], x.dtype == torch.float32)]
+        tuned = TUNED[(flags["FLAT"], x.dtype == torch.float32)]
         launcher(tuned)[grid](*args, **flags)
     return y

@@ -1,4 +1,5 @@
-"""Static facts about the CUDA kernels (csrc/cuda) read from their cubins, no GPU needed.
+"""The CUDA half of the static kernel report (drn_kernels.kernel_report): facts about the CUDA kernels (csrc/cuda)
+read from their cubins, no GPU needed. Nothing here is used to run a kernel.
 
 `cuda_records()` returns one record per kernel instance x arch:
     {"source": "cuda", "kernel": str, "arch": "sm_80"|"sm_90", "dtype": "fp16"|"bf16"|"fp32", "config": str,
@@ -6,7 +7,7 @@
 from `cuobjdump --dump-resource-usage` (REG, SHARED, LOCAL) and `cuobjdump -sass` (HMMA/HGMMA count per function).
 spill_bytes is the per-thread local memory (register spills plus any stack frame), so 0 means neither.
 
-Where the cubins come from: the built extension (drn_kernels._extension.library_path()) when it exists and holds
+Where the cubins come from: the built extension (drn_kernels._extension.built_library()) when it exists and holds
 device code; otherwise the kernel headers are compiled here with nvcc for sm_80 and sm_90a into cubins, cached
 by source digest (so this works before, and independently of, the extension build). The instances compiled in
 that case are the ones csrc/cuda/host_ops.cuh launches (_INSTANCES below; keep the two in step).
@@ -86,18 +87,11 @@ def _run(cmd: list[str]) -> str:
 def _extension_library() -> Path | None:
     """The _C library when it is already built (loaded in this process, or built in place by setup.py) and
     contains cubins for our archs. Never starts a build: a CUDA build of _C takes many minutes."""
-    path = None
     try:
         from . import _extension
 
-        if getattr(_extension, "_tried", False):
-            path = _extension.library_path()
-        else:
-            import importlib.util
-
-            spec = importlib.util.find_spec("drn_kernels._C")
-            path = spec.origin if spec is not None else None
-    except Exception:
+        path = _extension.built_library()
+    except Exception:  # noqa: BLE001 — a broken extension means no cubins from it
         return None
     if not path or not Path(path).is_file() or cuobjdump_path() is None:
         return None
@@ -119,7 +113,7 @@ def build_cubins(ptxas_verbose: bool = False) -> dict[str, Path]:
         raise RuntimeError("nvcc not found (set CUDA_HOME)")
     from torch.utils.cpp_extension import _get_build_directory
 
-    out = Path(_get_build_directory("drn_kernels_aot_cuda", verbose=False)) / _digest()
+    out = Path(_get_build_directory("drn_kernels_cuda_cubins", verbose=False)) / _digest()
     out.mkdir(parents=True, exist_ok=True)
     tu = out / "instances.cu"
     tu.write_text('#include "conv_bn_act_kernel.cuh"\n#include "class_head_kernel.cuh"\n' + "\n".join(_INSTANCES)
@@ -222,7 +216,7 @@ def cuda_records() -> list[dict]:
     return [r for arch, cubin in build_cubins().items() for r in records_from_binary(cubin, arch)]
 
 
-if __name__ == "__main__":  # python -m drn_kernels._aot_cuda
+if __name__ == "__main__":  # python -m drn_kernels._cuda_cubins
     import json
 
     print(json.dumps(cuda_records(), indent=1))
