@@ -115,10 +115,10 @@ class PreparedConv:
         shared = (tuple(self.weight.shape), key, self.weight.dtype, torch.get_num_threads(), isa, mode, tile)
         if shared not in _CHOICES:
             path = torch.ops.drn.cpu_conv_algorithm(x, self.weight, list(stride))
-            tiles = torch.ops.drn.cpu_winograd_tiles(x, self.weight, list(stride))
+            tiles = torch.ops.drn.cpu_winograd_tiles(x, self.weight, list(stride))  # per DRN_CPU_CONV and dtype
             if path == "aten":
                 _CHOICES[shared] = None
-            elif path != WINOGRAD:
+            elif not tiles:
                 _CHOICES[shared] = "onednn"
             elif mode != "auto":
                 _CHOICES[shared] = f"winograd{tile if tile in tiles else tiles[0]}"

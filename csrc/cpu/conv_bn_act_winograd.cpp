@@ -440,15 +440,17 @@ bool winograd_computes(const Tensor& x, const Tensor& weight, IntArrayRef stride
 }
 
 bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
-  const ConvMode mode = conv_mode();
-  if (mode == ConvMode::kDirect || mode == ConvMode::kAten) return false;
-  if (!winograd_computes(x, weight, stride)) return false;
-  if (mode == ConvMode::kWinograd) return true;
-  return std::min(weight.size(0), weight.size(1)) >= 64;
+  // auto: float32 only — bfloat16 stays on oneDNN, which has AMX kernels on the Intel CPUs that have AMX; a fused
+  // model's layers measure both (winograd_tiles)
+  return !winograd_tiles(x, weight, stride).empty() &&
+         (conv_mode() == ConvMode::kWinograd || x.scalar_type() == at::kFloat);
 }
 
 std::vector<int64_t> winograd_tiles(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
-  if (!winograd_computes(x, weight, stride)) return {};
+  const ConvMode mode = conv_mode();
+  if (mode == ConvMode::kDirect || mode == ConvMode::kAten || !winograd_computes(x, weight, stride)) return {};
+  // auto: only where both channel counts are at least 64 (below that oneDNN's direct convolution is as fast)
+  if (mode == ConvMode::kAuto && std::min(weight.size(0), weight.size(1)) < 64) return {};
   if (x.scalar_type() == at::kBFloat16) return {2};
   return {4, 2};
 }

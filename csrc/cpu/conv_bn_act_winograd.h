@@ -9,9 +9,9 @@
 
 namespace drn::cpu {
 
-// Whether conv_winograd takes this convolution (the op-level rule; drn.fused's layers choose by measurement).
-// Only what winograd_computes; by default only when both channel counts are at least 64 (below that oneDNN's
-// direct convolution is as fast). DRN_CPU_CONV="winograd" takes every one (tests), "direct" or "aten" none.
+// Whether conv_winograd takes this convolution (the op-level rule; drn.fused's layers choose by measurement):
+// DRN_CPU_CONV="auto" (default): float32 where winograd_tiles offers a tile; "winograd": wherever it offers one
+// (every conv winograd_computes, bfloat16 included; tests), "direct" or "aten": none.
 bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
 // Whether conv_winograd can compute this convolution at all (float32, or bfloat16 where the CPU has AVX512-BF16
@@ -19,7 +19,8 @@ bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntA
 // that chose Winograd by measurement (drn_kernels.prepared).
 bool winograd_computes(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
-// The tiles Winograd offers for this call (empty when it cannot compute it): float32 F(4×4) and F(2×2); bfloat16
+// The Winograd tiles to consider for this call under DRN_CPU_CONV — empty when it cannot compute it, under
+// "direct"/"aten", and under "auto" when either channel count is below 64: float32 F(4×4) and F(2×2); bfloat16
 // F(2×2) only — bfloat16 V and U (the GEMM's operands, rounded to 8 bits after transforms whose factors reach
 // 25 in F(4×4)) put F(4×4)'s error at ~15× torch's own bfloat16 convolution error, F(2×2)'s at 1.4-1.7×
 // (measured on 64-512 channel DRN layers). drn::cpu_winograd_tiles; the algorithm search's candidates.
