@@ -82,6 +82,42 @@ def table(records: list[dict], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*cols), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
+CPU_PEERS = ("eager-cl", "inductor", "onnxruntime", "openvino")  # what a CPU user would pick instead (issue 11)
+
+
+def cpu_goals(records: list[dict]) -> list[dict]:
+    """Issue 11's CPU goals, per model group of one run: the fused `cpu` provider against the fastest fp32 peer
+    (eager-cl, inductor, onnxruntime, openvino) of the same model, task and input — fp32 (goal >= 1.5x) and bf16
+    (goal >= 2.5x). Groups are "model:<name>:<task>:<shape>:<dtype>"."""
+    medians = {(r["group"], r["provider"]): r["median"] for r in records}
+    out = []
+    for group in sorted({r["group"] for r in records if r["group"].startswith("model:")}):
+        stem, dtype = group.rsplit(":", 1)
+        if dtype != "float32":
+            continue
+        peers = {p: medians[(group, p)] for p in CPU_PEERS if (group, p) in medians}
+        if not peers or (group, "cpu") not in medians:
+            continue
+        fastest = min(peers, key=peers.get)
+        row = {"case": stem.split(":", 1)[1], "fastest_peer": fastest, "peer_ms": peers[fastest] * 1e3,
+               "fused_fp32_ms": medians[(group, "cpu")] * 1e3, "fp32_ratio": peers[fastest] / medians[(group, "cpu")]}
+        if (f"{stem}:bfloat16", "cpu") in medians:
+            bf16 = medians[(f"{stem}:bfloat16", "cpu")]
+            row.update(fused_bf16_ms=bf16 * 1e3, bf16_ratio=peers[fastest] / bf16)
+        out.append(row)
+    return out
+
+
+def goals_markdown(rows: list[dict]) -> str:
+    lines = ["| model, task, input | fastest fp32 peer | fused fp32 | ratio (goal 1.5) | fused bf16 | ratio (goal 2.5) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        bf16 = (f"{r['fused_bf16_ms']:.1f} ms | {r['bf16_ratio']:.2f}x" if "bf16_ratio" in r else " | ")
+        lines.append(f"| {r['case']} | {r['fastest_peer']} {r['peer_ms']:.1f} ms | {r['fused_fp32_ms']:.1f} ms | "
+                     f"{r['fp32_ratio']:.2f}x | {bf16} |")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict], path: pathlib.Path, title: str):
     import matplotlib
 
@@ -129,7 +165,13 @@ def main(argv=None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         print(f"== {f.name}: {len(records)} benchmarks")
         print(table(records, args.markdown))
-        (out_dir / f"{f.stem}.md").write_text(table(records, markdown=True) + "\n")
+        goals = cpu_goals(records)
+        md = table(records, markdown=True) + "\n"
+        if goals:
+            print(goals_markdown(goals))
+            md += "\nCPU goals (fused `cpu` vs the fastest fp32 peer of the same case, one run):\n\n" + \
+                goals_markdown(goals) + "\n"
+        (out_dir / f"{f.stem}.md").write_text(md)
         if plot(records, out_dir / f"{f.stem}.png", f.stem):
             print(f"wrote {out_dir / (f.stem + '.md')} and {out_dir / (f.stem + '.png')}")
     return 0

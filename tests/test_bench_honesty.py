@@ -266,6 +266,25 @@ def test_report_has_a_column_against_cudnn_fused():
     assert "vs cudnn-fused" in text and "2.00x" in text
 
 
+def test_cpu_goals_take_the_fastest_fp32_peer():
+    """Issue 11's goal ratios: fused cpu against the *fastest* fp32 peer of the same case (not eager alone), and
+    fused bf16 against that same fp32 peer; cases without the fused provider or any peer are left out."""
+    from benchmarks import report
+
+    def rec(group, provider, median):
+        return {"group": group, "provider": provider, "median": median, "info": {}}
+
+    g = "model:drn_d_22:classify:1x3x224x224"
+    records = [rec(f"{g}:float32", "eager-cl", 8.0), rec(f"{g}:float32", "openvino", 5.0),
+               rec(f"{g}:float32", "inductor", 6.0), rec(f"{g}:float32", "cpu", 2.5),
+               rec(f"{g}:bfloat16", "cpu", 2.0), rec(f"{g}:bfloat16", "eager-cl", 1.0),  # bf16 peers don't count
+               rec("model:x:classify:1:float32", "eager-cl", 1.0)]
+    (row,) = report.cpu_goals(records)
+    assert row["fastest_peer"] == "openvino" and row["fp32_ratio"] == 2.0 and row["bf16_ratio"] == 2.5
+    assert "| drn_d_22:classify:1x3x224x224 | openvino 5000.0 ms | 2500.0 ms | 2.00x | 2000.0 ms | 2.50x |" in \
+        report.goals_markdown([row])
+
+
 def test_onnx_export_leaves_the_model_in_eval_mode():
     """The exported providers (onnxruntime, openvino) export a model wrapped in its predict: the TorchScript
     exporter restores a module's *own* training flag after tracing, recursively, which once left the harness's
