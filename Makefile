@@ -65,7 +65,9 @@ gpu-check:
 # passes (Triton interpreter, cuda-sim, cpu) and every Triton kernel compiles for sm_90 under triton 3.6.
 # Not part of `make test` (a ~4 GB download and a second full suite); run it when torch/triton code changes.
 GPU_ENV ?= .venv-gpu-sim
-GPU_ENV_PYTHON ?= python3.12
+# the first Python 3.12 that runs: on PATH, else pyenv's (whose shim refuses a version that is not selected)
+GPU_ENV_PYTHON ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
+	$(if $(shell $(p) -V 2>/dev/null),$(p))) python3.12)
 # numpy < 2.4: triton 3.6's interpreter converts 1-element arrays with int(), an error from numpy 2.4 on (the
 # lent machine's numpy 2.5 never meets the interpreter: it runs the compiled kernels)
 GPU_ENV_SPECS ?= torch==2.11.0 triton==3.6.0 'numpy<2.4'
