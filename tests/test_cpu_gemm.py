@@ -102,3 +102,30 @@ def test_hostile_arguments_name_the_argument():
             torch.ops.drn.gemm_packed(a, packed, bad_n)
     with pytest.raises(ValueError, match="gemm_packed: b_packed must be"):
         torch.ops.drn.gemm_packed(a[:1], packed, 5)
+
+
+def _bf16_supported() -> bool:
+    a = torch.ones(1, 1, 2, dtype=torch.bfloat16)
+    try:
+        torch.ops.drn.gemm_packed(a, torch.ops.drn.gemm_pack_b(torch.ones(1, 2, 1, dtype=torch.bfloat16)), 1)
+    except RuntimeError as e:
+        assert "AVX512-BF16" in str(e)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("batch, m, k, n", [(1, 1, 1, 1), (2, 13, 7, 31), (3, 15, 64, 33), (16, 49, 130, 64)])
+def test_bfloat16_matches_float64(batch, m, k, n):
+    """The AVX512-BF16 GEMM (bf16 operands, float32 accumulation; odd k paired with a zero): within float32
+    accumulation error of the float64 product of the same bf16 values. Skips where the CPU has no AVX512-BF16
+    (the op then says so)."""
+    if not _bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16")
+    a = _rand(batch, m, k, seed=10).bfloat16()
+    b = _rand(batch, k, n, seed=11).bfloat16()
+    ours = _gemm(a, b)
+    exact = torch.bmm(a.double(), b.double())
+    assert ours.dtype == torch.float32 and ours.shape == (batch, m, n)
+    assert_within_torch_error(ours, torch.bmm(a.float(), b.float()), exact, what="gemm bf16")
+    with pytest.raises(ValueError, match="gemm_packed: b_packed must be"):
+        torch.ops.drn.gemm_packed(a, torch.ops.drn.gemm_pack_b(b.float()), n)  # a float32 packing for bf16 a

@@ -10,9 +10,11 @@
 //          problem use the same kernel instantiated for fewer rows (full speed down to ~4 rows: enough
 //          independent accumulators to cover the FMA latency on two FMA ports).
 //          Cache: a thread takes (problem, panel) pairs in order, so it walks one problem's a (tiles × channels,
-//          ≤ ~0.5 MB for the Winograd chunks) from L2 panel after panel, and reuses each b panel (k × 32 floats:
-//          64 KB at 512 channels) from L1/L2 over all the row blocks. No k blocking: the Winograd products have
-//          k = channels ≤ 512 in every DRN (up to 2048 still runs, from L2/L3).
+//          ≤ ~0.5 MB for the Winograd chunks) from L2 panel after panel; k runs in blocks of kDepth = 256, so a
+//          block's slice of the b panel (256 × 32 floats, 32 KB) stays in L1 over all the row blocks, and each
+//          kernel prefetches the next slice while it works (b is one contiguous stream, walked in order). The
+//          caller's a rows are padded by a cache line (gemm.h: padded_row) so a block's rows do not share L1 sets.
+// bfloat16: the same loops with AVX512-BF16's vdpbf16ps (a pair of k per step, float32 accumulators): block_bf16.
 // Threads: at::parallel_for over (problem, panel) pairs; no thread pool of MKL's own.
 // ISA:     cpu_isa(): AVX-512F, AVX2+FMA or the baseline (a plain loop), each compiled with its own target
 //          attribute, so one build runs on every x86-64 CPU; DRN_CPU_ISA forces a lower one (tests, benchmarks).
@@ -34,7 +36,6 @@
 #include <cstring>
 #include <utility>
 #include <vector>
-
 
 namespace drn::cpu {
 namespace {
