@@ -66,7 +66,9 @@ def _(x, weight, bias, prepared, stride, padding, dilation, residual, relu):
 def _(weight, tile=0):
     # packed for csrc/cpu/gemm.cpp: panels of 32 output channels; bfloat16 in pairs of input channels, F(2x2) only
     panels, c = -(-weight.shape[0] // 32), weight.shape[1]
-    if weight.dtype == torch.bfloat16:
+    if weight.dtype == torch.bfloat16:  # as csrc/cpu/conv_bn_act_winograd.cpp: no F(4x4) in bfloat16
+        if tile == 4:
+            raise ValueError("winograd_weight: tile 4 is not offered in bfloat16; use tile 2")
         return weight.new_empty((16, panels, -(-c // 2), 32, 2))
     alpha = (tile or settings.cpu_options().winograd_tile) + 2
     return weight.new_empty((alpha * alpha, panels, c, 32), dtype=torch.float32)

@@ -160,8 +160,10 @@ def test_cpu_conv_paths_keep_nan_and_inf_like_torch(monkeypatch, path, dtype, wh
     """Every CPU path (oneDNN, Winograd, ATen fallback) x dtype: ReLU keeps NaN. Winograd spreads a non-finite
     input over its output tile (README), so there x is covered by the direct paths only."""
     _need("cpu")
-    if path == "winograd" and (dtype != torch.float32 or where == "x"):
-        pytest.skip("Winograd runs float32 only, and spreads a non-finite x over its tile by design")
+    if path == "winograd" and where == "x":
+        pytest.skip("Winograd spreads a non-finite x over its tile by design")
+    if path == "winograd" and not _winograd_runs(dtype):
+        pytest.skip(f"no Winograd for {dtype} on this CPU (bfloat16 needs AVX512-BF16; float16 has none)")
     # Winograd's weight transform also spreads a weight's ±inf over the filter (as NaN): NaN weights only there
     values = (NAN,) if path == "winograd" and where == "weight" else (NAN, INF, -INF)
     monkeypatch.setenv("DRN_CPU_CONV", CPU_PATHS[path])
@@ -172,16 +174,60 @@ def test_cpu_conv_paths_keep_nan_and_inf_like_torch(monkeypatch, path, dtype, wh
         _check_conv_nonfinite("cpu", torch.device("cpu"), dtype, where, value)
 
 
-def test_cpu_in_place_residual_keeps_nan(monkeypatch):
+def _winograd_runs(dtype) -> bool:
+    """Whether the cpu backend's Winograd computes a 3x3 stride-1 conv in `dtype` here (drn::cpu_winograd_tiles
+    under DRN_CPU_CONV=winograd: float32 always, bfloat16 where the CPU has AVX512-BF16)."""
+    x, w = torch.ones(1, 8, 5, 5, dtype=dtype), torch.ones(8, 8, 3, 3, dtype=dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRN_CPU_CONV", "winograd")
+        drn_kernels.push_cpu_options()
+        tiles = torch.ops.drn.cpu_winograd_tiles(x, w, [1, 1])
+    drn_kernels.push_cpu_options()
+    return bool(tiles)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_in_place_residual_keeps_nan(monkeypatch, dtype):
     _need("cpu")
     for mode in CPU_PATHS.values():
         monkeypatch.setenv("DRN_CPU_CONV", mode)
-        x, w, b, r, _ = _conv_nonfinite_case("residual", NAN, "cpu", torch.float32, 8)
+        x, w, b, r, _ = _conv_nonfinite_case("residual", NAN, "cpu", dtype, 8)
         r = r.contiguous(memory_format=torch.channels_last)
-        expect = drn_kernels.conv_bn_act(x, w, b, residual=r, padding=1, backend="reference")
+        expect = drn_kernels.conv_bn_act(x.double(), w.double(), b.double(), residual=r.double(), padding=1,
+                                         backend="reference")
         got = drn_kernels.ops.conv_bn_act_into_residual(x, w, b, residual=r, padding=1, backend="cpu")
         assert got.isnan().sum() == 2
-        _assert_same(got, expect)
+        _assert_same(got, expect, **TOL[dtype])
+
+
+def test_cpu_bf16_winograd_views_and_inference_mode(monkeypatch):
+    """The bfloat16 Winograd path (AVX512-BF16 CPUs) on strided and expanded views of x, weight, bias and residual:
+    the same bits as on contiguous copies, in and out of inference_mode; a Winograd form made from a weight that
+    was then written in place is not what a fresh call uses (the op transforms its weight per call)."""
+    _need("cpu")
+    if not _winograd_runs(torch.bfloat16):
+        pytest.skip("no bfloat16 Winograd on this CPU (needs AVX512-BF16)")
+    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    c = 64
+    x = _rand(2, c, 11, 9, seed=30, dtype=torch.bfloat16).transpose(2, 3)          # strided
+    w = _rand(c, c, 3, 3, seed=31, dtype=torch.bfloat16)[:, :, :, :]
+    w = (w / 24).contiguous(memory_format=torch.channels_last)                     # non-default layout
+    b = _rand(1, seed=32, dtype=torch.bfloat16).expand(c)                           # expanded
+    r = _rand(2, c, 1, 11, seed=33, dtype=torch.bfloat16).expand(2, c, 9, 11)       # expanded residual
+    assert drn_kernels.ops.cpu_conv_algorithm(x, w) == "winograd"
+    got = drn_kernels.conv_bn_act(x, w, b, residual=r, padding=1, backend="cpu")
+    plain = drn_kernels.conv_bn_act(x.contiguous(), w.contiguous(), b.contiguous(), residual=r.contiguous(),
+                                    padding=1, backend="cpu")
+    assert torch.equal(got, plain)
+    with torch.inference_mode():
+        assert torch.equal(drn_kernels.conv_bn_act(x, w, b, residual=r, padding=1, backend="cpu"), plain)
+    with torch.no_grad():
+        w.mul_(-1)  # in place: the next call must see it
+    flipped = drn_kernels.conv_bn_act(x, w, b, residual=r, padding=1, backend="cpu")
+    expect = drn_kernels.conv_bn_act(x.double(), w.double(), b.double(), residual=r.double(), padding=1,
+                                     backend="reference")
+    _assert_same(flipped, expect, **TOL[torch.bfloat16])
+    assert not torch.equal(flipped, plain)
 
 
 def test_fused_model_returns_nan_for_a_nan_pixel():

@@ -5,7 +5,8 @@
 //         y (N,K,P,Q) channels_last, i.e. memory (N,P,Q,K) — the layout oneDNN's fast direct/brgemm convolutions
 //         use, and the one the fused model keeps between layers.
 // Winograd: float32 3×3 stride-1 convolutions with ≥ 64 channels in and out go to conv_bn_act_winograd.cpp
-//         (F(4×4,3×3): 4× fewer multiplies; DRN_CPU_CONV=direct turns it off). Everything else:
+//         (F(4×4,3×3): 4× fewer multiplies; DRN_CPU_CONV=direct turns it off), and so do the bfloat16 ones
+//         whose caller chose it by measurement (a prepared F(2×2) form; AVX512-BF16 CPUs). Everything else:
 // Tiling: none of our own. The GEMM-like core is oneDNN's (it ships inside torch), reached through the fused
 //         ops torch registers for inductor: mkldnn::_convolution_pointwise (post-op "none") and its .binary
 //         overload (post-op "add" of the residual), so bias and residual are applied to each output tile while it

@@ -1,4 +1,5 @@
-// drn::conv_bn_act_native on CPU: Winograd F(m×m, 3×3) for float32 3×3 stride-1 convolutions.
+// drn::conv_bn_act_native on CPU: Winograd F(m×m, 3×3) for float32 (and, F(2×2) only, bfloat16) 3×3 stride-1
+// convolutions.
 //
 // Math (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). With α = m + 2, per m×m tile:
 //   V = Bᵀ d B            d: the α×α input tile of one channel
@@ -21,6 +22,10 @@
 //   (the 1/8-resolution maps of a 1024×2048 image have 8192 tiles: the chunks bound the workspace).
 // Epilogue in the output transform: bias, residual, ReLU, stored straight into the channels_last output.
 // Threads: the transforms split the chunk's tiles, the GEMMs the (ξ, column panel) pairs, with at::parallel_for.
+// bfloat16 (F(2×2) only, AVX512-BF16): x, the residual and the output in bf16; the transforms in float32; V and U
+//   rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16), M in float32. The two extra roundings put the
+//   error at 1.4–2.1× torch's own bf16 convolution on DRN layers; in F(4×4) (factors up to 25) it was ~15×, so
+//   that tile is refused (winograd_tiles, winograd_weight).
 #include "cpu/conv_bn_act_winograd.h"
 #include "cpu/cpu_options.h"
 #include "cpu/gemm.h"
@@ -299,11 +304,6 @@ void out_tiles_on(Isa isa, const OutArgs<E>& a, int64_t t0, int64_t b, int64_t e
 // packed for the GEMM: float32 weight → (α², panels_of(K), C, kPanel) float32 (pack_b); bfloat16 weight →
 // (α², panels_of(K), ceil(C/2), kPanel, 2) bfloat16 (pack_b_bf16). Nothing is cached here: a caller that runs one weight many times (drn.fused) keeps the
 // result (winograd_weight) and passes it back as `prepared`.
-std::vector<int64_t> winograd_form_shape(int64_t alpha2, int64_t C, int64_t K, bool bf16) {
-  return bf16 ? std::vector<int64_t>{alpha2, panels_of(K), (C + 1) / 2, kPanel, 2}
-              : std::vector<int64_t>{alpha2, panels_of(K), C, kPanel};
-}
-
 template <int M>
 Tensor transformed_weight(const Tensor& weight) {
   constexpr int A = Transform<M>::kAlpha;
@@ -333,19 +333,7 @@ Tensor transformed_weight(const Tensor& weight) {
       }
     }
   });
-  const bool bf16 = weight.scalar_type() == at::kBFloat16;
-  Tensor packed = at::empty(winograd_form_shape(A * A, C, K, bf16), weight.options());
-  const int64_t per = packed.numel() / (A * A);
-  at::parallel_for(0, A * A, 1, [&](int64_t x0, int64_t x1) {
-    for (int64_t xi = x0; xi < x1; ++xi) {
-      if (bf16) {
-        pack_b_bf16(up + xi * C * K, C, K, K, packed.data_ptr<c10::BFloat16>() + xi * per);
-      } else {
-        pack_b(up + xi * C * K, C, K, K, packed.data_ptr<float>() + xi * per);
-      }
-    }
-  });
-  return packed;
+  return pack_batch(up, A * A, C, K, weight.scalar_type() == at::kBFloat16, weight.options());
 }
 
 // `prepared` when it is this weight's U for tile size M (the shape says so; the values are the caller's word),
@@ -355,7 +343,7 @@ Tensor weight_for_tile(const Tensor& weight, const std::optional<Tensor>& prepar
   constexpr int A = Transform<M>::kAlpha;
   if (prepared.has_value() && prepared->defined() && !prepared->is_mkldnn() &&
       prepared->scalar_type() == weight.scalar_type() && prepared->device() == weight.device() &&
-      prepared->sizes() == at::IntArrayRef(winograd_form_shape(A * A, weight.size(1), weight.size(0),
+      prepared->sizes() == at::IntArrayRef(packed_shape(A * A, weight.size(1), weight.size(0),
                                                                weight.scalar_type() == at::kBFloat16)) &&
       prepared->is_contiguous()) {
     return *prepared;
@@ -463,7 +451,7 @@ int winograd_tile_of(const Tensor& weight, const std::optional<Tensor>& prepared
   const bool bf16 = weight.scalar_type() == at::kBFloat16;
   for (const int tile : {4, 2}) {
     const int64_t alpha = tile + 2;
-    if (prepared->sizes() == at::IntArrayRef(winograd_form_shape(alpha * alpha, weight.size(1), weight.size(0),
+    if (prepared->sizes() == at::IntArrayRef(packed_shape(alpha * alpha, weight.size(1), weight.size(0),
                                                                   bf16))) {
       return tile;
     }

@@ -34,6 +34,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -242,10 +243,25 @@ void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, c
                      lda, a_batch, reinterpret_cast<const uint16_t*>(b), b_batch, c, ldc, c_batch);
 }
 
-// bf16 packed shape of a (B, K, N) b: (B, panels, ceil(K/2), kPanel, 2); float32: (B, panels, K, kPanel).
 std::vector<int64_t> packed_shape(int64_t batch, int64_t k, int64_t n, bool bf16) {
   return bf16 ? std::vector<int64_t>{batch, panels_of(n), (k + 1) / 2, kPanel, 2}
               : std::vector<int64_t>{batch, panels_of(n), k, kPanel};
+}
+
+at::Tensor pack_batch(const float* src, int64_t batch, int64_t k, int64_t n, bool bf16,
+                      const at::TensorOptions& options) {
+  at::Tensor out = at::empty(packed_shape(batch, k, n, bf16), options.dtype(bf16 ? at::kBFloat16 : at::kFloat));
+  const int64_t per = out.numel() / std::max<int64_t>(batch, 1);
+  at::parallel_for(0, batch, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (bf16) {
+        pack_b_bf16(src + t * k * n, k, n, n, out.data_ptr<c10::BFloat16>() + t * per);
+      } else {
+        pack_b(src + t * k * n, k, n, n, out.data_ptr<float>() + t * per);
+      }
+    }
+  });
+  return out;
 }
 
 at::Tensor gemm_pack_b(const at::Tensor& b) {
@@ -253,22 +269,9 @@ at::Tensor gemm_pack_b(const at::Tensor& b) {
                         b.device().is_cpu(),
                     "gemm_pack_b: b must be a (B, K, N) float32 or bfloat16 CPU tensor, got ", b.sizes(), " ",
                     b.scalar_type(), " on ", b.device());
-  const bool bf16 = b.scalar_type() == at::kBFloat16;
   const at::Tensor src = b.to(at::kFloat).contiguous();  // bf16 -> float32 is exact, and back again
-  const int64_t batch = b.size(0), rows = b.size(1), n = b.size(2);
-  at::Tensor out = at::empty(packed_shape(batch, rows, n, bf16), b.options());
-  const int64_t per = out.numel() / std::max<int64_t>(batch, 1);
-  const float* s = src.const_data_ptr<float>();
-  at::parallel_for(0, batch, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      if (bf16) {
-        pack_b_bf16(s + t * rows * n, rows, n, n, out.data_ptr<c10::BFloat16>() + t * per);
-      } else {
-        pack_b(s + t * rows * n, rows, n, n, out.data_ptr<float>() + t * per);
-      }
-    }
-  });
-  return out;
+  return pack_batch(src.const_data_ptr<float>(), b.size(0), b.size(1), b.size(2),
+                    b.scalar_type() == at::kBFloat16, b.options());
 }
 
 // float32 a: float32 c; bfloat16 a (needs AVX512-BF16): c accumulated in float32, returned as float32.
@@ -308,8 +311,18 @@ at::Tensor gemm_packed_op(const at::Tensor& a, const at::Tensor& b_packed, int64
   return c.narrow(2, 0, n);
 }
 
-// Internal ops for tests and benchmarks (benchmarks/test_cpu_gemm.py measures the rate against cpu_fma_peak).
+// drn::cpu_isa: the ISA our own kernels run now (cpu_isa(): the CPU's best, capped by DRN_CPU_ISA).
+std::string cpu_isa_name() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+// Internal ops for tests and benchmarks (benchmarks/test_bench_cpu_gemm.py measures the rate against cpu_fma_peak).
 TORCH_LIBRARY_FRAGMENT(drn, m) {
+  m.def("cpu_isa() -> str", &cpu_isa_name);
   m.def("gemm_pack_b(Tensor b) -> Tensor", &gemm_pack_b);
   m.def("gemm_packed(Tensor a, Tensor b_packed, int n) -> Tensor", &gemm_packed_op);
 }

@@ -11,6 +11,7 @@
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace drn::cpu {
 
@@ -48,6 +49,15 @@ void pack_b_bf16(const float* src, int64_t rows, int64_t n, int64_t ld, c10::BFl
 void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, const c10::BFloat16* a, int64_t lda,
                       int64_t a_batch, const c10::BFloat16* b, int64_t b_batch, float* c, int64_t ldc,
                       int64_t c_batch);
+
+// The packed layout's shape for `batch` (k × n) matrices: float32 (batch, panels_of(n), k, kPanel), bfloat16
+// (batch, panels_of(n), ceil(k/2), kPanel, 2). The one rule: the Winograd weight form and drn::gemm_pack_b use it.
+std::vector<int64_t> packed_shape(int64_t batch, int64_t k, int64_t n, bool bf16);
+
+// `batch` consecutive (k × n) row-major float32 matrices at src, packed (pack_b, or pack_b_bf16 when bf16) into a
+// new tensor of packed_shape with `options` (its dtype float32 or bfloat16, as bf16 says); in parallel over batch.
+at::Tensor pack_batch(const float* src, int64_t batch, int64_t k, int64_t n, bool bf16,
+                      const at::TensorOptions& options);
 
 // drn::gemm_pack_b(b) for a (B, K, N) float32 tensor: (B, panels_of(N), K, kPanel); bfloat16: (B, panels_of(N),
 // ceil(K/2), kPanel, 2).
