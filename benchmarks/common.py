@@ -75,12 +75,22 @@ def device_name() -> str:
     if DEVICE.type == "cuda":
         name = torch.cuda.get_device_name()
     else:
-        name = "cpu"
+        # the model name, and the family/model numbers: a VM's name can be generic ("AMD EPYC" on Zen 4 and
+        # Zen 5 alike, whose FMA peaks differ 2x)
+        name, fields = "cpu", {}
         try:
             with open("/proc/cpuinfo") as f:
-                name = next(ln.split(":", 1)[1] for ln in f if ln.startswith("model name")).strip()
-        except (OSError, StopIteration):
+                for ln in f:
+                    key, _, value = ln.partition(":")
+                    fields.setdefault(key.strip(), value.strip())
+                    if not ln.strip():
+                        break
+        except OSError:
             pass
+        if "model name" in fields:
+            name = fields["model name"]
+            if "cpu family" in fields and "model" in fields:
+                name += f" f{fields['cpu family']}m{fields['model']}"
         name += f" {torch.get_num_threads()}t"
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
@@ -752,6 +762,36 @@ def _quantile(sorted_values: list, q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (i - lo)
 
 
+def interleaved_times(calls: dict, rounds: int) -> dict:
+    """Seconds per call of each of `calls` ({name: zero-argument callable}) over `rounds` rounds: each round calls
+    every one once, the order rotated by one place per round, so a machine whose speed drifts during the run (a
+    shared VM's neighbours, two vCPUs on one core) slows every provider alike and no one always runs first."""
+    names = list(calls)
+    times = {n: [] for n in names}
+    with torch.no_grad():
+        for r in range(rounds):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                calls[n]()
+                synchronize(DEVICE)
+                times[n].append(time.perf_counter() - start)
+    return times
+
+
+def record(group: str, name: str, provider: str, seconds: list, info: dict) -> None:
+    """One results record (what conftest writes and report.py reads) from times measured outside
+    pytest-benchmark's timer."""
+    ordered = sorted(seconds)
+    median = statistics.median(ordered)
+    MEDIANS[(group, provider)] = median
+    RESULTS.append({"group": group, "name": name, "provider": provider,
+                    "stats": {"min": ordered[0], "max": ordered[-1], "mean": statistics.fmean(ordered),
+                              "median": median, "stddev": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+                              "rounds": len(ordered)},
+                    "extra_info": dict(info, provider=provider, median_s=median, min_s=ordered[0],
+                                       max_s=ordered[-1], rounds=len(ordered))})
+
+
 def run(benchmark, *, group: str, provider: str, runner: Runner, flops: int, nbytes: int,
         dtype=torch.float32, reference: Optional[Callable] = None, memory: bool = False, extra: dict | None = None):
     """One benchmark case: warm-up (compilation, autotuning, cuDNN's search; recorded Triton configs), the
@@ -814,7 +854,6 @@ def run(benchmark, *, group: str, provider: str, runner: Runner, flops: int, nby
     ordered = sorted(times)
     median = statistics.median(ordered)
     peaks = case_peaks(dtype)
-    MEDIANS[(group, provider)] = median
     info.update(median_s=median, min_s=ordered[0], max_s=ordered[-1], q1_s=_quantile(ordered, 0.25),
                 q3_s=_quantile(ordered, 0.75), rounds=len(ordered),
                 tflops_per_s=flops / median / 1e12, gb_per_s=nbytes / median / 1e9,
@@ -824,8 +863,4 @@ def run(benchmark, *, group: str, provider: str, runner: Runner, flops: int, nby
     for name, base in (("speedup_vs_baseline", BASELINE), ("speedup_vs_cudnn_fused", FUSED_BASELINE)):
         if base is not None and (group, base) in MEDIANS:
             info[name] = MEDIANS[(group, base)] / median
-    RESULTS.append({"group": group, "name": benchmark.name, "provider": provider,
-                    "stats": {"min": ordered[0], "max": ordered[-1], "mean": statistics.fmean(ordered),
-                              "median": median, "stddev": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
-                              "rounds": len(ordered)},
-                    "extra_info": dict(info)})
+    record(group, benchmark.name, provider, ordered, info)

@@ -86,35 +86,41 @@ CPU_PEERS = ("eager-cl", "inductor", "onnxruntime", "openvino")  # what a CPU us
 
 
 def cpu_goals(records: list[dict]) -> list[dict]:
-    """Issue 11's CPU goals, per model group of one run: the fused `cpu` provider against the fastest fp32 peer
+    """Issue 11's CPU goals, per case of one run: the fused `cpu` provider against the fastest fp32 peer
     (eager-cl, inductor, onnxruntime, openvino) of the same model, task and input — fp32 (goal >= 1.5x) and bf16
-    (goal >= 2.5x). Groups are "model:<name>:<task>:<shape>:<dtype>"."""
+    (goal >= 2.5x). Groups are "<kind>:<name>:<task>:<shape>:<dtype>": kind "goal" (test_bench_cpu_goals.py, the
+    providers timed interleaved) wins over kind "model" (test_bench_models.py, timed one after another) for the
+    same case."""
     medians = {(r["group"], r["provider"]): r["median"] for r in records}
-    out = []
-    for group in sorted({r["group"] for r in records if r["group"].startswith("model:")}):
-        stem, dtype = group.rsplit(":", 1)
-        if dtype != "float32":
+    rows = {}
+    for group in sorted({r["group"] for r in records}):
+        kind, _, rest = group.partition(":")
+        if kind not in ("goal", "model") or not rest.endswith(":float32"):
             continue
+        stem = group[:-len(":float32")]
+        case = rest[:-len(":float32")]
         peers = {p: medians[(group, p)] for p in CPU_PEERS if (group, p) in medians}
-        if not peers or (group, "cpu") not in medians:
+        if not peers or (group, "cpu") not in medians or (case in rows and kind == "model"):
             continue
         fastest = min(peers, key=peers.get)
-        row = {"case": stem.split(":", 1)[1], "fastest_peer": fastest, "peer_ms": peers[fastest] * 1e3,
+        row = {"case": case, "timing": "interleaved" if kind == "goal" else "one after another",
+               "fastest_peer": fastest, "peer_ms": peers[fastest] * 1e3,
                "fused_fp32_ms": medians[(group, "cpu")] * 1e3, "fp32_ratio": peers[fastest] / medians[(group, "cpu")]}
         if (f"{stem}:bfloat16", "cpu") in medians:
             bf16 = medians[(f"{stem}:bfloat16", "cpu")]
             row.update(fused_bf16_ms=bf16 * 1e3, bf16_ratio=peers[fastest] / bf16)
-        out.append(row)
-    return out
+        rows[case] = row
+    return [rows[c] for c in sorted(rows)]
 
 
 def goals_markdown(rows: list[dict]) -> str:
-    lines = ["| model, task, input | fastest fp32 peer | fused fp32 | ratio (goal 1.5) | fused bf16 | ratio (goal 2.5) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model, task, input | fastest fp32 peer | fused fp32 | ratio (goal 1.5) | fused bf16 | ratio (goal 2.5) "
+             "| timing |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         bf16 = (f"{r['fused_bf16_ms']:.1f} ms | {r['bf16_ratio']:.2f}x" if "bf16_ratio" in r else " | ")
         lines.append(f"| {r['case']} | {r['fastest_peer']} {r['peer_ms']:.1f} ms | {r['fused_fp32_ms']:.1f} ms | "
-                     f"{r['fp32_ratio']:.2f}x | {bf16} |")
+                     f"{r['fp32_ratio']:.2f}x | {bf16} | {r['timing']} |")
     return "\n".join(lines)
 
 

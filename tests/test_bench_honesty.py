@@ -281,8 +281,37 @@ def test_cpu_goals_take_the_fastest_fp32_peer():
                rec("model:x:classify:1:float32", "eager-cl", 1.0)]
     (row,) = report.cpu_goals(records)
     assert row["fastest_peer"] == "openvino" and row["fp32_ratio"] == 2.0 and row["bf16_ratio"] == 2.5
-    assert "| drn_d_22:classify:1x3x224x224 | openvino 5000.0 ms | 2500.0 ms | 2.00x | 2000.0 ms | 2.50x |" in \
-        report.goals_markdown([row])
+    assert ("| drn_d_22:classify:1x3x224x224 | openvino 5000.0 ms | 2500.0 ms | 2.00x | 2000.0 ms | 2.50x | "
+            "one after another |") in report.goals_markdown([row])
+
+
+def test_cpu_goals_prefer_the_interleaved_timing():
+    """A case timed both ways: the interleaved goal group (test_bench_cpu_goals.py) is the one reported."""
+    from benchmarks import report
+
+    def rec(group, provider, median):
+        return {"group": group, "provider": provider, "median": median, "info": {}}
+
+    case = "drn_d_22:classify:1x3x224x224"
+    records = [rec(f"model:{case}:float32", "onnxruntime", 9.0), rec(f"model:{case}:float32", "cpu", 3.0),
+               rec(f"goal:{case}:float32", "onnxruntime", 6.0), rec(f"goal:{case}:float32", "cpu", 4.0),
+               rec(f"goal:{case}:bfloat16", "cpu", 2.0),
+               rec("model:drn_c_26:classify:1x3x224x224:float32", "inductor", 5.0),
+               rec("model:drn_c_26:classify:1x3x224x224:float32", "cpu", 2.0)]
+    rows = report.cpu_goals(records)
+    assert [(r["case"], r["timing"], r["fp32_ratio"]) for r in rows] == [
+        ("drn_c_26:classify:1x3x224x224", "one after another", 2.5), (case, "interleaved", 1.5)]
+    assert rows[1]["bf16_ratio"] == 3.0
+
+
+def test_interleaved_times_rotate_the_order():
+    """Every provider runs once per round, and each round starts one provider later than the one before."""
+    order = []
+    calls = {n: (lambda n=n: order.append(n)) for n in "abc"}
+    times = common.interleaved_times(calls, 4)
+    assert order == list("abc" "bca" "cab" "abc")
+    assert {n: len(t) for n, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for ts in times.values() for t in ts)
 
 
 def test_onnx_export_leaves_the_model_in_eval_mode():
