@@ -762,14 +762,15 @@ def _quantile(sorted_values: list, q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (i - lo)
 
 
-def interleaved_times(calls: dict, rounds: int) -> dict:
+def interleaved_times(calls: dict, rounds: int, first_round: int = 0) -> dict:
     """Seconds per call of each of `calls` ({name: zero-argument callable}) over `rounds` rounds: each round calls
-    every one once, the order rotated by one place per round, so a machine whose speed drifts during the run (a
-    shared VM's neighbours, two vCPUs on one core) slows every provider alike and no one always runs first."""
+    every one once, the order rotated by one place per round (round r starts at name r mod len), so a machine whose
+    speed drifts during the run (a shared VM's neighbours, two vCPUs on one core) slows every provider alike and
+    no one always runs first. first_round: the number of the first round (one round per call, counted outside)."""
     names = list(calls)
     times = {n: [] for n in names}
     with torch.no_grad():
-        for r in range(rounds):
+        for r in range(first_round, first_round + rounds):
             for n in names[r % len(names):] + names[:r % len(names)]:
                 start = time.perf_counter()
                 calls[n]()
@@ -778,7 +779,7 @@ def interleaved_times(calls: dict, rounds: int) -> dict:
     return times
 
 
-def record(group: str, name: str, provider: str, seconds: list, info: dict) -> None:
+def add_result(group: str, name: str, provider: str, seconds: list, info: dict) -> None:
     """One results record (what conftest writes and report.py reads) from times measured outside
     pytest-benchmark's timer."""
     ordered = sorted(seconds)
@@ -863,4 +864,4 @@ def run(benchmark, *, group: str, provider: str, runner: Runner, flops: int, nby
     for name, base in (("speedup_vs_baseline", BASELINE), ("speedup_vs_cudnn_fused", FUSED_BASELINE)):
         if base is not None and (group, base) in MEDIANS:
             info[name] = MEDIANS[(group, base)] / median
-    record(group, benchmark.name, provider, ordered, info)
+    add_result(group, benchmark.name, provider, ordered, info)

@@ -4,7 +4,8 @@
 test: only the `quick` subset is collected then, unless DRN_BENCH_FULL=1 or --benchmark-only is given.
 DRN_BENCH_THREADS sets torch's intra-op threads (the CPU goals are stated at 2).
 Timed sessions write benchmarks/results/<device>.json (the pytest-benchmark layout's common subset: group, name,
-stats, extra_info) unless --benchmark-json names a file; benchmarks/report.py reads either.
+stats, extra_info; records of earlier sessions that this one did not re-measure are kept) unless --benchmark-json
+names a file; benchmarks/report.py reads either.
 """
 import json
 import pathlib
@@ -53,5 +54,16 @@ def pytest_sessionfinish(session, exitstatus):
     path = RESULTS_DIR / f"{common.device_name()}.json"
     machine = {"device": common.device_name(), "torch": torch.__version__, "python": platform.python_version(),
                "threads": torch.get_num_threads(), "node": platform.node()}
-    path.write_text(json.dumps({"machine_info": machine, "benchmarks": common.RESULTS}, indent=1))
+    path.write_text(json.dumps({"machine_info": machine, "benchmarks": merged(path, common.RESULTS)}, indent=1))
     print(f"\nbenchmark results written to {path}")
+
+
+def merged(path: pathlib.Path, new: list) -> list:
+    """This session's records, after the earlier records of the same file that it did not re-measure (same group
+    and name): running one benchmark file does not erase the machine's other results."""
+    try:
+        old = json.loads(path.read_text()).get("benchmarks", [])
+    except (OSError, ValueError, AttributeError):
+        old = []
+    fresh = {(r.get("group"), r.get("name")) for r in new}
+    return [r for r in old if isinstance(r, dict) and (r.get("group"), r.get("name")) not in fresh] + list(new)

@@ -60,19 +60,15 @@ def test_cpu_goal(benchmark, name, task, shape):
     rounds = max(5, min(15, int(BUDGET_S / max(once, 1e-6))))
     before = {p: c.calls for p, c in compiled.items()}
     times = {p: [] for p in calls}
-    # pytest-benchmark times whole rounds; each starts one provider later than the one before
-    names = list(calls)
-    state = {"r": 0}
+    done = [0]  # rounds so far: pytest-benchmark times whole rounds, one per call
 
-    def rotated_round():
-        r = state["r"] % len(names)
-        state["r"] += 1
-        order = names[r:] + names[:r]
-        for p, ts in common.interleaved_times({n: calls[n] for n in order}, 1).items():
+    def one_round():
+        for p, ts in common.interleaved_times(calls, 1, first_round=done[0]).items():
             times[p].extend(ts)
+        done[0] += 1
 
     benchmark.group = f"goal-rounds:{name}:{task}:{sid}"
-    benchmark.pedantic(rotated_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
     for p, c in compiled.items():
         assert c.calls - before[p] >= rounds, f"{p}: the compiled graph did not run in every round"
 
@@ -90,6 +86,6 @@ def test_cpu_goal(benchmark, name, task, shape):
     benchmark.extra_info.update(info)
     for p, ts in times.items():
         dtype = "bfloat16" if p == FUSED_BF16 else "float32"
-        common.record(f"goal:{name}:{task}:{sid}:{dtype}", f"{benchmark.name}[{p}]",
+        common.add_result(f"goal:{name}:{task}:{sid}:{dtype}", f"{benchmark.name}[{p}]",
                       "cpu" if p == FUSED_BF16 else p, ts,
                       dict(info, dtype=dtype, baseline=common.BASELINE, output_check=checks.get(p, {})))

@@ -1,11 +1,14 @@
 """End to end: classify (forward) and segment (predict: labels at the input size) per model, dtype and provider.
 
 The CPU goals of issues 5 and 11 are groups here: drn_c_26 / drn_d_22 / drn_d_38 classify at batch 1 and 8 @224
-(fused `cpu` fp32 and bf16 vs eager-cl, inductor, onnxruntime and openvino) and drn_d_22 segment predict at 1x3x1024x2048 (fused `cpu` vs eager-cl, inductor, onnxruntime and openvino running the model's predict:
+(fused `cpu` fp32 and bf16 vs eager-cl, inductor, onnxruntime and openvino) and drn_d_22 segment predict at
+1x3x1024x2048 (fused `cpu` vs eager-cl, inductor, onnxruntime and openvino running the model's predict:
 forward, ×8 up-sampling, argmax). Every provider's memory
 is in extra_info: "peak_mb", the steady-state peak of one call, and "cache_mb", what its first call leaves
 allocated for the next ones (the CPU backend's transformed weights: Winograd keeps 4x the 3x3 weights).
 Each case checks one poisoned output (logits; labels and probabilities) against the float64 model first.
+The same goal cases, every provider timed interleaved (robust to a shared machine's drift):
+test_bench_cpu_goals.py.
 """
 import pytest
 

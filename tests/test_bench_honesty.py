@@ -312,6 +312,10 @@ def test_interleaved_times_rotate_the_order():
     assert order == list("abc" "bca" "cab" "abc")
     assert {n: len(t) for n, t in times.items()} == {"a": 4, "b": 4, "c": 4}
     assert all(t >= 0 for ts in times.values() for t in ts)
+    order.clear()
+    for r in range(3):  # one round per call, as the goal benchmark calls it: the same rotation
+        common.interleaved_times(calls, 1, first_round=r)
+    assert order == list("abc" "bca" "cab")
 
 
 def test_onnx_export_leaves_the_model_in_eval_mode():
@@ -327,3 +331,19 @@ def test_onnx_export_leaves_the_model_in_eval_mode():
     common._onnx_export(torch.nn.Sequential(model), (x,))  # a wrapper in training mode, as _Predict(model)
     assert not any(m.training for m in model.modules())
     torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+
+
+def test_results_file_keeps_what_a_session_did_not_remeasure(tmp_path):
+    """Running one benchmark file updates the machine's results JSON: its records replace those of the same group
+    and name; the others stay (a GEMM-only run must not erase the model goals)."""
+    from benchmarks import conftest as bench_conftest
+
+    path = tmp_path / "cpu.json"
+    old = [{"group": "goal:a", "name": "t[a]", "stats": {"median": 1.0}},
+           {"group": "gemm:x", "name": "t[x]", "stats": {"median": 2.0}}]
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": old}))
+    new = [{"group": "gemm:x", "name": "t[x]", "stats": {"median": 3.0}}]
+    assert bench_conftest.merged(path, new) == [old[0], new[0]]
+    path.write_text("not json")
+    assert bench_conftest.merged(path, new) == new
+    assert bench_conftest.merged(tmp_path / "missing.json", new) == new
