@@ -9,6 +9,8 @@ Records: one per provider, in groups "goal:<model>:<task>:<shape>:<dtype>" (the 
 :float32, fused bf16 in :bfloat16); benchmarks/report.py's cpu_goals prefers them to the model groups. The goals:
 fused fp32 >= 1.5x the fastest fp32 peer, fused bf16 >= 2.5x that same peer. CPU only; --benchmark-only only.
 """
+import statistics
+
 import pytest
 import torch
 
@@ -72,7 +74,7 @@ def test_cpu_goal(benchmark, name, task, shape):
     for p, c in compiled.items():
         assert c.calls - before[p] >= rounds, f"{p}: the compiled graph did not run in every round"
 
-    medians = {p: sorted(ts)[len(ts) // 2] for p, ts in times.items()}
+    medians = {p: statistics.median(ts) for p, ts in times.items()}
     peers = {p: medians[p] for p in PEERS if p in medians}
     fastest = min(peers, key=peers.get) if peers else None
     info = {"model": name, "task": task, "shape": list(shape), "device": common.device_name(),
@@ -87,5 +89,5 @@ def test_cpu_goal(benchmark, name, task, shape):
     for p, ts in times.items():
         dtype = "bfloat16" if p == FUSED_BF16 else "float32"
         common.add_result(f"goal:{name}:{task}:{sid}:{dtype}", f"{benchmark.name}[{p}]",
-                      "cpu" if p == FUSED_BF16 else p, ts,
-                      dict(info, dtype=dtype, baseline=common.BASELINE, output_check=checks.get(p, {})))
+                          "cpu" if p == FUSED_BF16 else p, ts,
+                          dict(info, dtype=dtype, baseline=common.BASELINE, output_check=checks.get(p, {})))
