@@ -48,7 +48,7 @@ namespace {
 // Two vectors of columns (32 on AVX-512: the whole panel; 16 on AVX2: half of it, b's row stride stays kPanel)
 // for MR rows: 2·MR accumulators. One body for both ISAs, instantiated with each one's intrinsics.
 #define DRN_TWO_VECTOR_BLOCK(name, target, V, lanes, zero, load, broadcast, fmadd, store) \
-  template <int MR, _mm_hint Hint>                                                      \
+  template <int MR, int Locality>                                                       \
   target void name(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, bool add) { \
     V lo[MR], hi[MR];                                                                   \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                             \
@@ -57,8 +57,8 @@ namespace {
     }                                                                                   \
     for (int64_t p = 0; p < k; ++p) {                                                   \
       const V b0 = load(b + p * kPanel), b1 = load(b + p * kPanel + lanes);             \
-      _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * kPanel), Hint);          \
-      _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * kPanel + 16), Hint);     \
+      __builtin_prefetch(b + (p + k) * kPanel, 0, Locality);                            \
+      __builtin_prefetch(b + (p + k) * kPanel + 16, 0, Locality);                       \
       _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                           \
         const V ar = broadcast(a + r * lda + p);                                        \
         lo[r] = fmadd(ar, b0, lo[r]);                                                   \
@@ -80,16 +80,16 @@ DRN_TWO_VECTOR_BLOCK(half_block_avx2, [[gnu::target("avx2,fma")]], __m256, 8, _m
                      _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_storeu_ps)
 #undef DRN_TWO_VECTOR_BLOCK
 
-template <int MR, _mm_hint Hint>
+template <int MR, int Locality>
 [[gnu::target("avx2,fma")]] void block_avx2(int64_t k, const float* a, int64_t lda, const float* b, float* c,
                                             int64_t ldc, bool add) {
-  half_block_avx2<MR, Hint>(k, a, lda, b, c, ldc, add);
-  half_block_avx2<MR, Hint>(k, a, lda, b + 16, c + 16, ldc, add);
+  half_block_avx2<MR, Locality>(k, a, lda, b, c, ldc, add);
+  half_block_avx2<MR, Locality>(k, a, lda, b + 16, c + 16, ldc, add);
 }
 
 // The baseline ISA (SSE2 on x86-64, whatever the build targets elsewhere): plain loops, same summation order (no
-// prefetch: Hint is there for the common kernel table).
-template <int MR, _mm_hint Hint>
+// prefetch: Locality is there for the common kernel table).
+template <int MR, int Locality>
 void block_baseline(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, bool add) {
   float acc[MR][kPanel] = {};
   for (int r = 0; add && r < MR; ++r) std::copy(c + r * ldc, c + r * ldc + kPanel, acc[r]);
@@ -105,7 +105,7 @@ void block_baseline(int64_t k, const float* a, int64_t lda, const float* b, floa
 // bfloat16 (AVX512-BF16, vdpbf16ps): k counts pairs; a row-major bf16 (a pair = 2 consecutive columns, one 32-bit
 // broadcast), b packed by pack_b_bf16 (per pair, 32 columns × 2 bf16 = two zmm), float32 accumulators: each step
 // adds a[i][2p]·b[2p][j] + a[i][2p+1]·b[2p+1][j] (the products exact in float32, one rounding per step).
-template <int MR, _mm_hint Hint>
+template <int MR, int Locality>
 [[gnu::target("avx512f,avx512bf16")]] void block_bf16(int64_t k, const uint16_t* a, int64_t lda, const uint16_t* b,
                                                       float* c, int64_t ldc, bool add) {
   __m512 lo[MR], hi[MR];
@@ -117,8 +117,8 @@ template <int MR, _mm_hint Hint>
   for (int64_t p = 0; p < k; ++p) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * 2 * kPanel);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * 2 * kPanel + kPanel);
-    _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * 2 * kPanel), Hint);
-    _mm_prefetch(reinterpret_cast<const char*>(b + (p + k) * 2 * kPanel + kPanel), Hint);
+    __builtin_prefetch(b + (p + k) * 2 * kPanel, 0, Locality);
+    __builtin_prefetch(b + (p + k) * 2 * kPanel + kPanel, 0, Locality);
 #pragma GCC unroll 14
     for (int r = 0; r < MR; ++r) {
       int32_t pair;
@@ -139,14 +139,14 @@ template <int MR, _mm_hint Hint>
 template <class E>
 using BlockFn = void (*)(int64_t, const E*, int64_t, const E*, float*, int64_t, bool);
 
-// The kernels of one ISA for 1..max_rows rows: kernel_rows<Hint>[r - 1] computes r rows.
-#define DRN_BLOCK_TABLE(kernel, max_rows)                                                      \
-  template <_mm_hint Hint, int... R>                                                           \
-  constexpr auto kernel##_table(std::integer_sequence<int, R...>) {                           \
-    return std::array{&kernel<R + 1, Hint>...};                                                \
-  }                                                                                            \
-  template <_mm_hint Hint>                                                                     \
-  constexpr auto kernel##_rows = kernel##_table<Hint>(std::make_integer_sequence<int, max_rows>());
+// The kernels of one ISA for 1..max_rows rows: kernel_rows<Locality>[r - 1] computes r rows.
+#define DRN_BLOCK_TABLE(kernel, max_rows)                                                        \
+  template <int Locality, int... R>                                                              \
+  constexpr auto kernel##_table(std::integer_sequence<int, R...>) {                              \
+    return std::array{&kernel<R + 1, Locality>...};                                              \
+  }                                                                                              \
+  template <int Locality>                                                                        \
+  constexpr auto kernel##_rows = kernel##_table<Locality>(std::make_integer_sequence<int, max_rows>());
 DRN_BLOCK_TABLE(block_avx512, 14)
 DRN_BLOCK_TABLE(block_avx2, 6)
 DRN_BLOCK_TABLE(block_baseline, 4)
@@ -167,22 +167,25 @@ constexpr int64_t kDepth = 256;
 // more (Zen 5, Sapphire Rapids: measured there, 82-93% of the FMA peak), into L2 (T1) on a smaller L1 (Zen 4's
 // 32 KB, where the next 32 KB slice evicted the one still in use: 1 thread, AVX2 0.41-0.76 of the FMA peak with T0
 // against 0.57-0.85 with T1 on the Winograd shapes, AVX-512 about the same). glibc reads the size from CPUID.
+// The prefetches' locality (__builtin_prefetch's third argument): 3 = into L1 (prefetcht0), 2 = into L2 (prefetcht1).
+constexpr int kToL1 = 3, kToL2 = 2;
+
 bool prefetch_to_l1() {
   static const bool l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
   return l1;
 }
 
-template <_mm_hint Hint>
+template <int Locality>
 Kernels<float> kernels_for(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512: return {block_avx512_rows<Hint>.data(), 14};
-    case Isa::kAvx2: return {block_avx2_rows<Hint>.data(), 6};
-    default: return {block_baseline_rows<Hint>.data(), 4};
+    case Isa::kAvx512: return {block_avx512_rows<Locality>.data(), 14};
+    case Isa::kAvx2: return {block_avx2_rows<Locality>.data(), 6};
+    default: return {block_baseline_rows<Locality>.data(), 4};
   }
 }
 
 Kernels<float> kernels_for(Isa isa) {
-  return prefetch_to_l1() ? kernels_for<_MM_HINT_T0>(isa) : kernels_for<_MM_HINT_T1>(isa);
+  return prefetch_to_l1() ? kernels_for<kToL1>(isa) : kernels_for<kToL2>(isa);
 }
 
 // The loop over (problem, panel) pairs, k blocks and row blocks, for float32 (step 1: k counts columns of a) and
@@ -245,7 +248,8 @@ void pack_b_bf16(const float* src, int64_t rows, int64_t n, int64_t ld, c10::BFl
       for (int64_t j = 0; j < kPanel; ++j) {
         for (int64_t e = 0; e < 2; ++e) {
           const int64_t row = 2 * p + e, col = q * kPanel + j;
-          out[(p * kPanel + j) * 2 + e] = row < rows && col < n ? c10::BFloat16(src[row * ld + col]) : c10::BFloat16(0.f);
+          out[(p * kPanel + j) * 2 + e] =
+              row < rows && col < n ? c10::BFloat16(src[row * ld + col]) : c10::BFloat16(0.f);
         }
       }
     }
@@ -258,7 +262,7 @@ void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, c
   TORCH_CHECK(gemm_bf16_supported(), "gemm_packed_bf16: this CPU has no AVX512-BF16 (or DRN_CPU_ISA forbids it)");
   TORCH_CHECK(lda % 2 == 0 && a_batch % 2 == 0, "gemm_packed_bf16: a's strides must be even");
   const Kernels<uint16_t> kern{
-      prefetch_to_l1() ? block_bf16_rows<_MM_HINT_T0>.data() : block_bf16_rows<_MM_HINT_T1>.data(), 14};
+      prefetch_to_l1() ? block_bf16_rows<kToL1>.data() : block_bf16_rows<kToL2>.data(), 14};
   drive<uint16_t, 2>(kern, batch, m, pairs, panels, reinterpret_cast<const uint16_t*>(a), lda, a_batch,
                      reinterpret_cast<const uint16_t*>(b), b_batch, c, ldc, c_batch);
 }
