@@ -37,13 +37,14 @@ PyObject* has_openmp(PyObject*, PyObject*) {
 #endif
 }
 
-// set_cpu_options(conv, winograd_tile, isa, poison): drn_kernels.settings.CpuOptions.codes(), validated there.
+// set_cpu_options(conv, winograd_tile, isa, poison, prefetch): drn_kernels.settings.CpuOptions.codes(), validated
+// there.
 PyObject* set_cpu_options(PyObject*, PyObject* args) {
-  int conv = 0, tile = 4, isa = -1, poison = 0;
-  if (!PyArg_ParseTuple(args, "iiip", &conv, &tile, &isa, &poison)) return nullptr;
-  if (conv < 0 || conv > 3 || (tile != 2 && tile != 4) || isa < -1 || isa > 2) {
-    PyErr_Format(PyExc_ValueError, "set_cpu_options: conv %d, winograd_tile %d or isa %d out of range", conv, tile,
-                 isa);
+  int conv = 0, tile = 4, isa = -1, poison = 0, prefetch = 0;
+  if (!PyArg_ParseTuple(args, "iiipi", &conv, &tile, &isa, &poison, &prefetch)) return nullptr;
+  if (conv < 0 || conv > 3 || (tile != 2 && tile != 4) || isa < -1 || isa > 2 || prefetch < 0 || prefetch > 2) {
+    PyErr_Format(PyExc_ValueError, "set_cpu_options: conv %d, winograd_tile %d, isa %d or prefetch %d out of range",
+                 conv, tile, isa, prefetch);
     return nullptr;
   }
   auto& options = drn::cpu::cpu_options();
@@ -51,12 +52,14 @@ PyObject* set_cpu_options(PyObject*, PyObject* args) {
   options.winograd_tile.store(tile);
   options.isa.store(isa);
   options.poison.store(poison != 0);
+  options.prefetch.store(prefetch);
   Py_RETURN_NONE;
 }
 
 PyMethodDef methods[] = {
     {"set_cpu_options", set_cpu_options, METH_VARARGS,
-     "set_cpu_options(conv, winograd_tile, isa, poison): the cpu backend's settings (see csrc/cpu/cpu_options.h)."},
+     "set_cpu_options(conv, winograd_tile, isa, poison, prefetch): the cpu backend's settings "
+     "(see csrc/cpu/cpu_options.h)."},
     {"has_cuda", has_cuda, METH_NOARGS, "True when the CUDA kernels (csrc/cuda) were compiled in."},
     {"has_openmp", has_openmp, METH_NOARGS, "True when the CPU kernels were compiled with OpenMP (parallel)."},
     {nullptr, nullptr, 0, nullptr},

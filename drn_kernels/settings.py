@@ -51,6 +51,10 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
     Setting("DRN_CPU_ISA", "choice", ("best", "baseline", "avx2", "avx512"), "best",
             "which build of the cpu backend's own kernels runs — Winograd transforms and GEMM (bfloat16 GEMM: "
             "avx512 only) — capped by what the CPU has; tests and benchmarks"),
+    Setting("DRN_CPU_PREFETCH", "choice", ("auto", "l1", "l2"), "auto",
+            "where the cpu backend's GEMM prefetches the next slice of packed weights: auto: into L1 where L1d is "
+            ">= 48 KB, else into L2 (measured on Zen 4's 32 KB L1); l1, l2: that one (the speed changes, never "
+            "the answer); tests and benchmarks"),
     Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests"),
     # ---- Triton ----
     Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests"),
@@ -136,17 +140,19 @@ class CpuOptions(NamedTuple):
     winograd_tile: int   # DRN_WINOGRAD_TILE
     isa: str             # DRN_CPU_ISA
     poison: bool         # DRN_CPU_POISON
+    prefetch: str        # DRN_CPU_PREFETCH
 
-    def codes(self) -> tuple[int, int, int, bool]:
-        """(conv, tile, isa, poison) as csrc/cpu/cpu_options.h numbers them."""
+    def codes(self) -> tuple[int, int, int, bool, int]:
+        """(conv, tile, isa, poison, prefetch) as csrc/cpu/cpu_options.h numbers them."""
         conv = TABLE["DRN_CPU_CONV"].choices.index(self.conv)
         isa = TABLE["DRN_CPU_ISA"].choices.index(self.isa) - 1   # -1 = best, 0 baseline, 1 avx2, 2 avx512
-        return conv, self.winograd_tile, isa, self.poison
+        prefetch = TABLE["DRN_CPU_PREFETCH"].choices.index(self.prefetch)  # 0 auto, 1 l1, 2 l2
+        return conv, self.winograd_tile, isa, self.poison, prefetch
 
 
 def cpu_options() -> CpuOptions:
     return CpuOptions(choice("DRN_CPU_CONV"), int(choice("DRN_WINOGRAD_TILE")), choice("DRN_CPU_ISA"),
-                      flag("DRN_CPU_POISON"))
+                      flag("DRN_CPU_POISON"), choice("DRN_CPU_PREFETCH"))
 
 
 def markdown_table() -> str:

@@ -63,7 +63,7 @@ def require_backend(backend: str, device="cpu"):
     pytest.skip(f"backend {backend!r} unavailable: {reason}")
 
 
-CPU_SETTINGS = ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON")
+CPU_SETTINGS = ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON", "DRN_CPU_PREFETCH")
 
 
 @pytest.fixture

@@ -53,6 +53,34 @@ def test_bit_identical_across_isas(monkeypatch):
     assert torch.equal(outs["baseline"], outs["avx2"]) and torch.equal(outs["avx2"], outs["avx512"])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_bit_identical_across_prefetch_targets(monkeypatch, isa):
+    """DRN_CPU_PREFETCH=l1|l2 runs the other instantiation of every kernel (only one of them is the default on a
+    given CPU): both correct against float64 and equal bit for bit, float32 and (AVX512-BF16 CPUs) bfloat16."""
+    monkeypatch.setenv("DRN_CPU_ISA", isa)
+    a, b = _rand(3, 31, 77, seed=6), _rand(3, 77, 70, seed=7)
+    outs = {}
+    for where in ("l1", "l2", "auto"):
+        monkeypatch.setenv("DRN_CPU_PREFETCH", where)
+        outs[where] = _gemm(a, b)
+        assert_within_torch_error(outs[where], torch.bmm(a, b), torch.bmm(a.double(), b.double()),
+                                  what=f"gemm {isa} prefetch {where}")
+    assert torch.equal(outs["l1"], outs["l2"]) and torch.equal(outs["l1"], outs["auto"])
+    if isa == "avx512" and torch.ops.drn.cpu_isa() == "avx512":
+        ab, bb = a.bfloat16(), b.bfloat16()
+        try:
+            bf = {}
+            for where in ("l1", "l2"):
+                monkeypatch.setenv("DRN_CPU_PREFETCH", where)
+                bf[where] = _gemm(ab, bb)
+        except RuntimeError as e:  # no AVX512-BF16 on this CPU
+            assert "BF16" in str(e)
+            return
+        assert torch.equal(bf["l1"], bf["l2"])
+        exact = torch.bmm(ab.double(), bb.double())
+        assert (bf["l1"].double() - exact).abs().max() <= 1e-4 * exact.abs().max()  # exact products, fp32 sums
+
+
 def test_pack_layout():
     """Panels of 32 columns, each (K x 32) row-major, the last zero-padded."""
     b = _rand(2, 5, 40, seed=3)

@@ -69,13 +69,14 @@ def test_one_truthy_rule(monkeypatch):
 
 
 def test_cpu_options_defaults_and_codes(monkeypatch):
-    for name in ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON"):
+    for name in ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON", "DRN_CPU_PREFETCH"):
         monkeypatch.delenv(name, raising=False)
-    assert settings.cpu_options() == ("auto", 4, "best", False)
-    assert settings.cpu_options().codes() == (0, 4, -1, False)
+    assert settings.cpu_options() == ("auto", 4, "best", False, "auto")
+    assert settings.cpu_options().codes() == (0, 4, -1, False, 0)
     monkeypatch.setenv("DRN_CPU_CONV", "ATEN")
     monkeypatch.setenv("DRN_CPU_ISA", "avx2")
-    assert settings.cpu_options().codes() == (3, 4, 1, False)
+    monkeypatch.setenv("DRN_CPU_PREFETCH", "l2")
+    assert settings.cpu_options().codes() == (3, 4, 1, False, 2)
 
 
 def test_the_kernels_take_the_pushed_options(monkeypatch):

@@ -1,4 +1,4 @@
-// The cpu backend's settings (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_POISON): read and validated in
+// The cpu backend's settings (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_POISON, DRN_CPU_PREFETCH): read and validated in
 // Python by drn_kernels/settings.py, passed here once when the extension loads (drn_kernels._C.set_cpu_options,
 // csrc/drn_kernels.cpp) and whenever Python passes them again. The kernels never read the environment.
 #pragma once
@@ -15,6 +15,7 @@ struct CpuOptions {
   std::atomic<int> winograd_tile{4};  // 2 or 4
   std::atomic<int> isa{-1};           // -1 the best the CPU has, 0 baseline, 1 avx2, 2 avx512 (capped by the CPU)
   std::atomic<bool> poison{false};    // fill Winograd outputs with NaN before writing them (tests)
+  std::atomic<int> prefetch{0};       // the GEMM's prefetch target: 0 by L1 size (gemm.cpp), 1 L1, 2 L2
 };
 
 CpuOptions& cpu_options();

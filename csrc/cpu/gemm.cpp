@@ -166,13 +166,19 @@ constexpr int64_t kDepth = 256;
 // Where the kernels prefetch the next slice of b while they work on this one: into L1 (T0) where L1 is 48 KB or
 // more (Zen 5, Sapphire Rapids: measured there, 82-93% of the FMA peak), into L2 (T1) on a smaller L1 (Zen 4's
 // 32 KB, where the next 32 KB slice evicted the one still in use: 1 thread, AVX2 0.41-0.76 of the FMA peak with T0
-// against 0.57-0.85 with T1 on the Winograd shapes, AVX-512 about the same). glibc reads the size from CPUID.
+// against 0.57-0.85 with T1 on the Winograd shapes, AVX-512 about the same). glibc reads the size from CPUID; where
+// it is unknown (another libc, or 0), L2. DRN_CPU_PREFETCH=l1|l2 forces one (tests run both; results are equal).
 // The prefetches' locality (__builtin_prefetch's third argument): 3 = into L1 (prefetcht0), 2 = into L2 (prefetcht1).
 constexpr int kToL1 = 3, kToL2 = 2;
 
 bool prefetch_to_l1() {
-  static const bool l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
-  return l1;
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+  static const bool large_l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
+#else
+  static const bool large_l1 = false;
+#endif
+  const int asked = cpu_options().prefetch.load(std::memory_order_relaxed);  // 0 auto, 1 L1, 2 L2
+  return asked == 0 ? large_l1 : asked == 1;
 }
 
 template <int Locality>
