@@ -54,12 +54,13 @@ namespace {
 // a's end for the last block: harmless, prefetches never fault). Measured on Zen 4, 1 thread, AVX-512, with a and
 // c of the benchmark's Winograd shapes in L3: 36×784×64² 61-66% → 80-85% of the FMA peak, 36×196×128² 71-75% →
 // 87-91%, the 512-channel shapes unchanged (85-92%).
-// __builtin_prefetch(base + offset elements): the address computed as an integer, since a pointer past the end of
-// an array (the last block's "next" rows, the AVX2 half block's second line) would be undefined behaviour.
-template <int Write, class E>
+// __builtin_prefetch(base + offset elements, Write, Locality): the address computed as an integer, since a pointer
+// past the end of an array (the last block's "next" rows, the slice of b after a panel's last one, the AVX2 half
+// block's second line) would be undefined behaviour.
+template <int Write, int Locality = 3, class E>
 [[gnu::always_inline]] inline void prefetch_at(const E* base, int64_t offset) {
   __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(base) + sizeof(E) * offset),
-                     Write, 3);
+                     Write, Locality);
 }
 template <int MR>
 [[gnu::always_inline]] inline void prefetch_c_rows(const float* c, int64_t ldc) {
@@ -89,8 +90,8 @@ template <int MR, class E>
     for (int64_t p = 0; p < k; ++p) {                                                   \
       if (p % 16 == 0) prefetch_next_rows<MR>(a, lda, p);                               \
       const V b0 = load(b + p * kPanel), b1 = load(b + p * kPanel + lanes);             \
-      __builtin_prefetch(b + (p + k) * kPanel, 0, Locality);                            \
-      __builtin_prefetch(b + (p + k) * kPanel + 16, 0, Locality);                       \
+      prefetch_at<0, Locality>(b, (p + k) * kPanel);                                    \
+      prefetch_at<0, Locality>(b, (p + k) * kPanel + 16);                               \
       _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                           \
         const V ar = broadcast(a + r * lda + p);                                        \
         lo[r] = fmadd(ar, b0, lo[r]);                                                   \
@@ -151,8 +152,8 @@ template <int MR, int Locality>
     if (p % 16 == 0) prefetch_next_rows<MR>(a, lda, 2 * p);
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * 2 * kPanel);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * 2 * kPanel + kPanel);
-    __builtin_prefetch(b + (p + k) * 2 * kPanel, 0, Locality);
-    __builtin_prefetch(b + (p + k) * 2 * kPanel + kPanel, 0, Locality);
+    prefetch_at<0, Locality>(b, (p + k) * 2 * kPanel);
+    prefetch_at<0, Locality>(b, (p + k) * 2 * kPanel + kPanel);
 #pragma GCC unroll 14
     for (int r = 0; r < MR; ++r) {
       int32_t pair;
