@@ -5,7 +5,8 @@ V = Bᵀ d B and U = G g Gᵀ to bfloat16, the operands of its `vdpbf16ps` GEMM,
 script emulates that for F(m×n, 3×3) with Toom-Cook matrices built from interpolation points (any m, n, including
 rectangular tiles), on DRN-like layers (ReLU inputs, He-initialised weights, bf16-valued), and prints each tile's
 max error against the float64 convolution divided by torch's own bfloat16 convolution's error on the same inputs
-— the measure the project's kernel tests bound by 4 — together with the multiplies per output it would save.
+— the measure the project's kernel tests bound by 4 (tests/tolerance.py: FACTOR) — together with the multiplies
+per output it would save.
 
     python benchmarks/bf16_winograd_error.py [--channels 128 256] [--size 28] [--seeds 2]
 

@@ -4,6 +4,7 @@ is the one the cpu kernel's choice rests on."""
 import pytest
 import torch
 import torch.nn.functional as F
+from tolerance import FACTOR
 
 from benchmarks import bf16_winograd_error as emu
 
@@ -19,7 +20,8 @@ def test_float64_winograd_is_the_convolution(tile):
 
 def test_bf16_error_grows_with_the_tile():
     ratios = {tile: max(emu.error_ratio(32, 12, tile, seed) for seed in range(2)) for tile in [(2, 2), (4, 4)]}
-    assert 0 < ratios[(2, 2)] < 4 < ratios[(4, 4)], ratios  # F(2x2) within the kernel tests' bound, F(4x4) not
+    # F(2x2) within the kernel tests' bound (measured here 1.7-1.8 vs 21-29 for F(4x4)), F(4x4) far outside it
+    assert 0 < ratios[(2, 2)] < FACTOR < ratios[(4, 4)], ratios
 
 
 def test_toom_cook_refuses_a_wrong_point_count():

@@ -50,6 +50,7 @@ def test_readme_table_is_the_table():
 
 @pytest.mark.parametrize("name, bad", [("DRN_FORCE_CPU", "maybe"), ("DRN_CPU_CONV", "fast"),
                                        ("DRN_WINOGRAD_TILE", "3"), ("DRN_CPU_ISA", "neon"),
+                                       ("DRN_CPU_PREFETCH", "l3"),
                                        ("DRN_BENCH_THREADS", "-2"), ("DRN_BENCH_THREADS", "two")])
 def test_bad_values_raise_naming_the_variable(monkeypatch, name, bad):
     with pytest.raises(ValueError, match=name) as err:
