@@ -17,7 +17,8 @@
 //          block's a rows (prefetch_c_rows, prefetch_next_rows), which live in L3 for the Winograd chunks. The
 //          caller's a rows are padded by a cache line (gemm.h: padded_row) so a block's rows do not share L1 sets.
 // bfloat16: the same loops with AVX512-BF16's vdpbf16ps (a pair of k per step, float32 accumulators): block_bf16.
-// Threads: at::parallel_for over (problem, panel) pairs; no thread pool of MKL's own.
+// Threads: at::parallel_for over (problem, panel) pairs (split by rows where the problems' row ranges differ); no
+//          thread pool of MKL's own.
 // ISA:     cpu_isa(): AVX-512F, AVX2+FMA or the baseline (a plain loop), each compiled with its own target
 //          attribute, so one build runs on every x86-64 CPU; DRN_CPU_ISA forces a lower one (tests, benchmarks).
 #include "cpu/gemm.h"
@@ -233,26 +234,51 @@ Kernels<float> kernels_for(Isa isa) {
 // bfloat16 (step 2: k counts pairs). b's panel holds kPanel·step elements per k.
 template <class E, int Step>
 void drive(const Kernels<E>& kern, int64_t batch, int64_t m, int64_t k, int64_t panels, const E* a, int64_t lda,
-           int64_t a_batch, const E* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch) {
-  if (batch == 0 || m == 0 || panels == 0) return;
-  at::parallel_for(0, batch * panels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item / panels, q = item % panels;
-      const E* at = a + t * a_batch;
-      const E* bt = b + t * b_batch + q * k * kPanel * Step;
-      float* ct = c + t * c_batch + q * kPanel;
-      if (k == 0) {
-        for (int64_t i = 0; i < m; ++i) std::fill(ct + i * ldc, ct + i * ldc + kPanel, 0.f);
-        continue;
+           int64_t a_batch, const E* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch,
+           const RowRange* rows) {
+  if (batch == 0 || panels == 0 || (rows == nullptr && m == 0)) return;
+  const auto range = [&](int64_t t) { return rows != nullptr ? rows[t] : RowRange{0, m}; };
+  const auto run = [&](int64_t item) {
+    const int64_t t = item / panels, q = item % panels;
+    const auto [first, last] = range(t);
+    const E* at = a + t * a_batch;
+    const E* bt = b + t * b_batch + q * k * kPanel * Step;
+    float* ct = c + t * c_batch + q * kPanel;
+    if (k == 0) {
+      for (int64_t i = first; i < last; ++i) std::fill(ct + i * ldc, ct + i * ldc + kPanel, 0.f);
+      return;
+    }
+    for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
+      const int64_t depth = std::min(kDepth, k - p0);
+      for (int64_t i = first; i < last; i += kern.max_rows) {
+        const int64_t n = std::min<int64_t>(kern.max_rows, last - i);
+        kern.rows[n - 1](depth, at + i * lda + p0 * Step, lda, bt + p0 * kPanel * Step, ct + i * ldc, ldc, p0 > 0);
       }
-      for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
-        const int64_t depth = std::min(kDepth, k - p0);
-        for (int64_t i = 0; i < m; i += kern.max_rows) {
-          const int64_t rows = std::min<int64_t>(kern.max_rows, m - i);
-          kern.rows[rows - 1](depth, at + i * lda + p0 * Step, lda, bt + p0 * kPanel * Step, ct + i * ldc, ldc,
-                              p0 > 0);
-        }
-      }
+    }
+  };
+  const int64_t items = batch * panels;
+  const int threads = at::get_num_threads();
+  if (rows == nullptr || threads == 1) {
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) run(item);
+    });
+    return;
+  }
+  // Problems of unequal row counts: each thread takes the items, in order, that bring the rows done so far to its
+  // share (the even split of at::parallel_for would leave one thread the long problems).
+  int64_t total = 0;
+  for (int64_t t = 0; t < batch; ++t) total += std::max<int64_t>(range(t).end - range(t).begin, 0) * panels;
+  if (total == 0) return;
+  std::vector<int64_t> start(threads + 1, items);
+  start[0] = 0;
+  int64_t done = 0, next = 1;
+  for (int64_t item = 0; item < items && next < threads; ++item) {
+    done += std::max<int64_t>(range(item / panels).end - range(item / panels).begin, 0);
+    while (next < threads && done * threads >= total * next) start[next++] = item + 1;
+  }
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      for (int64_t item = start[j]; item < start[j + 1]; ++item) run(item);
     }
   });
 }
@@ -272,8 +298,8 @@ void pack_b(const float* src, int64_t rows, int64_t n, int64_t ld, float* dst) {
 }
 
 void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const float* a, int64_t lda, int64_t a_batch,
-                 const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch) {
-  drive<float, 1>(kernels_for(cpu_isa()), batch, m, k, panels, a, lda, a_batch, b, b_batch, c, ldc, c_batch);
+                 const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch, const RowRange* rows) {
+  drive<float, 1>(kernels_for(cpu_isa()), batch, m, k, panels, a, lda, a_batch, b, b_batch, c, ldc, c_batch, rows);
 }
 
 bool gemm_bf16_supported() {
@@ -299,13 +325,13 @@ void pack_b_bf16(const float* src, int64_t rows, int64_t n, int64_t ld, c10::BFl
 
 void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, const c10::BFloat16* a, int64_t lda,
                       int64_t a_batch, const c10::BFloat16* b, int64_t b_batch, float* c, int64_t ldc,
-                      int64_t c_batch) {
+                      int64_t c_batch, const RowRange* rows) {
   TORCH_CHECK(gemm_bf16_supported(), "gemm_packed_bf16: this CPU has no AVX512-BF16 (or DRN_CPU_ISA forbids it)");
   TORCH_CHECK(lda % 2 == 0 && a_batch % 2 == 0, "gemm_packed_bf16: a's strides must be even");
   const Kernels<uint16_t> kern{
       prefetch_to_l1() ? block_bf16_rows<kToL1>.data() : block_bf16_rows<kToL2>.data(), 14};
   drive<uint16_t, 2>(kern, batch, m, pairs, panels, reinterpret_cast<const uint16_t*>(a), lda, a_batch,
-                     reinterpret_cast<const uint16_t*>(b), b_batch, c, ldc, c_batch);
+                     reinterpret_cast<const uint16_t*>(b), b_batch, c, ldc, c_batch, rows);
 }
 
 std::vector<int64_t> packed_shape(int64_t batch, int64_t k, int64_t n, bool bf16) {

@@ -30,12 +30,21 @@ inline int64_t padded_row(int64_t k) { return k + 16; }
 // Packs src (rows × n, row-major, row stride `ld`) into dst (panels_of(n) × rows × kPanel floats).
 void pack_b(const float* src, int64_t rows, int64_t n, int64_t ld, float* dst);
 
+// The rows [begin, end) of one problem's c that a caller needs (the Winograd convolution skips the tiles whose
+// outputs at a transform point are all outside the image).
+struct RowRange {
+  int64_t begin, end;
+};
+
 // c[i][j] = Σ_p a[i][p] · b[p][j] for i < m, j < panels·kPanel (the padded columns come out 0), for each of
 // `batch` independent problems: a + t·a_batch (m × k, row stride lda), packed b + t·b_batch (pack_b), c + t·c_batch
-// (m × panels·kPanel, row stride ldc ≥ panels·kPanel). Threads: at::parallel_for over (problem, panel) pairs;
-// call it from outside any parallel region.
+// (m × panels·kPanel, row stride ldc ≥ panels·kPanel). rows (batch entries, or nullptr for all m): only rows
+// rows[t].begin ≤ i < rows[t].end of problem t are computed, the others left as they are. Threads: at::parallel_for
+// over (problem, panel) pairs, split so that each thread gets about the same number of rows; call it from outside
+// any parallel region.
 void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const float* a, int64_t lda, int64_t a_batch,
-                 const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch);
+                 const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch,
+                 const RowRange* rows = nullptr);
 
 // bfloat16: whether gemm_packed_bf16 runs here (AVX512-BF16, and DRN_CPU_ISA allows AVX-512).
 bool gemm_bf16_supported();
@@ -48,7 +57,7 @@ void pack_b_bf16(const float* src, int64_t rows, int64_t n, int64_t ld, c10::BFl
 // by the caller; lda and a_batch even), b from pack_b_bf16. Products are exact in float32; each step adds two.
 void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, const c10::BFloat16* a, int64_t lda,
                       int64_t a_batch, const c10::BFloat16* b, int64_t b_batch, float* c, int64_t ldc,
-                      int64_t c_batch);
+                      int64_t c_batch, const RowRange* rows = nullptr);
 
 // The packed layout's shape for `batch` (k × n) matrices: float32 (batch, panels_of(n), k, kPanel), bfloat16
 // (batch, panels_of(n), ceil(k/2), kPanel, 2). The one rule: the Winograd weight form and drn::gemm_pack_b use it.
