@@ -143,6 +143,8 @@ WINOGRAD_CASES = [
     pytest.param(2, 21, 37, 17, 23, 3, id="tails-d3"),
     pytest.param(1, 5, 70, 7, 9, 8, id="dilation-beyond-map"),
     pytest.param(2, 64, 64, 130, 126, 1, id="multi-chunk"),
+    # partial tiles (phases of 21/20 rows, 20/19 columns) in every class, whose ranges cross chunk boundaries
+    pytest.param(4, 64, 64, 61, 59, 3, id="multi-chunk-d3"),
     pytest.param(0, 64, 64, 9, 9, 2, id="empty-batch"),
 ]
 
@@ -171,6 +173,24 @@ def test_winograd_parity(monkeypatch, isa, tile, n, c, k, h, w, dil):
             assert not y.isnan().any()
             scale = max(ref.abs().max().item() if ref.numel() else 1.0, 1.0)
             assert _max_err(y, ref) <= (2e-6 if tile == "2" else 2e-5) * scale
+
+
+def test_winograd_bf16_partial_tiles_across_chunks(monkeypatch):
+    """bfloat16 Winograd F(2x2) where partial tiles (odd phases at dilation 3) come in all four classes and their
+    GEMM row ranges cross workspace chunks (4 images of 3 x 61x59 phases = 3720 tiles, chunks of 2048): every
+    output written (poisoned), within the 4x-torch bound of the bf16 parity test."""
+    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    monkeypatch.setenv("DRN_CPU_POISON", "1")
+    x = _rand(4, 64, 61, 59, dtype=torch.bfloat16, fmt=CL, seed=27)
+    wt = _rand(64, 64, 3, 3, dtype=torch.bfloat16, scale=(9 * 64) ** -0.5, seed=28)
+    b = _rand(64, dtype=torch.bfloat16, seed=29)
+    if torch.ops.drn.cpu_winograd_tiles(x, wt, [1, 1]) != [2]:
+        pytest.skip("bfloat16 Winograd needs AVX512-BF16")
+    y = drn_kernels.conv_bn_act(x, wt, b, padding=3, dilation=3, relu=False, backend="cpu")
+    ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [1, 1], [3, 3], [3, 3], None, False)
+    own = _torch_same_dtype_conv(x, wt, b, 1, 3, 3, None, False)
+    assert not y.isnan().any()
+    assert _max_err(y, ref) <= 4 * _max_err(own, ref) + 1e-3 * ref.abs().max().item()
 
 
 def test_winograd_is_the_default_for_wide_fp32_3x3(monkeypatch):
