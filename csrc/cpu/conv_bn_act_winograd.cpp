@@ -24,9 +24,9 @@
 // Epilogue in the output transform: bias, residual, ReLU, stored straight into the channels_last output.
 // Threads: the transforms split the chunk's tiles, the GEMMs the (ξ, column panel) pairs, with at::parallel_for.
 // bfloat16 (F(2×2) only, AVX512-BF16): x, the residual and the output in bf16; the transforms in float32; V and U
-//   rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16), M in float32. The two extra roundings put the
-//   error at 1.4–2.1× torch's own bf16 convolution on DRN layers; in F(4×4) (factors up to 25) it was ~15×, so
-//   that tile is refused (winograd_tiles, winograd_weight).
+//   rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16; V by vcvtneps2bf16: store_v), M in float32.
+//   The two extra roundings put the error at 1.4–2.1× torch's own bf16 convolution on DRN layers; in F(4×4)
+//   (factors up to 25) it was ~15×, so that tile is refused (winograd_tiles, winograd_weight).
 #include "cpu/conv_bn_act_winograd.h"
 #include "cpu/cpu_options.h"
 #include "cpu/gemm.h"
@@ -153,6 +153,27 @@ template <class E>
   std::copy(tmp, tmp + n, p);
 }
 
+// V's rounding on the bf16 path (whose CPUs all have AVX512-BF16): vcvtneps2bf16, round to nearest even like
+// store() in one instruction instead of seven; it differs from c10::BFloat16 only for float32 subnormals (flushed
+// to ±0) and NaN payloads (kept, quieted). V is the GEMM's operand, never an output. Inline assembly: an intrinsic
+// would need the target attribute on every function it is inlined through.
+[[gnu::always_inline]] inline void store_bf16_hw(c10::BFloat16* p, vec v) {
+  hvec h;
+  asm("vcvtneps2bf16 %1, %0" : "=v"(h) : "v"(v));
+  *reinterpret_cast<hvec_u*>(p) = h;
+}
+template <bool Hw, class E>
+[[gnu::always_inline]] inline void store_v(E* p, vec v, int64_t n) {
+  if constexpr (Hw && std::is_same_v<E, c10::BFloat16>) {
+    if (n == kLanes) return store_bf16_hw(p, v);
+    alignas(64) E tmp[kLanes];
+    store_bf16_hw(tmp, v);
+    std::copy(tmp, tmp + n, p);
+  } else {
+    store_n(p, v, n);
+  }
+}
+
 // out[i] = Σ_k mat[i][k] · in[k·step] with the constant matrix folded in (zeros skipped, ±1 as add/sub).
 template <int Rows, int Cols, const float (&Mat)[Rows][Cols]>
 [[gnu::always_inline]] inline void apply(const vec* in, int step, vec* out, int out_step) {
@@ -180,8 +201,8 @@ template <int Rows, int Cols, const float (&Mat)[Rows][Cols]>
 // tile's last output row (column) lies outside the image, and only that row (column) of Aᵀ M A reads M's last row
 // (column): so the GEMMs of the transform points in M's last row need classes 0-1 only, those in its last column
 // classes 1-2, the last point class 1 — contiguous tile ranges (needed_rows); the output transform reads zeros for
-// the M rows left unwritten (they would only reach outputs that are never stored). With DRN's 28×28 maps at dilation 4 (7 outputs
-// per phase) that skips 12% of F(2×2)'s products and 16% of F(4×4)'s.
+// the M rows left unwritten (they would only reach outputs that are never stored). With DRN's 28×28 maps at
+// dilation 4 (7 outputs per phase) that skips 12% of F(2×2)'s products and 16% of F(4×4)'s.
 struct TileGrid {
   const int64_t* ty;                 // tile origins along rows and columns (tile_origins)
   const int64_t* tx;
@@ -229,44 +250,56 @@ struct TileGrid {
 template <class E>
 struct InArgs {
   const E* x;                        // NHWC input
+  const E* zeros;                    // C zeros: the padding pixels' channels (no branch per load)
   int64_t H, W, C, ph, pw, dh, dw;
   TileGrid grid;
   E* v;                              // V chunk: tile i's row of plane ξ at v + ξ·plane + i·row
   int64_t plane, row;                // row = padded_row(C)
 };
 
-// Tiles [begin, end) of the chunk starting at global tile t0 → V.
-template <int M, class E>
-[[gnu::always_inline]] inline void in_tiles(const InArgs<E>& a, int64_t t0, int64_t begin, int64_t end) {
+// One channel group of one tile — 16 channels (Full), or the last n < 16 — d → Bᵀ d B → V (tile row v, planes
+// `plane` apart). Full groups' loads and stores have constant widths, and every field they need comes in a register
+// (V's stores may alias anything: fields read through a pointer would be reloaded after each one).
+template <int M, bool HwV, bool Full, class E>
+[[gnu::always_inline]] inline void in_group(const E* const* src, int64_t c0, int64_t n, E* v, int64_t plane) {
   using T = Transform<M>;
   constexpr int A = T::kAlpha;
+  const int64_t nc = Full ? kLanes : n;
+  vec d[A][A], t1[A][A], r[A][A];
+  for (int u = 0; u < A; ++u) {
+    for (int w = 0; w < A; ++w) d[u][w] = load_n(src[u * A + w] + c0, nc);
+  }
+  for (int w = 0; w < A; ++w) apply<A, A, T::BT>(&d[0][w], A, &t1[0][w], A);   // Bᵀ d
+  for (int u = 0; u < A; ++u) apply<A, A, T::BT>(&t1[u][0], 1, &r[u][0], 1);   // (Bᵀ d) B
+  for (int u = 0; u < A; ++u) {
+    for (int w = 0; w < A; ++w) store_v<HwV>(v + (u * A + w) * plane + c0, r[u][w], nc);
+  }
+}
+
+// Tiles [begin, end) of the chunk starting at global tile t0 → V.
+template <int M, bool HwV, class E>
+[[gnu::always_inline]] inline void in_tiles(const InArgs<E>& a, int64_t t0, int64_t begin, int64_t end) {
+  constexpr int A = Transform<M>::kAlpha;
+  const TileGrid grid = a.grid;
+  const E* const x = a.x;
+  const E* const zeros = a.zeros;
+  E* const v = a.v;
+  const int64_t H = a.H, W = a.W, C = a.C, ph = a.ph, pw = a.pw, dh = a.dh, dw = a.dw, plane = a.plane, row = a.row;
   for (int64_t i = begin; i < end; ++i) {
-    const auto [n, y0, x0] = a.grid.at(t0 + i);
-    const E* img = a.x + n * a.H * a.W * a.C;
-    const E* src[A][A];
+    const auto [n, y0, x0] = grid.at(t0 + i);
+    const E* img = x + n * H * W * C;
+    const E* src[A * A];
     for (int u = 0; u < A; ++u) {
-      const int64_t h = y0 - a.ph + a.dh * u;
+      const int64_t h = y0 - ph + dh * u;
       for (int w_ = 0; w_ < A; ++w_) {
-        const int64_t w = x0 - a.pw + a.dw * w_;
-        src[u][w_] = (h >= 0 && h < a.H && w >= 0 && w < a.W) ? img + (h * a.W + w) * a.C : nullptr;
+        const int64_t w = x0 - pw + dw * w_;
+        src[u * A + w_] = (h >= 0 && h < H && w >= 0 && w < W) ? img + (h * W + w) * C : zeros;
       }
     }
-    for (int64_t c0 = 0; c0 < a.C; c0 += kLanes) {
-      const int64_t nc = std::min<int64_t>(kLanes, a.C - c0);
-      vec d[A][A], t1[A][A], v[A][A];
-      for (int u = 0; u < A; ++u) {
-        for (int w_ = 0; w_ < A; ++w_) {
-          d[u][w_] = src[u][w_] == nullptr ? vec{} : load_n(src[u][w_] + c0, nc);
-        }
-      }
-      for (int w_ = 0; w_ < A; ++w_) apply<A, A, T::BT>(&d[0][w_], A, &t1[0][w_], A);   // Bᵀ d
-      for (int u = 0; u < A; ++u) apply<A, A, T::BT>(&t1[u][0], 1, &v[u][0], 1);        // (Bᵀ d) B
-      for (int u = 0; u < A; ++u) {
-        for (int w_ = 0; w_ < A; ++w_) {
-          store_n(a.v + (u * A + w_) * a.plane + i * a.row + c0, v[u][w_], nc);
-        }
-      }
-    }
+    E* const vi = v + i * row;
+    int64_t c0 = 0;
+    for (; c0 + kLanes <= C; c0 += kLanes) in_group<M, HwV, true>(src, c0, kLanes, vi, plane);
+    if (c0 < C) in_group<M, HwV, false>(src, c0, C - c0, vi, plane);
   }
 }
 
@@ -282,42 +315,64 @@ struct OutArgs {
   bool relu;
 };
 
+// One channel group of one tile (as in_group): M (tile row m, planes `plane` apart; the last row / column zeros
+// where cut) → Aᵀ M A + bias (+ residual), ReLU → the outputs at offsets at[u][w] (< 0: outside the image).
+template <int M, bool Full, class E>
+[[gnu::always_inline]] inline void out_group(const float* m, int64_t plane, bool row_cut, bool col_cut,
+                                             const int64_t* at, int64_t k0, int64_t n, const float* bias_,
+                                             const E* res, E* out, bool relu) {
+  using T = Transform<M>;
+  constexpr int A = T::kAlpha;
+  const int64_t nk = Full ? kLanes : n;
+  vec mm[A][A], s[M][A], y[M][M];
+  for (int u = 0; u < A; ++u) {
+    for (int w = 0; w < A; ++w) {
+      const bool skipped = (u == A - 1 && row_cut) || (w == A - 1 && col_cut);
+      mm[u][w] = skipped ? vec{} : load_n(m + (u * A + w) * plane + k0, nk);
+    }
+  }
+  for (int w = 0; w < A; ++w) apply<M, A, T::AT>(&mm[0][w], A, &s[0][w], A);  // Aᵀ M
+  for (int u = 0; u < M; ++u) apply<M, A, T::AT>(&s[u][0], 1, &y[u][0], 1);   // (Aᵀ M) A
+  const vec bias = load_n(bias_ + k0, nk);
+  for (int u = 0; u < M; ++u) {
+    for (int w = 0; w < M; ++w) {
+      const int64_t o = at[u * M + w];
+      if (o < 0) continue;
+      vec r = y[u][w] + bias;
+      if (res != nullptr) r += load_n(res + o + k0, nk);
+      if (relu) r = r < 0.f ? vec{} : r;  // torch.relu: NaN stays NaN
+      store_n(out + o + k0, r, nk);
+    }
+  }
+}
+
 // Tiles [begin, end) of the chunk starting at global tile t0: M → Aᵀ M A + bias (+ residual), ReLU → out.
 template <int M, class E>
 [[gnu::always_inline]] inline void out_tiles(const OutArgs<E>& a, int64_t t0, int64_t begin, int64_t end) {
-  using T = Transform<M>;
-  constexpr int A = T::kAlpha;
+  const TileGrid grid = a.grid;
+  const float* const m = a.m;
+  const float* const bias = a.bias;
+  const E* const res = a.res;
+  E* const out = a.out;
+  const int64_t plane = a.plane, row = a.row, K = a.K, P = a.P, Q = a.Q, dh = a.dh, dw = a.dw;
+  const bool relu = a.relu;
   for (int64_t i = begin; i < end; ++i) {
-    const auto [n, y0, x0] = a.grid.at(t0 + i);
-    const int64_t image = n * a.P * a.Q * a.K;
-    // a partial tile's M in the last row (column) was not computed (TileGrid): zeros, so no stale value is read
-    const bool row_cut = y0 + a.dh * (M - 1) >= a.P, col_cut = x0 + a.dw * (M - 1) >= a.Q;
-    for (int64_t k0 = 0; k0 < a.K; k0 += kLanes) {
-      const int64_t nk = std::min<int64_t>(kLanes, a.K - k0);
-      vec mm[A][A], s[M][A], y[M][M];
-      for (int u = 0; u < A; ++u) {
-        for (int w_ = 0; w_ < A; ++w_) {
-          const bool skipped = (u == A - 1 && row_cut) || (w_ == A - 1 && col_cut);
-          mm[u][w_] = skipped ? vec{} : load_n(a.m + (u * A + w_) * a.plane + i * a.row + k0, nk);
-        }
-      }
-      for (int w_ = 0; w_ < A; ++w_) apply<M, A, T::AT>(&mm[0][w_], A, &s[0][w_], A);  // Aᵀ M
-      for (int u = 0; u < M; ++u) apply<M, A, T::AT>(&s[u][0], 1, &y[u][0], 1);       // (Aᵀ M) A
-      const vec bias = load_n(a.bias + k0, nk);
-      for (int u = 0; u < M; ++u) {
-        const int64_t p = y0 + a.dh * u;
-        if (p >= a.P) continue;
-        for (int w_ = 0; w_ < M; ++w_) {
-          const int64_t q = x0 + a.dw * w_;
-          if (q >= a.Q) continue;
-          const int64_t at = image + (p * a.Q + q) * a.K + k0;
-          vec out = y[u][w_] + bias;
-          if (a.res != nullptr) out += load_n(a.res + at, nk);
-          if (a.relu) out = out < 0.f ? vec{} : out;  // torch.relu: NaN stays NaN
-          store_n(a.out + at, out, nk);
-        }
+    const auto [n, y0, x0] = grid.at(t0 + i);
+    int64_t at[M * M];
+    for (int u = 0; u < M; ++u) {
+      for (int w = 0; w < M; ++w) {
+        const int64_t p = y0 + dh * u, q = x0 + dw * w;
+        at[u * M + w] = p < P && q < Q ? ((n * P + p) * Q + q) * K : -1;
       }
     }
+    // a partial tile's M in the last row (column) was not computed (TileGrid): zeros, so no stale value is read
+    const bool row_cut = y0 + dh * (M - 1) >= P, col_cut = x0 + dw * (M - 1) >= Q;
+    const float* const mi = m + i * row;
+    int64_t k0 = 0;
+    for (; k0 + kLanes <= K; k0 += kLanes) {
+      out_group<M, true>(mi, plane, row_cut, col_cut, at, k0, kLanes, bias, res, out, relu);
+    }
+    if (k0 < K) out_group<M, false>(mi, plane, row_cut, col_cut, at, k0, K - k0, bias, res, out, relu);
   }
 }
 
@@ -326,7 +381,7 @@ template <int M, class E>
 #define DRN_TILES(isa, target)                                                                          \
   template <int M, class E>                                                                             \
   target void in_tiles_##isa(const InArgs<E>& a, int64_t t0, int64_t b, int64_t e) {                    \
-    in_tiles<M>(a, t0, b, e);                                                                           \
+    in_tiles<M, false>(a, t0, b, e);                                                                    \
   }                                                                                                     \
   template <int M, class E>                                                                             \
   target void out_tiles_##isa(const OutArgs<E>& a, int64_t t0, int64_t b, int64_t e) {                  \
@@ -336,9 +391,16 @@ DRN_TILES(avx512, [[gnu::target("avx512f,avx512dq,avx512vl,avx2,fma")]])
 DRN_TILES(avx2, [[gnu::target("avx2,fma")]])
 DRN_TILES(baseline, )
 #undef DRN_TILES
+// bfloat16's input transform: AVX-512 with AVX512-BF16's rounding of V (store_v)
+template <int M>
+[[gnu::target("avx512f,avx512dq,avx512vl,avx512bf16,avx2,fma")]] void in_tiles_avx512bf16(
+    const InArgs<c10::BFloat16>& a, int64_t t0, int64_t b, int64_t e) {
+  in_tiles<M, true>(a, t0, b, e);
+}
 
 template <int M, class E>
 void in_tiles_on(Isa isa, const InArgs<E>& a, int64_t t0, int64_t b, int64_t e) {
+  if constexpr (std::is_same_v<E, c10::BFloat16>) return in_tiles_avx512bf16<M>(a, t0, b, e);  // run() checked
   isa == Isa::kAvx512 ? in_tiles_avx512<M, E>(a, t0, b, e)
   : isa == Isa::kAvx2 ? in_tiles_avx2<M, E>(a, t0, b, e)
                       : in_tiles_baseline<M, E>(a, t0, b, e);
@@ -353,8 +415,8 @@ void out_tiles_on(Isa isa, const OutArgs<E>& a, int64_t t0, int64_t b, int64_t e
 
 // U = G g Gᵀ for every (k, c), summed in float64 (G's 1/6, 1/12, 1/24 are inexact in binary) and rounded once,
 // packed for the GEMM: float32 weight → (α², panels_of(K), C, kPanel) float32 (pack_b); bfloat16 weight →
-// (α², panels_of(K), ceil(C/2), kPanel, 2) bfloat16 (pack_b_bf16). Nothing is cached here: a caller that runs one weight many times (drn.fused) keeps the
-// result (winograd_weight) and passes it back as `prepared`.
+// (α², panels_of(K), ceil(C/2), kPanel, 2) bfloat16 (pack_b_bf16). Nothing is cached here: a caller that runs one
+// weight many times (drn.fused) keeps the result (winograd_weight) and passes it back as `prepared`.
 template <int M>
 Tensor transformed_weight(const Tensor& weight) {
   constexpr int A = Transform<M>::kAlpha;
@@ -443,7 +505,11 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
                                    : at::empty({A * A, chunk, ldv}, xin.options());
   const int64_t panels = panels_of(K), kp = panels * kPanel;
   Tensor mbuf = at::empty({A * A, chunk, kp}, xin.options().dtype(at::kFloat));
-  const InArgs<E> in{xin.const_data_ptr<E>(), H, W, C, ph, pw, dh, dw, grid, vbuf.data_ptr<E>(), chunk * ldv, ldv};
+  // bfloat16 runs where the CPU has AVX512-BF16 only (winograd_computes): its transforms and GEMM use it
+  if constexpr (bf16) TORCH_CHECK(gemm_bf16_supported(), "conv_bn_act (cpu, winograd): bfloat16 needs AVX512-BF16");
+  const Tensor zeros = at::zeros({C}, xin.options());
+  const InArgs<E> in{xin.const_data_ptr<E>(), zeros.const_data_ptr<E>(), H, W, C, ph, pw, dh, dw, grid,
+                     vbuf.data_ptr<E>(), chunk * ldv, ldv};
   const Isa isa = cpu_isa();
   for (int64_t t0 = 0; t0 < total; t0 += chunk) {
     const int64_t tc = std::min(chunk, total - t0);
