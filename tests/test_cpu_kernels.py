@@ -177,7 +177,7 @@ def test_winograd_parity(monkeypatch, isa, tile, n, c, k, h, w, dil):
 
 def test_winograd_bf16_partial_tiles_across_chunks(monkeypatch):
     """bfloat16 Winograd F(2x2) where partial tiles (odd phases at dilation 3) come in all four classes and their
-    GEMM row ranges cross workspace chunks (4 images of 3 x 61x59 phases = 3720 tiles, chunks of 2048): every
+    GEMM row ranges cross workspace chunks (4 images of 3 x 61x59 phases = 3720 tiles, chunks of 2044): every
     output written (poisoned), within the 4x-torch bound of the bf16 parity test."""
     monkeypatch.setenv("DRN_CPU_CONV", "winograd")
     monkeypatch.setenv("DRN_CPU_POISON", "1")

@@ -496,7 +496,10 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   const AxisTiles ty = tile_origins(P, dh, M), tx = tile_origins(Q, dw, M);
   const TileGrid grid(ty, tx, N);
   const int64_t total = grid.total(N);
-  const int64_t chunk = std::clamp<int64_t>(kWorkspaceFloats / (A * A * std::max(C, K)), 1, total);
+  // chunks of whole GEMM register blocks (a 113-tile chunk left a 1-row block: ~1% of a float32 forward)
+  const int64_t block = gemm_block_rows(std::is_same_v<E, c10::BFloat16>);
+  const int64_t fit = kWorkspaceFloats / (A * A * std::max(C, K));
+  const int64_t chunk = std::clamp<int64_t>(fit > block ? fit / block * block : fit, 1, total);
 
   // V rows padded (gemm.h: padded_row); bf16 pairs channels, so an odd C gets a zero column (never written)
   constexpr bool bf16 = std::is_same_v<E, c10::BFloat16>;

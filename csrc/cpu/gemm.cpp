@@ -230,6 +230,10 @@ Kernels<float> kernels_for(Isa isa) {
   return prefetch_to_l1() ? kernels_for<kToL1>(isa) : kernels_for<kToL2>(isa);
 }
 
+Kernels<uint16_t> bf16_kernels() {
+  return {prefetch_to_l1() ? block_bf16_rows<kToL1>.data() : block_bf16_rows<kToL2>.data(), 14};
+}
+
 // The loop over (problem, panel) pairs, k blocks and row blocks, for float32 (step 1: k counts columns of a) and
 // bfloat16 (step 2: k counts pairs). b's panel holds kPanel·step elements per k.
 template <class E, int Step>
@@ -302,6 +306,8 @@ void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const floa
   drive<float, 1>(kernels_for(cpu_isa()), batch, m, k, panels, a, lda, a_batch, b, b_batch, c, ldc, c_batch, rows);
 }
 
+int64_t gemm_block_rows(bool bf16) { return bf16 ? bf16_kernels().max_rows : kernels_for(cpu_isa()).max_rows; }
+
 bool gemm_bf16_supported() {
   static const bool has = __builtin_cpu_supports("avx512bf16");
   return has && cpu_isa() == Isa::kAvx512;
@@ -328,9 +334,7 @@ void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, c
                       int64_t c_batch, const RowRange* rows) {
   TORCH_CHECK(gemm_bf16_supported(), "gemm_packed_bf16: this CPU has no AVX512-BF16 (or DRN_CPU_ISA forbids it)");
   TORCH_CHECK(lda % 2 == 0 && a_batch % 2 == 0, "gemm_packed_bf16: a's strides must be even");
-  const Kernels<uint16_t> kern{
-      prefetch_to_l1() ? block_bf16_rows<kToL1>.data() : block_bf16_rows<kToL2>.data(), 14};
-  drive<uint16_t, 2>(kern, batch, m, pairs, panels, reinterpret_cast<const uint16_t*>(a), lda, a_batch,
+  drive<uint16_t, 2>(bf16_kernels(), batch, m, pairs, panels, reinterpret_cast<const uint16_t*>(a), lda, a_batch,
                      reinterpret_cast<const uint16_t*>(b), b_batch, c, ldc, c_batch, rows);
 }
 

@@ -46,6 +46,10 @@ void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const floa
                  const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch,
                  const RowRange* rows = nullptr);
 
+// The rows of gemm_packed's (bf16: gemm_packed_bf16's) register blocks on this CPU (cpu_isa()): a problem whose row
+// count is a multiple of it has no partial block (AVX-512 and bf16: 14, AVX2: 6, baseline: 4).
+int64_t gemm_block_rows(bool bf16);
+
 // bfloat16: whether gemm_packed_bf16 runs here (AVX512-BF16, and DRN_CPU_ISA allows AVX-512).
 bool gemm_bf16_supported();
 
