@@ -6,9 +6,15 @@
 // Tiling:  register blocks of MR rows × one panel — AVX-512: MR = 14 rows × 32 columns = 28 zmm accumulators,
 //          + 2 for the panel row + 1 broadcast (of 32 registers); AVX2: MR = 6 rows × 16 columns (half a panel)
 //          = 12 ymm accumulators + 2 + 1 (of 16). Per step p: load the panel row, broadcast a[i][p] for each row,
-//          2·MR FMAs; the accumulators never leave registers until the block is done. The last rows of a
-//          problem use the same kernel instantiated for fewer rows (full speed down to ~4 rows: enough
-//          independent accumulators to cover the FMA latency on two FMA ports).
+//          2·MR FMAs; the accumulators never leave registers until the block is done. A problem's rows are cut
+//          into blocks of MR rows and a last one of fewer, each run by the kernel instantiated for its row
+//          count: a kernel is at full speed down to 4 rows (enough independent accumulators to cover the FMA
+//          latency on two FMA ports), a 1-row block at about a quarter of it; so where the last block would
+//          have 1-3 rows, the same number of blocks is given sizes that differ by at most one (49 rows on
+//          AVX2: 6,6,6,6,5,5,5,5,5 rather than 8 × 6 + 1; not always: on AVX-512 49 = 3 × 14 + 7 ran 2-5%
+//          faster than 13,12,12,12). Zen 4, 1 thread, AVX2, three interleaved runs (best of 60 calls each):
+//          36×49×512² 80.3-80.9% → 81.9-85.6% of the FMA peak, 36×49×256² 81.0-85.3% → 82.6-90.9%, 8×49×512²
+//          83.1-85.4% → 89.5-92.6%.
 //          Cache: a thread takes (problem, panel) pairs in order, so it walks one problem's a (tiles × channels,
 //          ≤ ~0.5 MB for the Winograd chunks) from L2 panel after panel; k runs in blocks of kDepth = 256, so a
 //          block's slice of the b panel (256 × 32 floats, 32 KB) stays in L1 over all the row blocks, and each
@@ -49,26 +55,27 @@ namespace {
 // ---- register kernels: c (MR × 32, row stride ldc) = a (MR × k, row stride lda) · one packed panel -------------
 
 // Prefetches that keep a block's memory traffic off its critical path (the Winograd chunks' a and c, ~8 MB each,
-// live in L3 rather than L2): at the start of a block, its MR c rows (32 floats = two lines each; stored at the end,
+// live in L3 rather than L2): at the start of a block, its MR c rows (the lines it covers: two of 16 floats, one
+// for the AVX2 half block; stored at the end,
 // so the lines arrive while it computes; emitted as prefetcht0, the ISA targets leaving out PRFCHW); every 16 steps
 // of p (one line of a row: 16 floats, or 16 bf16 pairs), the same line of each of the *next* block's MR rows (past
 // a's end for the last block: harmless, prefetches never fault). Measured on Zen 4, 1 thread, AVX-512, with a and
 // c of the benchmark's Winograd shapes in L3: 36×784×64² 61-66% → 80-85% of the FMA peak, 36×196×128² 71-75% →
 // 87-91%, the 512-channel shapes unchanged (85-92%).
 // __builtin_prefetch(base + offset elements, Write, Locality): the address computed as an integer, since a pointer
-// past the end of an array (the last block's "next" rows, the slice of b after a panel's last one, the AVX2 half
-// block's second line) would be undefined behaviour.
+// past the end of an array (the last block's "next" rows, the slice of b after a panel's last one) would be
+// undefined behaviour.
 template <int Write, int Locality = 3, class E>
 [[gnu::always_inline]] inline void prefetch_at(const E* base, int64_t offset) {
   __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(base) + sizeof(E) * offset),
                      Write, Locality);
 }
-template <int MR>
+template <int MR, int Lines>
 [[gnu::always_inline]] inline void prefetch_c_rows(const float* c, int64_t ldc) {
 #pragma GCC unroll 14
   for (int r = 0; r < MR; ++r) {
     prefetch_at<1>(c, r * ldc);
-    prefetch_at<1>(c, r * ldc + 16);
+    if (Lines > 1) prefetch_at<1>(c, r * ldc + 16);
   }
 }
 template <int MR, class E>
@@ -78,12 +85,16 @@ template <int MR, class E>
 }
 
 // Two vectors of columns (32 on AVX-512: the whole panel; 16 on AVX2: half of it, b's row stride stays kPanel)
-// for MR rows: 2·MR accumulators. One body for both ISAs, instantiated with each one's intrinsics.
-#define DRN_TWO_VECTOR_BLOCK(name, target, V, lanes, zero, load, broadcast, fmadd, store) \
+// for MR rows: 2·MR accumulators. One body for both ISAs, instantiated with each one's intrinsics. lines: the cache
+// lines of a panel row the block reads (2; the AVX2 half block 1), and so the lines of b and c it prefetches — were
+// each AVX2 half block to prefetch both lines, every step would carry two needless prefetches beside its 8 loads
+// and 12 FMAs. Zen 4, 1 thread, AVX2, four interleaved runs (best of 60 calls): 36×49×512² 74-77% → 81-87% of
+// the FMA peak, 36×113×512² 79-85% → 89-92%, 36×49×256² 77-82% → 83-91%.
+#define DRN_TWO_VECTOR_BLOCK(name, target, V, lanes, zero, load, broadcast, fmadd, store, lines) \
   template <int MR, int Locality>                                                       \
   target void name(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, bool add) { \
     V lo[MR], hi[MR];                                                                   \
-    prefetch_c_rows<MR>(c, ldc);                                                        \
+    prefetch_c_rows<MR, lines>(c, ldc);                                                 \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                             \
       lo[r] = add ? load(c + r * ldc) : zero();                                         \
       hi[r] = add ? load(c + r * ldc + lanes) : zero();                                 \
@@ -92,7 +103,7 @@ template <int MR, class E>
       if (p % 16 == 0) prefetch_next_rows<MR>(a, lda, p);                               \
       const V b0 = load(b + p * kPanel), b1 = load(b + p * kPanel + lanes);             \
       prefetch_at<0, Locality>(b, (p + k) * kPanel);                                    \
-      prefetch_at<0, Locality>(b, (p + k) * kPanel + 16);                               \
+      if (lines > 1) prefetch_at<0, Locality>(b, (p + k) * kPanel + 16);                \
       _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                           \
         const V ar = broadcast(a + r * lda + p);                                        \
         lo[r] = fmadd(ar, b0, lo[r]);                                                   \
@@ -109,9 +120,9 @@ template <int MR, class E>
   return _mm512_set1_ps(*p);
 }
 DRN_TWO_VECTOR_BLOCK(block_avx512, [[gnu::target("avx512f")]], __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps,
-                     broadcast512, _mm512_fmadd_ps, _mm512_storeu_ps)
+                     broadcast512, _mm512_fmadd_ps, _mm512_storeu_ps, 2)
 DRN_TWO_VECTOR_BLOCK(half_block_avx2, [[gnu::target("avx2,fma")]], __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps,
-                     _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_storeu_ps)
+                     _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_storeu_ps, 1)
 #undef DRN_TWO_VECTOR_BLOCK
 
 template <int MR, int Locality>
@@ -143,7 +154,7 @@ template <int MR, int Locality>
 [[gnu::target("avx512f,avx512bf16")]] void block_bf16(int64_t k, const uint16_t* a, int64_t lda, const uint16_t* b,
                                                       float* c, int64_t ldc, bool add) {
   __m512 lo[MR], hi[MR];
-  prefetch_c_rows<MR>(c, ldc);
+  prefetch_c_rows<MR, 2>(c, ldc);
 #pragma GCC unroll 14
   for (int r = 0; r < MR; ++r) {
     lo[r] = add ? _mm512_loadu_ps(c + r * ldc) : _mm512_setzero_ps();
@@ -194,6 +205,10 @@ struct Kernels {
   const BlockFn<E>* rows;  // rows[r - 1]: the kernel for r rows
   int max_rows;
 };
+
+// The fewest rows at which a register block runs at full speed: 2·4 accumulators (AVX2 half block) or more cover
+// the FMA latency (4 cycles) on two FMA ports. A shorter last block of a problem is avoided (drive).
+constexpr int64_t kFullSpeedRows = 4;
 
 // Depth of a k block: its slice of a b panel (kDepth × 32 floats, 32 KB) stays in L1 (48 KB on Zen 5 and on
 // Sapphire Rapids) while every row block of the problem uses it.
@@ -254,9 +269,14 @@ void drive(const Kernels<E>& kern, int64_t batch, int64_t m, int64_t k, int64_t 
     }
     for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
       const int64_t depth = std::min(kDepth, k - p0);
-      for (int64_t i = first; i < last; i += kern.max_rows) {
-        const int64_t n = std::min<int64_t>(kern.max_rows, last - i);
+      // blocks of max_rows rows and a shorter last one; or, where that one would be under kFullSpeedRows, the
+      // same number of blocks with sizes that differ by at most one (header: Tiling)
+      const int64_t count = last - first, blocks = (count + kern.max_rows - 1) / kern.max_rows;
+      const bool even = count % kern.max_rows != 0 && count % kern.max_rows < kFullSpeedRows;
+      for (int64_t j = 0, i = first; j < blocks; ++j) {
+        const int64_t n = even ? count / blocks + (j < count % blocks) : std::min<int64_t>(kern.max_rows, last - i);
         kern.rows[n - 1](depth, at + i * lda + p0 * Step, lda, bt + p0 * kPanel * Step, ct + i * ldc, ldc, p0 > 0);
+        i += n;
       }
     }
   };
