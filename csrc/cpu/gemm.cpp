@@ -271,7 +271,7 @@ void drive(const Kernels<E>& kern, int64_t batch, int64_t m, int64_t k, int64_t 
       const int64_t depth = std::min(kDepth, k - p0);
       // blocks of max_rows rows and a shorter last one; or, where that one would be under kFullSpeedRows, the
       // same number of blocks with sizes that differ by at most one (header: Tiling)
-      const int64_t count = last - first, blocks = (count + kern.max_rows - 1) / kern.max_rows;
+      const int64_t count = std::max<int64_t>(last - first, 0), blocks = (count + kern.max_rows - 1) / kern.max_rows;
       const bool even = count % kern.max_rows != 0 && count % kern.max_rows < kFullSpeedRows;
       for (int64_t j = 0, i = first; j < blocks; ++j) {
         const int64_t n = even ? count / blocks + (j < count % blocks) : std::min<int64_t>(kern.max_rows, last - i);
