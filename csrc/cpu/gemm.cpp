@@ -54,18 +54,24 @@ namespace {
 
 // ---- register kernels: c (MR × 32, row stride ldc) = a (MR × k, row stride lda) · one packed panel -------------
 
+// The prefetches' locality (__builtin_prefetch's third argument): 3 = into L1 (prefetcht0), 2 = into L2 (prefetcht1).
+constexpr int kToL1 = 3, kToL2 = 2;
+
 // Prefetches that keep a block's memory traffic off its critical path (the Winograd chunks' a and c, ~8 MB each,
 // live in L3 rather than L2): at the start of a block, its MR c rows (the lines it covers: two of 16 floats, one
-// for the AVX2 half block; stored at the end,
-// so the lines arrive while it computes; emitted as prefetcht0, the ISA targets leaving out PRFCHW); every 16 steps
-// of p (one line of a row: 16 floats, or 16 bf16 pairs), the same line of each of the *next* block's MR rows (past
-// a's end for the last block: harmless, prefetches never fault). Measured on Zen 4, 1 thread, AVX-512, with a and
-// c of the benchmark's Winograd shapes in L3: 36×784×64² 61-66% → 80-85% of the FMA peak, 36×196×128² 71-75% →
-// 87-91%, the 512-channel shapes unchanged (85-92%).
+// for the AVX2 half block; stored at the end, so the lines arrive while it computes); every 16 steps of p (one
+// line of a row: 16 floats, or 16 bf16 pairs), the same line of each of the *next* block's MR rows (past a's end
+// for the last block: harmless, prefetches never fault). Both into L2, not L1: a block reads them a few hundred
+// cycles later, and 28 c lines plus 56 a lines pulled into a 32 KB L1 evict the b slice and the rows in use.
+// Zen 4, 1 thread, L1 against L2 alternating call by call in one process (15 rounds, median of each round's best
+// of 8): AVX-512 36×784×64² 57-72% → 78-85% of the FMA peak, 36×196×128² 82-84% → 92-94%, the 512-channel shapes
+// unchanged (88-92%); bf16 the same way (36×196×128² 150% → 167% of the float32 peak); AVX2 within the noise (its
+// half block pulls 6 c lines and 6 a lines at a time). With no row prefetch at all: 36×784×64² 58%, 36×196×128²
+// 67%.
 // __builtin_prefetch(base + offset elements, Write, Locality): the address computed as an integer, since a pointer
 // past the end of an array (the last block's "next" rows, the slice of b after a panel's last one) would be
 // undefined behaviour.
-template <int Write, int Locality = 3, class E>
+template <int Write, int Locality, class E>
 [[gnu::always_inline]] inline void prefetch_at(const E* base, int64_t offset) {
   __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(base) + sizeof(E) * offset),
                      Write, Locality);
@@ -74,14 +80,14 @@ template <int MR, int Lines>
 [[gnu::always_inline]] inline void prefetch_c_rows(const float* c, int64_t ldc) {
 #pragma GCC unroll 14
   for (int r = 0; r < MR; ++r) {
-    prefetch_at<1>(c, r * ldc);
-    if (Lines > 1) prefetch_at<1>(c, r * ldc + 16);
+    prefetch_at<1, kToL2>(c, r * ldc);
+    if (Lines > 1) prefetch_at<1, kToL2>(c, r * ldc + 16);
   }
 }
 template <int MR, class E>
 [[gnu::always_inline]] inline void prefetch_next_rows(const E* a, int64_t lda, int64_t column) {
 #pragma GCC unroll 14
-  for (int r = 0; r < MR; ++r) prefetch_at<0>(a, (MR + r) * lda + column);
+  for (int r = 0; r < MR; ++r) prefetch_at<0, kToL2>(a, (MR + r) * lda + column);
 }
 
 // Two vectors of columns (32 on AVX-512: the whole panel; 16 on AVX2: half of it, b's row stride stays kPanel)
@@ -219,8 +225,6 @@ constexpr int64_t kDepth = 256;
 // 32 KB, where the next 32 KB slice evicted the one still in use: 1 thread, AVX2 0.41-0.76 of the FMA peak with T0
 // against 0.57-0.85 with T1 on the Winograd shapes, AVX-512 about the same). glibc reads the size from CPUID; where
 // it is unknown (another libc, or 0), L2. DRN_CPU_PREFETCH=l1|l2 forces one (tests run both; results are equal).
-// The prefetches' locality (__builtin_prefetch's third argument): 3 = into L1 (prefetcht0), 2 = into L2 (prefetcht1).
-constexpr int kToL1 = 3, kToL2 = 2;
 
 bool prefetch_to_l1() {
 #ifdef _SC_LEVEL1_DCACHE_SIZE
