@@ -57,17 +57,16 @@ namespace {
 // The prefetches' locality (__builtin_prefetch's third argument): 3 = into L1 (prefetcht0), 2 = into L2 (prefetcht1).
 constexpr int kToL1 = 3, kToL2 = 2;
 
-// Prefetches that keep a block's memory traffic off its critical path (the Winograd chunks' a and c, ~8 MB each,
-// live in L3 rather than L2): at the start of a block, its MR c rows (the lines it covers: two of 16 floats, one
-// for the AVX2 half block; stored at the end, so the lines arrive while it computes); every 16 steps of p (one
-// line of a row: 16 floats, or 16 bf16 pairs), the same line of each of the *next* block's MR rows (past a's end
-// for the last block: harmless, prefetches never fault). Both into L2, not L1: a block reads them a few hundred
-// cycles later, and 28 c lines plus 56 a lines pulled into a 32 KB L1 evict the b slice and the rows in use.
-// Zen 4, 1 thread, L1 against L2 alternating call by call in one process (15 rounds, median of each round's best
-// of 8): AVX-512 36×784×64² 57-72% → 78-85% of the FMA peak, 36×196×128² 82-84% → 92-94%, the 512-channel shapes
-// unchanged (88-92%); bf16 the same way (36×196×128² 150% → 167% of the float32 peak); AVX2 within the noise (its
-// half block pulls 6 c lines and 6 a lines at a time). With no row prefetch at all: 36×784×64² 58%, 36×196×128²
-// 67%.
+// Prefetches that keep a block's memory traffic off its critical path (the Winograd chunks' a and c, ~8 MB each, live
+// in L3 rather than L2): at the start of a block, its MR c rows (the two lines of 16 floats it covers, stored at the
+// end, so the lines arrive while it computes); every 16 steps of p (one line of a row: 16 floats, or 16 bf16 pairs),
+// the same line of each of the *next* block's MR rows (past a's end for the last block: harmless, prefetches never
+// fault). Both into L2, not L1: a block reads them a few hundred cycles later, and 28 c lines plus 56 a lines pulled
+// into a 32 KB L1 evict the b slice and the rows in use. Zen 4, 1 thread, L1 against L2 alternating call by call in
+// one process (15 rounds, median of each round's best of 8): AVX-512 36×784×64² 57-72% → 78-85% of the FMA peak,
+// 36×196×128² 82-84% → 92-94%, the 512-channel shapes unchanged (88-92%); bf16 the same way (36×196×128² 150% → 167%
+// of the float32 peak); AVX2 within the noise (its half block pulls 6 c lines and 6 a lines at a time). With no row
+// prefetch at all: 36×784×64² 58%, 36×196×128² 67%.
 // __builtin_prefetch(base + offset elements, Write, Locality): the address computed as an integer, since a pointer
 // past the end of an array (the last block's "next" rows, the slice of b after a panel's last one) would be
 // undefined behaviour.
@@ -80,7 +79,7 @@ template <int MR, int Lines>
 [[gnu::always_inline]] inline void prefetch_c_rows(const float* c, int64_t ldc) {
 #pragma GCC unroll 14
   for (int r = 0; r < MR; ++r) {
-    prefetch_at<1, kToL2>(c, r * ldc);
+    if (Lines > 0) prefetch_at<1, kToL2>(c, r * ldc);
     if (Lines > 1) prefetch_at<1, kToL2>(c, r * ldc + 16);
   }
 }
@@ -92,21 +91,23 @@ template <int MR, class E>
 
 // Two vectors of columns (32 on AVX-512: the whole panel; 16 on AVX2: half of it, b's row stride stays kPanel)
 // for MR rows: 2·MR accumulators. One body for both ISAs, instantiated with each one's intrinsics. lines: the cache
-// lines of a panel row the block reads (2; the AVX2 half block 1), and so the lines of b and c it prefetches — were
-// each AVX2 half block to prefetch both lines, every step would carry two needless prefetches beside its 8 loads
-// and 12 FMAs. Zen 4, 1 thread, AVX2, four interleaved runs (best of 60 calls): 36×49×512² 74-77% → 81-87% of
-// the FMA peak, 36×113×512² 79-85% → 89-92%, 36×49×256² 77-82% → 83-91%.
+// lines of a panel row the block reads (2; the AVX2 half block 1), and so the lines of b it prefetches — were each
+// AVX2 half block to prefetch both lines, every step would carry two needless prefetches beside its 8 loads and 12
+// FMAs. Zen 4, 1 thread, AVX2, four interleaved runs (best of 60 calls): 36×49×512² 74-77% → 81-87% of the FMA
+// peak, 36×113×512² 79-85% → 89-92%, 36×49×256² 77-82% → 83-91%. CLines, NextRows: the c lines it prefetches at
+// its start and whether it prefetches the next block's rows (the row prefetches above; block_avx2 passes them to
+// its first half only).
 #define DRN_TWO_VECTOR_BLOCK(name, target, V, lanes, zero, load, broadcast, fmadd, store, lines) \
-  template <int MR, int Locality>                                                       \
+  template <int MR, int Locality, int CLines = 2, bool NextRows = true>                 \
   target void name(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc, bool add) { \
     V lo[MR], hi[MR];                                                                   \
-    prefetch_c_rows<MR, lines>(c, ldc);                                                 \
+    prefetch_c_rows<MR, CLines>(c, ldc);                                                \
     _Pragma("GCC unroll 14") for (int r = 0; r < MR; ++r) {                             \
       lo[r] = add ? load(c + r * ldc) : zero();                                         \
       hi[r] = add ? load(c + r * ldc + lanes) : zero();                                 \
     }                                                                                   \
     for (int64_t p = 0; p < k; ++p) {                                                   \
-      if (p % 16 == 0) prefetch_next_rows<MR>(a, lda, p);                               \
+      if (NextRows && p % 16 == 0) prefetch_next_rows<MR>(a, lda, p);                   \
       const V b0 = load(b + p * kPanel), b1 = load(b + p * kPanel + lanes);             \
       prefetch_at<0, Locality>(b, (p + k) * kPanel);                                    \
       if (lines > 1) prefetch_at<0, Locality>(b, (p + k) * kPanel + 16);                \
@@ -131,11 +132,16 @@ DRN_TWO_VECTOR_BLOCK(half_block_avx2, [[gnu::target("avx2,fma")]], __m256, 8, _m
                      _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_storeu_ps, 1)
 #undef DRN_TWO_VECTOR_BLOCK
 
+// The two halves of a panel, one after the other. The first prefetches both c lines of its rows and the next
+// block's rows, the second nothing of them: it reads the same rows (in L1 by then), and its c lines, prefetched
+// only at its own start, arrived late. Zen 4, 1 thread, the two alternating call by call in one process (20
+// rounds, median of each round's best of 8): 36×784×64² 73.6% → 83.9% of the FMA peak, 36×196×128² 86.8% → 89.1%,
+// the 256-channel shapes 89-92% either way.
 template <int MR, int Locality>
 [[gnu::target("avx2,fma")]] void block_avx2(int64_t k, const float* a, int64_t lda, const float* b, float* c,
                                             int64_t ldc, bool add) {
-  half_block_avx2<MR, Locality>(k, a, lda, b, c, ldc, add);
-  half_block_avx2<MR, Locality>(k, a, lda, b + 16, c + 16, ldc, add);
+  half_block_avx2<MR, Locality, 2, true>(k, a, lda, b, c, ldc, add);
+  half_block_avx2<MR, Locality, 0, false>(k, a, lda, b + 16, c + 16, ldc, add);
 }
 
 // The baseline ISA (SSE2 on x86-64, whatever the build targets elsewhere): plain loops, same summation order (no
