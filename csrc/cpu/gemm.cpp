@@ -20,7 +20,7 @@
 //          block's slice of the b panel (256 × 32 floats, 32 KB) stays in L1 over all the row blocks, and each
 //          kernel prefetches the next slice while it works (b is one contiguous stream, walked in order) — into
 //          L1, or into L2 where L1 is 32 KB (prefetch_to_l1); it also prefetches its c rows and the next
-//          block's a rows (prefetch_c_rows, prefetch_next_rows), which live in L3 for the Winograd chunks. The
+//          block's a rows into L2 (prefetch_c_rows, prefetch_next_rows): in L3 for the Winograd chunks. The
 //          caller's a rows are padded by a cache line (gemm.h: padded_row) so a block's rows do not share L1 sets.
 // bfloat16: the same loops with AVX512-BF16's vdpbf16ps (a pair of k per step, float32 accumulators): block_bf16.
 // Threads: at::parallel_for over (problem, panel) pairs (split by rows where the problems' row ranges differ); no
