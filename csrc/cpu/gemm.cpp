@@ -61,12 +61,13 @@ constexpr int kToL1 = 3, kToL2 = 2;
 // in L3 rather than L2): at the start of a block, its MR c rows (the two lines of 16 floats it covers, stored at the
 // end, so the lines arrive while it computes); every 16 steps of p (one line of a row: 16 floats, or 16 bf16 pairs),
 // the same line of each of the *next* block's MR rows (past a's end for the last block: harmless, prefetches never
-// fault). Both into L2, not L1: a block reads them a few hundred cycles later, and 28 c lines plus 56 a lines pulled
-// into a 32 KB L1 evict the b slice and the rows in use. Zen 4, 1 thread, L1 against L2 alternating call by call in
-// one process (15 rounds, median of each round's best of 8): AVX-512 36×784×64² 57-72% → 78-85% of the FMA peak,
-// 36×196×128² 82-84% → 92-94%, the 512-channel shapes unchanged (88-92%); bf16 the same way (36×196×128² 150% → 167%
-// of the float32 peak); AVX2 within the noise (its half block pulls 6 c lines and 6 a lines at a time). With no row
-// prefetch at all: 36×784×64² 58%, 36×196×128² 67%.
+// fault). Both into L2, not L1: a block reads them a few hundred cycles later, and pulled into L1 that early (up to
+// 28 c lines and 56 a lines per block) they likely evict the b slice and the rows in use. Zen 4 (32 KB L1), 1 thread,
+// L1 against L2 alternating call by call in one process (15 rounds, median of each round's best of 8): AVX-512
+// 36×784×64² 57-72% → 78-85% of the FMA peak, 36×196×128² 82-84% → 92-94%, the 512-channel shapes unchanged (88-92%);
+// bf16 the same way (36×196×128² 150% → 167% of the float32 peak); AVX2 within the noise (measured before its two
+// half blocks' prefetches were merged: block_avx2). With no row prefetch at all: 36×784×64² 58%, 36×196×128² 67%. Not
+// measured where L1 is 48 KB (Zen 5, Sapphire Rapids), whose b-slice rule goes the other way (prefetch_to_l1).
 // __builtin_prefetch(base + offset elements, Write, Locality): the address computed as an integer, since a pointer
 // past the end of an array (the last block's "next" rows, the slice of b after a panel's last one) would be
 // undefined behaviour.
