@@ -11,7 +11,7 @@
 // Layout: x any memory format. The low-res logits are materialised as (N,K,h,w) float32 — 1/64 of the output
 //         size for upsample 8 — with at::addmm on a strided view of x (BLAS reads NCHW or NHWC without a copy;
 //         bf16/fp16 are widened a few thousand pixels at a time so no full-size copy of x exists).
-// Tiling: one task = a run of output rows (at::parallel_for). Per output row: the two contributing low-res
+// Tiling: one task = a run of output rows (parallel.h: parallel_even). Per output row: the two contributing low-res
 //         rows are blended once into a zero-padded (K, w+2) row; then output columns go in tiles of ~16 KB per
 //         class: the tile's K x TILE logits are interpolated into a stack-sized buffer (class-major, so every
 //         loop is contiguous over columns and vectorises), reduced to max/argmax, then to sum exp. Only labels
@@ -33,6 +33,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/parallel.h"
 #include "input_checks.h"
 
 // Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time (GCC function multi-
@@ -206,7 +207,7 @@ void argmax_prob_map(const Tensor& L, int64_t upsample, const Tensor& labels, co
   // Column tile: ~16 K floats of interpolated logits per task (a multiple of 8 between 64 and 2048 columns).
   const int64_t tile = std::min<int64_t>(W, std::clamp<int64_t>((16384 / K) & ~int64_t{7}, 64, 2048));
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(W * K, 1));
-  at::parallel_for(0, N * H, grain, [&](int64_t r0, int64_t r1) {
+  parallel_even(N * H, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> T(upsample == 8 ? K * tile : 0), Rp(upsample == 8 ? K * (w + 2) : 0);
     std::vector<float> m(tile), s(tile);
     std::vector<int32_t> idx(tile);
@@ -271,7 +272,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> localize_cpu(const Tensor& x, const T
   const int64_t* lab = labels.const_data_ptr<int64_t>();
   const float* sc = scores.const_data_ptr<float>();
   float* bx = boxes.data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+  parallel_even(N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       // Image logits: mean of the cells' responses (= global average pool then the classifier), in double.
       int64_t top1 = 0;

@@ -17,8 +17,8 @@
 //         Nothing is cached here: a cache keyed on the weight tensor cannot see writes through .data, numpy
 //         views or inference tensors, and would compute with stale weights.
 // Fallback (oneDNN missing, disabled with torch.backends.mkldnn.enabled=False, or DRN_CPU_CONV=aten, or a
-//         oneDNN error): at::convolution without bias into the channels_last output, then one at::parallel_for
-//         pass over its rows applying bias + residual + ReLU in place.
+//         oneDNN error): at::convolution without bias into the channels_last output, then one parallel pass
+//         (parallel.h) over its rows applying bias + residual + ReLU in place.
 // float16: computed by oneDNN where it supports fp16, else in float32 and rounded once at the end.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -34,6 +34,7 @@
 #include "cpu/conv_bn_act_winograd.h"
 #include "input_checks.h"
 #include "cpu/cpu_options.h"
+#include "cpu/parallel.h"
 
 #include <array>
 #include <atomic>
@@ -125,7 +126,7 @@ void epilogue(const S* src, T* out, const Tensor& bias, const std::optional<Tens
   }
   // A row is one output pixel's K channels; the grain keeps ~64K elements per task.
   const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(K, 1));
-  at::parallel_for(0, n_rows, grain, [&](int64_t r0, int64_t r1) {
+  parallel_even(n_rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const S* s = src + r * K;
       T* o = out + r * K;

@@ -22,7 +22,8 @@
 //   to 32) for a chunk of T tiles sized so that V and M stay ~8 MB each
 //   (the 1/8-resolution maps of a 1024×2048 image have 8192 tiles: the chunks bound the workspace).
 // Epilogue in the output transform: bias, residual, ReLU, stored straight into the channels_last output.
-// Threads: the transforms split the chunk's tiles, the GEMMs the (ξ, column panel) pairs, with at::parallel_for.
+// Threads: the transforms share out the chunk's tiles, the GEMMs the (ξ, column panel) pairs, each thread starting
+//   on its own stretch and taking from the others' once done (parallel.h: parallel_shares).
 // bfloat16 (F(2×2) only, AVX512-BF16): x, the residual and the output in bf16; the transforms in float32; V and U
 //   rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16; V by vcvtneps2bf16: store_v), M in float32.
 //   The two extra roundings put the error at 1.4–2.1× torch's own bf16 convolution on DRN layers; in F(4×4)
@@ -30,6 +31,7 @@
 #include "cpu/conv_bn_act_winograd.h"
 #include "cpu/cpu_options.h"
 #include "cpu/gemm.h"
+#include "cpu/parallel.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -79,6 +81,7 @@ struct Transform<4> {
 
 constexpr int kLanes = 16;                        // channels per transform step (one AVX-512 register of floats)
 constexpr int64_t kWorkspaceFloats = 2 << 20;     // ~8 MB for each of V and M per chunk
+constexpr int64_t kTileRun = 8;                   // tiles a thread takes at a time in the transforms (parallel.h)
 
 int tile_size() { return cpu_options().winograd_tile.load(std::memory_order_relaxed) == 2 ? 2 : 4; }
 
@@ -516,7 +519,7 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   const Isa isa = cpu_isa();
   for (int64_t t0 = 0; t0 < total; t0 += chunk) {
     const int64_t tc = std::min(chunk, total - t0);
-    at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
+    parallel_even(tc, kTileRun, [&](int64_t begin, int64_t end) {
       in_tiles_on<M, E>(isa, in, t0, begin, end);
     });
     RowRange rows[A * A];
@@ -531,7 +534,7 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
     const OutArgs<E> o{mbuf.const_data_ptr<float>(), chunk * kp, kp, K, b.const_data_ptr<float>(),
                        res.defined() ? res.const_data_ptr<E>() : nullptr, out.data_ptr<E>(), P, Q, dh, dw, grid,
                        relu};
-    at::parallel_for(0, tc, 1, [&](int64_t begin, int64_t end) {
+    parallel_even(tc, kTileRun, [&](int64_t begin, int64_t end) {
       out_tiles_on<M, E>(isa, o, t0, begin, end);
     });
   }

@@ -23,13 +23,15 @@
 //          block's a rows into L2 (prefetch_c_rows, prefetch_next_rows): in L3 for the Winograd chunks. The
 //          caller's a rows are padded by a cache line (gemm.h: padded_row) so a block's rows do not share L1 sets.
 // bfloat16: the same loops with AVX512-BF16's vdpbf16ps (a pair of k per step, float32 accumulators): block_bf16.
-// Threads: at::parallel_for over (problem, panel) pairs (split by rows where the problems' row ranges differ); no
-//          thread pool of MKL's own.
+// Threads: (problem, panel) pairs shared out by parallel_shares (parallel.h: each thread starts on its own stretch,
+//          split by rows where the problems' row ranges differ, and takes from the others' once done); no thread
+//          pool of MKL's own.
 // ISA:     cpu_isa(): AVX-512F, AVX2+FMA or the baseline (a plain loop), each compiled with its own target
 //          attribute, so one build runs on every x86-64 CPU; DRN_CPU_ISA forces a lower one (tests, benchmarks).
 #include "cpu/gemm.h"
 
 #include "cpu/cpu_options.h"
+#include "cpu/parallel.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -292,15 +294,16 @@ void drive(const Kernels<E>& kern, int64_t batch, int64_t m, int64_t k, int64_t 
     }
   };
   const int64_t items = batch * panels;
+  const auto each = [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) run(item);
+  };
   const int threads = at::get_num_threads();
   if (rows == nullptr || threads == 1) {
-    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) run(item);
-    });
+    parallel_even(items, 1, each);
     return;
   }
-  // Problems of unequal row counts: each thread takes the items, in order, that bring the rows done so far to its
-  // share (the even split of at::parallel_for would leave one thread the long problems).
+  // Problems of unequal row counts: each thread starts on the items, in order, that bring the rows done so far to
+  // its share (an even split of the items would leave one thread the long problems).
   int64_t total = 0;
   for (int64_t t = 0; t < batch; ++t) total += std::max<int64_t>(range(t).end - range(t).begin, 0) * panels;
   if (total == 0) return;
@@ -311,11 +314,7 @@ void drive(const Kernels<E>& kern, int64_t batch, int64_t m, int64_t k, int64_t 
     done += std::max<int64_t>(range(item / panels).end - range(item / panels).begin, 0);
     while (next < threads && done * threads >= total * next) start[next++] = item + 1;
   }
-  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      for (int64_t item = start[j]; item < start[j + 1]; ++item) run(item);
-    }
-  });
+  parallel_shares(start, 1, each);
 }
 
 }  // namespace

@@ -39,9 +39,9 @@ struct RowRange {
 // c[i][j] = Σ_p a[i][p] · b[p][j] for i < m, j < panels·kPanel (the padded columns come out 0), for each of
 // `batch` independent problems: a + t·a_batch (m × k, row stride lda), packed b + t·b_batch (pack_b), c + t·c_batch
 // (m × panels·kPanel, row stride ldc ≥ panels·kPanel). rows (batch entries, or nullptr for all m): only rows
-// rows[t].begin ≤ i < rows[t].end of problem t are computed, the others left as they are. Threads: at::parallel_for
-// over (problem, panel) pairs, split so that each thread gets about the same number of rows; call it from outside
-// any parallel region.
+// rows[t].begin ≤ i < rows[t].end of problem t are computed, the others left as they are. Threads: torch's, over
+// (problem, panel) pairs, each starting on about the same number of rows and taking from the others' once done
+// (parallel.h); call it from outside any parallel region.
 void gemm_packed(int64_t batch, int64_t m, int64_t k, int64_t panels, const float* a, int64_t lda, int64_t a_batch,
                  const float* b, int64_t b_batch, float* c, int64_t ldc, int64_t c_batch,
                  const RowRange* rows = nullptr);

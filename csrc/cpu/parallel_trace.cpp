@@ -1,0 +1,58 @@
+// drn::parallel_shares_trace: parallel_shares (parallel.h) run over counters instead of work, for the tests: which
+// thread ran each item and how often, with one thread slowed down so that the others must steal from it.
+#include "cpu/parallel.h"
+
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <chrono>
+#include <thread>
+#include <vector>
+
+namespace drn::cpu {
+namespace {
+
+// (n, 2) int64: per item, how many times it ran and the torch thread (at::get_thread_num) that last ran it.
+// bounds: each thread's first share (parallel_shares), as many entries as torch's threads and one more; the thread
+// numbered `slow` sleeps `slow_us` microseconds per run it takes (-1: none).
+at::Tensor parallel_shares_trace(c10::IntArrayRef bounds, int64_t run, int64_t slow, double slow_us) {
+  const int64_t threads = at::get_num_threads();
+  TORCH_CHECK_VALUE(static_cast<int64_t>(bounds.size()) == threads + 1, "parallel_shares_trace: bounds must have ",
+                    threads + 1, " entries (torch's threads and one more), got ", bounds.size());
+  TORCH_CHECK_VALUE(bounds[0] == 0, "parallel_shares_trace: bounds must start at 0, got ", bounds[0]);
+  for (size_t j = 1; j < bounds.size(); ++j) {
+    TORCH_CHECK_VALUE(bounds[j] >= bounds[j - 1], "parallel_shares_trace: bounds must not decrease, got ", bounds);
+  }
+  TORCH_CHECK_VALUE(bounds.back() <= (int64_t{1} << 20), "parallel_shares_trace: at most 2^20 items, got ",
+                    bounds.back());
+  TORCH_CHECK_VALUE(run >= 1 && run <= (int64_t{1} << 20), "parallel_shares_trace: run must be in [1, 2^20], got ",
+                    run);
+  TORCH_CHECK_VALUE(slow >= -1 && slow < threads, "parallel_shares_trace: slow must be -1 or a thread number below ",
+                    threads, ", got ", slow);
+  TORCH_CHECK_VALUE(slow_us >= 0 && slow_us <= 1e5, "parallel_shares_trace: slow_us must be in [0, 1e5], got ",
+                    slow_us);
+  const int64_t n = bounds.back();
+  at::Tensor out = at::zeros({n, 2}, at::kLong);
+  std::vector<std::atomic<int64_t>> count(n);
+  int64_t* o = out.data_ptr<int64_t>();
+  parallel_shares(std::vector<int64_t>(bounds.begin(), bounds.end()), run, [&](int64_t b, int64_t e) {
+    const int thread = at::get_thread_num();
+    if (thread == slow) std::this_thread::sleep_for(std::chrono::duration<double, std::micro>(slow_us));
+    for (int64_t i = b; i < e; ++i) {
+      count[i].fetch_add(1, std::memory_order_relaxed);
+      o[2 * i + 1] = thread;
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) o[2 * i] = count[i].load();
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(drn, m) {
+  m.def("parallel_shares_trace(int[] bounds, int run, int slow=-1, float slow_us=0) -> Tensor",
+        &parallel_shares_trace);
+}
+
+}  // namespace drn::cpu
