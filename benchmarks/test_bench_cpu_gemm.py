@@ -1,7 +1,9 @@
 """The cpu backend's own GEMM (csrc/cpu/gemm.cpp) on the Winograd products of DRN layers, on each ISA this CPU has
 (DRN_CPU_ISA), against MKL's batched sgemm (torch.bmm, the baseline it replaced) — and as a fraction of the FMA
-peak measured in the same case (drn.flops.cpu_fma_peak on the same ISA and threads, the best of 5 runs, right
-after the timed rounds), the figure issue #11 asks to be >= 85% on every x86 vendor.
+peak measured in the same case (drn.flops.cpu_fma_peak on the same ISA and threads, the best of 5 runs), the figure
+that should reach 85% on every x86 vendor. The peak is measured right before and right after the timed rounds and
+the larger kept: on a shared VM a core may be busy during one of the two, and the smaller would flatter the GEMM.
+extra_info: fraction_of_peak_best (the best round), roofline (the median round: the report's "% roofline").
 
 Shapes (batch = α² transform points, M = tiles of a chunk, K = input channels, N = output channels), with the
 V rows padded as the convolution lays them out (gemm.h: padded_row): F(4x4) of a 1/8-resolution 224x224 map
@@ -71,10 +73,13 @@ def test_gemm(benchmark, monkeypatch, isa, shape, provider):
     if getattr(benchmark, "disabled", False):
         benchmark(call)
         return
+    peak_before = flops_model.cpu_fma_peak(isa)  # on this ISA and these threads
     benchmark.pedantic(call, rounds=15, iterations=1, warmup_rounds=2)
-    peak = flops_model.cpu_fma_peak(isa)  # measured now, on this ISA and these threads
-    best = benchmark.stats.stats.min
-    info.update(gflops_best=flops / best / 1e9, gflops_median=flops / benchmark.stats.stats.median / 1e9,
-                fma_peak_gflops=peak / 1e9, fraction_of_peak_best=flops / best / peak)
+    peak_after = flops_model.cpu_fma_peak(isa)
+    peak = max(peak_before, peak_after)
+    best, median = benchmark.stats.stats.min, benchmark.stats.stats.median
+    info.update(gflops_best=flops / best / 1e9, gflops_median=flops / median / 1e9, fma_peak_gflops=peak / 1e9,
+                fma_peak_before_after_gflops=[peak_before / 1e9, peak_after / 1e9],
+                fraction_of_peak_best=flops / best / peak, roofline=flops / median / peak)
     common.RESULTS.append({"group": benchmark.group, "name": benchmark.name, "provider": provider, "stats": {
         "median": benchmark.stats.stats.median, "min": best}, "extra_info": dict(info)})

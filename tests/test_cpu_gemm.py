@@ -55,10 +55,11 @@ def test_bit_identical_across_isas(monkeypatch):
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_bit_identical_across_prefetch_targets(monkeypatch, isa):
-    """DRN_CPU_PREFETCH=l1|l2 runs the other instantiation of every kernel (only one of them is the default on a
-    given CPU): both correct against float64 and equal bit for bit, float32 and (AVX512-BF16 CPUs) bfloat16."""
+    """DRN_CPU_PREFETCH=l1|l2 runs the other instantiation of every kernel and the other k-block depth (256 or 512
+    steps; only one of them is the default on a given CPU): k = 1100 is cut into 5 or 3 blocks (float32) and 3 or 2
+    (bfloat16 pairs). Both correct against float64 and equal bit for bit, float32 and (AVX512-BF16 CPUs) bfloat16."""
     monkeypatch.setenv("DRN_CPU_ISA", isa)
-    a, b = _rand(3, 31, 77, seed=6), _rand(3, 77, 70, seed=7)
+    a, b = _rand(3, 31, 1100, seed=6), _rand(3, 1100, 70, seed=7)
     outs = {}
     for where in ("l1", "l2", "auto"):
         monkeypatch.setenv("DRN_CPU_PREFETCH", where)

@@ -16,12 +16,13 @@
 //          36×49×512² 80.3-80.9% → 81.9-85.6% of the FMA peak, 36×49×256² 81.0-85.3% → 82.6-90.9%, 8×49×512²
 //          83.1-85.4% → 89.5-92.6%.
 //          Cache: a thread takes (problem, panel) pairs in order, so it walks one problem's a (tiles × channels,
-//          ≤ ~0.5 MB for the Winograd chunks) from L2 panel after panel; k runs in blocks of kDepth = 256, so a
-//          block's slice of the b panel (256 × 32 floats, 32 KB) stays in L1 over all the row blocks, and each
-//          kernel prefetches the next slice while it works (b is one contiguous stream, walked in order) — into
-//          L1, or into L2 where L1 is 32 KB (prefetch_to_l1); it also prefetches its c rows and the next
-//          block's a rows into L2 (prefetch_c_rows, prefetch_next_rows): in L3 for the Winograd chunks. The
-//          caller's a rows are padded by a cache line (gemm.h: padded_row) so a block's rows do not share L1 sets.
+//          ≤ ~0.5 MB for the Winograd chunks) from L2 panel after panel; where L1 is 48 KB, k runs in blocks of
+//          256, so a block's slice of the b panel (256 × 32 floats, 32 KB) stays in L1 over all the row blocks
+//          (where L1 is 32 KB it would not: blocks of 512 there, prefetch_to_l1), and each kernel prefetches the
+//          next slice while it works (b is one contiguous stream, walked in order) — into L1, or into L2 where
+//          L1 is 32 KB; it also prefetches its c rows and the next block's a rows into L2 (prefetch_c_rows,
+//          prefetch_next_rows): in L3 for the Winograd chunks. The caller's a rows are padded by a cache line
+//          (gemm.h: padded_row) so a block's rows do not share L1 sets.
 // bfloat16: the same loops with AVX512-BF16's vdpbf16ps (a pair of k per step, float32 accumulators): block_bf16.
 // Threads: (problem, panel) pairs shared out by parallel_shares (parallel.h: each thread starts on its own stretch,
 //          split by rows where the problems' row ranges differ, and takes from the others' once done); no thread
@@ -219,21 +220,29 @@ template <class E>
 struct Kernels {
   const BlockFn<E>* rows;  // rows[r - 1]: the kernel for r rows
   int max_rows;
+  int64_t depth;  // of a k block (k steps: columns of a, or bf16 pairs)
 };
 
 // The fewest rows at which a register block runs at full speed: 2·4 accumulators (AVX2 half block) or more cover
 // the FMA latency (4 cycles) on two FMA ports. A shorter last block of a problem is avoided (drive).
 constexpr int64_t kFullSpeedRows = 4;
 
-// Depth of a k block: its slice of a b panel (kDepth × 32 floats, 32 KB) stays in L1 (48 KB on Zen 5 and on
-// Sapphire Rapids) while every row block of the problem uses it.
-constexpr int64_t kDepth = 256;
-
-// Where the kernels prefetch the next slice of b while they work on this one: into L1 (T0) where L1 is 48 KB or
-// more (Zen 5, Sapphire Rapids: measured there, 82-93% of the FMA peak), into L2 (T1) on a smaller L1 (Zen 4's
-// 32 KB, where the next 32 KB slice evicted the one still in use: 1 thread, AVX2 0.41-0.76 of the FMA peak with T0
-// against 0.57-0.85 with T1 on the Winograd shapes, AVX-512 about the same). glibc reads the size from CPUID; where
-// it is unknown (another libc, or 0), L2. DRN_CPU_PREFETCH=l1|l2 forces one (tests run both; results are equal).
+// Two ways to walk b, by the size of L1 (prefetch_to_l1):
+// - L1 of 48 KB or more (Zen 5, Sapphire Rapids): k blocks of kDepthL1 = 256 steps, so a block's slice of a b panel
+//   (256 × 32 floats, 32 KB) stays in L1 while every row block of the problem uses it, and the next slice is
+//   prefetched into L1 (T0). Measured there: 82-93% of the FMA peak.
+// - A smaller L1 (Zen 4's 32 KB): the next slice is prefetched into L2 (T1), since into L1 it evicted the one still
+//   in use (1 thread, AVX2 0.41-0.76 of the FMA peak with T0 against 0.57-0.85 with T1 on the Winograd shapes,
+//   AVX-512 about the same); and k blocks of kDepthL2 = 512 steps (one block for every DRN layer), since a 32 KB
+//   slice does not stay in a 32 KB L1 beside a's rows anyway, and each further block costs a pass over c and a
+//   kernel call per row block. Zen 4, both depths alternating call by call in one process (median over 12-16
+//   rounds of each round's best of 8 calls), 36×49×512² / 36×113×512²: 1 thread AVX2 84.1 → 86.2% / 90.1 → 91.1%
+//   of the FMA peak, AVX-512 91.4 → 92.7% / 90.2 → 91.5%; 2 threads AVX2 73.2 → 74.8% / 83.1 → 85.0%, AVX-512
+//   87.3 → 88.4% / 92.7 → 94.7%. Shapes with k ≤ 256 run as before.
+// glibc reads the L1 size from CPUID; where it is unknown (another libc, or 0), the second way. DRN_CPU_PREFETCH=
+// l1|l2 forces one (tests run both; results are equal bit for bit: c is stored and reloaded exactly between blocks,
+// so the FMAs and their order do not depend on the depth).
+constexpr int64_t kDepthL1 = 256, kDepthL2 = 512;
 
 bool prefetch_to_l1() {
 #ifdef _SC_LEVEL1_DCACHE_SIZE
@@ -245,21 +254,22 @@ bool prefetch_to_l1() {
   return asked == 0 ? large_l1 : asked == 1;
 }
 
-template <int Locality>
+template <int Locality, int64_t Depth>
 Kernels<float> kernels_for(Isa isa) {
   switch (isa) {
-    case Isa::kAvx512: return {block_avx512_rows<Locality>.data(), 14};
-    case Isa::kAvx2: return {block_avx2_rows<Locality>.data(), 6};
-    default: return {block_baseline_rows<Locality>.data(), 4};
+    case Isa::kAvx512: return {block_avx512_rows<Locality>.data(), 14, Depth};
+    case Isa::kAvx2: return {block_avx2_rows<Locality>.data(), 6, Depth};
+    default: return {block_baseline_rows<Locality>.data(), 4, Depth};
   }
 }
 
 Kernels<float> kernels_for(Isa isa) {
-  return prefetch_to_l1() ? kernels_for<kToL1>(isa) : kernels_for<kToL2>(isa);
+  return prefetch_to_l1() ? kernels_for<kToL1, kDepthL1>(isa) : kernels_for<kToL2, kDepthL2>(isa);
 }
 
 Kernels<uint16_t> bf16_kernels() {
-  return {prefetch_to_l1() ? block_bf16_rows<kToL1>.data() : block_bf16_rows<kToL2>.data(), 14};
+  return prefetch_to_l1() ? Kernels<uint16_t>{block_bf16_rows<kToL1>.data(), 14, kDepthL1}
+                          : Kernels<uint16_t>{block_bf16_rows<kToL2>.data(), 14, kDepthL2};
 }
 
 // The loop over (problem, panel) pairs, k blocks and row blocks, for float32 (step 1: k counts columns of a) and
@@ -280,8 +290,8 @@ void drive(const Kernels<E>& kern, int64_t batch, int64_t m, int64_t k, int64_t 
       for (int64_t i = first; i < last; ++i) std::fill(ct + i * ldc, ct + i * ldc + kPanel, 0.f);
       return;
     }
-    for (int64_t p0 = 0; p0 < k; p0 += kDepth) {
-      const int64_t depth = std::min(kDepth, k - p0);
+    for (int64_t p0 = 0; p0 < k; p0 += kern.depth) {
+      const int64_t depth = std::min(kern.depth, k - p0);
       // blocks of max_rows rows and a shorter last one; or, where that one would be under kFullSpeedRows, the
       // same number of blocks with sizes that differ by at most one (header: Tiling)
       const int64_t count = std::max<int64_t>(last - first, 0), blocks = (count + kern.max_rows - 1) / kern.max_rows;
