@@ -52,9 +52,10 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
             "which build of the cpu backend's own kernels runs — Winograd transforms and GEMM (bfloat16 GEMM: "
             "avx512 only) — capped by what the CPU has; tests and benchmarks"),
     Setting("DRN_CPU_PREFETCH", "choice", ("auto", "l1", "l2"), "auto",
-            "where the cpu backend's GEMM prefetches the next slice of packed weights: auto: into L1 where L1d is "
-            ">= 48 KB, else into L2 (measured on Zen 4's 32 KB L1); l1, l2: that one (the speed changes, never "
-            "the answer); tests and benchmarks"),
+            "how the cpu backend's GEMM walks the packed weights: l1: k blocks of 256 whose weight slice stays "
+            "in L1, the next slice prefetched into L1; l2: k blocks of 512, the next slice prefetched into L2; "
+            "auto: l1 where L1d is >= 48 KB, else l2 (measured on Zen 4's 32 KB L1). The speed changes, never "
+            "the answer; tests and benchmarks"),
     Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests"),
     # ---- Triton ----
     Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests"),

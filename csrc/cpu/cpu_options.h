@@ -16,7 +16,7 @@ struct CpuOptions {
   std::atomic<int> winograd_tile{4};  // 2 or 4
   std::atomic<int> isa{-1};           // -1 the best the CPU has, 0 baseline, 1 avx2, 2 avx512 (capped by the CPU)
   std::atomic<bool> poison{false};    // fill Winograd outputs with NaN before writing them (tests)
-  std::atomic<int> prefetch{0};       // the GEMM's prefetch target: 0 by L1 size (gemm.cpp), 1 L1, 2 L2
+  std::atomic<int> prefetch{0};       // how the GEMM walks b (gemm.cpp: prefetch_to_l1): 0 by L1 size, 1 L1, 2 L2
 };
 
 CpuOptions& cpu_options();
