@@ -207,7 +207,8 @@ void argmax_prob_map(const Tensor& L, int64_t upsample, const Tensor& labels, co
   // Column tile: ~16 K floats of interpolated logits per task (a multiple of 8 between 64 and 2048 columns).
   const int64_t tile = std::min<int64_t>(W, std::clamp<int64_t>((16384 / K) & ~int64_t{7}, 64, 2048));
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(W * K, 1));
-  parallel_even(N * H, grain, [&](int64_t r0, int64_t r1) {
+  // runs of 4 grains (~256 K logits): each run allocates and zeroes its own buffers
+  parallel_even(N * H, 4 * grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> T(upsample == 8 ? K * tile : 0), Rp(upsample == 8 ? K * (w + 2) : 0);
     std::vector<float> m(tile), s(tile);
     std::vector<int32_t> idx(tile);

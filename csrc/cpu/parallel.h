@@ -74,10 +74,12 @@ void parallel_shares(const std::vector<int64_t>& bounds, int64_t run, const F& f
   });
 }
 
-// parallel_shares from an even split of [0, n) over torch's threads.
+// parallel_shares from an even split of [0, n) over torch's threads, no more of them than there are runs (so a
+// pass of at most `run` items runs on the calling thread, as at::parallel_for's grain would have it).
 template <class F>
 void parallel_even(int64_t n, int64_t run, const F& f) {
-  const int64_t threads = std::clamp<int64_t>(at::get_num_threads(), 1, std::max<int64_t>(n, 1));
+  const int64_t runs = n / std::max<int64_t>(run, 1) + (n % std::max<int64_t>(run, 1) != 0);
+  const int64_t threads = std::clamp<int64_t>(at::get_num_threads(), 1, std::max<int64_t>(runs, 1));
   std::vector<int64_t> bounds(threads + 1);
   for (int64_t j = 0; j <= threads; ++j) bounds[j] = static_cast<int64_t>(static_cast<__int128>(n) * j / threads);
   parallel_shares(bounds, run, f);
