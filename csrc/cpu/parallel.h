@@ -27,7 +27,9 @@ namespace drn::cpu {
 
 // f(begin, end) over runs of at most `run` items covering [0, bounds.back()) exactly once, on torch's threads:
 // thread j starts on [bounds[j], bounds[j + 1]) (bounds: one entry per thread and one more, non-decreasing from 0).
-// Call it from outside any parallel region (inside one, f(0, n) runs on the calling thread).
+// Call it from outside any parallel region (inside one, f(0, n) runs on the calling thread; so does one thread).
+// Past 2^32 items (a share's bounds are packed into 32 bits each) it falls back to at::parallel_for's fixed split,
+// whose ranges may be longer than `run`.
 template <class F>
 void parallel_shares(const std::vector<int64_t>& bounds, int64_t run, const F& f) {
   const int64_t threads = static_cast<int64_t>(bounds.size()) - 1, n = bounds.back();
@@ -36,7 +38,7 @@ void parallel_shares(const std::vector<int64_t>& bounds, int64_t run, const F& f
     f(int64_t{0}, n);
     return;
   }
-  if (n >= (int64_t{1} << 32)) {  // a share's bounds are packed into 32 bits each: the fixed split past that
+  if (n >= (int64_t{1} << 32)) {
     at::parallel_for(0, n, run, f);
     return;
   }
@@ -79,7 +81,7 @@ void parallel_shares(const std::vector<int64_t>& bounds, int64_t run, const F& f
 // pass of at most `run` items runs on the calling thread, as at::parallel_for's grain would have it).
 template <class F>
 void parallel_even(int64_t n, int64_t run, const F& f) {
-  const int64_t runs = n / std::max<int64_t>(run, 1) + (n % std::max<int64_t>(run, 1) != 0);
+  const int64_t runs = at::divup(std::max<int64_t>(n, 0), std::max<int64_t>(run, 1));
   const int64_t threads = std::clamp<int64_t>(at::get_num_threads(), 1, std::max<int64_t>(runs, 1));
   std::vector<int64_t> bounds(threads + 1);
   for (int64_t j = 0; j <= threads; ++j) bounds[j] = static_cast<int64_t>(static_cast<__int128>(n) * j / threads);
