@@ -62,6 +62,20 @@ def test_slow_thread_is_relieved():
     assert bool((out[:100, 1] == 0).all())  # its own share: nobody steals from a thread that is not behind
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("n, run", [(0, 1), (1, 1), (3, 4), (4, 4), (5, 4), (9, 2), (1000, 7)])
+def test_parallel_even(threads, n, run):
+    """parallel_even: every item once, on no more threads than there are runs of `run` items; a pass of one run
+    stays on the calling thread (as at::parallel_for's grain had it: the class head's runs each allocate buffers)."""
+    with _threads(threads):
+        out = torch.ops.drn.parallel_even_trace(n, run)
+    assert out.shape == (n, 2)
+    assert torch.equal(out[:, 0], torch.ones(n, dtype=torch.long))
+    assert bool((out[:, 1] >= 0).all() and (out[:, 1] < min(threads, max(-(-n // run), 1))).all())
+    if n <= run:
+        assert bool((out[:, 1] == 0).all())
+
+
 def test_trace_rejects_bad_arguments():
     with _threads(2):
         for bounds, match in (([0, 5], "entries"), ([1, 2, 3], "start at 0"), ([0, 5, 3], "not decrease"),
@@ -74,6 +88,9 @@ def test_trace_rejects_bad_arguments():
             _trace([0, 1, 2], 1, slow=2)
         with pytest.raises(ValueError, match="slow_us"):
             _trace([0, 1, 2], 1, slow=0, slow_us=float("nan"))
+        for n, run, match in ((-1, 1, "n must"), (1 << 40, 1, "n must"), (5, 0, "run"), (5, 1 << 40, "run")):
+            with pytest.raises(ValueError, match=match):
+                torch.ops.drn.parallel_even_trace(n, run)
 
 
 def test_gemm_same_bits_at_any_thread_count():
