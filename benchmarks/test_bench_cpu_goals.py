@@ -7,7 +7,9 @@ provider that ran in a slow minute looks slow; interleaved, the drift hits every
 
 Records: one per provider, in groups "goal:<model>:<task>:<shape>:<dtype>" (the fp32 peers and fused fp32 in
 :float32, fused bf16 in :bfloat16); benchmarks/report.py's cpu_goals prefers them to the model groups. The goals:
-fused fp32 >= 1.5x the fastest fp32 peer, fused bf16 >= 2.5x that same peer. CPU only; --benchmark-only only.
+fused fp32 >= 1.5x the fastest fp32 peer; fused bf16 >= 2.5x that same peer where the CPU computes bfloat16
+natively (AVX512-BF16 or oneDNN's bfloat16 kernels), elsewhere fused bf16 (float32 compute, bfloat16 storage) no
+slower than fused fp32 (extra_info bf16_vs_fp32 <= 1.0). CPU only; --benchmark-only only.
 """
 import statistics
 
@@ -85,6 +87,9 @@ def test_cpu_goal(benchmark, name, task, shape):
         info["fp32_ratio"] = peers[fastest] / medians["cpu"]
         if FUSED_BF16 in medians:
             info["bf16_ratio"] = peers[fastest] / medians[FUSED_BF16]
+    if FUSED_BF16 in medians and "cpu" in medians:
+        info["bf16_vs_fp32"] = medians[FUSED_BF16] / medians["cpu"]  # goal <= 1.0 where bf16 is not native
+        info["bf16_native"] = bool(torch.ops.drn.cpu_bf16_gemm() or torch.ops.mkldnn._is_mkldnn_bf16_supported())
     benchmark.extra_info.update(info)
     for p, ts in times.items():
         dtype = "bfloat16" if p == FUSED_BF16 else "float32"

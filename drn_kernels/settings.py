@@ -40,14 +40,15 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
                                          "folder, $TORCH_EXTENSIONS_DIR)"),
     # ---- the cpu backend's convolution (passed to the C++ kernels when the extension loads) ----
     Setting("DRN_CPU_CONV", "choice", ("auto", "winograd", "direct", "aten"), "auto",
-            "auto: a fused model's 3x3 stride-1 convs with >= 64 channels in and out time Winograd (float32: "
-            "F(4x4) and F(2x2); bfloat16 with AVX512-BF16: F(2x2)) against oneDNN's direct convolution at their "
-            "first call and keep the fastest, the public op takes Winograd for float32 ones, oneDNN for the rest; "
+            "auto: a fused model's 3x3 stride-1 convs with >= 64 channels in and out choose Winograd (F(4x4) or "
+            "F(2x2); bfloat16 with AVX512-BF16: F(2x2)) or oneDNN's direct convolution by timing, once per "
+            "machine (DRN_CHOICE_CACHE), the public op takes Winograd for float32 ones (and bfloat16 ones "
+            "without AVX512-BF16), oneDNN for the rest; "
             "winograd: Winograd for every 3x3 stride-1 conv it can compute (oneDNN for the rest); direct: oneDNN "
             "only, no Winograd; aten: ATen's convolution + a fused epilogue, no oneDNN, no Winograd"),
     Setting("DRN_WINOGRAD_TILE", "choice", ("4", "2"), "4",
             "output tile side of the Winograd convolution where it is not measured: F(4x4,3x3) or F(2x2,3x3) "
-            "(bfloat16: always 2)"),
+            "(bfloat16 with AVX512-BF16: always 2)"),
     Setting("DRN_CPU_ISA", "choice", ("best", "baseline", "avx2", "avx512"), "best",
             "which build of the cpu backend's own kernels runs — Winograd transforms and GEMM (bfloat16 GEMM: "
             "avx512 only) — capped by what the CPU has; tests and benchmarks"),
@@ -56,6 +57,9 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
             "in L1, the next slice prefetched into L1; l2: k blocks of 512, the next slice prefetched into L2; "
             "auto: l1 where L1d is >= 48 KB, else l2 (measured on Zen 4's 32 KB L1). The speed changes, never "
             "the answer; tests and benchmarks"),
+    Setting("DRN_CHOICE_CACHE", "path", doc="folder of the cpu backend's algorithm-choice cache files, one per "
+                                            "machine signature (default: cpu_choices/ beside the build on first "
+                                            "use); off: measure in every process, keep nothing"),
     Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests"),
     # ---- Triton ----
     Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests"),

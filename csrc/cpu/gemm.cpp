@@ -458,6 +458,7 @@ std::string cpu_isa_name() {
 // Internal ops for tests and benchmarks (benchmarks/test_bench_cpu_gemm.py measures the rate against cpu_fma_peak).
 TORCH_LIBRARY_FRAGMENT(drn, m) {
   m.def("cpu_isa() -> str", &cpu_isa_name);
+  m.def("cpu_bf16_gemm() -> bool", &gemm_bf16_supported);  // bfloat16 Winograd computes in bf16 (else float32)
   m.def("gemm_pack_b(Tensor b) -> Tensor", &gemm_pack_b);
   m.def("gemm_packed(Tensor a, Tensor b_packed, int n) -> Tensor", &gemm_packed_op);
 }
