@@ -311,8 +311,8 @@ def _onnx_export(module: nn.Module, inputs: tuple) -> tuple[bytes, list[str]]:
 
     A copy in eval mode is exported: the TorchScript exporter puts a module back into its *own* training mode after
     tracing (train(mode) recursively), so exporting a wrapper made in training mode (nn.Module's default) around
-    an eval-mode model used to leave that model — the harness's cached float64/eager reference — in training mode,
-    BatchNorm on batch statistics: the "64% wrong labels" once blamed on openvino."""
+    an eval-mode model would leave that model — the harness's cached float64/eager reference — in training mode,
+    BatchNorm on batch statistics, and the exported providers' labels would look wrong against it."""
     module = copy.deepcopy(module).eval()
     buf = io.BytesIO()
     names = [f"in{i}" for i in range(len(inputs))]

@@ -82,7 +82,7 @@ def table(records: list[dict], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*cols), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
-CPU_PEERS = ("eager-cl", "inductor", "onnxruntime", "openvino")  # what a CPU user would pick instead (issue 11)
+CPU_PEERS = ("eager-cl", "inductor", "onnxruntime", "openvino")  # what a CPU user would pick instead
 
 
 def cpu_goals(records: list[dict]) -> list[dict]:

@@ -1,9 +1,10 @@
-"""The CPU goals of issue 11, timed interleaved: per case, the fused `cpu` model (fp32 and bf16) and every fp32 peer
-a CPU user would pick instead (eager channels_last, Inductor with freezing, ONNX Runtime, OpenVINO) are built side
-by side, warmed up and checked against the float64 model, then timed in rounds: each round calls every provider
-once, the order rotated per round (common.interleaved_times). A shared VM's speed drifts by up to 2x over minutes
-(its neighbours; two vCPUs landing on one core): timed one after another, as test_bench_models.py times them, a
-provider that ran in a slow minute looks slow; interleaved, the drift hits every provider alike and the ratios hold.
+"""The CPU goals (fused fp32 >= 1.5x, fused bf16 >= 2.5x the fastest fp32 peer), timed interleaved: per case, the
+fused `cpu` model (fp32 and bf16) and every fp32 peer a CPU user would pick instead (eager channels_last, Inductor
+with freezing, ONNX Runtime, OpenVINO) are built side by side, warmed up and checked against the float64 model,
+then timed in rounds: each round calls every provider once, the order rotated per round (common.interleaved_times).
+A shared VM's speed drifts by up to 2x over minutes (its neighbours; two vCPUs landing on one core): timed one after
+another, as test_bench_models.py times them, a provider that ran in a slow minute looks slow; interleaved, the
+drift hits every provider alike and the ratios hold.
 
 Records: one per provider, in groups "goal:<model>:<task>:<shape>:<dtype>" (the fp32 peers and fused fp32 in
 :float32, fused bf16 in :bfloat16); benchmarks/report.py's cpu_goals prefers them to the model groups. The goals:
@@ -18,7 +19,7 @@ import torch
 
 from benchmarks import common
 
-GOAL_CASES = [  # (model, task, input shape): issue 11's list
+GOAL_CASES = [  # (model, task, input shape): the cases the CPU goals are judged on
     ("drn_c_26", "classify", (1, 3, 224, 224)),
     ("drn_d_22", "classify", (1, 3, 224, 224)),
     ("drn_d_38", "classify", (1, 3, 224, 224)),

@@ -168,7 +168,8 @@ class Peaks:
 
 # Datasheet figures of the SXM parts, dense (no sparsity). "fp32" is the plain FP32 pipe (no tensor cores): the
 # benchmarks run fp32 with TF32 off everywhere (the CUDA kernel has no TF32 path); "tf32" is the tensor-core peak.
-# Copies measured on an H200 move about 4.3 TB/s of the 4.8 listed: measured ceilings win when there are some.
+# A device's copies reach less than its listed bandwidth (docs/performance/gpu.md): measured ceilings win when there
+# are some.
 GPU_PEAKS = {
     "H100": {"fp16": 989e12, "bf16": 989e12, "tf32": 495e12, "fp32": 67e12, "bytes_per_s": 3.35e12},
     "H200": {"fp16": 989e12, "bf16": 989e12, "tf32": 495e12, "fp32": 67e12, "bytes_per_s": 4.8e12},

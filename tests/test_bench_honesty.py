@@ -1,4 +1,4 @@
-"""The benchmark suite's guards against misleading numbers (issue 15), on the CPU: Inductor cases cannot silently
+"""The benchmark suite's guards against misleading numbers, on the CPU: Inductor cases cannot silently
 run eager, every case's output is checked against the float64 reference on poisoned buffers, precision and dtype
 reach every provider and the roofline, the Triton autotune keys hold the problem size, measured ceilings win over
 datasheet figures."""

@@ -1,4 +1,4 @@
-"""The cpu backend's algorithm choice by measurement (drn_kernels.prepared, issue 11 item 2): a PreparedConv
+"""The cpu backend's algorithm choice by measurement (drn_kernels.prepared): a PreparedConv
 times Winograd F(4x4,3x3), F(2x2,3x3) and oneDNN's direct convolution at the first call of a shape and keeps the
 fastest; the choice is one of the candidates, repeats are bit-identical, DRN_CPU_CONV pins it, and every
 candidate computes the float64 reference's answer. No timing is asserted."""

@@ -158,7 +158,7 @@ def test_conv_bn_act_keeps_nan_and_inf_like_torch(backend, where, value):
 @pytest.mark.parametrize("where", ["x", "weight", "bias", "residual"])
 def test_cpu_conv_paths_keep_nan_and_inf_like_torch(monkeypatch, path, dtype, where):
     """Every CPU path (oneDNN, Winograd, ATen fallback) x dtype: ReLU keeps NaN. Winograd spreads a non-finite
-    input over its output tile (README), so there x is covered by the direct paths only."""
+    input over its output tile (docs/cpu-backend.md), so there x is covered by the direct paths only."""
     _need("cpu")
     if path == "winograd" and where == "x":
         pytest.skip("Winograd spreads a non-finite x over its tile by design")
