@@ -5,8 +5,9 @@ algorithm choices were made (pinned here: DRN_CPU_CONV=winograd, so no call time
 in seconds; the threads then run exactly the computation of the reference). Resident memory (VmRSS) after the
 200 calls may exceed that after the warm-up by at most RSS_BOUND_MIB. The script runs in its own process under
 MALLOC_ARENA_MAX=1: otherwise glibc gives each calling thread its own heap arena, which grows to that thread's
-working set over the first several hundred calls (measured on 2-core Zen 5: +80 MiB, flat after about 1000
-calls) and would hide a leak or pass for one. A leaked output per call would add 200 x 146 KiB = 29 MiB.
+working set over the first several hundred calls (a fused drn_d_22 classifier on 4 threads, 2-core Zen 5: +80 MiB
+from the 200th call to the 1600th) and would hide a leak or pass for one. Keeping every output (as a leak would)
+adds 31 MiB here; the 200 calls as they are add 0.01 MiB (both measured on the same machine).
 """
 import json
 import os
