@@ -92,8 +92,6 @@ def test_killed_holder_is_taken_over_after_its_compilers_exit(tmp_path):
     """A holder killed by SIGKILL leaves its 'compiler' (a sleep started in the build folder, as ninja runs the
     compilers there) running: the next holder waits for it, then takes over."""
     holder = _start("""
-        import signal
-import socket
         with lock.held(folder, say):
             compiler = subprocess.Popen(["sleep", "3"], cwd=folder)
             print("held", compiler.pid, os.getpgid(0), flush=True)
@@ -115,6 +113,33 @@ import socket
     assert inside[3] == "[]"  # nothing of the dead build ran any more when the waiter went in
     assert float(inside[1]) > 1.0  # it waited for the 3-second 'compiler'
     assert (tmp_path / "drn_build.lock").read_text() == ""  # the waiter let go cleanly
+
+
+def test_no_jit_build_waits_for_a_build_under_way(tmp_path, monkeypatch):
+    """DRN_NO_JIT_BUILD=1 loads only: it waits for the build another process runs in the folder, then loads (here
+    the holder builds nothing, so there is nothing to load, and the reason says so)."""
+    from drn_kernels import _extension
+
+    monkeypatch.setenv("DRN_BUILD_DIR", str(tmp_path))
+    folder = _extension.build_directory(with_cuda=False, create=True)
+    holder = subprocess.Popen([sys.executable, "-c", _PROLOGUE + textwrap.dedent("""
+        with lock.held(folder, say):
+            print("held", flush=True)
+            sys.stdin.readline()
+    """), folder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _line_with(holder, "held")
+    env = {**os.environ, "DRN_BUILD_DIR": str(tmp_path), "DRN_NO_JIT_BUILD": "1", "DRN_FORCE_CPU": "1",
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    loader = subprocess.Popen([sys.executable, "-c", "from drn_kernels import _extension; "
+                               "print('loaded:', _extension.load(), _extension.why_unavailable('cpu'))"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert f"waiting for the build by pid {holder.pid}" in _line_with(loader, "waiting", timeout=120)
+    finally:
+        holder.communicate("\n", timeout=30)
+    out, _ = loader.communicate(timeout=120)
+    assert loader.returncode == 0, out
+    assert "loaded: None" in out and "drn_kernels_C_cpu.so" in out and "DRN_NO_JIT_BUILD=1" in out
 
 
 def test_threads_of_one_process_take_turns(tmp_path):
