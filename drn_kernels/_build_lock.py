@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
 import time
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: builds there run without this lock
+    fcntl = None
 
 LOCK_FILE = "drn_build.lock"
 POLL_SECONDS = 0.25  # how often a new holder looks whether the dead holder's compilers have finished
@@ -105,6 +109,9 @@ def held(build_dir: str, say: Callable[[str], None], shared: bool = False):
     when it has to wait, and when it takes over from a build that died. Where the file system refuses locks
     (ENOLCK/ENOTSUP/EOPNOTSUPP, e.g. NFS without a lock daemon) or a shared lock cannot open the file (a read-only
     folder, where nobody can build either), the block runs without one."""
+    if fcntl is None:
+        yield
+        return
     path = os.path.join(build_dir, LOCK_FILE)
     try:
         fd = os.open(path, os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT, 0o644)
