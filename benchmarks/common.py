@@ -697,9 +697,13 @@ def _triton_tuners() -> list:
 @contextlib.contextmanager
 def record_triton_configs():
     """Yields a list that fills with {"kernel", "key": {autotune key argument: value}, "config"} for every
-    distinct tuned launch of drn_kernels' Triton kernels inside the block (the config the autotuner chose)."""
+    distinct tuned launch of drn_kernels' Triton kernels inside the block: the config the autotuner chose, or
+    (with "source") the one drn_kernels.triton.config_table launched from its table or its capped search."""
+    from drn_kernels.triton import config_table
+
     found: list = []
     tuners = _triton_tuners()
+    before = set(config_table.CHOSEN)
 
     def recording(name, tuner):
         original = type(tuner).run
@@ -724,6 +728,7 @@ def record_triton_configs():
     finally:
         for tuner in patched:
             del tuner.run
+        found += [dict(v, config=str(v["config"])) for k, v in config_table.CHOSEN.items() if k not in before]
 
 
 # ---- timing + extra_info ---------------------------------------------------------------------------------------

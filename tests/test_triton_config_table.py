@@ -1,0 +1,113 @@
+"""drn_kernels.triton.config_table: the capped search keeps the best config found before its cap, the table's rows
+round-trip through the literal the refresh tool prints, and on a GPU a launch through the table or the search
+gives the reference's answer."""
+import ast
+import json
+
+import pytest
+import torch
+
+config_table = pytest.importorskip("drn_kernels.triton.config_table")
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_search_stops_at_its_cap_and_keeps_the_best_so_far():
+    clock = FakeClock()
+    costs = {"a": (3.0, 2e-3), "b": (3.0, 1e-3), "c": (3.0, 0.5e-3)}  # (compile seconds, time per call)
+
+    def bench(name):
+        clock.t += costs[name][0]
+        return costs[name][1]
+
+    best, t, tried = config_table.search(["a", "b", "c"], bench, cap_s=5.0, clock=clock)
+    assert (best, t) == ("b", 1e-3)  # c, the fastest, comes after the cap
+    assert [c for c, _ in tried] == ["a", "b"]
+    best, _, tried = config_table.search(["a", "b", "c"], bench, cap_s=100.0, clock=clock)
+    assert best == "c" and len(tried) == 3
+
+
+def test_search_tries_one_even_with_no_time_and_skips_failures():
+    clock = FakeClock()
+
+    def bench(name):
+        clock.t += 10
+        if name == "big":
+            raise RuntimeError("out of resources: shared memory")
+        return 1.0
+
+    best, _, tried = config_table.search(["big", "small"], bench, cap_s=0.0, clock=clock)
+    assert best is None and tried[0][1].startswith("RuntimeError")
+    best, _, tried = config_table.search(["big", "small"], bench, cap_s=15.0, clock=clock)
+    assert best == "small" and len(tried) == 2
+
+
+def test_table_rows_round_trip_through_the_refresh_literal(tmp_path, capsys):
+    row = {"kernel": "conv_bn_act", "key": {"C": 512, "K": 512, "dil_h": 2, "HAS_RES": True, "DOT_PRECISION": "tf32"},
+           "dtype": "float16", "arch": "sm_90", "config": {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_C": 32,
+                                                            "num_warps": 4, "num_stages": 3},
+           "ms": 0.21, "device": "NVIDIA H200", "tried": 3}
+    newer = dict(row, config=dict(row["config"], BLOCK_M=64), ms=0.19)
+    older, newest = tmp_path / "a.json", tmp_path / "b.json"
+    older.write_text(json.dumps([row]))
+    newest.write_text(json.dumps([newer]))
+    assert config_table.main([str(older), str(newest)]) == 0
+    text = capsys.readouterr().out
+    rows = ast.literal_eval(text.split("=", 1)[1].strip())
+    assert len(rows) == 1 and rows[0]["config"]["BLOCK_M"] == 64 and "tried" not in rows[0]
+    config_table.add(rows[0])
+    key = dict(reversed(list(row["key"].items())))  # the order of the key's items does not matter
+    assert config_table.lookup("conv_bn_act", key, "float16", "sm_90") == newer["config"]
+    assert config_table.lookup("conv_bn_act", dict(key, dil_h=4), "float16", "sm_90") is None
+    assert config_table.lookup("conv_bn_act", key, "float16", "sm_80") is None
+
+
+def test_committed_table_rows_are_well_formed():
+    from drn_kernels.triton.tuned_configs import TABLE
+
+    for row in TABLE:
+        assert set(row) >= {"kernel", "key", "dtype", "arch", "config", "ms", "device"}, row
+        assert row["kernel"] in ("conv_bn_act", "class_head", "upsample_argmax")
+        assert {"num_warps", "num_stages"} <= set(row["config"]) and row["arch"].startswith("sm_")
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "fast"])
+def test_search_cap_rejects_junk(monkeypatch, value):
+    monkeypatch.setenv("DRN_TRITON_SEARCH_S", value)
+    with pytest.raises(ValueError, match="DRN_TRITON_SEARCH_S"):
+        config_table.search_cap_s()
+
+
+def test_launch_declines_cpu_tensors():
+    assert config_table.launch("conv_bn_act", None, None, (torch.zeros(1), 3), {}, lambda meta: (1,)) is False
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["search", "pinned"])
+def test_conv_through_the_table_gpu(monkeypatch, mode):
+    """A key no table holds: the capped search (or the pinned first config) launches it, the result matches the
+    reference, and a search's winner is recorded and then served from the table."""
+    import drn_kernels
+    from drn_kernels import reference
+
+    monkeypatch.setenv("DRN_TRITON_SEARCH_S", "0.5")
+    monkeypatch.setenv("DRN_TRITON_PIN_FIRST", "1" if mode == "pinned" else "0")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 40, 23, 17, generator=g).half().cuda().contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(72, 40, 3, 3, generator=g) / 19).half().cuda()
+    b = torch.randn(72, generator=g).half().cuda()
+    before = len(config_table.MEASURED)
+    y = drn_kernels.conv_bn_act(x, w, b, stride=1, padding=3, dilation=3, backend="triton")
+    ref = reference.conv_bn_act(x.double(), w.double(), b.double(), [1, 1], [3, 3], [3, 3], None, True)
+    assert ((y.double() - ref).norm() / ref.norm()).item() < 2e-3
+    if mode == "search":
+        assert len(config_table.MEASURED) == before + 1
+        assert config_table.MEASURED[-1]["arch"] == config_table.arch_of(x.device)
+        y2 = drn_kernels.conv_bn_act(x, w, b, stride=1, padding=3, dilation=3, backend="triton")
+        assert len(config_table.MEASURED) == before + 1 and torch.equal(y, y2)
