@@ -310,11 +310,13 @@ def check_deadline(deadline: float, what: str = ""):
 def step_window(step: Step, budget: Budget, capped: bool) -> tuple[str | None, float]:
     """(why the step is skipped or None, its deadline): it starts with START_FLOOR seconds left or enough for all
     of it, and may run to SLACK x its expected seconds (capped runs; the dry run's CPU stand-ins are not the GPU's
-    speed, so there only the budget caps a step)."""
+    speed, so there only the budget caps a step; the build step: see below)."""
     left = budget.left()
     if left < min(step.expected_s, START_FLOOR) or left <= 0:
         return f"budget: {left:.0f} s left, the step expects {step.expected_s:.0f}", 0.0
-    allowed = min(left, SLACK * step.expected_s + STEP_GRACE) if capped else left
+    # the build is waited for up to --build-timeout (step_build), not cut at its estimate: killing it would lose
+    # the CUDA provider for the rest of the run
+    allowed = min(left, SLACK * step.expected_s + STEP_GRACE) if capped and step.key != "build" else left
     return None, budget.clock() + allowed
 
 
