@@ -10,7 +10,7 @@ so a run cut at any point has returned the most valuable numbers so far:
 
   device          device facts; ceilings: a device-to-device copy (GB/s) and fp16 / bf16 matrix products (TFLOP/s)
   smoke_triton    a smoke subset of the Triton GPU tests (one small and one int64 case per kernel x dtype),
-                  DRN_TEST_TIMEOUT_S per test
+                  TEST_TIMEOUT_S per test
   head            the 19-class head at 1024x2048: eager up -> log_softmax -> max against class_head(upsample=8,
                   label_dtype=uint8); time, peak memory and the working memory beyond the outputs
   layers_dilated  the 512-channel layers at d = 1, 2, 4 (batch 8 @28x28) x {cudnn, cudnn-fused, triton}
@@ -28,7 +28,7 @@ so a run cut at any point has returned the most valuable numbers so far:
   inductor        the models under Inductor (max-autotune, freezing), in a subprocess, only with time left
 
 Triton configs come from drn_kernels.triton.config_table (a committed table, else a search capped at
-COST["triton_key"] seconds per key); the winners of this run's searches are written to triton_configs-<tag>.json
+COST["triton_key"] seconds per key: config_table.SEARCH_CAP_S); the winners of this run's searches are written to triton_configs-<tag>.json
 so the table can be refreshed from it. Files (at most 8): device_check-<tag>.{json,md,log,png},
 triton_configs-<tag>.json and build-<tag>.log (the compiler's output: ptxas -v, registers and spills), into $OUT
 when set, else benchmarks/results/.
@@ -155,7 +155,7 @@ COST = {
     "device": 8.0,            # facts, a 2 GiB copy, two 8192^3 products
     "smoke_triton": 45.0,     # pytest start-up + ~20 tests, each compiling its kernels
     "smoke_cuda": 25.0,       # ~18 tests, no compilation
-    "triton_key": 3.0,        # one key the table lacks: the capped search (DRN_TRITON_SEARCH_S)
+    "triton_key": 3.0,        # one key the table lacks: the capped search (config_table.SEARCH_CAP_S)
     "triton_known": 1.5,      # one key the table has: compile its one config
     "layer_provider": 1.2,    # one layer x one provider: first call, poisoned call vs float64, do_bench
     "head_provider": 2.0,     # one head provider: the same, and peak memory
@@ -614,13 +614,12 @@ PYTEST_LINE = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPAS
 
 
 def step_smoke(run: Run, rec: dict, deadline: float, which: str):
-    """One smoke subset of the @gpu tests in a subprocess (partial counts survive a cut), DRN_TEST_TIMEOUT_S per
-    test (benchmarks/pytest_test_timeout.py: the lent machine may lack pytest-timeout)."""
+    """One smoke subset of the @gpu tests in a subprocess (partial counts survive a cut), TEST_TIMEOUT_S per test
+    (benchmarks/pytest_test_timeout.py: the lent machine may lack pytest-timeout)."""
     files, expr = SMOKE[which]
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-k", expr, "-v", "-p", "no:cacheprovider",
-           "-p", "benchmarks.pytest_test_timeout", "-rfE", *files]
-    env = {**os.environ, "DRN_TEST_TIMEOUT_S": str(TEST_TIMEOUT_S)}
-    code, out = run_capped(cmd, timeout=deadline - time.monotonic(), env=env)
+           "-p", "benchmarks.pytest_test_timeout", f"--per-test-timeout={TEST_TIMEOUT_S:g}", "-rfE", *files]
+    code, out = run_capped(cmd, timeout=deadline - time.monotonic())
     counts: dict[str, int] = {}
     failed = []
     for line in out.splitlines():
@@ -1002,9 +1001,9 @@ def step_sanitizers(run: Run, rec: dict, deadline: float):
     """compute-sanitizer over a payload process: memcheck over every kernel (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so
     each tensor is its own allocation and a read past its end is seen), racecheck and synccheck over the small
     payload (each kernel at 1-4 blocks: the tools are slow per thread). Triton kernels run with their first
-    config that fits (DRN_TRITON_PIN_FIRST=1): one compiled kernel of each kind. A machine where the tool does
+    config that fits (the payload pins it): one compiled kernel of each kind. A machine where the tool does
     not run is recorded so. The dry run: the payloads on cuda-sim and the Triton interpreter, without a tool."""
-    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "DRN_TRITON_PIN_FIRST": "1"}
+    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     if run.dry:  # no tool: the small payload once, on the stand-ins
         rec["tool"] = "none (dry run: the payload without a checker)"
         entry = rec["payload"] = {}
@@ -1057,7 +1056,9 @@ def sanitizer_payload(spec: str) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import drn_kernels
     from drn_kernels import reference
+    from drn_kernels.triton import config_table
 
+    config_table.PIN_FIRST = True  # one compiled Triton kernel of each kind, its first config that fits
     g = torch.Generator().manual_seed(0)
     bad = []
     # (C, K, kernel, stride, dilation, residual, H, W)
@@ -1450,7 +1451,6 @@ def main(argv=None) -> int:
         return 0
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels run on CPU tensors
-    os.environ.setdefault("DRN_TRITON_SEARCH_S", str(COST["triton_key"]))  # the search cap the plan counts on
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -1461,6 +1461,9 @@ def main(argv=None) -> int:
     out_dir = args.out or (pathlib.Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Run(args, out_dir, tag)
+    from drn_kernels.triton import config_table
+
+    config_table.SEARCH_CAP_S = COST["triton_key"]  # the search cap the plan counts on
     # fp16 on the GPU; the dry run computes in fp32 (CPU fp16 convs and numpy's fp16 dots are slow to no purpose)
     run.device, run.dtype = device, (torch.float32 if args.dry_run else torch.float16)
     if device.type == "cuda":

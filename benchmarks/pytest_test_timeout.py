@@ -1,4 +1,4 @@
-"""A pytest plugin (`-p benchmarks.pytest_test_timeout`): each test may run DRN_TEST_TIMEOUT_S seconds.
+"""A pytest plugin (`-p benchmarks.pytest_test_timeout --per-test-timeout S`): each test may run S seconds.
 
 The lent GPU has no package registry, so pytest-timeout may be missing: this is the part of it the device check
 needs. A test past its time gets a TimeoutError raised in it (SIGALRM: between Python bytecodes, so a test stuck
@@ -16,24 +16,21 @@ import threading
 import pytest
 
 
-def _seconds() -> float | None:
-    text = os.environ.get("DRN_TEST_TIMEOUT_S", "")
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value > 0 else None
+def pytest_addoption(parser):
+    parser.addoption("--per-test-timeout", type=float, default=None, metavar="S",
+                     help="fail a test that runs longer than S seconds; end pytest when one runs 2 x S")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    limit = _seconds()
+    limit = item.config.getoption("--per-test-timeout")
+    limit = limit if limit and limit > 0 else None
     if limit is None or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def expire(signum, frame):
-        raise TimeoutError(f"{item.nodeid} ran past its {limit:g} s (DRN_TEST_TIMEOUT_S)")
+        raise TimeoutError(f"{item.nodeid} ran past its {limit:g} s (--per-test-timeout)")
 
     def hung():
         print(f"\nTIMEOUT (hung) {item.nodeid}: still running at {2 * limit:g} s; ending pytest", file=sys.stderr,

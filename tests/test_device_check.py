@@ -127,10 +127,9 @@ def test_rehearsal_cut_short_keeps_the_valuable_prefix():
 def test_per_test_timeout_plugin(tmp_path):
     (tmp_path / "test_sleepy.py").write_text("import time\n\ndef test_sleeps():\n    time.sleep(5)\n\n"
                                              "def test_quick():\n    pass\n")
-    env = {**os.environ, "DRN_TEST_TIMEOUT_S": "0.5"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-                           "benchmarks.pytest_test_timeout", str(tmp_path / "test_sleepy.py")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                           "benchmarks.pytest_test_timeout", "--per-test-timeout=0.5", str(tmp_path / "test_sleepy.py")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "1 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
     assert "TimeoutError" in proc.stdout
 

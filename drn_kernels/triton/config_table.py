@@ -8,49 +8,33 @@ launchers (conv_bn_act.py, class_head.py) ask `launch` first:
    kernel's constexpr flags (what selects a different compiled kernel). The committed rows live in
    tuned_configs.TABLE; `record`/`add` put more rows in this process's table.
 2. A time-capped search for a key the table lacks: the configs the autotuner would try (pruned the same way),
-   each compiled and timed in order until `search_cap_s()` (DRN_TRITON_SEARCH_S, default 4 s per key) has
-   passed; the best so far wins, is added to this process's table and to MEASURED, which
+   each compiled and timed in order until SEARCH_CAP_S (default 4 s per key) has passed; the best so far wins, is added to this process's table and to MEASURED, which
    `python -m drn_kernels.triton.config_table` / `write_measured` turn into rows for tuned_configs.py (the device
    check writes them into its output folder, so one run on a new GPU refreshes the table).
 3. Nothing: `launch` returns False and the launcher falls back to triton.autotune (under torch.compile tracing,
-   CUDA-graph capture or DRN_TRITON_SEARCH_S=0, where nothing may be timed).
+   CUDA-graph capture or SEARCH_CAP_S = 0, where nothing may be timed).
 
-Pinning: DRN_TRITON_PIN_FIRST=1 launches the first config that passes pruning for every key (no table, no
-search): the sanitizer runs use it so that one small compiled kernel of each kind is checked.
+Pinning: PIN_FIRST = True launches the first config that passes pruning for every key (no table, no search):
+the sanitizer payload sets it so that one small compiled kernel of each kind is checked.
+SEARCH_CAP_S and PIN_FIRST are this module's variables (not environment settings): a program sets them.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Callable, Optional
 
 import torch
 
-DEFAULT_SEARCH_S = 4.0
+SEARCH_CAP_S = 4.0   # seconds a search may spend on one key; 0: no search (triton.autotune decides)
+PIN_FIRST = False    # True: every key launches its first config that fits, nothing is searched or looked up
 
 _TABLE: dict[tuple, dict] = {}   # row key -> config dict (BLOCK_* plus num_warps, num_stages)
 _LOADED = False
 MEASURED: list[dict] = []       # rows found by searches in this process, in the order found
 CHOSEN: dict[tuple, dict] = {}  # row key -> {"kernel", "key", "config", "source"} of every key launched here
-
-
-def search_cap_s() -> float:
-    """Seconds a search may spend on one key (DRN_TRITON_SEARCH_S; 0 turns searching off)."""
-    text = os.environ.get("DRN_TRITON_SEARCH_S", "")
-    try:
-        value = float(text) if text else DEFAULT_SEARCH_S
-    except ValueError:
-        raise ValueError(f"DRN_TRITON_SEARCH_S must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"DRN_TRITON_SEARCH_S must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def pin_first() -> bool:
-    return os.environ.get("DRN_TRITON_PIN_FIRST", "0") == "1"
 
 
 def arch_of(device: torch.device) -> str:
@@ -145,15 +129,15 @@ def launch(kernel: str, tuner, launcher, args: tuple, flags: dict, grid: Callabl
         launcher(tuner.fn)[grid(meta)](*args, **flags, **meta, num_warps=cfg["num_warps"],
                                        num_stages=cfg["num_stages"])
 
-    if pin_first():
+    if PIN_FIRST:
         run(config_dict(_pruned(tuner, named, flags)[0]), "pinned first")
         return True
     cfg = lookup(kernel, key, dtype, arch)
     if cfg is not None:
         run(cfg, "table")
         return True
-    cap = search_cap_s()
-    if (cap <= 0 or not _plain_tensors(tensors) or torch.compiler.is_compiling()
+    cap = float(SEARCH_CAP_S)
+    if (not cap > 0 or not _plain_tensors(tensors) or torch.compiler.is_compiling()
             or torch.cuda.is_current_stream_capturing()):
         return False
     import triton.testing

@@ -8,7 +8,7 @@ of its searches to triton_configs-<device>.json in its output folder, and
     python -m drn_kernels.triton.config_table triton_configs-<device>.json > table.txt
 
 prints this literal with them merged in. Until a GPU run has filled it, the table is empty and every key is
-found by the time-capped search (config_table.search_cap_s).
+found by the time-capped search (config_table.SEARCH_CAP_S).
 """
 TABLE = [
 ]
