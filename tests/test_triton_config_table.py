@@ -3,6 +3,7 @@ round-trip through the literal the refresh tool prints, and on a GPU a launch th
 gives the reference's answer."""
 import ast
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,3 +105,80 @@ def test_conv_through_the_table_gpu(monkeypatch, mode):
         assert config_table.MEASURED[-1]["arch"] == config_table.arch_of(x.device)
         y2 = drn_kernels.conv_bn_act(x, w, b, stride=1, padding=3, dilation=3, backend="triton")
         assert len(config_table.MEASURED) == before + 1 and torch.equal(y, y2)
+
+
+class FakeLauncher:
+    """Records what a launch would run: (kernel, grid, kwargs)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, fn):
+        launcher = self
+
+        class Indexed:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: launcher.calls.append((fn, grid, kwargs))
+
+        return Indexed()
+
+
+def _fake_tuner():
+    import triton
+
+    configs = [triton.Config({"BLOCK_M": m}, num_warps=4, num_stages=2) for m in (256, 128, 64, 32)]
+
+    def prune(cfgs, named, **kwargs):  # the kernel's own pruning: no tile wider than 2 x M
+        return [c for c in cfgs if c.kwargs["BLOCK_M"] <= 2 * named["M"]]
+
+    return SimpleNamespace(fn="kernel", arg_names=["x_ptr", "M", "C"], keys=["M", "C"], configs=configs,
+                           early_config_prune=prune)
+
+
+def test_choose_and_launch_searches_once_then_serves_the_table(monkeypatch):
+    """A new key: the pruned configs are timed in order, the fastest launched and recorded (MEASURED, CHOSEN,
+    the table); the same key again launches the winner without timing; pinning launches the first that fits."""
+    monkeypatch.setattr(config_table, "SEARCH_CAP_S", 100.0)
+    monkeypatch.setattr(config_table, "MEASURED", [])
+    monkeypatch.setattr(config_table, "CHOSEN", {})
+    tuner, launcher = _fake_tuner(), FakeLauncher()
+    timed = []
+
+    def time_call(call):
+        call()
+        cfg = launcher.calls[-1][2]
+        timed.append(cfg["BLOCK_M"])
+        return {128: 3e-4, 64: 1e-4, 32: 2e-4}[cfg["BLOCK_M"]]
+
+    args = ("x", 100, 7)
+    flags = {"HAS_RES": True}
+    grid = lambda meta: (-(-100 // meta["BLOCK_M"]),)  # noqa: E731
+    arch = "sm_test_search"
+    assert config_table.choose_and_launch("k", tuner, launcher, args, flags, grid, "float16", arch, time_call,
+                                          lambda: "fake GPU")
+    assert timed == [128, 64, 32]  # 256 pruned (> 2 x M)
+    fn, grid_used, kwargs = launcher.calls[-1]
+    assert (fn, grid_used, kwargs["BLOCK_M"], kwargs["HAS_RES"], kwargs["num_warps"]) == ("kernel", (2,), 64, True, 4)
+    row = config_table.MEASURED[-1]
+    assert row["key"] == {"M": 100, "C": 7, "HAS_RES": True} and row["config"]["BLOCK_M"] == 64
+    assert row["tried"] == 3 and row["device"] == "fake GPU" and row["arch"] == arch
+    assert list(config_table.CHOSEN.values())[-1]["source"].startswith("search")
+    n = len(launcher.calls)
+    assert config_table.choose_and_launch("k", tuner, launcher, args, flags, grid, "float16", arch, None,
+                                          lambda: "fake GPU")
+    assert len(launcher.calls) == n + 1 and launcher.calls[-1][2]["BLOCK_M"] == 64 and len(timed) == 3
+    # another dtype is another key: without a timer nothing is launched (the autotuner's turn)
+    assert not config_table.choose_and_launch("k", tuner, launcher, args, flags, grid, "bfloat16", arch, None,
+                                              lambda: "fake GPU")
+    monkeypatch.setattr(config_table, "PIN_FIRST", True)
+    assert config_table.choose_and_launch("k", tuner, launcher, args, flags, grid, "bfloat16", arch, None,
+                                          lambda: "fake GPU")
+    assert launcher.calls[-1][2]["BLOCK_M"] == 128
+
+
+def test_choose_and_launch_with_a_zero_cap_leaves_it_to_the_autotuner(monkeypatch):
+    monkeypatch.setattr(config_table, "SEARCH_CAP_S", 0)
+    launcher = FakeLauncher()
+    assert not config_table.choose_and_launch("k", _fake_tuner(), launcher, ("x", 100, 7), {}, lambda m: (1,),
+                                              "float16", "sm_test_zero", lambda call: 1.0, lambda: "fake GPU")
+    assert launcher.calls == []

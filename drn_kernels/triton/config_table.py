@@ -115,11 +115,27 @@ def launch(kernel: str, tuner, launcher, args: tuple, flags: dict, grid: Callabl
     tensors = [a for a in args if isinstance(a, torch.Tensor)]
     if not tensors or tensors[0].device.type != "cuda":
         return False
+    device = tensors[0].device
+    timeable = (_plain_tensors(tensors) and not torch.compiler.is_compiling()
+                and not torch.cuda.is_current_stream_capturing())
+    return choose_and_launch(kernel, tuner, launcher, args, flags, grid, dtype_name(tensors[0].dtype),
+                             arch_of(device), _median_seconds if timeable else None,
+                             lambda: torch.cuda.get_device_name(device))
+
+
+def _median_seconds(fn) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median") / 1e3
+
+
+def choose_and_launch(kernel: str, tuner, launcher, args: tuple, flags: dict, grid, dtype: str, arch: str,
+                      time_call: Optional[Callable[[Callable], float]], device_name: Callable[[], str]) -> bool:
+    """launch's decision for tensors of `dtype` on `arch`: pinned, table, or (when time_call, which returns the
+    median seconds of a zero-argument call, is given) the capped search."""
     named = dict(zip(tuner.arg_names, args))
     key = {k: named[k] for k in tuner.keys if k in named}
     key.update({k: v for k, v in flags.items()})
-    dtype = dtype_name(tensors[0].dtype)
-    arch = arch_of(tensors[0].device)
 
     def run(cfg: dict, source: str = ""):
         if source:
@@ -136,23 +152,20 @@ def launch(kernel: str, tuner, launcher, args: tuple, flags: dict, grid: Callabl
     if cfg is not None:
         run(cfg, "table")
         return True
-    cap = float(SEARCH_CAP_S)
-    if (not cap > 0 or not _plain_tensors(tensors) or torch.compiler.is_compiling()
-            or torch.cuda.is_current_stream_capturing()):
+    if time_call is None or not float(SEARCH_CAP_S) > 0:
         return False
-    import triton.testing
 
     def bench(cfg: dict) -> float:
         run(cfg)  # compiles; raises when the config does not fit this GPU
-        return triton.testing.do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median") / 1e3
+        return time_call(lambda: run(cfg))
 
     t0 = time.monotonic()
-    best, best_t, tried = search([config_dict(c) for c in _pruned(tuner, named, flags)], bench, cap)
+    best, best_t, tried = search([config_dict(c) for c in _pruned(tuner, named, flags)], bench, float(SEARCH_CAP_S))
     if best is None:
         return False
     row = {"kernel": kernel, "key": {k: _plain(v) for k, v in key.items()}, "dtype": dtype, "arch": arch,
            "config": best, "ms": round(best_t * 1e3, 5), "tried": len(tried),
-           "search_s": round(time.monotonic() - t0, 2), "device": torch.cuda.get_device_name(tensors[0].device)}
+           "search_s": round(time.monotonic() - t0, 2), "device": device_name()}
     add(row)
     MEASURED.append(row)
     run(best, f"search ({len(tried)} tried in {row['search_s']} s)")  # the caller's result comes from the winner
