@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -197,7 +198,8 @@ def key_cost(keys, cost: dict, arch: str = PLAN_ARCH) -> float:
     return sum(cost["triton_known"] if k in known else cost["triton_key"] for k in keys)
 
 
-def model_layers(name: str, task: str, shape) -> list[LayerShape]:
+@functools.lru_cache(maxsize=None)
+def model_layers(name: str, task: str, shape: tuple) -> tuple[LayerShape, ...]:
     """The conv_bn_act calls of the fused model (drn.flops' walk of a meta-device model: no weights, no time)."""
     import torch
 
@@ -212,7 +214,7 @@ def model_layers(name: str, task: str, shape) -> list[LayerShape]:
         out.append(LayerShape(row.in_shape[0], row.in_shape[1], row.in_shape[2], row.in_shape[3], row.out_shape[1],
                               row.kernel[0], row.kernel[1], row.stride[0], row.padding[0], row.dilation[0],
                               row.residual, row.relu, f"{name}:{row.name}"))
-    return out
+    return tuple(out)
 
 
 # ---- the plan ------------------------------------------------------------------------------------------------------

@@ -143,3 +143,21 @@ def test_dry_run_tiny_budget_still_writes(tmp_path):
     assert set(statuses.values()) <= {"done", "cut", "skipped"}
     skipped = [v for v in results["steps"].values() if v["status"] == "skipped"]
     assert any(v["reason"].startswith("budget") for v in skipped), statuses
+
+
+def test_the_documented_plan_is_the_plan():
+    """docs/gpu-check.md's plan table: the steps in the plan's order, each with its expected seconds and the time
+    the replay at 480 s ends it (or says it is cut / skipped)."""
+    rows = [ln.split("|")[1:-1] for ln in (ROOT / "docs" / "gpu-check.md").read_text().splitlines()
+            if ln.startswith("| `")]
+    steps = device_check.plan(False)
+    table = [r for r in rows if r[0].strip().strip("`") in {s.key for s in steps}]
+    assert [r[0].strip().strip("`") for r in table] == [s.key for s in steps]
+    replay = {r["key"]: r for r in device_check.rehearse(480.0)}
+    for row, step in zip(table, steps):
+        expected, ends = row[2].strip(), row[3].strip()
+        if step.key != "build":
+            assert expected == f"{step.expected_s:.0f}", (step.key, expected, step.expected_s)
+        r = replay[step.key]
+        want = {"done": f"{r.get('end_s', 0):.0f}", "cut": "cut at 480", "skipped": "skipped"}[r["status"]]
+        assert ends == want, (step.key, ends, r)
