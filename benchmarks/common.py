@@ -49,10 +49,10 @@ from torch import nn
 import drn
 import drn_kernels
 from benchmarks import harness
-from benchmarks.harness import (MAX_INPUT_SETS, RESULTS_DIR, LayerShape, cudnn_fused_conv,  # noqa: F401
+from benchmarks.harness import (RESULTS_DIR, LayerShape, cudnn_fused_conv,  # noqa: F401
                                 poisoned_outputs)
 from drn_kernels import settings
-from drn.flops import conv_count, count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
+from drn.flops import count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
 from drn.profile import build_meta_model
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -444,11 +444,13 @@ class _Predict(nn.Module):
         return self.model.predict(x)
 
 
-def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32, sets: int = 1) -> Runner:
-    """The model (classify: forward, segment: predict) with `provider` in `dtype`, on `sets` input sets."""
+def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32, sets: int = 1,
+                 model: Optional[nn.Module] = None) -> Runner:
+    """The model (classify: forward, segment: predict) with `provider` in `dtype`, on `sets` input sets; `model`:
+    this unfused model instead of drn.build(name) with seed 0 (left as it is: providers work on copies)."""
     from drn.fused import FusedConv
 
-    model = _unfused(name, task)
+    model = _unfused(name, task) if model is None else model
     xs = _model_inputs(shape, sets)
     if provider in EXPORTED:
         export = _ort_session if provider == "onnxruntime" else _openvino_request
@@ -478,9 +480,10 @@ def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32
     return Runner([functools.partial(fn, x) for x in xs])
 
 
-def model_reference(name: str, task: str, shape, dtype: torch.dtype):
-    """(float64 output, torch's own output in dtype (eager channels_last)) of the unfused model on input set 0."""
-    model = _unfused(name, task)
+def model_reference(name: str, task: str, shape, dtype: torch.dtype, model: Optional[nn.Module] = None):
+    """(float64 output, torch's own output in dtype (eager channels_last)) of the unfused model (drn.build(name), or
+    `model`) on input set 0."""
+    model = _unfused(name, task) if model is None else model
     x = _model_inputs(shape, 1)[0]
     cl = torch.channels_last
     same = copy.deepcopy(model).to(device=DEVICE, dtype=dtype).to(memory_format=cl)

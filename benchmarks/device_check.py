@@ -44,7 +44,6 @@ prints only that replay.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import math
@@ -873,10 +872,6 @@ def _model(name: str, task: str, dry: bool = False):
     return (drn.DRNSeg(backbone, 19) if task == "segment" else backbone).eval()
 
 
-def _model_fn(model, task: str):
-    return model.predict if task == "segment" else model
-
-
 def _compare_model(task: str, out, ref) -> dict:
     from benchmarks.harness import relative_error
 
@@ -887,19 +882,19 @@ def _compare_model(task: str, out, ref) -> dict:
             "top1_agreement": (out.argmax(1).cpu() == ref.argmax(1).cpu()).double().mean().item()}
 
 
-def cuda_graphed(fn, x):
-    """fn(x) captured as one CUDA graph (after a warm-up on a side stream, as torch.cuda.graphs asks): a
+def cuda_graphed(call):
+    """call() captured as one CUDA graph (after a warm-up on a side stream, as torch.cuda.graphs asks): a
     zero-argument replay that returns the captured outputs. Host work per launch disappears; the kernels stay."""
     import torch
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        fn(x)
+        call()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = fn(x)
+        out = call()
 
     def replay():
         graph.replay()
@@ -908,71 +903,62 @@ def cuda_graphed(fn, x):
     return replay
 
 
+MODEL_PROVIDERS = ("eager", "fused-cuda", "fused-triton")  # the CUDA kernels first: no compilation
+
+
 def step_model(run: Run, rec: dict, deadline: float, name: str, task: str, shape):
-    """eager (cuDNN, channels_last), fused-cuda, fused-triton as called, then both fused models as one CUDA graph:
-    latency, peak memory, and the host time per conv (as called - graphed, over the convs)."""
+    """eager (cuDNN, channels_last), fused-cuda, fused-triton as called (benchmarks.common's model runners and
+    reference), then both fused models as one CUDA graph: latency, peak memory, and the host time per conv (as
+    called - graphed, over the convs)."""
     import torch
 
     import drn
+    from benchmarks import common
     from benchmarks.harness import median_seconds, memory_bytes, timed_first_call
     from drn.fused import FusedConv
 
     dev, dtype = run.device, run.dtype
-    cl = torch.channels_last
-    backends = DRY_KERNEL_BACKEND if run.dry else KERNEL_BACKEND
     base = _model(name, task, run.dry)
-    x32 = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    names = {"eager": "eager-cl" if run.dry else "cudnn",
+             "fused-cuda": DRY_KERNEL_BACKEND["cuda"] if run.dry else "cuda", "fused-triton": "triton"}
     with torch.inference_mode():
-        ref = _model_fn(copy.deepcopy(base).to(dev, torch.float64), task)(x32.to(dev, torch.float64))
+        ref = common.model_reference(name, task, shape, dtype, model=base)[0]
     case = rec["case"] = {"model": name, "task": task, "input": list(shape), "dtype": str(dtype)[6:],
-                          "providers": {}}
+                          "providers": {},
+                          "convs": sum(isinstance(m, FusedConv) for m in drn.fuse(base, backend="reference").modules())}
     if run.dry:
         case["dry_run_model"] = f"a DRN-{name[4].upper()} with {DRY_MODEL}"
-    x = x32.to(dev, dtype).contiguous(memory_format=cl)
-    runners = {"eager": _model_fn(copy.deepcopy(base).to(dev, dtype, memory_format=cl), task)}
-    convs = 0
-    for provider in ("cuda", "triton"):  # the CUDA kernels first: no compilation
-        reason = why_unavailable(backends[provider], dev)
-        if reason is None:
-            fused = drn.fuse(copy.deepcopy(base), backend=backends[provider]).to(dev, dtype)
-            convs = sum(isinstance(m, FusedConv) for m in fused.modules())
-            runners[f"fused-{provider}"] = _model_fn(fused, task)
-        else:
-            runners[f"fused-{provider}"] = reason
-    case["convs"] = convs
-    for provider, fn in list(runners.items()) + [(f"{p}+graph", p) for p in ("fused-cuda", "fused-triton")]:
+    calls = {}
+    for provider in MODEL_PROVIDERS + tuple(f"{p}+graph" for p in MODEL_PROVIDERS[1:]):
         check_deadline(deadline, f"{name} {provider}")
         entry = case["providers"][provider] = {}
-        if provider.endswith("+graph"):
-            called = case["providers"].get(fn, {})
-            if dev.type != "cuda":
-                entry["skipped"] = "CUDA graphs need a GPU"
-                continue
-            if "median_ms" not in called:
-                entry["skipped"] = f"{fn} did not run"
-                continue
-            fn = runners[fn]
-        elif isinstance(fn, str):
-            entry["skipped"] = fn
+        graphed = provider.endswith("+graph")
+        backend = names[provider.removesuffix("+graph")]
+        reason = None if backend in ("cudnn", "eager-cl") else why_unavailable(backend, dev)
+        if graphed and dev.type != "cuda":
+            reason = "CUDA graphs need a GPU"
+        elif graphed and provider.removesuffix("+graph") not in calls:
+            reason = f"{provider.removesuffix('+graph')} did not run"
+        if reason is not None:
+            entry["skipped"] = reason
             continue
         try:
             with torch.inference_mode():
-                if provider.endswith("+graph"):
+                if graphed:
                     t0 = time.perf_counter()
-                    call = cuda_graphed(fn, x)
+                    call = cuda_graphed(calls[provider.removesuffix("+graph")])
                     entry["capture_s"] = round(time.perf_counter() - t0, 3)
                     out = call()
                     torch.cuda.synchronize()
                     entry.update(**_compare_model(task, out, ref))
                 else:
-                    out, first = timed_first_call(lambda: fn(x), dev)
+                    call = common.model_runner(backend, name, task, shape, dtype, model=base).calls[0]
+                    out, first = timed_first_call(call, dev)
                     entry.update(first_call_s=round(first, 3), **_compare_model(task, out, ref))
-
-                    def call():
-                        return fn(x)
+                    calls[provider] = call
                 del out
                 entry["median_ms"] = median_seconds(call, dev, rep_ms=300) * 1e3
-                if dev.type == "cuda" and not provider.endswith("+graph"):
+                if dev.type == "cuda" and not graphed:
                     entry["peak_mb"] = memory_bytes(call, dev)[0] / 2**20
         except Exception as e:  # noqa: BLE001
             entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -983,9 +969,9 @@ def step_model(run: Run, rec: dict, deadline: float, name: str, task: str, shape
     for provider, entry in case["providers"].items():
         if eager_t and entry.get("median_ms"):
             entry["vs_eager"] = eager_t / entry["median_ms"]
-        graphed = case["providers"].get(f"{provider}+graph", {}).get("median_ms")
-        if graphed and entry.get("median_ms") and convs:
-            entry["host_us_per_conv"] = (entry["median_ms"] - graphed) * 1e3 / convs
+        graphed_t = case["providers"].get(f"{provider}+graph", {}).get("median_ms")
+        if graphed_t and entry.get("median_ms") and case["convs"]:
+            entry["host_us_per_conv"] = (entry["median_ms"] - graphed_t) * 1e3 / case["convs"]
 
 
 # -- sanitizers ---------------------------------------------------------------------------------------------------------
@@ -1128,7 +1114,7 @@ def inductor_worker(spec: str) -> int:
     torch.backends.cudnn.benchmark = True
     inductor_config.freezing = True
     model = _model(name, task).to(dev, torch.float16, memory_format=torch.channels_last)
-    fn = torch.compile(_model_fn(model, task), mode="max-autotune")
+    fn = torch.compile(model.predict if task == "segment" else model, mode="max-autotune")
     x = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dev, torch.float16)
     x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
