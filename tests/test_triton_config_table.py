@@ -182,3 +182,13 @@ def test_choose_and_launch_with_a_zero_cap_leaves_it_to_the_autotuner(monkeypatc
     assert not config_table.choose_and_launch("k", _fake_tuner(), launcher, ("x", 100, 7), {}, lambda m: (1,),
                                               "float16", "sm_test_zero", lambda call: 1.0, lambda: "fake GPU")
     assert launcher.calls == []
+
+
+def test_only_real_tensors_are_timed():
+    """A fused model's weights are nn.Parameters: searchable. A torch.compile trace's fake tensors are not."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    assert config_table._plain_tensors([torch.zeros(2), torch.nn.Parameter(torch.zeros(2), requires_grad=False)])
+    with FakeTensorMode():
+        fake = torch.zeros(2)
+    assert not config_table._plain_tensors([torch.zeros(2), fake])

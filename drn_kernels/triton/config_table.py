@@ -101,10 +101,12 @@ def search(candidates: list, bench: Callable, cap_s: float, clock: Callable[[], 
 
 
 def _plain_tensors(values) -> bool:
-    """Real CUDA tensors (not fake / functional ones of a torch.compile trace): only those can be timed."""
+    """Real tensors (plain or nn.Parameter, as a fused model's weights are; not the fake / functional ones of a
+    torch.compile trace): only those can be timed."""
     from torch._subclasses.fake_tensor import is_fake
+    from torch._subclasses.functional_tensor import FunctionalTensor
 
-    return all(type(v) is torch.Tensor and not is_fake(v) for v in values if isinstance(v, torch.Tensor))
+    return all(not is_fake(v) and not isinstance(v, FunctionalTensor) for v in values if isinstance(v, torch.Tensor))
 
 
 def launch(kernel: str, tuner, launcher, args: tuple, flags: dict, grid: Callable[[dict], tuple]) -> bool:
