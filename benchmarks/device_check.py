@@ -25,7 +25,8 @@ so a run cut at any point has returned the most valuable numbers so far:
                   pinned-config call of each Triton kernel; racecheck and synccheck over the same kernels at
                   1-4 blocks; a machine where the tool cannot run is recorded as such
   layers_rest     the other 9 layers of DRN-C-42 / DRN-D-38 with all four providers
-  inductor        the models under Inductor (max-autotune, freezing), in a subprocess, only with time left
+  inductor        the models under Inductor (benchmarks.common's provider: max-autotune without CUDA graphs,
+                  freezing), in a subprocess, only with time left
 
 Triton configs come from drn_kernels.triton.config_table (a committed table, else a search capped at
 COST["triton_key"] seconds per key: config_table.SEARCH_CAP_S); the winners of this run's searches are written to triton_configs-<tag>.json
@@ -1102,26 +1103,23 @@ def sanitizer_payload(spec: str) -> int:
 # -- Inductor --------------------------------------------------------------------------------------------------------
 
 def inductor_worker(spec: str) -> int:
-    """One model compiled by Inductor (max-autotune, freezing): prints INDUCTOR_RESULT {json}."""
+    """One model as benchmarks.common's "inductor" provider compiles it (max-autotune without CUDA graphs,
+    freezing), fp16: prints INDUCTOR_RESULT {json} after the compilation and again after the timing."""
     import torch
-    import torch._inductor.config as inductor_config
 
+    from benchmarks import common
     from benchmarks.harness import median_seconds, memory_bytes, timed_first_call
 
     name, task, shape = spec.split(":")
     shape = tuple(int(s) for s in shape.split("x"))
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
-    inductor_config.freezing = True
-    model = _model(name, task).to(dev, torch.float16, memory_format=torch.channels_last)
-    fn = torch.compile(model.predict if task == "segment" else model, mode="max-autotune")
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dev, torch.float16)
-    x = x.contiguous(memory_format=torch.channels_last)
+    call = common.model_runner("inductor", name, task, shape, torch.float16).calls[0]
     with torch.inference_mode():
-        _, first = timed_first_call(lambda: fn(x), dev)
+        _, first = timed_first_call(call, dev)
         print("INDUCTOR_RESULT " + json.dumps({"compile_s": first}), flush=True)
-        t = median_seconds(lambda: fn(x), dev, rep_ms=300)
-        peak = memory_bytes(lambda: fn(x), dev)[0]
+        t = median_seconds(call, dev, rep_ms=300)
+        peak = memory_bytes(call, dev)[0]
     print("INDUCTOR_RESULT " + json.dumps({"compile_s": first, "median_ms": t * 1e3, "peak_mb": peak / 2**20}),
           flush=True)
     return 0
