@@ -1420,7 +1420,7 @@ def parse_args(argv):
     p.add_argument("--inductor-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.budget is None:
-        args.budget = DRY_BUDGET if args.dry_run else DEFAULT_BUDGET
+        args.budget = DRY_BUDGET if args.dry_run and not args.rehearse else DEFAULT_BUDGET
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     return args
 
@@ -1432,8 +1432,7 @@ def main(argv=None) -> int:
     if args.inductor_worker:
         return inductor_worker(args.inductor_worker)
     if args.rehearse:
-        print("\n".join(rehearsal_lines(rehearse(args.budget if args.budget != DRY_BUDGET else DEFAULT_BUDGET),
-                                        args.budget)))
+        print("\n".join(rehearsal_lines(rehearse(args.budget), args.budget)))
         return 0
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels run on CPU tensors
