@@ -9,7 +9,7 @@ The plan (docs/gpu-check.md has it with the expected seconds of every step) is a
 so a run cut at any point has returned the most valuable numbers so far:
 
   device          device facts; ceilings: a device-to-device copy (GB/s) and fp16 / bf16 matrix products (TFLOP/s)
-  smoke_triton    a smoke subset of the Triton GPU tests (one small and one int64 case per kernel x dtype),
+  smoke_triton    a smoke subset of the Triton GPU tests (small cases per kernel x dtype, int64 offsets forced),
                   TEST_TIMEOUT_S per test
   head            the 19-class head at 1024x2048: eager up -> log_softmax -> max against class_head(upsample=8,
                   label_dtype=uint8); time, peak memory and the working memory beyond the outputs
