@@ -29,10 +29,10 @@ so a run cut at any point has returned the most valuable numbers so far:
                   freezing), in a subprocess, only with time left
 
 Triton configs come from drn_kernels.triton.config_table (a committed table, else a search capped at
-COST["triton_key"] seconds per key: config_table.SEARCH_CAP_S); the winners of this run's searches are written to triton_configs-<tag>.json
-so the table can be refreshed from it. Files (at most 8): device_check-<tag>.{json,md,log,png},
-triton_configs-<tag>.json and build-<tag>.log (the compiler's output: ptxas -v, registers and spills), into $OUT
-when set, else benchmarks/results/.
+COST["triton_key"] seconds per key: config_table.SEARCH_CAP_S); the winners of this run's searches are written to
+triton_configs-<tag>.json so the table can be refreshed from it. Files (at most 8):
+device_check-<tag>.{json,md,log,png}, triton_configs-<tag>.json and build-<tag>.log (the compiler's output: ptxas -v,
+registers and spills), into $OUT when set, else benchmarks/results/.
 
 The speed goals (per layer >= 1.15x cudnn and >= 1.0x cudnn-fused, dilated layers at the d=1 rate, whole model
 >= 1.3x eager, head >= 10x faster and >= 50x less working memory) are reported as ratios, never asserted.
@@ -63,7 +63,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from benchmarks.device_report import (GOALS, LAYER_PROVIDERS, SANITIZER_TOOLS, goal_ratios,  # noqa: F401 (re-exported)
+from benchmarks.device_report import (GOALS, LAYER_PROVIDERS, SANITIZER_TOOLS, goal_ratios,  # noqa: F401
                                       layer_cases, markdown, model_cases, plot, rehearsal_lines, summary_lines)
 from benchmarks.harness import RESULTS_DIR, LayerShape, conv3x3
 
@@ -601,7 +601,7 @@ def step_device(run: Run, rec: dict, deadline: float):
     run.log(f"ceilings: {rec['ceilings']}")
 
 
-# -- GPU-test smoke subsets ---------------------------------------------------------------------------------------------
+# -- GPU-test smoke subsets -----------------------------------------------------------------------------------------
 
 PYTEST_LINE = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 
@@ -966,7 +966,7 @@ def step_model(run: Run, rec: dict, deadline: float, name: str, task: str, shape
             entry["host_us_per_conv"] = (entry["median_ms"] - graphed_t) * 1e3 / case["convs"]
 
 
-# -- sanitizers ---------------------------------------------------------------------------------------------------------
+# -- sanitizers -----------------------------------------------------------------------------------------------------
 
 def _sanitizer() -> str | None:
     return shutil.which("compute-sanitizer") or next(

@@ -67,8 +67,8 @@ def test_dry_run_every_step(tmp_path):
         assert pytest_rec["returncode"] == 0 and 8 <= pytest_rec["counts"].get("SKIPPED", 0) <= 40, pytest_rec
     assert steps["sanitizers"]["payload"]["payload_ok"]
     cases = device_check.layer_cases(results)
-    assert [c["layer"] for c in cases] == [device_check.dry_layer(layer).id for group in device_check.DRY_GROUPS.values()
-                                           for layer in group]
+    assert [c["layer"] for c in cases] == [device_check.dry_layer(layer).id
+                                           for group in device_check.DRY_GROUPS.values() for layer in group]
     for case in cases:
         for provider in device_check.LAYER_PROVIDERS:
             entry = case["providers"][provider]
@@ -128,8 +128,8 @@ def test_per_test_timeout_plugin(tmp_path):
     (tmp_path / "test_sleepy.py").write_text("import time\n\ndef test_sleeps():\n    time.sleep(5)\n\n"
                                              "def test_quick():\n    pass\n")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-                           "benchmarks.pytest_test_timeout", "--per-test-timeout=0.5", str(tmp_path / "test_sleepy.py")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "benchmarks.pytest_test_timeout", "--per-test-timeout=0.5",
+                           str(tmp_path / "test_sleepy.py")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "1 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
     assert "TimeoutError" in proc.stdout
 

@@ -6,9 +6,10 @@ launchers (conv_bn_act.py, class_head.py) ask `launch` first:
 
 1. The table: a config per (kernel, key, dtype, arch), where the key is the autotuner's key arguments plus the
    kernel's constexpr flags (what selects a different compiled kernel). The committed rows live in
-   tuned_configs.TABLE; `record`/`add` put more rows in this process's table.
+   tuned_configs.TABLE; `add` puts more rows in this process's table.
 2. A time-capped search for a key the table lacks: the configs the autotuner would try (pruned the same way),
-   each compiled and timed in order until SEARCH_CAP_S (default 4 s per key) has passed; the best so far wins, is added to this process's table and to MEASURED, which
+   each compiled and timed in order until SEARCH_CAP_S (default 4 s per key) has passed; the best so far wins,
+   is added to this process's table and to MEASURED, which
    `python -m drn_kernels.triton.config_table` / `write_measured` turn into rows for tuned_configs.py (the device
    check writes them into its output folder, so one run on a new GPU refreshes the table).
 3. Nothing: `launch` returns False and the launcher falls back to triton.autotune (under torch.compile tracing,
