@@ -59,9 +59,10 @@ bench: build
 bench-quick: build
 	$(PY) -m pytest benchmarks --benchmark-only -m quick
 
-# On a GPU machine: the one device check (benchmarks/device_check.py, one budget of 480 s by default), under the
-# Python that already has torch (the lent GPU's own image: no venv, no install), else after `make setup`.
-# Files: $$OUT when set, else benchmarks/results/. GPU_CHECK_FLAGS="--budget 300" or "--dry-run" (on the CPU).
+# On a GPU machine: the one device check (benchmarks/device_check.py, one budget of 480 s by default; its plan and
+# expected seconds: docs/gpu-check.md), under the Python that already has torch (the lent GPU's own image: no venv,
+# no install), else after `make setup`. Files: $$OUT when set, else benchmarks/results/.
+# GPU_CHECK_FLAGS="--budget 300", "--dry-run" (on the CPU) or "--rehearse" (the plan against its cost model).
 GPU_CHECK_FLAGS ?=
 gpu-check:
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then py='$(PYTHON)'; else $(MAKE) setup && py='$(PY)'; fi; \

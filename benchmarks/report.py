@@ -16,7 +16,7 @@ import pathlib
 import sys
 from collections import defaultdict
 
-RESULTS_DIR = pathlib.Path(__file__).parent / "results"
+from benchmarks.harness import RESULTS_DIR
 
 
 def load(path: pathlib.Path) -> list[dict]:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import _backends
 from .._schemas import FAKES, empty_conv_output
-from . import launcher, register_op
+from . import config_table, launcher, register_op
 from .common import dot_in_fp32, needs_int64, precision_as_cudnn, size_bucket
 
 # GPU autotune space: tensor-core friendly tiles with 4-8 warps; the reduction tile is 32 (64 bytes of fp16
@@ -222,5 +222,6 @@ def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, meta["BLOCK_N"]))
 
         tuned = TUNED[(flags["FLAT"], x.dtype == torch.float32)]
-        launcher(tuned)[grid](*args, **flags)
+        if not config_table.launch("conv_bn_act", tuned, launcher, args, flags, grid):
+            launcher(tuned)[grid](*args, **flags)
     return y
