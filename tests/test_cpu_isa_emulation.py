@@ -22,8 +22,9 @@ AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "DRN_C
 _PROBE = textwrap.dedent("""
     import json, torch, drn_kernels
     drn_kernels.available_backends("cpu")
-    x = torch.randn(1, 16, 8, 8)
-    torch.nn.functional.conv2d(x, torch.randn(16, 16, 3, 3), padding=1)  # oneDNN prints its ISA on first use
+    x = torch.randn(1, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    torch.ops.mkldnn._convolution_pointwise(x, torch.randn(16, 16, 3, 3), None, [1, 1], [1, 1], [1, 1], 1, "none",
+                                            [], "")  # oneDNN itself: it prints its ISA on first use
     xb = torch.randn(1, 64, 9, 9).bfloat16()
     wb = (torch.randn(64, 64, 3, 3) * 0.05).bfloat16()
     print(json.dumps({"aten": torch.backends.cpu.get_cpu_capability(), "drn": torch.ops.drn.cpu_isa(),
