@@ -51,34 +51,51 @@ def conv_bn_act(x, weight, bias, *, stride=1, padding=0, dilation=1, residual=No
     x (N, C, H, W) in any memory format; weight (K, C, R, S) with BatchNorm already folded (drn_kernels.fold_bn);
     bias (K,); residual (N, K, P, Q) or None. Returns (N, K, P, Q) in channels_last with x's dtype.
     """
-    stride, padding, dilation = _geometry(stride, padding, dilation)
-    backend = _backend_for(backend, x, "conv_bn_act")
-    _checks.check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
-    return backend_op("conv_bn_act", backend, x)(x, weight, bias, stride, padding, dilation, residual, relu)
+    return run_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
 
 
 def conv_bn_act_into_residual(x, weight, bias, *, residual, stride=1, padding=0, dilation=1, relu=True,
-                              backend="auto", prepared=None):
+                              backend="auto", prepare=None):
     """conv_bn_act(x, ..., residual=residual) written over `residual`, which is returned.
 
     Internal to drn.fused's memory-frugal segmentation runner (a block's identity shortcut that nothing reads
     afterwards); not part of the public API. The cpu backend computes in place when `residual` is channels_last
     contiguous; everywhere else the result is computed as conv_bn_act does and copied in (same values).
-    `prepared`: a prepared form of `weight` for the cpu kernel (drn_kernels.prepared.PreparedConv passes it).
+    `prepare`: as in run_conv_bn_act.
+    """
+    return run_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend, prepare,
+                           into_residual=True)
+
+
+def run_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend, prepare=None,
+                    into_residual=False):
+    """The one path of every conv_bn_act call (the public op, the fused model's layers through
+    drn_kernels.prepared.PreparedConv, the in-place variant): normalise, resolve the backend, check, then run.
+
+    prepare: None, or a callable (x, stride, padding, dilation) -> a prepared form of `weight` for the cpu kernel
+    or None (PreparedConv passes its own), called once the call is checked and only where the cpu kernel runs it.
+    into_residual: write the result over `residual` and return it (conv_bn_act_into_residual).
     """
     stride, padding, dilation = _geometry(stride, padding, dilation)
-    if not isinstance(residual, torch.Tensor):
+    if into_residual and not isinstance(residual, torch.Tensor):
         raise TypeError(f"residual must be a torch.Tensor to write into, got {type(residual).__name__}")
     backend = _backend_for(backend, x, "conv_bn_act")
     _checks.check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
-    tracks_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, residual))
-    if (backend == "cpu" and x.shape[0] > 0 and residual.is_contiguous(memory_format=torch.channels_last)
-            and not tracks_grad):  # else the copy below records the op, whose backward raises (inference-only)
-        torch.ops.drn.conv_bn_act_residual_native(x, weight, bias, stride, padding, dilation, residual, relu,
-                                                  prepared)
-        return residual
-    return residual.copy_(backend_op("conv_bn_act", backend, x)(x, weight, bias, stride, padding, dilation,
-                                                                residual, relu))
+    cpu_kernel = backend == "cpu" and x.shape[0] > 0
+    prepared = prepare(x, stride, padding, dilation) if prepare is not None and cpu_kernel else None
+    if into_residual:
+        tracks_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, residual))
+        if cpu_kernel and residual.is_contiguous(memory_format=torch.channels_last) and not tracks_grad:
+            # (else the copy below records the op, whose backward raises: inference-only)
+            torch.ops.drn.conv_bn_act_residual_native(x, weight, bias, stride, padding, dilation, residual, relu,
+                                                      prepared)
+            return residual
+        return residual.copy_(backend_op("conv_bn_act", backend, x)(x, weight, bias, stride, padding, dilation,
+                                                                    residual, relu))
+    if prepared is not None:
+        return torch.ops.drn.conv_bn_act_prepared_native(x, weight, bias, prepared, stride, padding, dilation,
+                                                         residual, relu)
+    return backend_op("conv_bn_act", backend, x)(x, weight, bias, stride, padding, dilation, residual, relu)
 
 
 def cpu_conv_algorithm(x, weight, stride=1) -> str:

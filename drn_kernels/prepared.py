@@ -44,7 +44,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from . import _backends, _checks, cpu_choices, ops
+from . import _backends, cpu_choices, ops
 
 WINOGRAD = "winograd"
 CANDIDATES = cpu_choices.CHOICES  # every algorithm a search may time (its dtype's subset)
@@ -261,25 +261,15 @@ class PreparedConv:
         return packed
 
     def conv_bn_act(self, x: Tensor, *, stride, padding, dilation, residual=None, relu=True) -> Tensor:
-        """drn_kernels.conv_bn_act(x, weight, bias, ...) on the prepared forms."""
-        stride, padding, dilation = (_checks.pair(v, n) for v, n in
-                                     ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
-        prepared = self._prepared(x, stride, padding, dilation)
-        if prepared is None:
-            return ops.conv_bn_act(x, self.weight, self.bias, stride=stride, padding=padding, dilation=dilation,
-                                   residual=residual, relu=relu, backend=self.backend)
-        _checks.check_conv_bn_act(x, self.weight, self.bias, stride, padding, dilation, residual, relu, "cpu")
-        return torch.ops.drn.conv_bn_act_prepared_native(x, self.weight, self.bias, prepared, stride, padding,
-                                                         dilation, residual, relu)
+        """drn_kernels.conv_bn_act(x, weight, bias, ...) on the prepared forms (the ops' one path)."""
+        return ops.run_conv_bn_act(x, self.weight, self.bias, stride, padding, dilation, residual, relu,
+                                   self.backend, self._prepared)
 
     def conv_bn_act_into_residual(self, x: Tensor, *, residual: Tensor, stride, padding, dilation,
                                   relu=True) -> Tensor:
         """drn_kernels.ops.conv_bn_act_into_residual on the prepared forms (written over `residual`)."""
-        stride, padding, dilation = (_checks.pair(v, n) for v, n in
-                                     ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
-        return ops.conv_bn_act_into_residual(x, self.weight, self.bias, residual=residual, stride=stride,
-                                             padding=padding, dilation=dilation, relu=relu, backend=self.backend,
-                                             prepared=self._prepared(x, stride, padding, dilation))
+        return ops.run_conv_bn_act(x, self.weight, self.bias, stride, padding, dilation, residual, relu,
+                                   self.backend, self._prepared, into_residual=True)
 
     def tensors(self) -> list[Tensor]:
         """The tensors this object holds (weight, bias, Winograd form): for copying it (drn.flops' meta copy)."""
