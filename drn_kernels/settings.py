@@ -23,7 +23,7 @@ FALSE = ("", "0", "false", "no", "off")
 
 class Setting(NamedTuple):
     name: str
-    kind: str                       # "flag", "choice", "int", "path"
+    kind: str                       # "flag", "choice", "int", "path", "url"
     choices: tuple = ()             # allowed values of a "choice" ("" = unset = the default)
     default: object = None
     doc: str = ""
@@ -57,6 +57,9 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
             "auto: l1 where L1d is >= 48 KB, else l2 (measured on Zen 4's 32 KB L1). The speed changes, never "
             "the answer; tests and benchmarks"),
     Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests"),
+    # ---- model weights ----
+    Setting("DRN_WEIGHTS_MIRROR", "url", doc="base URL tried before the official one for every checkpoint: "
+                                             "<base>/<file name> (`drn weights` lists the names and hashes)"),
     # ---- Triton ----
     Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests"),
     # ---- benchmarks and tests ----
@@ -124,10 +127,22 @@ def path(name: str) -> Optional[str]:
     return _raw(name) or None
 
 
+def url(name: str) -> Optional[str]:
+    """A base URL: http://, https:// or file:// (unset: None); a trailing / is dropped."""
+    _setting(name)
+    raw = _raw(name)
+    if raw == "":
+        return None
+    if not raw.startswith(("http://", "https://", "file://")):
+        raise ValueError(f"{name} must be a URL starting with http://, https:// or file:// (or unset), "
+                         f"got {os.environ.get(name)!r}")
+    return raw.rstrip("/")
+
+
 def value(name: str):
-    """The setting `name` as its kind reads it (flag: bool, choice: str, int: int|None, path: str|None)."""
+    """The setting `name` as its kind reads it (flag: bool, choice: str, int: int|None, path/url: str|None)."""
     kind = _setting(name).kind
-    return {"flag": flag, "choice": choice, "int": positive_int, "path": path}[kind](name)
+    return {"flag": flag, "choice": choice, "int": positive_int, "path": path, "url": url}[kind](name)
 
 
 def check_all() -> dict:
@@ -161,7 +176,7 @@ def markdown_table() -> str:
     rows = ["| Variable | Values | Meaning |", "|---|---|---|"]
     for s in TABLE.values():
         values = {"flag": "1/true/yes/on; unset, 0/false/no/off", "int": "a positive integer; unset",
-                  "path": "a path; unset"}.get(s.kind) or " \\| ".join(
+                  "path": "a path; unset", "url": "a base URL (http, https, file); unset"}.get(s.kind) or " \\| ".join(
                       f"`{c}`" + (" (default)" if c == s.default else "") for c in s.choices)
         rows.append(f"| `{s.name}` | {values} | {s.doc} |")
     return "\n".join(rows)
