@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,10 @@ def _check_loads(entry: Entry, path) -> None:
 
     model = drn.build(entry.model, task=entry.task, num_classes=entry.weights.num_classes, device="cpu")
     try:
-        load_checkpoint(model, path)
-    except ValueError as e:
+        with warnings.catch_warnings():  # a re-initialised classifier or a classifier checkpoint is not the file
+            warnings.simplefilter("error", UserWarning)
+            load_checkpoint(model, path)
+    except (ValueError, UserWarning) as e:
         raise ValueError(f"{path} does not load into {entry.model} task={entry.task} "
                          f"num_classes={entry.weights.num_classes}: {e}") from None
 
