@@ -80,19 +80,23 @@ def where_to_look(entry: Entry) -> str:
 
 def state_dict(entry: Entry, progress: bool = True) -> dict:
     """The checkpoint through the torch hub cache: the cached file, else downloaded from urls(entry) in order
-    (hash-checked by torch.hub where the name carries one). Raises FileNotFoundError naming the file and hash."""
+    (hash-checked by torch.hub where the name carries one). Raises FileNotFoundError naming the file and hash
+    (RuntimeError where a download arrived with the wrong hash)."""
     cached = cache_dir() / entry.file
     if cached.is_file():
         return torch.load(cached, map_location="cpu", weights_only=True)
-    tried = []
+    tried, wrong_file = [], False
     for url in urls(entry):
         try:
             return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, check_hash=True,
                                                       file_name=entry.file, weights_only=True)
         except (OSError, RuntimeError) as e:  # URLError, refused, no DNS; RuntimeError: a hash mismatch
+            wrong_file |= isinstance(e, RuntimeError)
             tried.append(f"{url} ({getattr(e, 'reason', e)})")
     how = f"tried {'; '.join(tried)}" if tried else "it has no direct download URL"
-    raise FileNotFoundError(f"cannot get the {entry.model} weights {entry.file}: {how}; {where_to_look(entry)}")
+    # a server that sent a file with the wrong hash is not the same failure as no file at all
+    error = RuntimeError if wrong_file else FileNotFoundError
+    raise error(f"cannot get the {entry.model} weights {entry.file}: {how}; {where_to_look(entry)}")
 
 
 def find(model: str, task: str = "classify") -> Entry:
