@@ -4,6 +4,7 @@
     drn segment  IMAGE... --model NAME (--weights PATH | --random-weights) [--num-classes K] --out DIR [--ms]
     drn localize IMAGE... --model NAME (--weights PATH | --pretrained | --random-weights) --out DIR
     drn evaluate segment|classify|localize --data DIR ...       (= python -m drn.evaluate)
+    drn evaluate segment --images DIR --labels DIR ...          (generated images vs label maps)
     drn weights  [--json] | drn weights import FILE...            (released checkpoints; see drn.weights)
     drn export   --model NAME (--weights PATH | --pretrained | --random-weights) --onnx OUT [--task T] [--size H W]
     drn profile  ...                                            (= python -m drn.profile)
@@ -187,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="label maps as palette PNGs at the input size")
     _model_args(p, "segment")
     p.add_argument("--out", required=True, help="output folder: OUT/<stem>.png")
-    p.add_argument("--ms", action="store_true", help="multi-scale 0.5 ... 1.75 as the reference")
+    p.add_argument("--ms", action="store_true",
+                   help="the reference's multi-scale protocol exactly (scales 1, 0.5, 0.75, 1.25, 1.5, 1.75; "
+                        "docs/evaluation.md)")
     p.add_argument("--info", help="info.json with the training set's mean/std (default ImageNet's)")
     p.set_defaults(run=cmd_segment)
 

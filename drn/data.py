@@ -191,7 +191,7 @@ NOT_LABELS = ("_color", "_instanceIds", "_instanceTrainIds", "_labelTrainIds_col
 
 
 def pair_key(path, suffixes) -> str:
-    """A file's stem without the first of `suffixes` it ends with (aachen_000000_000019_leftImg8bit -> aachen_..._000019)."""
+    """A file's stem without the first of `suffixes` it ends with (X_leftImg8bit -> X)."""
     stem = Path(path).stem
     for suffix in suffixes:
         if stem.endswith(suffix):

@@ -224,11 +224,11 @@ def add_arguments(parser: argparse.ArgumentParser):
             src.add_argument("--images", help="folder of images (e.g. generated ones) scored against --labels")
             p.add_argument("--labels", help="with --images: folder of label maps, matched by file stem "
                                             "(Cityscapes X_leftImg8bit.png <-> X_gtFine_labelIds.png)")
-            p.add_argument("--resize", choices=RESIZE_POLICIES, default="labels",
+            p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
                            help="with --images, where sizes differ: labels = label maps resized to the images "
                                 "(nearest; default), images = images resized to the label maps (bicubic), "
                                 "none = sizes must match")
-            p.add_argument("--label-format", choices=data.LABEL_FORMATS, default="auto",
+            p.add_argument("--label-format", choices=data.LABEL_FORMATS, default=None,
                            help="with --images: cityscapes-ids (gtFine *_labelIds.png, mapped to the 19 train ids), "
                                 "train-ids (255 = ignore), auto = cityscapes-ids for *_labelIds.png (default)")
             p.add_argument("--info", help="with --images: info.json with the training set's mean/std (default: "
@@ -289,8 +289,11 @@ def run(args) -> int:
 
 def _run_segment(args, model, k: int, procs: Processes) -> dict:
     if args.data is not None:
-        if args.labels is not None:
-            raise ValueError("--labels goes with --images; --data reads the label lists of its folder")
+        given = [f"--{n.replace('_', '-')}" for n in ("labels", "resize", "label_format", "info")
+                 if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} go(es) with --images; --data reads its folder's lists and "
+                             f"info.json")
         return evaluate_segment(model, data.segmentation_set(args.data, args.phase), k, procs, ms=args.ms)
     if args.labels is None:
         raise ValueError("--images needs --labels (the folder of label maps)")
@@ -302,8 +305,8 @@ def _run_segment(args, model, k: int, procs: Processes) -> dict:
             print(f"drn evaluate: normalising with {'Cityscapes' if k == 19 else 'ImageNet'}'s mean/std "
                   f"(--info to change)", file=sys.stderr)
     pairs = data.image_label_pairs(args.images, args.labels)
-    return segment_pairs(model, pairs, k, procs, mean=mean, std=std, ms=args.ms, resize=args.resize,
-                         label_format=args.label_format)
+    return segment_pairs(model, pairs, k, procs, mean=mean, std=std, ms=args.ms, resize=args.resize or "labels",
+                         label_format=args.label_format or "auto")
 
 
 def main(argv=None) -> int:

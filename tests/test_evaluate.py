@@ -367,3 +367,13 @@ def test_pairs_errors_name_the_files(generated, tmp_path):
 def test_cityscapes_ids_by_hand():
     ids = np.array([[7, 8, 0, 33], [-1, 34, 255, 26]])
     np.testing.assert_array_equal(data.cityscapes_to_train_ids(ids), [[0, 1, 255, 18], [255, 255, 255, 13]])
+
+
+def test_images_options_refused_with_data(segset, capsys):
+    root, _ = segset
+    rc = evaluate.main(["segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19",
+                        "--weights", str(root / "seg.pth"), "--resize", "images", "--device", "cpu"])
+    assert rc == 2 and "--resize" in capsys.readouterr().err
+    rc = evaluate.main(["segment", "--images", str(root / "img"), "--model", "drn_d_22", "--num-classes", "19",
+                        "--weights", str(root / "seg.pth"), "--device", "cpu"])
+    assert rc == 2 and "--labels" in capsys.readouterr().err
