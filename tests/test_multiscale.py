@@ -187,3 +187,16 @@ def test_pil_taps_by_hand():
         dense[i, first[i]:first[i] + count[i]] = w[i, :count[i]]
     # centre 1 (output 0): taps at distances 0.5, 0.5, 1.5 (x 1/2 -> 0.75, 0.75, 0.25), normalised
     torch.testing.assert_close(dense, torch.tensor([[3, 3, 1, 0], [0, 1, 3, 3]], dtype=torch.float64) / 7)
+
+
+def test_fused_logits_low_banded_equals_plain(model):
+    """The fused model's logits_low runs the backbone in row bands where predict() would (large CPU inputs):
+    the same logits as the plain pass."""
+    fused = drn.fuse(model, backend="reference")
+    x = torch.randn(1, 3, 45, 70)
+    fused.low_memory = False
+    plain = fused.logits_low(x)
+    fused.low_memory, fused.band_bytes, fused.stem_band_bytes = True, 1 << 14, 1 << 14
+    banded = fused.logits_low(x)
+    assert banded.shape == (1, 19, 6, 9)
+    torch.testing.assert_close(banded, plain, rtol=1e-4, atol=1e-4)
