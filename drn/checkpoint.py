@@ -14,6 +14,7 @@ import warnings
 import torch
 from torch import nn
 
+from . import hub
 from .heads import DRNSeg
 
 CLASSIFIER_KEYS = {"fc.weight", "fc.bias", "seg.weight", "seg.bias"}
@@ -118,11 +119,9 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, strict: bool = True
 
 
 def pretrained_state_dict(name: str, progress: bool = True) -> dict:
-    """Official weights of `name` through the torch.hub cache (drn.weights: the mirror first where one is set;
+    """Official weights of `name` through the torch.hub cache (drn.hub: the mirror first where one is set;
     the hash prefix in the file name is checked)."""
-    from . import weights
-
-    entry = weights.find(name)
+    entry = hub.find(name)
     if entry.weights.note:
         warnings.warn(f"{name}: {entry.weights.note}", UserWarning, stacklevel=3)
-    return weights.state_dict(entry, progress=progress)
+    return hub.state_dict(entry, progress=progress)
