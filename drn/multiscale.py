@@ -17,7 +17,7 @@ Quirks, kept because they are the protocol: a side that is not a multiple of 8 g
 the input, and the whole output is squeezed into H×W (not cropped as the single-scale protocol does); this
 includes the image's own scale (1), which is then resized too.
 
-Two implementations of step 3–4, the same arithmetic:
+Two implementations of steps 2–4:
 - unfused models (drn.build without fused=True): each scale's full log-probability map, F.log_softmax of the
   model's own up-sampler output as the reference's DRNSeg computes it; then resized and added to the running sum
   a few classes at a time. Every pixel equals the reference's (tests/test_multiscale.py).
@@ -29,7 +29,8 @@ Two implementations of step 3–4, the same arithmetic:
 Step 3 on the CPU is PIL itself (the reference's own call, so the values are those of the installed Pillow). On
 other devices it is resize_like_pil_torch: PIL's taps, weights and summation order in float64, horizontal pass
 first as Pillow's Resample.c; single-axis resizes are bit for bit PIL's, and where a Pillow build runs the two
-passes in the other order the float32 rounding of the intermediate differs by an ulp (labels: near-ties only).
+passes in the other order the float32 rounding of the intermediate differs by a few ulps (labels: near-ties
+only).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 REFERENCE_SCALES = (1.0, 0.5, 0.75, 1.25, 1.5, 1.75)
 
-CHUNK_BYTES = 32 << 20  # float64 working set of one class chunk in the resize
+CHUNK_BYTES = 32 << 20  # classes per chunk: this many bytes of float64 per class at the scaled size (_chunk)
 
 
 # ------------------------------------------------------------------------------------------------- resize
