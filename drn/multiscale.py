@@ -34,6 +34,7 @@ only).
 """
 from __future__ import annotations
 
+import functools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -53,11 +54,12 @@ CHUNK_BYTES = 32 << 20  # classes per chunk: this many bytes of float64 per clas
 
 # ------------------------------------------------------------------------------------------------- resize
 
+@functools.lru_cache(maxsize=64)
 def pil_bilinear_taps(in_size: int, out_size: int):
     """PIL's bilinear resampling coefficients along one axis (Resample.c precompute_coeffs, in0=0, in1=in_size).
 
     Returns (first (out,) int64 first input index, weights (out, taps) float64, zero past each row's count,
-    count (out,) int64 taps in use). Output pixel i's centre is (i + 0.5)·scale in input coordinates; the
+    count (out,) int64 taps in use; cached per sizes: do not modify). Output pixel i's centre is (i + 0.5)·scale in input coordinates; the
     triangle filter's support is max(scale, 1); the taps are the inputs whose centres fall within it, clipped to
     the map, and their weights are normalised to sum to 1.
     """
