@@ -14,8 +14,8 @@ import warnings
 import torch
 from torch import nn
 
+from . import hub
 from .heads import DRNSeg
-from .registry import PRETRAINED
 
 CLASSIFIER_KEYS = {"fc.weight", "fc.bias", "seg.weight", "seg.bias"}
 
@@ -119,16 +119,9 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, strict: bool = True
 
 
 def pretrained_state_dict(name: str, progress: bool = True) -> dict:
-    """Official weights of `name` through the torch.hub cache; the hash prefix in the file name is checked."""
-    if name not in PRETRAINED:
-        raise ValueError(f"no released weights for {name!r}; models with weights: {sorted(PRETRAINED)}")
-    info = PRETRAINED[name]
-    if info.note:
-        warnings.warn(f"{name}: {info.note}", UserWarning, stacklevel=3)
-    try:
-        return torch.hub.load_state_dict_from_url(info.url, map_location="cpu", progress=progress, check_hash=True,
-                                                  weights_only=True)
-    except OSError as e:  # URLError, a refused connection, no DNS: one line saying where the file can go
-        place = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(info.url))
-        raise FileNotFoundError(f"cannot download the {name} weights {info.url} ({getattr(e, 'reason', e)}); "
-                                f"download it elsewhere and place it at {place}") from None
+    """Official weights of `name` through the torch.hub cache (drn.hub: the mirror first where one is set;
+    the hash prefix in the file name is checked)."""
+    entry = hub.find(name)
+    if entry.weights.note:
+        warnings.warn(f"{name}: {entry.weights.note}", UserWarning, stacklevel=3)
+    return hub.state_dict(entry, progress=progress)

@@ -4,6 +4,8 @@
     drn segment  IMAGE... --model NAME (--weights PATH | --random-weights) [--num-classes K] --out DIR [--ms]
     drn localize IMAGE... --model NAME (--weights PATH | --pretrained | --random-weights) --out DIR
     drn evaluate segment|classify|localize --data DIR ...       (= python -m drn.evaluate)
+    drn evaluate segment --images DIR --labels DIR ...          (generated images vs label maps)
+    drn weights  [--json] | drn weights import FILE...            (released checkpoints; see drn.weights)
     drn export   --model NAME (--weights PATH | --pretrained | --random-weights) --onnx OUT [--task T] [--size H W]
     drn profile  ...                                            (= python -m drn.profile)
     drn bench    [-h] [PYTEST ARGS...]                          (pytest on the benchmarks, --benchmark-only)
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, export, predict
+from . import data, evaluate, export, predict, weights
 from .commands import (add_model_args, add_run_args, non_negative_int, positive_int,  # noqa: F401 (re-exported)
                        run_reporting_errors, warn_if_random)
 from .palette import draw_box, save_label_png
@@ -186,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="label maps as palette PNGs at the input size")
     _model_args(p, "segment")
     p.add_argument("--out", required=True, help="output folder: OUT/<stem>.png")
-    p.add_argument("--ms", action="store_true", help="multi-scale 0.5 ... 1.75 as the reference")
+    p.add_argument("--ms", action="store_true",
+                   help="the reference's multi-scale protocol exactly (scales 1, 0.5, 0.75, 1.25, 1.5, 1.75; "
+                        "docs/evaluation.md)")
     p.add_argument("--info", help="info.json with the training set's mean/std (default ImageNet's)")
     p.set_defaults(run=cmd_segment)
 
@@ -201,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy on a dataset (= python -m drn.evaluate)")
     evaluate.add_arguments(p)
     p.set_defaults(run=evaluate.run)
+
+    p = sub.add_parser("weights", help="released checkpoints: list (file, sha256, cached) or import FILE")
+    weights.add_arguments(p)
+    p.set_defaults(run=weights.cmd_weights)
 
     p = sub.add_parser("export", help="BN-folded model to ONNX")
     export.add_arguments(p)

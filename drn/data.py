@@ -132,23 +132,107 @@ def segmentation_set(root, phase: str = "val") -> SegmentationSet:
     return SegmentationSet(root, [root / p for p in images], [root / p for p in labels], mean, std)
 
 
-def read_label(path, num_classes: int, size=None) -> np.ndarray:
+# Cityscapes label ids (gtFine *_labelIds.png, 0..33; -1 = license plate) -> the 19 train ids, 255 = ignore:
+# the table of the Cityscapes scripts' labels.py, which the reference's datasets/cityscapes/prepare_data.py applies.
+CITYSCAPES_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                       26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+LABEL_FORMATS = ("auto", "train-ids", "cityscapes-ids")
+
+
+def cityscapes_to_train_ids(ids: np.ndarray) -> np.ndarray:
+    """Cityscapes label ids -> train ids (0..18), every other id (void classes, -1, anything >= 34) -> 255."""
+    lut = np.full(256, IGNORE_LABEL, dtype=np.int64)
+    for label_id, train_id in CITYSCAPES_TRAIN_ID.items():
+        lut[label_id] = train_id
+    ids = np.asarray(ids).astype(np.int64)
+    return np.where((ids >= 0) & (ids < 256), lut[np.clip(ids, 0, 255)], IGNORE_LABEL)
+
+
+def label_format_of(path, label_format: str = "auto") -> str:
+    """auto: a file named *_labelIds.png holds Cityscapes label ids, any other train ids."""
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label format must be one of {LABEL_FORMATS}, got {label_format!r}")
+    if label_format == "auto":
+        return "cityscapes-ids" if Path(path).stem.endswith("labelIds") else "train-ids"
+    return label_format
+
+
+def read_label(path, num_classes: int, size=None, *, label_format: str = "train-ids",
+               resize_to=None) -> np.ndarray:
     """(H, W) int64 label map of a PNG (palette or greyscale). 255 = ignore; any other value >= num_classes is an
-    error naming the file. size (W, H), when given, must match."""
+    error naming the file. size (W, H), when given, must match. label_format: train-ids (the values are the
+    classes), cityscapes-ids (mapped by CITYSCAPES_TRAIN_ID) or auto (label_format_of). resize_to (W, H): the map
+    resized to it by PIL's nearest filter first (before size is checked)."""
     with Image.open(path) as img:
         if img.mode not in ("P", "L", "I", "I;16"):
             raise ValueError(f"{path}: a label map must be a single-channel (palette or greyscale) PNG, "
                              f"got mode {img.mode}")
+        if resize_to is not None and img.size != tuple(resize_to):
+            img = img.resize(tuple(resize_to), Image.NEAREST)
         if size is not None and img.size != tuple(size):
             raise ValueError(f"{path}: label map is {img.size[0]}x{img.size[1]} but its image is "
                              f"{size[0]}x{size[1]}")
         labels = np.asarray(img).astype(np.int64)
+    if label_format_of(path, label_format) == "cityscapes-ids":
+        labels = cityscapes_to_train_ids(labels)
     bad = (labels >= num_classes) & (labels != IGNORE_LABEL) | (labels < 0)
     if bad.any():
         values = sorted(set(np.unique(labels[bad]).tolist()))
         raise ValueError(f"{path}: label values {values[:10]} are outside 0..{num_classes - 1} and are not the "
                          f"ignore label {IGNORE_LABEL}")
     return labels
+
+
+# Suffixes that name what a Cityscapes file holds; stripped so an image and its label map share a key.
+IMAGE_SUFFIXES = ("_leftImg8bit",)
+LABEL_SUFFIXES = ("_gtFine_labelIds", "_gtFine_trainIds", "_gtCoarse_labelIds", "_gtCoarse_trainIds", "_labelIds",
+                  "_trainIds")
+NOT_LABELS = ("_color", "_instanceIds", "_instanceTrainIds", "_labelTrainIds_color")
+
+
+def pair_key(path, suffixes) -> str:
+    """A file's stem without the first of `suffixes` it ends with (X_leftImg8bit -> X)."""
+    stem = Path(path).stem
+    for suffix in suffixes:
+        if stem.endswith(suffix):
+            return stem[:-len(suffix)]
+    return stem
+
+
+def _keyed(paths, suffixes, what: str, root) -> dict:
+    out: dict[str, Path] = {}
+    for p in paths:
+        k = pair_key(p, suffixes)
+        if k in out:
+            raise ValueError(f"{root}: two {what} share the name {k!r}: {out[k]} and {p}")
+        out[k] = p
+    return out
+
+
+def image_label_pairs(images_dir, labels_dir) -> list[tuple[Path, Path]]:
+    """(image, label map) pairs of two folders (searched recursively), matched by file stem: the image's stem
+    without _leftImg8bit, the label's without _gtFine_labelIds / _gtFine_trainIds / _labelIds / _trainIds
+    (Cityscapes names), so X_leftImg8bit.png pairs with X_gtFine_labelIds.png, and x.png with x.png. Cityscapes'
+    other gtFine files (*_color.png, *_instanceIds.png) are skipped; where a stem has both labelIds and trainIds,
+    trainIds is used. Every image needs a label map (the error lists those without); label maps without an
+    image are left out (the usual case: generated images for part of the validation set). Sorted by key."""
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: not a directory")
+    images = _keyed(list_images([images_dir]), IMAGE_SUFFIXES, "images", images_dir)
+    candidates = sorted(p for p in labels_dir.rglob("*.png") if not p.stem.endswith(NOT_LABELS))
+    if not candidates:
+        raise ValueError(f"{labels_dir}: no label maps (*.png)")
+    trainids = {pair_key(p, LABEL_SUFFIXES) for p in candidates if p.stem.endswith("trainIds")}
+    candidates = [p for p in candidates if not (p.stem.endswith("labelIds")
+                                                and pair_key(p, LABEL_SUFFIXES) in trainids)]
+    labels = _keyed(candidates, LABEL_SUFFIXES, "label maps", labels_dir)
+    missing = sorted(k for k in images if k not in labels)
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(images)} images in {images_dir} have no label map in {labels_dir} "
+                         f"(matched by stem; e.g. {', '.join(missing[:3])})")
+    return [(images[k], labels[k]) for k in sorted(images)]
 
 
 # ---------------------------------------------------------------------------------------- classification

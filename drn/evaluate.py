@@ -1,7 +1,11 @@
 """`drn evaluate segment|classify|localize` (also `python -m drn.evaluate ...`): accuracy on a dataset on disk.
 
     segment   --data DIR  reference layout: DIR/val_images.txt, DIR/val_labels.txt, DIR/info.json; 255 = ignore.
-                          Per-class IoU and mIoU (mean over the classes that occur in the labels or predictions).
+                          Per-class IoU and mIoU (mean over the classes that occur in the labels or predictions),
+                          pixel accuracy with the ignore pixels excluded and counted as wrong.
+              --images DIR --labels DIR  images (e.g. generated ones) against label maps matched by file stem,
+                          Cityscapes label ids or train ids, --resize labels|images|none where sizes differ
+                          (docs/evaluation.md: the image-synthesis papers' protocols).
     classify  --data DIR  ImageFolder tree DIR/<class>/<image>, classes sorted; top-1 / top-5 of the paper's
                           1-crop (centre 224 of the 256-resized image) or 10-crop (--ten-crop) protocol.
     localize  --data DIR  images plus ground-truth boxes (DIR/boxes.csv or VOC/ImageNet XML, see drn.data);
@@ -20,14 +24,17 @@ import json
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from . import data, predict
 from .commands import add_model_args, add_run_args, command_main
 from .palette import CITYSCAPES_CLASSES
+from .registry import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -93,19 +100,51 @@ def _num(v: float):
 
 # -------------------------------------------------------------------------------------------- evaluators
 
-def evaluate_segment(model, dataset: data.SegmentationSet, num_classes: int, procs: Processes, ms=False) -> dict:
-    pairs = data.shard(list(zip(dataset.images, dataset.labels)), procs.rank, procs.world)
+RESIZE_POLICIES = ("labels", "images", "none")
+
+
+def segment_pairs(model, pairs, num_classes: int, procs: Processes, *, mean, std, ms=False, resize="none",
+                  label_format="train-ids") -> dict:
+    """Scores of (image, label map) pairs: the confusion matrix over the pixels whose label is not ignored.
+
+    resize: where an image and its label map differ in size — "labels": the label map resized to the image by
+    PIL's nearest filter (the image-synthesis papers' protocol: generated 512x256 images, labels brought down
+    to them); "images": the image resized to the label map by PIL's bicubic filter (before the model, so
+    predictions are at the labels' resolution); "none": sizes must be equal (an error names the file).
+    """
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for image_path, label_path in progress(pairs, procs.rank, "segment"):
+    pixels = np.zeros(1, dtype=np.int64)
+    start = time.perf_counter()
+    for image_path, label_path in progress(data.shard(list(pairs), procs.rank, procs.world), procs.rank, "segment"):
         img = data.load_image(image_path)
-        label = data.read_label(label_path, num_classes, size=img.size)
-        pred = predict.segment(model, img, mean=dataset.mean, std=dataset.std, ms=ms).numpy()
+        if resize == "images":
+            with Image.open(label_path) as lab:
+                if lab.size != img.size:
+                    img = img.resize(lab.size, Image.BICUBIC)
+        label = data.read_label(label_path, num_classes, size=img.size, label_format=label_format,
+                                resize_to=img.size if resize == "labels" else None)
+        pred = predict.segment(model, img, mean=mean, std=std, ms=ms).numpy()
         hist += confusion(pred, label, num_classes)
-    hist = procs.sum(hist)
+        pixels += label.size
+    hist, pixels = procs.sum(hist), int(procs.sum(pixels)[0])
+    seconds = time.perf_counter() - start
     iou = iou_from_confusion(hist)
     miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-    return {"miou": _num(miou), "iou": [_num(v) for v in iou], "images": len(dataset.images),
-            "pixel_accuracy": _num(np.diag(hist).sum() / max(hist.sum(), 1))}
+    right, counted = int(np.diag(hist).sum()), int(hist.sum())
+    images = len(pairs)
+    return {"miou": _num(miou), "iou": [_num(v) for v in iou], "images": images, "pixels": pixels,
+            "ignored_pixels": pixels - counted,
+            "pixel_accuracy": _num(right / counted if counted else float("nan")),
+            "pixel_accuracy_all": _num(right / pixels if pixels else float("nan")),
+            "images_per_s": _num(images / seconds if seconds > 0 else float("nan"))}
+
+
+def evaluate_segment(model, dataset: data.SegmentationSet, num_classes: int, procs: Processes, ms=False) -> dict:
+    """The reference layout: image and label map of equal size, train ids, the dataset's mean/std."""
+    return segment_pairs(model, list(zip(dataset.images, dataset.labels)), num_classes, procs, mean=dataset.mean,
+                         std=dataset.std, ms=ms)
 
 
 def evaluate_classify(model, samples, procs: Processes, ten_crop=False, resize=256, crop=224) -> dict:
@@ -159,9 +198,11 @@ def print_segment(result: dict, num_classes: int, out=None):
     print(f"{'class':<{width}}  IoU", file=out)
     for name, v in zip(names, result["iou"]):
         print(f"{name:<{width}}  {'  n/a' if v is None else f'{100 * v:5.2f}'}", file=out)
-    miou = result["miou"]
-    print(f"mIoU {'n/a' if miou is None else f'{100 * miou:.2f}'} over {result['images']} images "
-          f"(pixel accuracy {100 * result['pixel_accuracy']:.2f})", file=out)
+    miou, acc, acc_all = result["miou"], result["pixel_accuracy"], result["pixel_accuracy_all"]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    print(f"mIoU {pct(miou)} over {result['images']} images, {result['pixels']} pixels; pixel accuracy "
+          f"{pct(acc)} (ignore pixels excluded), {pct(acc_all)} (ignore pixels counted as wrong); "
+          f"{result['images_per_s'] or 0:.2f} images/s", file=out)
 
 
 def print_counts(result: dict, out=None):
@@ -177,7 +218,23 @@ def add_arguments(parser: argparse.ArgumentParser):
                         ("classify", "top-1/top-5 accuracy on an ImageFolder tree"),
                         ("localize", "the paper's weakly-supervised localization error")):
         p = sub.add_parser(task, help=help_, description=help_)
-        p.add_argument("--data", required=True, help="dataset folder")
+        if task == "segment":
+            src = p.add_mutually_exclusive_group(required=True)
+            src.add_argument("--data", help="dataset folder in the reference's layout (val_images.txt, ...)")
+            src.add_argument("--images", help="folder of images (e.g. generated ones) scored against --labels")
+            p.add_argument("--labels", help="with --images: folder of label maps, matched by file stem "
+                                            "(Cityscapes X_leftImg8bit.png <-> X_gtFine_labelIds.png)")
+            p.add_argument("--resize", choices=RESIZE_POLICIES, default=None,
+                           help="with --images, where sizes differ: labels = label maps resized to the images "
+                                "(nearest; default), images = images resized to the label maps (bicubic), "
+                                "none = sizes must match")
+            p.add_argument("--label-format", choices=data.LABEL_FORMATS, default=None,
+                           help="with --images: cityscapes-ids (gtFine *_labelIds.png, mapped to the 19 train ids), "
+                                "train-ids (255 = ignore), auto = cityscapes-ids for *_labelIds.png (default)")
+            p.add_argument("--info", help="with --images: info.json with the training set's mean/std (default: "
+                                          "Cityscapes' for 19 classes, ImageNet's otherwise)")
+        else:
+            p.add_argument("--data", required=True, help="dataset folder")
         add_model_args(p, pretrained=task != "segment", weights_required=False)
         p.add_argument("--num-classes", type=int, required=False,
                        help="classes (default: the checkpoint's)" + ("; required without a checkpoint"
@@ -185,7 +242,9 @@ def add_arguments(parser: argparse.ArgumentParser):
         add_run_args(p)
         p.add_argument("--json", action="store_true", help="print one JSON line with the result last")
         if task == "segment":
-            p.add_argument("--ms", action="store_true", help="multi-scale (0.5 ... 1.75) as the reference")
+            p.add_argument("--ms", action="store_true",
+                           help="the reference's multi-scale protocol exactly (scales 1, 0.5, 0.75, 1.25, 1.5, 1.75; "
+                                "see drn.multiscale)")
             p.add_argument("--phase", default="val", help="list prefix: <phase>_images.txt (default val)")
         else:
             p.add_argument("--ten-crop", action="store_true", help="10-crop class prediction (paper protocol)")
@@ -208,8 +267,7 @@ def run(args) -> int:
                                    backend=args.backend, device=procs.device)
         k = predict.num_classes_of(model)
         if args.task == "segment":
-            dataset = data.segmentation_set(args.data, args.phase)
-            result = evaluate_segment(model, dataset, k, procs, ms=args.ms)
+            result = _run_segment(args, model, k, procs)
             show = lambda: print_segment(result, k)  # noqa: E731
         elif args.task == "classify":
             _, samples = data.image_folder(args.data)
@@ -227,6 +285,28 @@ def run(args) -> int:
         return 0
     finally:
         procs.close()
+
+
+def _run_segment(args, model, k: int, procs: Processes) -> dict:
+    if args.data is not None:
+        given = [f"--{n.replace('_', '-')}" for n in ("labels", "resize", "label_format", "info")
+                 if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} go(es) with --images; --data reads its folder's lists and "
+                             f"info.json")
+        return evaluate_segment(model, data.segmentation_set(args.data, args.phase), k, procs, ms=args.ms)
+    if args.labels is None:
+        raise ValueError("--images needs --labels (the folder of label maps)")
+    if args.info:
+        mean, std = data.read_info(args.info)
+    else:
+        mean, std = (CITYSCAPES_MEAN, CITYSCAPES_STD) if k == 19 else (IMAGENET_MEAN, IMAGENET_STD)
+        if procs.rank == 0:
+            print(f"drn evaluate: normalising with {'Cityscapes' if k == 19 else 'ImageNet'}'s mean/std "
+                  f"(--info to change)", file=sys.stderr)
+    pairs = data.image_label_pairs(args.images, args.labels)
+    return segment_pairs(model, pairs, k, procs, mean=mean, std=std, ms=args.ms, resize=args.resize or "labels",
+                         label_format=args.label_format or "auto")
 
 
 def main(argv=None) -> int:

@@ -469,6 +469,14 @@ class FusedSegmenter(FusedModel):
         up = upsample8(low)[..., :h, :w]
         return F.log_softmax(up, dim=1), low
 
+    @torch.no_grad()
+    def logits_low(self, x):
+        """(N, K, ceil(H/8), ceil(W/8)): the classifier's logits before the ×8 up-sampling, the backbone in row
+        bands where predict() would use them."""
+        units = list(self.backbone)
+        feats = self._features_low_memory(x, units) if self._low_memory(x, units) else self.features(x)
+        return F.conv2d(feats, self.head_weight, self.head_bias)
+
     # predict() in row bands (drn.banded) to bound memory: None = on CPU for inputs of at least LOW_MEMORY_PIXELS
     # pixels; True / False force it. Band sizes: ~band_bytes per band of a map, stem_band_bytes in the stem.
     low_memory: bool | None = None
@@ -480,11 +488,8 @@ class FusedSegmenter(FusedModel):
     def predict(self, x):
         """(labels (N, H, W) int64, probs (N, H, W) float32): argmax of the ×8 up-sampled prediction."""
         h, w = x.shape[-2:]
-        low_memory = self.low_memory
-        if low_memory is None:
-            low_memory = x.device.type == "cpu" and h * w >= self.LOW_MEMORY_PIXELS
         units = list(self.backbone)
-        if low_memory and x.shape[0] > 0 and all(hasattr(u, "run_rows") for u in units):
+        if self._low_memory(x, units):
             labels, probs = self._predict_low_memory(x, units)
         else:
             labels, probs = drn_kernels.class_head(self.features(x), self.head_weight, self.head_bias, upsample=8,
@@ -493,10 +498,22 @@ class FusedSegmenter(FusedModel):
             labels, probs = labels[..., :h, :w].contiguous(), probs[..., :h, :w].contiguous()
         return labels, probs
 
+    def _low_memory(self, x, units) -> bool:
+        low_memory = self.low_memory
+        if low_memory is None:
+            low_memory = x.device.type == "cpu" and x.shape[-2] * x.shape[-1] >= self.LOW_MEMORY_PIXELS
+        return bool(low_memory) and x.shape[0] > 0 and all(hasattr(u, "run_rows") for u in units)
+
     def _predict_low_memory(self, x, units):
+        """The banded backbone (_features_low_memory), then the head in bands."""
+        feats = self._features_low_memory(x, units)
+        return banded.banded_class_head([], feats, self.head_weight, self.head_bias,
+                                        banded.rows_per_band([], feats, self.band_bytes), self._backend)
+
+    def _features_low_memory(self, x, units):
         """The stem (every unit up to the last strided one) in bands of its output rows, re-computing the rows a
         band's neighbours also read; the output-stride-8 blocks on their own storage (forward_low_memory); the
-        trailing plain convs written over their input (banded.conv_over_rows); the head in bands."""
+        trailing plain convs written over their input (banded.conv_over_rows)."""
         heights = banded.chain_heights(units, x)
         strided = [i for i in range(len(units)) if heights[i + 1] < heights[i]]
         split = strided[-1] + 1 if strided else 0
@@ -513,8 +530,7 @@ class FusedSegmenter(FusedModel):
                 feats = u.forward_low_memory(feats, rows)
             else:
                 feats = u(feats)
-        return banded.banded_class_head([], feats, self.head_weight, self.head_bias,
-                                        banded.rows_per_band([], feats, self.band_bytes), self._backend)
+        return feats
 
 
 def _named_levels(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -57,9 +57,13 @@ class DRNSeg(nn.Module):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        low = self.seg(self.base(x))
+        low = self.logits_low(x)
         up = self.up(low)[..., :h, :w]
         return F.log_softmax(up, dim=1), low
+
+    def logits_low(self, x):
+        """(N, K, ceil(H/8), ceil(W/8)): the 1×1 classifier's logits before the ×8 up-sampler."""
+        return self.seg(self.base(x))
 
     @torch.no_grad()
     def predict(self, x):

@@ -2,26 +2,23 @@
 
 - load_model: drn.build with the weights' class count read from the checkpoint when not given, fused on request.
 - classify: probabilities of the 1-crop / 10-crop input (10-crop averages the ten softmaxes).
-- segment: labels at the input size; with ms=True the reference's multi-scale protocol (segment.py test_ms):
-  the image resized (bicubic) by 0.5, 0.75, 1, 1.25, 1.5, 1.75, each scale's log-probabilities resized
-  bilinearly to the input size and summed, argmax. The sum is one running (K, H, W) accumulator; each scale's map
-  is resized and added a few classes at a time, so no second full-resolution map ever exists.
+- segment: labels at the input size; with ms=True the reference's multi-scale protocol exactly (drn.multiscale:
+  its scales and order, the whole up-sampled map resized by PIL's bilinear filter, log-probabilities summed).
 - localize: the localization model on the whole image (optionally resized), the box in the image's pixels.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from drn_kernels.reference import cell_boxes
 
+from . import multiscale
 from .data import classify_inputs, resize_shorter, to_tensor
 from .heads import OUTPUT_STRIDE
 from .registry import IMAGENET_MEAN, IMAGENET_STD
 
-MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-_MS_CHANNEL_CHUNK = 4  # classes resized and added at once: bounds the temporary at 4/K of a full map
+MS_SCALES = multiscale.REFERENCE_SCALES
 
 
 def default_device() -> str:
@@ -85,25 +82,11 @@ def classify(model, img: Image.Image, *, resize=256, crop=224, ten_crop=False, m
 @torch.no_grad()
 def segment(model, img: Image.Image, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, ms=False,
             scales=MS_SCALES) -> torch.Tensor:
-    """(H, W) int64 labels at the image's size."""
-    device = model_device(model)
-    if not ms:
-        labels, _ = model.predict(to_tensor(img, mean, std)[None].to(device))
-        return labels[0].cpu()
-    w, h = img.size
-    total = None
-    for s in scales:
-        scaled = img if s == 1.0 else img.resize((int(w * s), int(h * s)), Image.BICUBIC)
-        log_probs = model(to_tensor(scaled, mean, std)[None].to(device))[0].float()
-        if total is None:
-            total = torch.zeros((1, log_probs.shape[1], h, w), dtype=torch.float32, device=device)
-        for c in range(0, log_probs.shape[1], _MS_CHANNEL_CHUNK):
-            part = log_probs[:, c:c + _MS_CHANNEL_CHUNK]
-            if part.shape[-2:] != (h, w):
-                part = F.interpolate(part, size=(h, w), mode="bilinear", align_corners=False)
-            total[:, c:c + _MS_CHANNEL_CHUNK] += part
-        del log_probs
-    return total.argmax(dim=1)[0].cpu()
+    """(H, W) int64 labels at the image's size; ms=True: the reference's multi-scale protocol (drn.multiscale)."""
+    if ms:
+        return multiscale.segment(model, img, mean=mean, std=std, scales=scales)
+    labels, _ = model.predict(to_tensor(img, mean, std)[None].to(model_device(model)))
+    return labels[0].cpu()
 
 
 def class_box(labels: torch.Tensor, scores: torch.Tensor, cls: int, threshold: float,

@@ -23,7 +23,7 @@ FALSE = ("", "0", "false", "no", "off")
 
 class Setting(NamedTuple):
     name: str
-    kind: str                       # "flag", "choice", "int", "path"
+    kind: str                       # "flag", "choice", "int", "path", "url"
     choices: tuple = ()             # allowed values of a "choice" ("" = unset = the default)
     default: object = None
     doc: str = ""
@@ -34,7 +34,8 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
     # ---- building the C++ extension (setup.py and the build on first use) ----
     Setting("DRN_FORCE_CPU", "flag", doc="build the CPU kernels only, even where CUDA could be built"),
     Setting("DRN_BUILD_CUDA", "flag", doc="compile the CUDA kernels even without a GPU (where torch is a CUDA "
-                                          "build and a toolkit is found): the static kernel report wants them", user=False),
+                                          "build and a toolkit is found): the static kernel report wants them",
+            user=False),
     Setting("DRN_FORCE_CUDA", "flag", doc="compile the CUDA kernels, and fail instead of building CPU-only"),
     Setting("DRN_NO_JIT_BUILD", "flag", doc="never build on first use: load an up-to-date cached build or none"),
     Setting("DRN_BUILD_DIR", "path", doc="folder of the build on first use (default: the torch extensions "
@@ -61,15 +62,23 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
     Setting("DRN_CHOICE_CACHE", "path", doc="folder of the cpu backend's algorithm-choice cache files, one per "
                                             "machine signature (default: cpu_choices/ beside the build on first "
                                             "use); off: measure in every process, keep nothing"),
-    Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests", user=False),
+    Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests",
+            user=False),
+    # ---- model weights ----
+    Setting("DRN_WEIGHTS_MIRROR", "url", doc="base URL tried before the official one for every checkpoint: "
+                                             "<base>/<file name> (`drn weights` lists the names and hashes)"),
     # ---- Triton ----
-    Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests", user=False),
+    Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests",
+            user=False),
     # ---- benchmarks and tests ----
-    Setting("DRN_BENCH_THREADS", "int", doc="torch's intra-op threads in benchmarks/ (the CPU goals are at 2)", user=False),
-    Setting("DRN_BENCH_FULL", "flag", doc="collect every benchmark under plain pytest, not only the quick ones", user=False),
+    Setting("DRN_BENCH_THREADS", "int", doc="torch's intra-op threads in benchmarks/ (the CPU goals are at 2)",
+            user=False),
+    Setting("DRN_BENCH_FULL", "flag", doc="collect every benchmark under plain pytest, not only the quick ones",
+            user=False),
     Setting("DRN_CEILINGS", "path", doc="JSON file of measured copy/matmul ceilings for the benchmark report "
                                         "(default: benchmarks/results/*.json of the same device)", user=False),
-    Setting("DRN_TEST_PIP", "flag", doc="run the test that pip-installs the package (needs the package index)", user=False),
+    Setting("DRN_TEST_PIP", "flag", doc="run the test that pip-installs the package (needs the package index)",
+            user=False),
     Setting("DRN_REQUIRE_BUILD", "flag", doc="tests: a compiled backend that does not build fails its tests instead "
                                              "of skipping them (`make test` sets it)", user=False),
 )}
@@ -129,10 +138,22 @@ def path(name: str) -> Optional[str]:
     return _raw(name) or None
 
 
+def url(name: str) -> Optional[str]:
+    """A base URL: http://, https:// or file:// (unset: None); a trailing / is dropped."""
+    _setting(name)
+    raw = _raw(name)
+    if raw == "":
+        return None
+    if not raw.startswith(("http://", "https://", "file://")):
+        raise ValueError(f"{name} must be a URL starting with http://, https:// or file:// (or unset), "
+                         f"got {os.environ.get(name)!r}")
+    return raw.rstrip("/")
+
+
 def value(name: str):
-    """The setting `name` as its kind reads it (flag: bool, choice: str, int: int|None, path: str|None)."""
+    """The setting `name` as its kind reads it (flag: bool, choice: str, int: int|None, path/url: str|None)."""
     kind = _setting(name).kind
-    return {"flag": flag, "choice": choice, "int": positive_int, "path": path}[kind](name)
+    return {"flag": flag, "choice": choice, "int": positive_int, "path": path, "url": url}[kind](name)
 
 
 def check_all() -> dict:
@@ -169,8 +190,8 @@ def markdown_table(user: bool | None = None) -> str:
         if user is not None and s.user != user:
             continue
         values = {"flag": "1/true/yes/on; unset, 0/false/no/off", "int": "a positive integer; unset",
-                  "path": "a path; unset"}.get(s.kind) or " \\| ".join(
-                      f"`{c}`" + (" (default)" if c == s.default else "") for c in s.choices)
+                  "path": "a path; unset", "url": "a base URL (http, https, file); unset"}.get(s.kind)
+        values = values or " \\| ".join(f"`{c}`" + (" (default)" if c == s.default else "") for c in s.choices)
         rows.append(f"| `{s.name}` | {values} | {s.doc} |")
     return "\n".join(rows)
 
