@@ -28,7 +28,7 @@ import torch
 
 from . import data, evaluate, export, predict, weights
 from .commands import (add_model_args, add_run_args, non_negative_int, positive_int,  # noqa: F401 (re-exported)
-                       run_reporting_errors, warn_if_random)
+                       report_cpu_choices, run_reporting_errors, warn_if_random)
 from .palette import draw_box, save_label_png
 from .registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -67,7 +67,7 @@ def _load(args, task: str):
     warn_if_random(f"drn {task}", args)
     return predict.load_model(args.model, task, num_classes=args.num_classes, weights=args.weights,
                               pretrained=getattr(args, "pretrained", False), fused=args.fused, backend=args.backend,
-                              device=args.device)
+                              device=args.device, cpu_choices=getattr(args, "cpu_choices", None))
 
 
 def cmd_classify(args) -> int:
@@ -104,6 +104,7 @@ def cmd_segment(args) -> int:
         dst = out / f"{Path(path).stem}.png"
         save_label_png(labels.numpy(), dst, k)
         print(f"{path} -> {dst}  ({img.size[0]}x{img.size[1]}, {k} classes, {ms:.0f} ms)")
+    report_cpu_choices(model, args)
     return 0
 
 

@@ -5,7 +5,9 @@ them imports another back.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -85,6 +87,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", type=backend_arg, default="auto",
                    help=f"drn_kernels backend of the fused model: {', '.join(drn_kernels.BACKENDS)} (auto)")
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--cpu-choices", metavar="FILE", default=None,
+                   help="JSON table of the cpu backend's algorithm choices to pin (--fused; written by "
+                        "--save-cpu-choices on another machine, or a cache file): the same bits on every machine")
+    p.add_argument("--save-cpu-choices", metavar="FILE", default=None,
+                   help="write the fused model's cpu algorithm choices to FILE at the end (for --cpu-choices)")
+
+
+def report_cpu_choices(model, args, out=None) -> None:
+    """After a run of a fused model on the cpu backend: one line on stderr saying where its algorithm choices came
+    from (pinned, this machine's cache file, measured now), and the table written where --save-cpu-choices says."""
+    from drn_kernels import cpu_choices
+
+    if not args.fused or not hasattr(model, "cpu_choices"):
+        return
+    print(f"drn: {cpu_choices.describe_sources()}", file=out or sys.stderr)
+    if args.save_cpu_choices:
+        Path(args.save_cpu_choices).write_text(json.dumps(model.cpu_choices(), indent=1) + "\n")
 
 
 def run_reporting_errors(prog: str, run, args) -> int:

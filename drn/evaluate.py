@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import data, predict
-from .commands import add_model_args, add_run_args, command_main
+from .commands import add_model_args, add_run_args, command_main, report_cpu_choices
 from .palette import CITYSCAPES_CLASSES
 from .registry import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 
@@ -264,7 +264,7 @@ def run(args) -> int:
     try:
         model = predict.load_model(args.model, args.task, num_classes=args.num_classes, weights=args.weights,
                                    pretrained=getattr(args, "pretrained", False), fused=args.fused,
-                                   backend=args.backend, device=procs.device)
+                                   backend=args.backend, device=procs.device, cpu_choices=args.cpu_choices)
         k = predict.num_classes_of(model)
         if args.task == "segment":
             result = _run_segment(args, model, k, procs)
@@ -279,6 +279,7 @@ def run(args) -> int:
                                        ten_crop=args.ten_crop, resize=args.resize, crop=args.crop)
             show = lambda: print_counts(result)  # noqa: E731
         if procs.rank == 0:
+            report_cpu_choices(model, args)
             show()
             if args.json:
                 print(json.dumps(result), flush=True)

@@ -37,9 +37,9 @@ def checkpoint_classes(weights) -> int | None:
 
 
 def load_model(name: str, task: str, *, num_classes=None, weights=None, pretrained=False, fused=False,
-               backend="auto", device=None):
+               backend="auto", device=None, cpu_choices=None):
     """drn.build for the command line: weights (a path) win over pretrained; with weights and no num_classes,
-    the checkpoint's classifier size is used."""
+    the checkpoint's classifier size is used; cpu_choices (fused only) a table of cpu algorithm choices to pin."""
     import drn
 
     if num_classes is None and weights is not None:
@@ -49,8 +49,10 @@ def load_model(name: str, task: str, *, num_classes=None, weights=None, pretrain
     if task == "segment" and num_classes is None:
         raise ValueError("segmentation needs --num-classes (19 for Cityscapes)")
     source = weights if weights is not None else bool(pretrained)
+    if cpu_choices is not None and not fused:
+        raise ValueError("--cpu-choices pins the fused model's algorithms: it needs --fused")
     return drn.build(name, task=task, num_classes=num_classes, pretrained=source, fused=fused, backend=backend,
-                     device=device or default_device())
+                     device=device or default_device(), cpu_choices=cpu_choices)
 
 
 def model_device(model) -> torch.device:

@@ -385,3 +385,28 @@ def test_images_options_refused_with_data(segset, capsys):
     rc = evaluate.main(["segment", "--images", str(root / "img"), "--model", "drn_d_22", "--num-classes", "19",
                         "--weights", str(root / "seg.pth"), "--device", "cpu"])
     assert rc == 2 and "--labels" in capsys.readouterr().err
+
+
+def test_fused_evaluation_says_where_its_choices_came_from_and_pins_them(segset, capsys, tmp_path, monkeypatch):
+    """drn evaluate --fused prints its choices' source; --save-cpu-choices writes the table, --cpu-choices pins it
+    (no search, 'pinned' in the line) and gives the same numbers."""
+    root, _ = segset
+    monkeypatch.delenv("DRN_CPU_CONV", raising=False)
+    table = tmp_path / "choices.json"
+    base = ["segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19", "--weights",
+            str(root / "seg.pth"), "--json", "--device", "cpu", "--fused"]
+    assert evaluate.main(base + ["--save-cpu-choices", str(table)]) == 0
+    first = capsys.readouterr()
+    assert "drn: cpu algorithm choices:" in first.err
+    saved = json.loads(table.read_text())
+    assert saved and set(saved.values()) <= {"winograd4", "winograd2", "onednn"}
+    from drn_kernels import prepared
+
+    searches = len(prepared.SEARCHES)
+    assert evaluate.main(base + ["--cpu-choices", str(table)]) == 0
+    second = capsys.readouterr()
+    assert "pinned" in second.err and len(prepared.SEARCHES) == searches
+    drop = lambda d: {k: v for k, v in d.items() if k != "images_per_s"}  # noqa: E731
+    assert drop(_json_line(second.out)) == drop(_json_line(first.out))
+    assert evaluate.main(base[:-1] + ["--cpu-choices", str(table)]) == 2  # needs --fused
+    assert "needs --fused" in capsys.readouterr().err
