@@ -21,8 +21,9 @@
 //         (parallel.h) over its rows applying bias + residual + ReLU in place.
 // bfloat16, float16: computed by oneDNN in that dtype where this CPU has oneDNN kernels for it (bfloat16:
 //         AVX512-BW/VL/DQ or AVX-NE-CONVERT, as torch's mkldnn checks say; ONEDNN_MAX_CPU_ISA honoured), else by
-//         oneDNN in float32 — x, the weight and the residual widened exactly, the output rounded once — so an
-//         AVX2-only CPU never takes ATen's scalar bfloat16 convolution (onednn_compute_dtype).
+//         oneDNN in float32 without post-ops — x and the weight widened exactly — and one pass that adds bias and
+//         residual, applies ReLU and rounds into the output (conv_onednn_widened), so an AVX2-only CPU never
+//         takes ATen's scalar bfloat16 convolution (onednn_compute_dtype).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -107,28 +108,31 @@ Tensor onednn_weight(const Tensor& weight, const std::optional<Tensor>& prepared
   return w.contiguous();
 }
 
-// y in oneDNN's compute dtype for x's (onednn_compute_dtype): x's dtype, or float32 for the caller to round.
+c10::TypedOperatorHandle<PointwiseFn>& pointwise_op() {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
+                       .typed<PointwiseFn>();
+  return op;
+}
+
+// y = relu?(conv + bias + residual?) by oneDNN in x's dtype (the caller checked onednn_compute_dtype).
 Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride,
                    IntArrayRef padding, IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
                    const std::optional<Tensor>& prepared) {
-  static auto pointwise = c10::Dispatcher::singleton()
-                              .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
-                              .typed<PointwiseFn>();
   static auto binary = c10::Dispatcher::singleton()
                            .findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary")
                            .typed<BinaryFn>();
-  const at::ScalarType cdt = onednn_compute_dtype(x.scalar_type());
-  const Tensor xin = x.to(cdt).contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor w = onednn_weight(weight, prepared, cdt);
-  const std::optional<Tensor> b = bias.to(cdt).contiguous();
+  const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor w = onednn_weight(weight, prepared, x.scalar_type());
+  const std::optional<Tensor> b = bias.contiguous();
   c10::List<std::optional<at::Scalar>> no_scalars;
   Tensor y;
   if (residual.has_value()) {
-    const Tensor other = residual->to(cdt).contiguous(at::MemoryFormat::ChannelsLast);
+    const Tensor other = residual->contiguous(at::MemoryFormat::ChannelsLast);
     y = binary.call(xin, other, w, b, padding, stride, dilation, 1, "add", std::nullopt, std::nullopt, no_scalars,
                     std::nullopt);
   } else {
-    y = pointwise.call(xin, w, b, padding, stride, dilation, 1, "none", no_scalars, "");
+    y = pointwise_op().call(xin, w, b, padding, stride, dilation, 1, "none", no_scalars, "");
   }
   return relu ? y.relu_() : y;
 }
@@ -178,6 +182,28 @@ Tensor empty_output(const Tensor& x, int64_t K, int64_t P, int64_t Q, at::Scalar
   return at::empty({x.size(0), P, Q, K}, x.options().dtype(dtype)).permute({0, 3, 1, 2});
 }
 
+// conv_bn_act for a dtype oneDNN has no kernels for here (onednn_compute_dtype is float32): oneDNN's float32
+// convolution of x widened (the weight widened, or its prepared float32 oneDNN copy), no post-ops, then one pass
+// (epilogue) adding bias and the residual, applying ReLU and rounding into `into` (an (N,K,P,Q) channels_last
+// contiguous tensor of x's dtype, which may be the residual itself) or a new output.
+Tensor conv_onednn_widened(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride,
+                           IntArrayRef padding, IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
+                           const std::optional<Tensor>& prepared, const std::optional<Tensor>& into) {
+  const Tensor xin = x.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor w = onednn_weight(weight, prepared, at::kFloat);
+  const Tensor y = pointwise_op()
+                       .call(xin, w, std::nullopt, padding, stride, dilation, 1, "none",
+                             c10::List<std::optional<at::Scalar>>(), "")
+                       .contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t K = y.size(1), P = y.size(2), Q = y.size(3);
+  Tensor out = into.has_value() ? *into : empty_output(x, K, P, Q, x.scalar_type());
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "drn_conv_bn_act_widened", [&] {
+    epilogue<float, scalar_t>(y.const_data_ptr<float>(), out.data_ptr<scalar_t>(), bias, residual, relu,
+                              y.size(0) * P * Q, P, Q, K);
+  });
+  return out;
+}
+
 Tensor conv_aten(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride, IntArrayRef padding,
                  IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu) {
   const bool upcast = x.scalar_type() == at::kHalf;
@@ -203,11 +229,9 @@ Tensor conv_aten(const Tensor& x, const Tensor& weight, const Tensor& bias, IntA
   return out;
 }
 
-// oneDNN returns channels_last in its compute dtype; give it exactly the fake kernel's dtype and strides (the
-// strides differ only on size-1 dims).
+// oneDNN returns channels_last; give it exactly the fake kernel's strides (they differ only on size-1 dims).
 Tensor as_declared_layout(const Tensor& y, const Tensor& x) {
-  Tensor cl = empty_output(x, y.size(1), y.size(2), y.size(3), x.scalar_type());
-  if (y.scalar_type() != x.scalar_type()) return cl.copy_(y);
+  Tensor cl = empty_output(x, y.size(1), y.size(2), y.size(3), y.scalar_type());
   if (y.strides() == cl.strides()) return y;
   if (y.is_contiguous(at::MemoryFormat::ChannelsLast)) return y.as_strided(cl.sizes(), cl.strides());
   return cl.copy_(y);
@@ -245,6 +269,10 @@ Tensor conv_bn_act_cpu_impl(const Tensor& x, const Tensor& weight, const Tensor&
   }
   if (onednn_wanted(dt)) {
     try {
+      if (onednn_compute_dtype(dt) != dt) {
+        return conv_onednn_widened(x, weight, bias, stride, padding, dilation, residual, relu, prepared,
+                                   std::nullopt);
+      }
       return as_declared_layout(conv_onednn(x, weight, bias, stride, padding, dilation, residual, relu, prepared),
                                 x);
     } catch (const c10::Error&) {
@@ -303,7 +331,7 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
   const auto dt = x.scalar_type();
   if (onednn_wanted(dt) && onednn_compute_dtype(dt) != dt) {
     try {
-      residual.copy_(conv_onednn(x, weight, bias, stride, padding, dilation, res, relu, prepared));
+      conv_onednn_widened(x, weight, bias, stride, padding, dilation, res, relu, prepared, residual);
       return;
     } catch (const c10::Error&) {
       onednn_failed[dtype_slot(dt)].store(true, std::memory_order_relaxed);
