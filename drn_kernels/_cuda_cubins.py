@@ -3,8 +3,10 @@ read from their cubins, no GPU needed. Nothing here is used to run a kernel.
 
 `cuda_records()` returns one record per kernel instance x arch:
     {"source": "cuda", "kernel": str, "arch": "sm_80"|"sm_90", "dtype": "fp16"|"bf16"|"fp32", "config": str,
-     "registers": int, "spill_bytes": int, "shared_bytes": int, "tensor_core_instructions": int}
-from `cuobjdump --dump-resource-usage` (REG, SHARED, LOCAL) and `cuobjdump -sass` (HMMA/HGMMA count per function).
+     "registers": int, "spill_bytes": int, "shared_bytes": int, "tensor_core_instructions": int,
+     "wgmma_instructions": int}
+from `cuobjdump --dump-resource-usage` (REG, SHARED, LOCAL) and `cuobjdump -sass` (HMMA + HGMMA, and HGMMA alone,
+per function).
 spill_bytes is the per-thread local memory (register spills plus any stack frame), so 0 means neither.
 
 Where the cubins come from: the built extension (drn_kernels._extension.built_library()) when it exists and holds
@@ -185,10 +187,12 @@ def records_from_binary(path: Path, arch: str | None = None) -> list[dict]:
             kv = dict(re.findall(r"([A-Z]+(?:\[\d+\])?):(\d+)", fields))
             resources[(arch, name)] = kv
     tensor_core: dict[tuple[str, str], int] = {}
+    wgmma: dict[tuple[str, str], int] = {}
     for arch, section in _split_by_arch(sass, arch):
         blocks = re.split(r"^\s*Function : (\S+)\s*$", section, flags=re.M)
         for i in range(1, len(blocks) - 1, 2):
             tensor_core[(arch, blocks[i])] = len(re.findall(r"\b(?:HMMA|HGMMA)\.", blocks[i + 1]))
+            wgmma[(arch, blocks[i])] = len(re.findall(r"\bHGMMA\.", blocks[i + 1]))
     names = _demangle(sorted({n for _, n in resources}))
     records, seen = [], set()
     for (cubin_arch, name), kv in sorted(resources.items()):
@@ -204,6 +208,7 @@ def records_from_binary(path: Path, arch: str | None = None) -> list[dict]:
             "spill_bytes": int(kv.get("LOCAL", 0)) + int(kv.get("STACK", 0)),
             "shared_bytes": int(kv.get("SHARED", 0)),
             "tensor_core_instructions": tensor_core.get((cubin_arch, name), 0),
+            "wgmma_instructions": wgmma.get((cubin_arch, name), 0),
         })
     return records
 

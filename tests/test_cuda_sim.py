@@ -207,7 +207,7 @@ def test_cuda_cubin_records():
         skip_or_fail_unbuilt("the CUDA extension's cubins", reason)
     records = _cuda_cubins.cuda_records()
     keys = {"source", "kernel", "arch", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
-            "tensor_core_instructions"}
+            "tensor_core_instructions", "wgmma_instructions"}
     assert records and all(set(r) == keys and r["source"] == "cuda" for r in records)
     assert {r["arch"] for r in records} == {"sm_80", "sm_90"}
     for r in records:
