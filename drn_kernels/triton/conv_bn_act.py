@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import _backends
 from .._schemas import FAKES, empty_conv_output
 from . import launcher, register_op
-from .common import dot_in_fp32, needs_int64, precision_as_cudnn, size_bucket
+from .common import dot_in_fp32, force_int64, needs_int64, precision_as_cudnn, size_bucket
 
 def _config(m: int, n: int, c: int, warps: int, stages: int, split: int = 1) -> triton.Config:
     """A BLOCK_M x BLOCK_N tile stepping BLOCK_C channels, launched in groups of GROUP_M = 8 row tiles."""
@@ -313,25 +313,45 @@ def packed_weight(weight: Tensor) -> Tensor:
 
 # ---- launcher -----------------------------------------------------------------------------------------------
 
+# Launch facts that depend only on the call's sizes and strides, computed once per signature (a fused model's
+# layers pay the Python for them once per input shape): (M, reduction order, C_VEC, USE_INT64, M_BUCKET).
+# DRN_FORCE_INT64 is read per call and is part of the key. Bounded: cleared when full.
+_FACTS: dict[tuple, tuple[int, bool, int, bool, int]] = {}
+FACTS_LIMIT = 4096
+
+
+def _launch_facts(x: Tensor, w_packed: Tensor, bias: Tensor, residual: Optional[Tensor], y: Tensor):
+    key = (x.shape, x.stride(), w_packed.shape, w_packed.stride(), bias.shape, bias.stride(), y.shape,
+           None if residual is None else (residual.shape, residual.stride()), force_int64())
+    facts = _FACTS.get(key)
+    if facts is None:
+        n, c = x.shape[:2]
+        m = n * y.shape[2] * y.shape[3]
+        flat = reduction_order(c)
+        facts = (m, flat, 1 if flat else channel_vector(x), needs_int64(x, w_packed, bias, residual, y),
+                 size_bucket(m))
+        if len(_FACTS) >= FACTS_LIMIT:
+            _FACTS.clear()
+        _FACTS[key] = facts
+    return facts
+
+
 @register_op("drn::conv_bn_act_triton", FAKES["conv_bn_act"])
 def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int], padding: list[int],
                        dilation: list[int], residual: Optional[Tensor], relu: bool) -> Tensor:
     y = empty_conv_output(x, weight, stride, padding, dilation)
-    n, c, h, w = x.shape
-    k, _, r, s = weight.shape
-    _, _, p, q = y.shape
-    m = n * p * q
     if y.numel() == 0:
         return y
+    _, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    p, q = y.shape[2:]
     w_packed = packed_weight(weight)
-    has_res = residual is not None
-    res = residual if has_res else y  # a valid pointer; never read when HAS_RES is False
+    m, flat, c_vec, use_int64, bucket = _launch_facts(x, w_packed, bias, residual, y)
+    res = residual if residual is not None else y  # a valid pointer; never read when HAS_RES is False
     args = (x, w_packed, bias, res, y, m, c, h, w, k, p, q, r, s, *x.stride(), bias.stride(0), *res.stride(),
-            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], size_bucket(m))
-    flat = reduction_order(c)
-    flags = dict(HAS_RES=has_res, RELU=relu, FLAT=flat,
-                 USE_INT64=needs_int64(x, w_packed, bias, residual, y), DOT_PRECISION=precision_as_cudnn(x.dtype),
-                 DOT_IN_FP32=dot_in_fp32(x.dtype), C_VEC=1 if flat else channel_vector(x))
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], bucket)
+    flags = dict(HAS_RES=residual is not None, RELU=relu, FLAT=flat, USE_INT64=use_int64,
+                 DOT_PRECISION=precision_as_cudnn(x.dtype), DOT_IN_FP32=dot_in_fp32(x.dtype), C_VEC=c_vec)
     if _backends.triton_interpreting():
         launcher(conv_bn_act_kernel)[grid_for(m, k)](*args, **flags, **INTERPRET_CONFIG)
     else:
