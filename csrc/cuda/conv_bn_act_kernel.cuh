@@ -10,8 +10,9 @@
 // The reduction walks BK-wide slices (64 bytes: 32 fp16/bf16 or 16 fp32) through a 3-stage shared-memory ring
 // filled by cp.async (16-byte chunks; kVec) or, when C is not a multiple of a chunk (the C=3 stem), by scalar
 // gathers (!kVec). Rows are padded by one chunk so the fragment loads hit 32 distinct banks.
-// fp16/bf16: each warp issues 2x4 mma.sync.m16n8k16 per 16-deep step. fp32: an exact FFMA micro-kernel that
-// produces the same accumulator layout (no TF32 rounding), so the epilogue is shared.
+// fp16/bf16: each warp loads its fragments with 4 ldmatrix.x4 and issues 2x4 mma.sync.m16n8k16 per 16-deep
+// step. fp32: an exact FFMA micro-kernel that produces the same accumulator layout (no TF32 rounding), so the
+// epilogue is shared.
 // Epilogue from registers: + bias, + residual, ReLU (NaN kept, as torch.relu), cast to OutT, masked stores.
 #pragma once
 
@@ -183,20 +184,21 @@ __global__ void __launch_bounds__(conv::kThreads, 2) conv_bn_act_kernel(ConvPara
     } else {
 #pragma unroll
       for (int ks = 0; ks < kBlockK; ks += 16) {
+        // Fragments by ldmatrix.x4: A's 16x16 block i as matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), in
+        // register order a[0..3]; B's column blocks j, j+1 as (n rows of j | of j+1) x (k 0-7 | 8-15). The
+        // 80-byte row pitch puts the 8 rows of each matrix in 8 distinct 16-byte bank groups.
         uint32_t a[2][4], b[4][2];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const int r = wm + i * 16 + g, c = ks + 2 * t;
-          a[i][0] = load_u32(&a_tile[stage][r][c]);
-          a[i][1] = load_u32(&a_tile[stage][r + 8][c]);
-          a[i][2] = load_u32(&a_tile[stage][r][c + 8]);
-          a[i][3] = load_u32(&a_tile[stage][r + 8][c + 8]);
-        }
+        for (int i = 0; i < 2; ++i)
+          ldmatrix_x4(a[i], &a_tile[stage][wm + i * 16 + ((lane / 8) % 2) * 8 + lane % 8][ks + (lane / 16) * 8]);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int n = wn + j * 8 + g, c = ks + 2 * t;
-          b[j][0] = load_u32(&b_tile[stage][n][c]);
-          b[j][1] = load_u32(&b_tile[stage][n][c + 8]);
+        for (int j = 0; j < 4; j += 2) {
+          uint32_t r[4];
+          ldmatrix_x4(r, &b_tile[stage][wn + (j + lane / 16) * 8 + lane % 8][ks + ((lane / 8) % 2) * 8]);
+          b[j][0] = r[0];
+          b[j][1] = r[1];
+          b[j + 1][0] = r[2];
+          b[j + 1][1] = r[3];
         }
 #pragma unroll
         for (int i = 0; i < 2; ++i)
