@@ -323,16 +323,20 @@ FACTS_LIMIT = 4096
 def _launch_facts(x: Tensor, w_packed: Tensor, bias: Tensor, residual: Optional[Tensor], y: Tensor):
     key = (x.shape, x.stride(), w_packed.shape, w_packed.stride(), bias.shape, bias.stride(), y.shape,
            None if residual is None else (residual.shape, residual.stride()), force_int64())
-    facts = _FACTS.get(key)
+    try:
+        facts = _FACTS.get(key)
+    except TypeError:  # symbolic sizes (a traced launch with dynamic shapes): nothing to key on
+        key = facts = None
     if facts is None:
         n, c = x.shape[:2]
         m = n * y.shape[2] * y.shape[3]
         flat = reduction_order(c)
         facts = (m, flat, 1 if flat else channel_vector(x), needs_int64(x, w_packed, bias, residual, y),
                  size_bucket(m))
-        if len(_FACTS) >= FACTS_LIMIT:
-            _FACTS.clear()
-        _FACTS[key] = facts
+        if key is not None:
+            if len(_FACTS) >= FACTS_LIMIT:
+                _FACTS.clear()
+            _FACTS[key] = facts
     return facts
 
 
