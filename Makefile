@@ -40,7 +40,15 @@ test: build
 	DRN_REQUIRE_BUILD=1 $(PY) -m pytest $(PYTEST_FLAGS) tests
 	DRN_FORCE_CPU=1 $(PY) -m drn_kernels.build --quiet
 	DRN_FORCE_CPU=1 $(PY) -m pytest $(PYTEST_FLAGS) tests/test_cpu_kernels.py tests/test_ops.py
+	$(AVX2_ONLY) DRN_REQUIRE_BUILD=1 $(PY) -m pytest $(PYTEST_FLAGS) $(AVX2_TESTS)
 	$(PY) -m pytest $(PYTEST_FLAGS) benchmarks --benchmark-disable
+
+# The CPU-kernel, algorithm-choice and weight-state tests again as an AVX2-only x86 CPU (AMD Zen 2/3, Intel
+# Haswell-Skylake client) runs them, emulated on this one: each library capped by its own variable (oneDNN,
+# ATen, ours; tests/test_cpu_isa_emulation.py checks that each honours it). On an AVX2-only CPU it changes nothing.
+AVX2_ONLY := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 DRN_CPU_ISA=avx2
+AVX2_TESTS := tests/test_cpu_isa_emulation.py tests/test_cpu_kernels.py tests/test_cpu_algorithm_choice.py \
+	tests/test_cpu_choices.py tests/test_weight_state.py tests/test_hostile_kernels.py
 
 test-fast: setup
 	$(PY) -m pytest $(PYTEST_FLAGS) -x tests -m "not slow"
@@ -51,9 +59,10 @@ bench: build
 bench-quick: build
 	$(PY) -m pytest benchmarks --benchmark-only -m quick
 
-# On a GPU machine: the one device check (benchmarks/device_check.py, one budget of 480 s by default), under the
-# Python that already has torch (the lent GPU's own image: no venv, no install), else after `make setup`.
-# Files: $$OUT when set, else benchmarks/results/. GPU_CHECK_FLAGS="--budget 300" or "--dry-run" (on the CPU).
+# On a GPU machine: the one device check (benchmarks/device_check.py, one budget of 480 s by default; its plan and
+# expected seconds: docs/gpu-check.md), under the Python that already has torch (the lent GPU's own image: no venv,
+# no install), else after `make setup`. Files: $$OUT when set, else benchmarks/results/.
+# GPU_CHECK_FLAGS="--budget 300", "--dry-run" (on the CPU) or "--rehearse" (the plan against its cost model).
 GPU_CHECK_FLAGS ?=
 gpu-check:
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then py='$(PYTHON)'; else $(MAKE) setup && py='$(PY)'; fi; \

@@ -1,4 +1,4 @@
-"""bf16 on the CPU against fp32 on the trained digits model (issue 11 item 4): `python benchmarks/bf16_digits_accuracy.py`.
+"""bf16 on the CPU against fp32 on the trained digits model: `python benchmarks/bf16_digits_accuracy.py`.
 
 Classification and localization accuracy (drn.demo's criterion) of the fused and eager models in fp32 and bf16 on
 500 unseen 64x64 canvases, with the threshold drn.demo picks for the fused fp32 model on its validation canvases,

@@ -39,7 +39,7 @@ import re
 import statistics
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -48,8 +48,11 @@ from torch import nn
 
 import drn
 import drn_kernels
+from benchmarks import harness
+from benchmarks.harness import (RESULTS_DIR, LayerShape, cudnn_fused_conv,  # noqa: F401
+                                poisoned_outputs)
 from drn_kernels import settings
-from drn.flops import conv_count, count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
+from drn.flops import count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
 from drn.profile import build_meta_model
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,7 +64,6 @@ BASELINE = "cudnn" if DEVICE.type == "cuda" else "eager-cl"  # listed first: it 
 FUSED_BASELINE = "cudnn-fused" if DEVICE.type == "cuda" else None  # cuDNN with BN folded: the fair GPU baseline
 DTYPES = ((torch.float16, torch.bfloat16, torch.float32) if DEVICE.type == "cuda"
           else (torch.float32, torch.bfloat16))
-RESULTS_DIR = pathlib.Path(__file__).parent / "results"
 
 LAYER_MODELS = ("drn_c_26", "drn_c_42", "drn_d_22", "drn_d_38")
 LAYER_BATCHES = (1, 8)
@@ -144,18 +146,6 @@ def case_peaks(dtype: torch.dtype):
     return device_peaks(DEVICE, dtype, ceilings)
 
 
-def input_sets(bytes_per_set: int) -> int:
-    """How many input sets the GPU timing rotates through: together at least twice the L2 (60 MB on an H200), so
-    no call finds its inputs in L2 (do_bench also flushes L2 before every call); 1 on the CPU."""
-    if DEVICE.type != "cuda":
-        return 1
-    l2 = getattr(torch.cuda.get_device_properties(DEVICE), "L2_cache_size", 0) or 60 * 2**20
-    return max(1, min(MAX_INPUT_SETS, -(-2 * l2 // max(1, bytes_per_set))))
-
-
-MAX_INPUT_SETS = 64
-
-
 def why_unavailable(provider: str, dtype: torch.dtype = torch.float32) -> str | None:
     if provider in EXPORTED and dtype != torch.float32:
         return f"{provider} runs the fp32 export only"
@@ -179,35 +169,6 @@ def why_unavailable(provider: str, dtype: torch.dtype = torch.float32) -> str | 
 
 
 # ---- layer shapes, derived by walking the models ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LayerShape:
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    r: int
-    s: int
-    stride: int
-    padding: int
-    dilation: int
-    residual: bool
-    relu: bool
-    first_seen: str  # model:layer where this shape first occurs
-
-    @property
-    def id(self) -> str:
-        return (f"n{self.n}_c{self.c}_{self.h}x{self.w}_k{self.k}_{self.r}x{self.s}_s{self.stride}_d{self.dilation}"
-                + ("_res" if self.residual else "") + ("" if self.relu else "_norelu"))
-
-    def count(self, itemsize=4):
-        p = (self.h + 2 * self.padding - self.dilation * (self.r - 1) - 1) // self.stride + 1
-        q = (self.w + 2 * self.padding - self.dilation * (self.s - 1) - 1) // self.stride + 1
-        return conv_count(self.id, (self.n, self.c, self.h, self.w), (self.n, self.k, p, q),
-                          (self.k, self.c, self.r, self.s), residual=self.residual, relu=self.relu,
-                          itemsize=itemsize)
-
 
 @functools.lru_cache(maxsize=None)
 def _meta_fused(name: str):
@@ -296,23 +257,13 @@ class ConvBNAct(nn.Module):
         return F.relu(y) if self.relu else y
 
 
-def _cudnn_fused_conv(x, w, b, stride, padding, dilation, residual, relu):
-    """Folded conv through cuDNN's fused conv(+add)+bias+ReLU entry points."""
-    if relu and residual is not None:
-        return torch.cudnn_convolution_add_relu(x, w, residual, 1.0, b, stride, padding, dilation, 1)
-    if relu:
-        return torch.cudnn_convolution_relu(x, w, b, stride, padding, dilation, 1)
-    y = F.conv2d(x, w, b, stride, padding, dilation)
-    return y + residual if residual is not None else y
-
-
 def _onnx_export(module: nn.Module, inputs: tuple) -> tuple[bytes, list[str]]:
     """(the ONNX model (opset 17, TorchScript exporter), its input names): what onnxruntime and openvino run.
 
     A copy in eval mode is exported: the TorchScript exporter puts a module back into its *own* training mode after
     tracing (train(mode) recursively), so exporting a wrapper made in training mode (nn.Module's default) around
-    an eval-mode model used to leave that model — the harness's cached float64/eager reference — in training mode,
-    BatchNorm on batch statistics: the "64% wrong labels" once blamed on openvino."""
+    an eval-mode model would leave that model — the harness's cached float64/eager reference — in training mode,
+    BatchNorm on batch statistics, and the exported providers' labels would look wrong against it."""
     module = copy.deepcopy(module).eval()
     buf = io.BytesIO()
     names = [f"in{i}" for i in range(len(inputs))]
@@ -493,11 +444,13 @@ class _Predict(nn.Module):
         return self.model.predict(x)
 
 
-def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32, sets: int = 1) -> Runner:
-    """The model (classify: forward, segment: predict) with `provider` in `dtype`, on `sets` input sets."""
+def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32, sets: int = 1,
+                 model: Optional[nn.Module] = None) -> Runner:
+    """The model (classify: forward, segment: predict) with `provider` in `dtype`, on `sets` input sets; `model`:
+    this unfused model instead of drn.build(name) with seed 0 (left as it is: providers work on copies)."""
     from drn.fused import FusedConv
 
-    model = _unfused(name, task)
+    model = _unfused(name, task) if model is None else model
     xs = _model_inputs(shape, sets)
     if provider in EXPORTED:
         export = _ort_session if provider == "onnxruntime" else _openvino_request
@@ -518,7 +471,7 @@ def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32
     fused = drn.fuse(model, backend=backend).to(device=DEVICE, dtype=dtype)
     if provider == "cudnn-fused":
         def forward(self, inp, residual=None):
-            return _cudnn_fused_conv(inp, self.weight, self.bias, self.stride, self.padding, self.dilation,
+            return cudnn_fused_conv(inp, self.weight, self.bias, self.stride, self.padding, self.dilation,
                                      residual, self.relu)
         for m in fused.modules():
             if isinstance(m, FusedConv):
@@ -527,9 +480,10 @@ def model_runner(provider: str, name: str, task: str, shape, dtype=torch.float32
     return Runner([functools.partial(fn, x) for x in xs])
 
 
-def model_reference(name: str, task: str, shape, dtype: torch.dtype):
-    """(float64 output, torch's own output in dtype (eager channels_last)) of the unfused model on input set 0."""
-    model = _unfused(name, task)
+def model_reference(name: str, task: str, shape, dtype: torch.dtype, model: Optional[nn.Module] = None):
+    """(float64 output, torch's own output in dtype (eager channels_last)) of the unfused model (drn.build(name), or
+    `model`) on input set 0."""
+    model = _unfused(name, task) if model is None else model
     x = _model_inputs(shape, 1)[0]
     cl = torch.channels_last
     same = copy.deepcopy(model).to(device=DEVICE, dtype=dtype).to(memory_format=cl)
@@ -548,31 +502,14 @@ def model_counts(name: str, task: str, shape, dtype: torch.dtype = torch.float32
 
 # ---- memory ----------------------------------------------------------------------------------------------------
 
+def input_sets(bytes_per_set: int) -> int:
+    """How many input sets the GPU timing rotates through (harness.input_sets on DEVICE); 1 on the CPU."""
+    return harness.input_sets(bytes_per_set, DEVICE)
+
+
 def memory_bytes(fn) -> tuple[int, int]:
-    """(peak, retained): the most bytes allocated above the starting point while fn() runs, and what is still
-    allocated when it returns (caches a first call fills: packed / transformed weights, compiled kernels' buffers).
-    CUDA: the allocator's statistics; CPU: torch.profiler's allocation events (tensors from PyTorch's CPU
-    allocator, which is where every op's output and workspace come from)."""
-    if DEVICE.type == "cuda":
-        synchronize(DEVICE)
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        with torch.no_grad():
-            out = fn()
-        synchronize(DEVICE)
-        del out
-        return torch.cuda.max_memory_allocated() - base, torch.cuda.memory_allocated() - base
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        with torch.no_grad():
-            fn()  # the result is dropped inside the profiled region, so it does not count as retained
-    # allocations are the ops' self memory (at the op's start), frees are "[memory]" events with negative sizes
-    events = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
-                    for e in prof.events())
-    level = peak = 0
-    for _, delta in events:
-        level += delta
-        peak = max(peak, level)
-    return peak, level
+    """(peak, retained) bytes of one fn() call on DEVICE (harness.memory_bytes)."""
+    return harness.memory_bytes(fn, DEVICE)
 
 
 def peak_memory_bytes(fn) -> int:
@@ -595,25 +532,6 @@ def memory_info(fn) -> dict:
 # whose error is within a few units in the last place of the dtype of torch's passes; a wrong one is off by O(1).
 CHECK_FLOOR = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 LABEL_FLOOR = 1e-3  # fraction of labels allowed to differ on top of 4x torch's own mismatches (near-ties)
-
-
-@contextlib.contextmanager
-def poisoned_outputs():
-    """Fresh allocations start as NaN (floats) / the largest value (integers): torch's deterministic mode fills
-    uninitialized memory, and every output of cuDNN, the C++/CUDA kernels and the Triton launchers comes from
-    at::empty / torch.empty. So an output element a kernel never writes shows."""
-    was = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = torch.utils.deterministic.fill_uninitialized_memory
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.use_deterministic_algorithms(was, warn_only=warn_only)
-        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def _as_tensors(out) -> list:
@@ -697,9 +615,13 @@ def _triton_tuners() -> list:
 @contextlib.contextmanager
 def record_triton_configs():
     """Yields a list that fills with {"kernel", "key": {autotune key argument: value}, "config"} for every
-    distinct tuned launch of drn_kernels' Triton kernels inside the block (the config the autotuner chose)."""
+    distinct tuned launch of drn_kernels' Triton kernels inside the block: the config the autotuner chose, or
+    (with "source") the one drn_kernels.triton.config_table launched from its table or its capped search."""
+    from drn_kernels.triton import config_table
+
     found: list = []
     tuners = _triton_tuners()
+    before = set(config_table.CHOSEN)
 
     def recording(name, tuner):
         original = type(tuner).run
@@ -724,6 +646,7 @@ def record_triton_configs():
     finally:
         for tuner in patched:
             del tuner.run
+        found += [dict(v, config=str(v["config"])) for k, v in config_table.CHOSEN.items() if k not in before]
 
 
 # ---- timing + extra_info ---------------------------------------------------------------------------------------

@@ -14,9 +14,8 @@ import platform
 import pytest
 import torch
 
+from benchmarks.harness import RESULTS_DIR
 from drn_kernels import settings
-
-RESULTS_DIR = pathlib.Path(__file__).parent / "results"
 
 if settings.positive_int("DRN_BENCH_THREADS") is not None:
     torch.set_num_threads(settings.positive_int("DRN_BENCH_THREADS"))

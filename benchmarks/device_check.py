@@ -1,38 +1,51 @@
-"""The one device check (`make gpu-check`): everything worth knowing from a lent GPU inside one 10-minute command.
+"""The one device check (`make gpu-check`): what is worth knowing from a lent GPU, in order of value, inside one
+10-minute command.
 
-    python -m benchmarks.device_check [--budget S] [--out DIR] [--dry-run]
+    python -m benchmarks.device_check [--budget S] [--out DIR] [--dry-run] [--rehearse]
 
-Runs under whatever Python already has torch (no venv, no install). Builds drn_kernels._C for sm_90a only with
-MAX_JOBS = the machine's cores (in the background, while phase 1 measures), prints the build time and carries on
-with Triton alone if the build fails. A hard wall-clock budget (default 480 s) is split among the phases, run in
-order of value; each phase's results are written the moment it ends (JSON, Markdown, PNG and a log, into $OUT when
-set, else benchmarks/results/), so a run cut short still returns data:
+Runs under whatever Python already has torch (no venv, no install). Builds drn_kernels._C for sm_90a (MAX_JOBS =
+the machine's cores) in the background from the start; the steps that need it come after the ones that do not.
+The plan (docs/gpu-check.md has it with the expected seconds of every step) is a list of steps in order of value,
+so a run cut at any point has returned the most valuable numbers so far:
 
-  1 device   device facts; measured ceilings: a large device-to-device copy (GB/s, bytes read + written) and a
-             large fp16 / bf16 matrix product (TFLOP/s)
-  2 correct  `pytest -m gpu tests` in a subprocess under a time cap; compute-sanitizer memcheck over a small run
-             of the CUDA kernels (where the tool works)
-  3 layers   16 fixed 3x3 layers of DRN-C-42 / DRN-D-38 (batch 8 @224 and batch 1 @1024x2048), fp16 NHWC, x
-             {cudnn (eager conv->BN->ReLU(->add->ReLU), channels_last, cudnn.benchmark), cudnn-fused
-             (torch.cudnn_convolution_relu / _add_relu on the folded weights), triton, cuda}: do_bench medians over
-             rotating input sets larger than the L2, TFLOP/s and fraction of the measured ceiling, first-call time
-             (compile + autotune) apart and bounded; one NaN-poisoned output per case against float64
-  4 models   drn_c_42 classify batch 8 @224, drn_d_38 segment predict 1x1024x2048, fp16: eager cuDNN
-             channels_last, fused triton, fused cuda: latency and peak memory; Inductor (max-autotune, freezing)
-             last, in a subprocess, only with the budget that remains
-  5 head     the segmentation head, 19 classes at 1024x2048: eager up -> log_softmax -> argmax against the fused
-             class_head(upsample=8): time and peak memory
+  device          device facts; ceilings: a device-to-device copy (GB/s) and fp16 / bf16 matrix products (TFLOP/s)
+  smoke_triton    a smoke subset of the Triton GPU tests (small cases per kernel x dtype, int64 offsets forced),
+                  TEST_TIMEOUT_S per test
+  head            the 19-class head at 1024x2048: eager up -> log_softmax -> max against class_head(upsample=8,
+                  label_dtype=uint8); time, peak memory and the working memory beyond the outputs
+  layers_dilated  the 512-channel layers at d = 1, 2, 4 (batch 8 @28x28) x {cudnn, cudnn-fused, triton}
+  layers_big      4 layers of DRN-D-38 at 1x1024x2048, same providers
+  build           waits for drn_kernels._C (the CUDA provider); the rest of the plan goes on without it if it failed
+  smoke_cuda      the CUDA kernels' smoke subset
+  cuda_catch_up   the cuda provider on the head and the layers above
+  model_drn_c_42  classify batch 8 @224, fp16: eager cuDNN, fused-cuda, fused-triton, both fused ones again as one
+                  CUDA graph (launch overhead apart: host time per conv)
+  model_drn_d_38  segment predict 1x1024x2048, the same
+  sanitizers      compute-sanitizer memcheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1) over every CUDA kernel and one
+                  pinned-config call of each Triton kernel; racecheck and synccheck over the same kernels at
+                  1-4 blocks; a machine where the tool cannot run is recorded as such
+  layers_rest     the other 9 layers of DRN-C-42 / DRN-D-38 with all four providers
+  inductor        the models under Inductor (benchmarks.common's provider: max-autotune without CUDA graphs,
+                  freezing), in a subprocess, only with time left
+
+Triton configs come from drn_kernels.triton.config_table (a committed table, else a search capped at
+COST["triton_key"] seconds per key: config_table.SEARCH_CAP_S); the winners of this run's searches are written to
+triton_configs-<tag>.json so the table can be refreshed from it. Files (at most 8):
+device_check-<tag>.{json,md,log,png}, triton_configs-<tag>.json and build-<tag>.log (the compiler's output: ptxas -v,
+registers and spills), into $OUT when set, else benchmarks/results/.
 
 The speed goals (per layer >= 1.15x cudnn and >= 1.0x cudnn-fused, dilated layers at the d=1 rate, whole model
->= 1.3x eager, head >= 10x faster and >= 50x less peak memory) are reported as ratios, never asserted.
+>= 1.3x eager, head >= 10x faster and >= 50x less working memory) are reported as ratios, never asserted.
 
 --dry-run does all of it on the CPU with tiny shapes: the Triton interpreter, cuda-sim and the reference backend
-stand in for the GPU providers (tests/test_device_check.py runs it under `make test`).
+stand in for the GPU providers, and the plan is also replayed against the cost model (COST) at the lent GPU's
+budget: which steps a 480 s run returns (tests/test_device_check.py asserts it under `make test`). --rehearse
+prints only that replay.
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import functools
 import json
 import math
 import os
@@ -47,84 +60,61 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
+
+from benchmarks.device_report import (GOALS, LAYER_PROVIDERS, SANITIZER_TOOLS, goal_ratios,  # noqa: F401
+                                      layer_cases, markdown, model_cases, plot, rehearsal_lines, summary_lines)
+from benchmarks.harness import RESULTS_DIR, LayerShape, conv3x3
 
 PROCESS_START = time.monotonic()
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-GPU_ARCH = "9.0a"        # the lent machine is an H200: build sm_90a only
+GPU_ARCH = "9.0a"        # the lent machine is an H100 or H200: build sm_90a only
+PLAN_ARCH = "sm_90"      # the arch whose committed Triton configs the plan counts on
 DEFAULT_BUDGET = 480.0   # seconds; one command on the lent machine may run 600
-DRY_BUDGET = 300.0     # a cap: the dry run itself takes about a minute on 2 idle cores
+DRY_BUDGET = 300.0       # a cap: the dry run itself takes a minute or two on 2 idle cores
 WATCHDOG_GRACE = 20.0    # past the budget, the watchdog writes what there is and exits
+MAX_FILES = 8            # what comes back from $OUT
 
 
 # ---- the fixed layer set ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Layer:
-    """One 3x3 conv(+BN)(+residual)+ReLU of a model: `source` names where it occurs (model, task, input, layer)."""
-    source: str
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    stride: int
-    dilation: int
-    residual: bool
-
-    @property
-    def id(self) -> str:
-        return (f"n{self.n}_c{self.c}_{self.h}x{self.w}_k{self.k}_s{self.stride}_d{self.dilation}"
-                + ("_res" if self.residual else ""))
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        return (self.h - 1) // self.stride + 1, (self.w - 1) // self.stride + 1  # 3x3, padding = dilation
-
-    def flops(self) -> int:
-        p, q = self.out_hw
-        return 2 * self.n * self.k * p * q * self.c * 9
-
-    def min_bytes(self, itemsize: int) -> int:
-        """Each input read once, the output written once: x, weight, bias, residual, y."""
-        p, q = self.out_hw
-        out = self.n * self.k * p * q
-        return itemsize * (self.n * self.c * self.h * self.w + self.k * self.c * 9 + self.k
-                           + out * (2 if self.residual else 1))
-
-
 C42 = "drn_c_42/classify/8x3x224x224"
 D38 = "drn_d_38/classify/8x3x224x224"
 D38_SEG = "drn_d_38/segment/1x3x1024x2048"
-# The distinct 3x3 convs of DRN-C-42 and DRN-D-38 at batch 8 @224 (d = 1, 2, 4, with and without residual; the
-# same set at 28x28 with 512 channels at d = 1, 2, 4 compares dilation rates), plus 4 of DRN-D-38's at 1x1024x2048.
-# tests/test_device_check.py checks every row against the models' own layer list.
-LAYERS = (
-    Layer(f"{C42}:layer1.0.conv2", 8, 16, 224, 224, 16, 1, 1, True),
-    Layer(f"{C42}:layer2.0.conv2", 8, 32, 112, 112, 32, 1, 1, True),
-    Layer(f"{C42}:layer3.0.conv2", 8, 64, 56, 56, 64, 1, 1, True),
-    Layer(f"{C42}:layer4.0.conv1", 8, 64, 56, 56, 128, 2, 1, False),
-    Layer(f"{C42}:layer4.0.conv2", 8, 128, 28, 28, 128, 1, 1, True),
-    Layer(f"{C42}:layer5.0.conv1", 8, 128, 28, 28, 256, 1, 2, False),
-    Layer(f"{C42}:layer5.0.conv2", 8, 256, 28, 28, 256, 1, 2, True),
-    Layer(f"{C42}:layer6.0.conv1", 8, 256, 28, 28, 512, 1, 4, False),
-    Layer(f"{C42}:layer6.0.conv2", 8, 512, 28, 28, 512, 1, 4, True),
-    Layer(f"{C42}:layer6.1.conv1", 8, 512, 28, 28, 512, 1, 4, False),
-    Layer(f"{D38}:layer7.0", 8, 512, 28, 28, 512, 1, 2, False),
-    Layer(f"{D38}:layer8.0", 8, 512, 28, 28, 512, 1, 1, False),
-    Layer(f"{D38_SEG}:base.1.0", 1, 16, 1024, 2048, 16, 1, 1, False),
-    Layer(f"{D38_SEG}:base.3.0.conv2", 1, 64, 256, 512, 64, 1, 1, True),
-    Layer(f"{D38_SEG}:base.5.0.conv2", 1, 256, 128, 256, 256, 1, 2, True),
-    Layer(f"{D38_SEG}:base.6.1.conv1", 1, 512, 128, 256, 512, 1, 4, False),
+# The 512-channel layers at 28x28, d = 1, 2, 4: "are dilated layers as fast as d=1" needs all three.
+DILATED = (
+    conv3x3(f"{D38}:layer8.0", 8, 512, 28, 28, 512, 1, 1, False),
+    conv3x3(f"{D38}:layer7.0", 8, 512, 28, 28, 512, 1, 2, False),
+    conv3x3(f"{C42}:layer6.1.conv1", 8, 512, 28, 28, 512, 1, 4, False),
 )
-# The dry run: a few of them shrunk (same stride, dilation and residual) so the interpreter and cuda-sim are quick.
-DRY_LAYER_INDICES = (0, 3, 6, 9)
+BIG = (
+    conv3x3(f"{D38_SEG}:base.6.1.conv1", 1, 512, 128, 256, 512, 1, 4, False),
+    conv3x3(f"{D38_SEG}:base.5.0.conv2", 1, 256, 128, 256, 256, 1, 2, True),
+    conv3x3(f"{D38_SEG}:base.3.0.conv2", 1, 64, 256, 512, 64, 1, 1, True),
+    conv3x3(f"{D38_SEG}:base.1.0", 1, 16, 1024, 2048, 16, 1, 1, False),
+)
+REST = (
+    conv3x3(f"{C42}:layer6.0.conv2", 8, 512, 28, 28, 512, 1, 4, True),
+    conv3x3(f"{C42}:layer5.0.conv2", 8, 256, 28, 28, 256, 1, 2, True),
+    conv3x3(f"{C42}:layer4.0.conv2", 8, 128, 28, 28, 128, 1, 1, True),
+    conv3x3(f"{C42}:layer6.0.conv1", 8, 256, 28, 28, 512, 1, 4, False),
+    conv3x3(f"{C42}:layer5.0.conv1", 8, 128, 28, 28, 256, 1, 2, False),
+    conv3x3(f"{C42}:layer4.0.conv1", 8, 64, 56, 56, 128, 2, 1, False),
+    conv3x3(f"{C42}:layer3.0.conv2", 8, 64, 56, 56, 64, 1, 1, True),
+    conv3x3(f"{C42}:layer2.0.conv2", 8, 32, 112, 112, 32, 1, 1, True),
+    conv3x3(f"{C42}:layer1.0.conv2", 8, 16, 224, 224, 16, 1, 1, True),
+)
+LAYER_GROUPS = {"layers_dilated": DILATED, "layers_big": BIG, "layers_rest": REST}
+LAYERS = DILATED + BIG + REST  # tests/test_device_check.py checks every row against the models' own layer list
+# the dry run: a few of each group, shrunk (same stride, dilation and residual) so the interpreter and cuda-sim
+# are quick
+DRY_GROUPS = {"layers_dilated": DILATED, "layers_big": BIG[1:2], "layers_rest": REST[5:6]}
 
 
-def dry_layer(layer: Layer) -> Layer:
-    return Layer(layer.source, 1, max(4, layer.c // 64), 11, 13, max(4, layer.k // 64), layer.stride,
-                 layer.dilation, layer.residual)
+def dry_layer(layer: LayerShape) -> LayerShape:
+    return conv3x3(layer.first_seen, 1, max(4, layer.c // 64), 11, 13, max(4, layer.k // 64), layer.stride,
+                   layer.dilation, layer.residual)
 
 
 MODELS = (("drn_c_42", "classify", (8, 3, 224, 224)), ("drn_d_38", "segment", (1, 3, 1024, 2048)))
@@ -132,23 +122,242 @@ DRY_MODELS = (("drn_c_42", "classify", (2, 3, 24, 24)), ("drn_d_38", "segment", 
 HEAD = (1, 512, 128, 256, 19)      # features (N, C, h, w) of drn_d_38 at 1024x2048, 19 classes
 DRY_HEAD = (1, 8, 6, 5, 19)
 
-# GPU providers and what stands in for each on the CPU (--dry-run)
-LAYER_PROVIDERS = ("cudnn", "cudnn-fused", "triton", "cuda")
+# GPU providers and what stands in for each on the CPU (--dry-run); the names benchmarks.common.layer_runner knows
 STAND_INS = {"cudnn": "eager conv->BN->ReLU on the CPU", "cudnn-fused": "backend 'reference' (folded weights)",
              "triton": "the Triton interpreter", "cuda": "backend 'cuda-sim' (the CUDA sources on the host)"}
+RUNNER_NAME = {"cudnn": "cudnn", "cudnn-fused": "cudnn-fused", "triton": "triton", "cuda": "cuda"}
+DRY_RUNNER_NAME = {"cudnn": "eager-cl", "cudnn-fused": "reference", "triton": "triton", "cuda": "cuda-sim"}
 KERNEL_BACKEND = {"triton": "triton", "cuda": "cuda"}
-DRY_KERNEL_BACKEND = {"triton": "triton", "cuda": "cuda-sim", "cudnn-fused": "reference"}
+DRY_KERNEL_BACKEND = {"triton": "triton", "cuda": "cuda-sim", "reference": "reference"}
 
-GOALS = {"layer_vs_cudnn": 1.15, "layer_vs_cudnn_fused": 1.0, "model_vs_eager": 1.3, "head_speed": 10.0,
-         "head_memory": 50.0}
+# The smoke subset of the GPU tests: (files, -k expression). Triton's first: it needs no build.
+SMOKE = {
+    "triton": (["tests/test_triton_conv_bn_act.py", "tests/test_triton_class_head.py",
+                "tests/test_triton_config_table.py"],
+               "(test_parity_gpu and odd and res_relu) or (test_parity_gpu and stem7_s2 and plain) or "
+               "test_forced_int64_gpu or (test_class_head_parity_gpu and (K7_up8 or K1000_up1)) or "
+               "test_localize_parity_gpu or test_conv_through_the_table_gpu"),
+    "cuda": (["tests/test_cuda_gpu.py"],
+             "(test_conv_bn_act and (odd or stem7x7_s2)) or (test_class_head and up1) or test_localize or nchw"),
+}
+TEST_TIMEOUT_S = 20.0
+
+
+# ---- the cost model ------------------------------------------------------------------------------------------------
+
+# Expected seconds on one H100 / H200 (estimates from the sizes involved until a run measures them: the run's
+# JSON records every step's measured seconds beside these; docs/gpu-check.md explains each). The plan's order
+# and each step's cap (SLACK x expected) come from this table, and the dry run replays the plan against it.
+COST = {
+    "startup": 20.0,          # interpreter, import torch / triton / drn, the CUDA context
+    "build": 150.0,           # drn_kernels._C, CPU + CUDA for sm_90a, MAX_JOBS = 16, in the background
+    "device": 8.0,            # facts, a 2 GiB copy, two 8192^3 products
+    "smoke_triton": 45.0,     # pytest start-up + ~20 tests, each compiling its kernels
+    "smoke_cuda": 25.0,       # ~18 tests, no compilation
+    "triton_key": 3.0,        # one key the table lacks: the capped search (config_table.SEARCH_CAP_S)
+    "triton_known": 1.5,      # one key the table has: compile its one config
+    "layer_provider": 1.2,    # one layer x one provider: first call, poisoned call vs float64, do_bench
+    "head_provider": 2.0,     # one head provider: the same, and peak memory
+    "model_provider": 4.0,    # one model x provider: first call (cuDNN's search), check, 300 ms timing, memory
+    "model_graph": 3.0,       # capturing one model as a CUDA graph, its check and timing
+    "memcheck": 45.0,         # compute-sanitizer memcheck over the payload (every kernel, Triton compiled)
+    "racecheck": 30.0,
+    "synccheck": 20.0,
+    "inductor_model": 180.0,  # one model under Inductor max-autotune: mostly compilation
+}
+SLACK = 1.5      # a step may run to SLACK x its expected seconds (+ STEP_GRACE) before it is cut
+STEP_GRACE = 5.0
+START_FLOOR = 10.0  # a step starts only with this much budget left (or enough for all of it)
+# what the lent window must return: tests/test_device_check.py asserts a 480 s replay does
+MUST_RETURN = ("head", "layers_dilated", "layers_big", "build", "cuda_catch_up", "model_drn_c_42",
+               "model_drn_d_38")
+
+
+def size_bucket(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def triton_key(layer: LayerShape) -> tuple:
+    """What sets a Triton conv's tuning apart (its autotune key and flags, as far as the shape decides them)."""
+    p, q = layer.out_hw
+    return (layer.c, layer.k, layer.r, layer.s, layer.stride, layer.dilation, size_bucket(layer.n * p * q),
+            layer.residual, layer.relu)
+
+
+def key_cost(keys, cost: dict, arch: str = PLAN_ARCH) -> float:
+    """Seconds Triton's first calls of these conv keys take: compile only where the committed table has the key
+    for this arch, else the capped search."""
+    from drn_kernels.triton import tuned_configs
+
+    known = {(r["key"].get("C"), r["key"].get("K"), r["key"].get("R"), r["key"].get("S"), r["key"].get("stride_h"),
+              r["key"].get("dil_h"), r["key"].get("M_BUCKET"), r["key"].get("HAS_RES"), r["key"].get("RELU"))
+             for r in tuned_configs.TABLE if r["kernel"] == "conv_bn_act" and r["arch"] == arch
+             and r["dtype"] == "float16"}
+    return sum(cost["triton_known"] if k in known else cost["triton_key"] for k in keys)
+
+
+@functools.lru_cache(maxsize=None)
+def model_layers(name: str, task: str, shape: tuple) -> tuple[LayerShape, ...]:
+    """The conv_bn_act calls of the fused model (drn.flops' walk of a meta-device model: no weights, no time)."""
+    import torch
+
+    from drn.flops import count_layers
+    from drn.profile import build_meta_model
+
+    meta = build_meta_model(name, task, 19 if task == "segment" else None, fused=True)
+    out = []
+    for row in count_layers(meta, tuple(shape), torch.float32):
+        if row.kind != "conv" or row.name in ("seg", "up"):
+            continue
+        out.append(LayerShape(row.in_shape[0], row.in_shape[1], row.in_shape[2], row.in_shape[3], row.out_shape[1],
+                              row.kernel[0], row.kernel[1], row.stride[0], row.padding[0], row.dilation[0],
+                              row.residual, row.relu, f"{name}:{row.name}"))
+    return tuple(out)
+
+
+# ---- the plan ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    key: str
+    title: str
+    body: Callable            # body(run, rec, deadline)
+    expected_s: float         # from COST (the build step: until the build is expected to be done)
+    needs_build: bool = False  # skipped when the build failed
+    detail: dict = field(default_factory=dict)
+
+
+def plan(dry: bool, cost: dict = COST, *, inductor: bool = True) -> list[Step]:
+    """The steps in order of value, each with its expected seconds on the lent GPU."""
+    groups = DRY_GROUPS if dry else LAYER_GROUPS
+    seen: set = set()
+
+    def new_keys(layers):
+        keys = [triton_key(layer) for layer in layers if triton_key(layer) not in seen]
+        seen.update(keys)
+        return list(dict.fromkeys(keys))
+
+    def layers_cost(layers, providers):
+        return len(layers) * len(providers) * cost["layer_provider"] + (
+            key_cost(new_keys(layers), cost) if "triton" in providers else 0.0)
+
+    early = ("cudnn", "cudnn-fused", "triton")
+    steps = [
+        Step("device", "device facts and ceilings", step_device, cost["device"]),
+        Step("smoke_triton", "GPU tests, Triton smoke subset", lambda r, rec, d: step_smoke(r, rec, d, "triton"),
+             cost["smoke_triton"]),
+        Step("head", "segmentation head, 19 classes at 1024x2048", lambda r, rec, d: step_head(r, rec, d, early[2:]),
+             3 * cost["head_provider"] + 2 * cost["triton_key"]),
+        Step("layers_dilated", "512-channel layers at d = 1, 2, 4",
+             lambda r, rec, d: step_layers(r, rec, d, "layers_dilated", early),
+             layers_cost(groups["layers_dilated"], early)),
+        Step("layers_big", "DRN-D-38 layers at 1x1024x2048", lambda r, rec, d: step_layers(r, rec, d, "layers_big",
+                                                                                          early),
+             layers_cost(groups["layers_big"], early)),
+        Step("build", "drn_kernels._C (the CUDA provider)", step_build, cost["startup"] + cost["build"]),
+        Step("smoke_cuda", "GPU tests, CUDA smoke subset", lambda r, rec, d: step_smoke(r, rec, d, "cuda"),
+             cost["smoke_cuda"], needs_build=True),
+        Step("cuda_catch_up", "the cuda provider on the head and the layers above", step_cuda_catch_up,
+             (1 + len(groups["layers_dilated"]) + len(groups["layers_big"])) * cost["layer_provider"],
+             needs_build=True),
+    ]
+    for name, task, shape in (DRY_MODELS if dry else MODELS):
+        keys = new_keys(model_layers(name, task, shape)) if not dry else []
+        steps.append(Step(f"model_{name}", f"{name} {task} {'x'.join(map(str, shape))}",
+                          lambda r, rec, d, m=(name, task, shape): step_model(r, rec, d, *m),
+                          3 * cost["model_provider"] + 2 * cost["model_graph"] + key_cost(keys, cost),
+                          detail={"new_triton_keys": len(keys)}))
+    steps += [
+        Step("sanitizers", "compute-sanitizer memcheck, racecheck, synccheck", step_sanitizers,
+             cost["memcheck"] + cost["racecheck"] + cost["synccheck"], needs_build=True),
+        Step("layers_rest", "the other layers of DRN-C-42", lambda r, rec, d: step_layers(r, rec, d, "layers_rest",
+                                                                                        LAYER_PROVIDERS),
+             layers_cost(groups["layers_rest"], LAYER_PROVIDERS)),
+    ]
+    if inductor:
+        steps.append(Step("inductor", "whole models under Inductor", step_inductor,
+                          len(MODELS) * cost["inductor_model"]))
+    return steps
+
+
+# ---- the driver: one policy for the run and for its rehearsal -------------------------------------------------------
+
+class BudgetExhausted(Exception):
+    """Raised inside a step when its deadline has passed; the step is recorded as cut, its data kept."""
+
+
+class Budget:
+    """A wall-clock budget counted from `start` on `clock` (time.monotonic, or the rehearsal's virtual clock)."""
+
+    def __init__(self, seconds: float, start: float | None = None, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.seconds = float(seconds)
+        self.start = clock() if start is None else start
+        self.end = self.start + self.seconds
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def left(self, until: float | None = None) -> float:
+        return (self.end if until is None else until) - self.clock()
+
+
+def check_deadline(deadline: float, what: str = ""):
+    if time.monotonic() > deadline:
+        raise BudgetExhausted(f"budget spent{' before ' + what if what else ''}")
+
+
+def step_window(step: Step, budget: Budget, capped: bool) -> tuple[str | None, float]:
+    """(why the step is skipped or None, its deadline): it starts with START_FLOOR seconds left or enough for all
+    of it, and may run to SLACK x its expected seconds (capped runs; the dry run's CPU stand-ins are not the GPU's
+    speed, so there only the budget caps a step; the build step: see below)."""
+    left = budget.left()
+    if left < min(step.expected_s, START_FLOOR) or left <= 0:
+        return f"budget: {left:.0f} s left, the step expects {step.expected_s:.0f}", 0.0
+    # the build is waited for up to --build-timeout (step_build), not cut at its estimate: killing it would lose
+    # the CUDA provider for the rest of the run
+    allowed = min(left, SLACK * step.expected_s + STEP_GRACE) if capped and step.key != "build" else left
+    return None, budget.clock() + allowed
+
+
+class VirtualClock:
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def rehearse(budget: float = DEFAULT_BUDGET, cost: dict = COST, *, factor: float = 1.0,
+             build_ok: bool = True, steps: list[Step] | None = None) -> list[dict]:
+    """The plan replayed on a virtual clock: each step takes factor x its expected seconds (the build step: until
+    the background build is done), cut at its window's deadline. [{key, status, start_s, end_s}] in order."""
+    clock = VirtualClock(0.0)
+    b = Budget(budget, start=0.0, clock=clock)
+    clock.t = cost["startup"]
+    build_done_at = cost["startup"] + cost["build"] * factor
+    out = []
+    for step in steps if steps is not None else plan(False, cost):
+        if step.needs_build and not build_ok:
+            out.append({"key": step.key, "status": "skipped", "reason": "build failed"})
+            continue
+        why, deadline = step_window(step, b, capped=True)
+        if why:
+            out.append({"key": step.key, "status": "skipped", "reason": why})
+            continue
+        start = clock.t
+        want = max(0.0, build_done_at - start) if step.key == "build" else step.expected_s * factor
+        clock.t = min(start + want, deadline)
+        out.append({"key": step.key, "status": "done" if start + want <= deadline else "cut",
+                    "start_s": round(start, 1), "end_s": round(clock.t, 1)})
+    return out
+
 
 
 # ---- the run's state: results, files, log -----------------------------------------------------------------------
 
 class Run:
     def __init__(self, args, out_dir: pathlib.Path, tag: str):
-        from benchmarks.device_timing import Budget
-
         self.args = args
         self.dry = args.dry_run
         self.budget = Budget(args.budget, start=PROCESS_START)
@@ -156,14 +365,15 @@ class Run:
         self.tag = tag
         self.lock = threading.RLock()
         self.log_lines: list[str] = []
-        self.results = {"schema": "drn-kernels device check 1", "dry_run": self.dry, "budget_s": args.budget,
+        self.results = {"schema": "drn-kernels device check 2", "dry_run": self.dry, "budget_s": args.budget,
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "env": {},
-                        "build": {"status": "not started"}, "phases": {}, "goals": {}}
+                        "cost_model": COST, "build": {"status": "not started"}, "steps": {}, "goals": {}}
         self.device = None
         self.dtype = None
+        self.build = None  # (process, log file, start) while the background build runs
 
-    def path(self, ext: str) -> pathlib.Path:
-        return self.out_dir / f"device_check-{self.tag}.{ext}"
+    def path(self, ext: str, stem: str = "device_check") -> pathlib.Path:
+        return self.out_dir / f"{stem}-{self.tag}.{ext}"
 
     def log(self, text: str, echo: bool = True):
         with self.lock:
@@ -172,7 +382,7 @@ class Run:
             print(text, flush=True)
 
     def write(self, png: bool = False):
-        """JSON + Markdown + log now (cheap, after every case); the PNG at the end of a phase."""
+        """JSON + Markdown + log + the Triton winners now (cheap, after every case); the PNG at the end of a step."""
         with self.lock:
             self.results["elapsed_s"] = round(self.budget.elapsed(), 2)
             self.results["goals"] = goal_ratios(self.results)
@@ -188,6 +398,7 @@ class Run:
             self.path("json").write_text(text)
             self.path("md").write_text(markdown(self.results))
             self.path("log").write_text("\n".join(self.log_lines) + "\n")
+            write_triton_winners(self)
             if png:
                 try:
                     plot(self.results, self.path("png"))
@@ -195,55 +406,53 @@ class Run:
                     self.log(f"device_check: no PNG ({type(e).__name__}: {e})")
 
 
-# ---- phases --------------------------------------------------------------------------------------------------------
+def write_triton_winners(run: Run):
+    """triton_configs-<tag>.json: the configs this run's capped searches chose (rows for tuned_configs.TABLE)."""
+    if "drn_kernels.triton.config_table" not in sys.modules:
+        return
+    from drn_kernels.triton import config_table
 
-# (key, title, share of the budget left when the phase starts, seconds the phase needs at the least)
-PHASES = (("1_device", "device facts and ceilings", 1.0, 8.0), ("2_correct", "correctness on the device", 5.0, 20.0),
-          ("3_layers", "per layer", 5.0, 20.0), ("4_models", "whole models", 3.0, 20.0),
-          ("5_head", "segmentation head", 1.0, 8.0), ("4b_inductor", "whole models under Inductor", 2.0, 60.0))
-DRY_MINIMUM = {"1_device": 1.0, "2_correct": 4.0, "3_layers": 4.0, "4_models": 4.0, "5_head": 2.0,
-               "4b_inductor": 0.0}
+    if config_table.MEASURED or run.path("json", "triton_configs").exists():
+        config_table.write_measured(run.path("json", "triton_configs"))
 
 
-def run_phase(run: Run, key: str, body):
-    """Run one phase under its deadline; record done / cut / skipped / failed; write the files when it ends."""
-    from benchmarks.device_timing import BudgetExhausted
-
-    keys = [p[0] for p in PHASES]
-    i = keys.index(key)
-    _, title, share, minimum = PHASES[i]
-    if run.dry:
-        minimum = DRY_MINIMUM[key]
-    later = PHASES[i + 1:]
-    later_minimum = sum(DRY_MINIMUM[p[0]] if run.dry else p[3] for p in later if p[0] != "4b_inductor")
-    rec = {"title": title}
-    run.results["phases"][key] = rec
-    if run.args.only and key.split("_")[0].rstrip("b") not in run.args.only:
+def run_step(run: Run, step: Step):
+    """Run one step in its window; record done / cut / skipped / failed and its seconds; write the files."""
+    rec = {"title": step.title, "expected_s": round(step.expected_s, 1), **step.detail}
+    run.results["steps"][step.key] = rec
+    if run.args.only and step.key not in run.args.only:
         rec.update(status="skipped", reason="not selected (--only)")
         return rec
-    if run.dry and key == "4b_inductor":
+    if step.needs_build and run.results["build"].get("status") not in ("done", "running"):
+        rec.update(status="skipped", reason=f"the build: {run.results['build'].get('status')}")
+        run.log(f"== step {step.key}: skipped ({rec['reason']})")
+        return rec
+    if run.dry and step.key == "inductor":
         rec.update(status="skipped", reason="dry run: Inductor's max-autotune would compile for minutes on the CPU")
         return rec
-    if run.budget.left() < minimum:
-        rec.update(status="skipped", reason=f"budget: {run.budget.left():.0f} s left, the phase needs {minimum:.0f}")
-        run.log(f"== phase {key}: skipped ({rec['reason']})")
+    if step.key == "build":
+        step.expected_s = max(1.0, PROCESS_START + COST["startup"] + COST["build"] - time.monotonic())
+    why, deadline = step_window(step, run.budget, capped=not run.dry)
+    if why:
+        rec.update(status="skipped", reason=why)
+        run.log(f"== step {step.key}: skipped ({why})")
         run.write()
         return rec
-    deadline = run.budget.deadline(share, sum(p[2] for p in later), later_minimum)
     rec.update(status="running", started_s=round(run.budget.elapsed(), 1),
                allowance_s=round(deadline - time.monotonic(), 1))
-    run.log(f"== phase {key} ({title}): {rec['allowance_s']:.0f} s allowed, {run.budget.left():.0f} s of the budget left")
+    run.log(f"== step {step.key} ({step.title}): expected {step.expected_s:.0f} s, {rec['allowance_s']:.0f} s "
+            f"allowed, {run.budget.left():.0f} s of the budget left")
     t0 = time.monotonic()
     try:
-        body(run, rec, deadline)
+        step.body(run, rec, deadline)
         rec["status"] = "cut" if rec.get("cut") else "done"
     except BudgetExhausted as e:
         rec.update(status="cut", cut=str(e))
-    except Exception as e:  # noqa: BLE001 - a broken phase must not cost the later ones
+    except Exception as e:  # noqa: BLE001 - a broken step must not cost the later ones
         rec.update(status="failed", error=f"{type(e).__name__}: {e}")
         run.log(traceback.format_exc())
     rec["seconds"] = round(time.monotonic() - t0, 1)
-    run.log(f"== phase {key}: {rec['status']} in {rec['seconds']:.0f} s")
+    run.log(f"== step {step.key}: {rec['status']} in {rec['seconds']:.0f} s (expected {step.expected_s:.0f})")
     run.write(png=True)
     return rec
 
@@ -261,39 +470,59 @@ def start_build(run: Run):
     cmd = [sys.executable, "-m", "drn_kernels.build", "--quiet"]
     run.results["build"] = {"status": "running", "command": " ".join(cmd[1:]),
                             "arch": env.get("TORCH_CUDA_ARCH_LIST", "(default)"), "max_jobs": env.get("MAX_JOBS")}
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read back in finish_build
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - read back in step_build
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     from drn_kernels import build
 
     build.forbid_jit_build()  # this process only loads what the build makes
-    CHILD_ENV["DRN_NO_JIT_BUILD"] = "1"  # and so do the subprocesses it starts (pytest, the Inductor worker)
-    return proc, log, time.monotonic()
+    CHILD_ENV["DRN_NO_JIT_BUILD"] = "1"  # and so do the subprocesses it starts (pytest, the sanitizer, Inductor)
+    run.build = (proc, log, time.monotonic())
 
 
-def finish_build(run: Run, build):
-    proc, log, t0 = build
-    rec = run.results["build"]
-    timeout = max(1.0, min(run.args.build_timeout, run.budget.left() - 60.0))
+def step_build(run: Run, rec: dict, deadline: float):
+    """Wait for the background build (within the step's window and --build-timeout); copy the compiler's output
+    (build.log: ptxas -v, registers and spills per kernel) next to the results."""
+    if run.build is None:
+        rec["note"] = run.results["build"]["status"]
+        return
+    proc, log, t0 = run.build
+    b = run.results["build"]
+    timeout = min(run.args.build_timeout - (time.monotonic() - t0), deadline - time.monotonic())
     try:
-        rc = proc.wait(timeout=max(0.0, timeout - (time.monotonic() - t0)))
+        rc = proc.wait(timeout=max(0.0, timeout))
     except subprocess.TimeoutExpired:
         kill_group(proc)
         rc = None
-    rec["seconds"] = round(time.monotonic() - t0, 1)
+    run.build = None
+    b["seconds"] = round(time.monotonic() - t0, 1)
     log.seek(0)
     text = log.read()
     log.close()
     run.log("-- build output (tail):\n" + "\n".join(text.strip().splitlines()[-15:]), echo=False)
     if rc == 0:
-        rec["status"] = "done"
-        run.log(f"build: drn_kernels._C built in {rec['seconds']:.0f} s ({rec['arch']}, MAX_JOBS={rec['max_jobs']})")
+        b["status"] = "done"
+        run.log(f"build: drn_kernels._C built in {b['seconds']:.0f} s ({b['arch']}, MAX_JOBS={b['max_jobs']})")
     else:
-        rec["status"] = "timeout" if rc is None else "failed"
-        rec["error"] = "\n".join(text.strip().splitlines()[-6:])
-        run.log(f"build: FAILED ({rec['status']}, {rec['seconds']:.0f} s): going on with Triton only; "
-                f"the CUDA provider is skipped\n{rec['error']}")
-    rec["cuda_backend"] = why_unavailable("cuda-sim" if run.dry else "cuda", run.device) or "available"
-    run.write()
+        b["status"] = "timeout" if rc is None else "failed"
+        b["error"] = "\n".join(text.strip().splitlines()[-6:])
+        run.log(f"build: FAILED ({b['status']}, {b['seconds']:.0f} s): going on with Triton only; "
+                f"the CUDA provider is skipped\n{b['error']}")
+    b["cuda_backend"] = why_unavailable("cuda-sim" if run.dry else "cuda", run.device) or "available"
+    b["build_log"] = copy_build_log(run)
+
+
+def copy_build_log(run: Run) -> str | None:
+    """The build folder's build.log (the compiler's output of the last compile) as build-<tag>.log."""
+    try:
+        from drn_kernels import build
+
+        src = pathlib.Path(build.log_path())
+    except Exception as e:  # noqa: BLE001 - no build folder: nothing to copy
+        return f"not copied ({type(e).__name__}: {e})"
+    if not src.exists():
+        return f"not copied ({src} does not exist: the build was cached)"
+    shutil.copyfile(src, run.path("log", "build"))
+    return run.path("log", "build").name
 
 
 def why_unavailable(backend: str, device) -> str | None:
@@ -329,12 +558,12 @@ def run_capped(cmd, *, timeout: float, env=None):
         return None, out or ""
 
 
-# -- phase 1 ----------------------------------------------------------------------------------------------------------
+# -- device ---------------------------------------------------------------------------------------------------------
 
-def phase_device(run: Run, rec: dict, deadline: float):
+def step_device(run: Run, rec: dict, deadline: float):
     import torch
 
-    from benchmarks.device_timing import check_deadline, median_seconds
+    from benchmarks.harness import median_seconds
 
     dev = run.device
     facts = {}
@@ -372,17 +601,18 @@ def phase_device(run: Run, rec: dict, deadline: float):
     run.log(f"ceilings: {rec['ceilings']}")
 
 
-# -- phase 2 ----------------------------------------------------------------------------------------------------------
+# -- GPU-test smoke subsets -----------------------------------------------------------------------------------------
 
 PYTEST_LINE = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 
 
-def phase_correct(run: Run, rec: dict, deadline: float):
-    """The @gpu tests in a subprocess (partial counts survive a cut), then the sanitizer over a small payload."""
-    left = deadline - time.monotonic()
-    files = gpu_test_files()
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "-rfE", *files]
-    code, out = run_capped(cmd, timeout=left * 0.6)
+def step_smoke(run: Run, rec: dict, deadline: float, which: str):
+    """One smoke subset of the @gpu tests in a subprocess (partial counts survive a cut), TEST_TIMEOUT_S per test
+    (benchmarks/pytest_test_timeout.py: the lent machine may lack pytest-timeout)."""
+    files, expr = SMOKE[which]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-k", expr, "-v", "-p", "no:cacheprovider",
+           "-p", "benchmarks.pytest_test_timeout", f"--per-test-timeout={TEST_TIMEOUT_S:g}", "-rfE", *files]
+    code, out = run_capped(cmd, timeout=deadline - time.monotonic())
     counts: dict[str, int] = {}
     failed = []
     for line in out.splitlines():
@@ -391,249 +621,229 @@ def phase_correct(run: Run, rec: dict, deadline: float):
             counts[m.group(2)] = counts.get(m.group(2), 0) + 1
             if m.group(2) in ("FAILED", "ERROR"):
                 failed.append(m.group(1))
-    tail = [ln for ln in out.strip().splitlines()[-3:]]
+    hung = [ln.split()[2] for ln in out.splitlines() if ln.startswith("TIMEOUT (hung)")]
+    tail = out.strip().splitlines()[-3:]
     rec["pytest"] = {"command": " ".join(cmd[1:]), "returncode": code, "cut": code is None, "counts": counts,
-                     "failed": failed[:30], "summary": tail[-1] if tail else ""}
-    run.log("-- pytest -m gpu output:\n" + out[-20000:], echo=False)
-    run.log(f"pytest -m gpu: {counts or 'no test ran'}{' (cut at its time cap)' if code is None else ''}"
-            f"{'; failed: ' + ', '.join(failed[:5]) if failed else ''}")
-    run.write()
-
-    backend = "cuda-sim" if run.dry else "cuda"
-    payload = [sys.executable, "-m", "benchmarks.device_check", "--sanitizer-payload", backend]
-    tool = None if run.dry else (shutil.which("compute-sanitizer")
-                                 or next((p for p in [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
-                                                                   "bin", "compute-sanitizer")]
-                                          if os.path.exists(p)), None))
-    if tool:
-        cmd = [tool, "--tool", "memcheck", "--error-exitcode", "9", "--print-limit", "20", *payload]
-    else:
-        cmd = payload
-    reason = why_unavailable(backend, run.device)
-    if reason is not None:
-        rec["sanitizer"] = {"status": "skipped", "reason": f"backend {backend!r}: {reason}"}
-        return
-    code, out = run_capped(cmd, timeout=max(1.0, deadline - time.monotonic()))
-    errors = re.search(r"ERROR SUMMARY: (\d+) error", out)
-    rec["sanitizer"] = {"tool": tool or "none (dry run: the payload without a checker)", "backend": backend,
-                        "returncode": code, "cut": code is None,
-                        "errors": int(errors.group(1)) if errors else None,
-                        "payload_ok": "PAYLOAD OK" in out, "tail": out.strip().splitlines()[-4:]}
-    run.log("-- sanitizer output:\n" + out[-10000:], echo=False)
-    run.log(f"memcheck: {rec['sanitizer']['tool']}: returncode {code}, errors {rec['sanitizer']['errors']}, "
-            f"payload {'OK' if rec['sanitizer']['payload_ok'] else 'NOT OK'}")
+                     "failed": failed[:30], "hung": hung, "summary": tail[-1] if tail else ""}
+    if code is None:
+        rec["cut"] = "pytest cut at the step's deadline"
+    run.log(f"-- pytest smoke ({which}) output:\n" + out[-20000:], echo=False)
+    run.log(f"smoke {which}: {counts or 'no test ran'}{' (cut)' if code is None else ''}"
+            f"{'; failed: ' + ', '.join(failed[:5]) if failed else ''}{'; hung: ' + hung[0] if hung else ''}")
 
 
-def gpu_test_files() -> list[str]:
-    """The test files that hold @pytest.mark.gpu tests (collecting only those saves the rest's imports)."""
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
-                  if "mark.gpu" in p.read_text(errors="replace"))
+# -- the segmentation head --------------------------------------------------------------------------------------------
 
-
-def sanitizer_payload(backend: str) -> int:
-    """A small run of every kernel of `backend` (conv_bn_act geometries, class_head x1 / x8, localize), each
-    compared with the reference; prints PAYLOAD OK when all agree. Run under compute-sanitizer on a GPU."""
-    if backend == "cuda-sim":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+def _head_inputs(run: Run):
     import torch
 
-    import drn_kernels
     from drn_kernels import reference
 
-    dev = torch.device("cuda" if backend == "cuda" else "cpu")
-    g = torch.Generator().manual_seed(0)
-    bad = []
-    # (C, K, kernel, stride, dilation, residual, H, W)
-    for c, k, r, stride, dil, res, h, w in ((16, 32, 3, 1, 1, True, 12, 10), (16, 32, 3, 2, 1, False, 13, 11),
-                                            (32, 16, 3, 1, 2, True, 12, 12), (32, 16, 1, 1, 1, False, 9, 7),
-                                            (3, 16, 7, 1, 1, False, 15, 13)):
-        for dtype in (torch.float16, torch.float32):
-            x = torch.randn(2, c, h, w, generator=g).to(dev, dtype).contiguous(memory_format=torch.channels_last)
-            wt = (torch.randn(k, c, r, r, generator=g) / math.sqrt(c * r * r)).to(dev, dtype)
-            b = torch.randn(k, generator=g).to(dev, dtype)
-            pad = dil * (r // 2)
-            p = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
-            q = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1
-            rs = torch.randn(2, k, p, q, generator=g).to(dev, dtype) if res else None
-            y = drn_kernels.conv_bn_act(x, wt, b, stride=stride, padding=pad, dilation=dil, residual=rs,
-                                        backend=backend)
-            ref = reference.conv_bn_act(x.cpu().double(), wt.cpu().double(), b.cpu().double(), [stride] * 2,
-                                        [pad] * 2, [dil] * 2, None if rs is None else rs.cpu().double(), True)
-            err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
-            if not err < (2e-2 if dtype == torch.float16 else 1e-3):
-                bad.append(f"conv c{c} k{k} r{r} s{stride} d{dil} {dtype}: rel err {err:.3g}")
-    for upsample in (1, 8):
-        x = torch.randn(1, 24, 6, 5, generator=g).to(dev, torch.float16)
-        wt = torch.randn(19, 24, 1, 1, generator=g).to(dev, torch.float16)
-        b = torch.randn(19, generator=g).to(dev, torch.float16)
-        labels, probs = drn_kernels.class_head(x, wt, b, upsample=upsample, backend=backend)
-        ref_labels, _ = reference.class_head(x.cpu().double(), wt.cpu().double(), b.cpu().double(), upsample)
-        agree = (labels.cpu() == ref_labels).double().mean().item()
-        if agree < 0.99 or not torch.isfinite(probs).all():
-            bad.append(f"class_head x{upsample}: label agreement {agree:.3f}")
-    x = torch.randn(2, 24, 7, 6, generator=g).to(dev, torch.float32)
-    wt = torch.randn(10, 24, 1, 1, generator=g).to(dev, torch.float32)
-    b = torch.randn(10, generator=g).to(dev, torch.float32)
-    logits, labels, scores, boxes = drn_kernels.localize(x, wt, b, threshold=0.2, backend=backend)
-    ref = reference.localize(x.cpu().double(), wt.cpu().double(), b.cpu().double(), 0.2, 8)
-    if not torch.allclose(logits.cpu().double(), ref[0], rtol=1e-4, atol=1e-4) or not torch.equal(labels.cpu(),
-                                                                                                   ref[1]):
-        bad.append("localize: logits or labels differ from the reference")
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    for line in bad:
-        print("PAYLOAD MISMATCH", line)
-    print("PAYLOAD OK" if not bad else f"PAYLOAD FAILED ({len(bad)})", flush=True)
-    return 0 if not bad else 1
+    dev, dtype = run.device, run.dtype
+    n, c, h, w, k = DRY_HEAD if run.dry else HEAD
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, c, h, w, generator=g).to(dev, dtype).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(k, c, 1, 1, generator=g) / math.sqrt(c) * 4).to(dev, dtype)
+    bias = (torch.randn(k, generator=g) * 0.1).to(dev, dtype)
+    ref_labels, _ = reference.class_head(x.double(), weight.double(), bias.double(), 8)
+    return x, weight, bias, ref_labels
 
 
-# -- phase 3 ----------------------------------------------------------------------------------------------------------
-
-def _seeded_layer(layer: Layer, seed: int):
-    """The eager conv + BN (eval, realistic statistics) of one layer, float32, on the CPU."""
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    conv = nn.Conv2d(layer.c, layer.k, 3, layer.stride, layer.dilation, layer.dilation, bias=False)
-    bn = nn.BatchNorm2d(layer.k).eval()
-    with torch.no_grad():
-        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2.0 / (layer.c * 9)))
-        bn.running_mean.copy_(torch.randn(layer.k, generator=g) * 0.1)
-        bn.running_var.copy_(torch.rand(layer.k, generator=g) + 0.5)
-        bn.weight.copy_(torch.rand(layer.k, generator=g) * 0.5 + 0.5)
-        bn.bias.copy_(torch.randn(layer.k, generator=g) * 0.1)
-    return conv, bn
-
-
-def layer_runners(run: Run, layer: Layer, conv, bn, xs, rs):
-    """provider -> fn(i) computing the layer on input set i (None where the provider cannot run, with why)."""
+def head_runners(run: Run, x, weight, bias, providers) -> dict:
     import torch
     import torch.nn.functional as F
 
     import drn_kernels
+    from drn_kernels import reference
 
-    dev, dtype = run.device, run.dtype
-    cl = torch.channels_last
-    eager_conv = copy.deepcopy(conv).to(dev, dtype, memory_format=cl)
-    eager_bn = copy.deepcopy(bn).to(dev, dtype)
-    w, b = drn_kernels.fold_bn(conv.weight, bn)
-    w = w.to(dev, dtype).contiguous(memory_format=cl)
-    b = b.to(dev, dtype)
-    st, pad, dil = [layer.stride] * 2, [layer.dilation] * 2, [layer.dilation] * 2
+    k = weight.shape[0]
+    up = reference.bilinear_up_weight(k, dtype=x.dtype, device=x.device)
 
-    def eager(i):
-        y = eager_bn(eager_conv(xs[i]))
-        if rs is not None:
-            y = y + rs[i]
-        return F.relu(y)
-
-    def cudnn_fused(i):
-        if rs is not None:
-            return torch.cudnn_convolution_add_relu(xs[i], w, rs[i], 1.0, b, st, pad, dil, 1)
-        return torch.cudnn_convolution_relu(xs[i], w, b, st, pad, dil, 1)
-
-    def kernel(backend):
-        return lambda i: drn_kernels.conv_bn_act(xs[i], w, b, stride=st, padding=pad, dilation=dil,
-                                                 residual=None if rs is None else rs[i], relu=True, backend=backend)
+    def eager():  # DRNSeg.predict's head: 1x1 conv, bilinear ConvTranspose2d x8, log_softmax, max
+        logits = F.conv_transpose2d(F.conv2d(x, weight, bias), up, stride=8, padding=4, groups=k)
+        best, labels = F.log_softmax(logits, dim=1).max(dim=1)
+        return labels, best.float().exp()
 
     backends = DRY_KERNEL_BACKEND if run.dry else KERNEL_BACKEND
-    out = {"cudnn": eager, "cudnn-fused": kernel(backends["cudnn-fused"]) if run.dry else cudnn_fused}
-    for p in ("triton", "cuda"):
-        reason = why_unavailable(backends[p], dev)
-        out[p] = kernel(backends[p]) if reason is None else reason
+    out = {}
+    for provider in providers:
+        if provider == "eager":
+            out["eager"] = eager
+            continue
+        be = backends[provider]
+        out[f"fused-{provider}"] = why_unavailable(be, x.device) or (
+            lambda be=be: drn_kernels.class_head(x, weight, bias, upsample=8, label_dtype=torch.uint8, backend=be))
     return out
 
 
-def phase_layers(run: Run, rec: dict, deadline: float):
+def step_head(run: Run, rec: dict, deadline: float, kernels=("triton",)):
+    """Eager then the fused head (one-byte labels): time, the peak memory of a call, and its working memory
+    beyond the outputs it returns (what a fused kernel can save; the outputs any head must return)."""
+    x, weight, bias, ref_labels = _head_inputs(run)
+    n, c, h, w = x.shape
+    rec.setdefault("shape", {"n": n, "c": c, "h": h, "w": w, "classes": weight.shape[0], "out": [h * 8, w * 8],
+                             "fused_label_dtype": "uint8", "eager_label_dtype": "int64"})
+    rec.setdefault("providers", {})
+    providers = ("eager",) + tuple(kernels) if "eager" not in rec["providers"] else tuple(kernels)
+    measure_head(run, rec, head_runners(run, x, weight, bias, providers), ref_labels, deadline)
+
+
+def measure_head(run: Run, rec: dict, runners: dict, ref_labels, deadline: float):
     import torch
 
-    import drn_kernels  # noqa: F401
-    from benchmarks.device_timing import (Rotation, check_deadline, input_sets, median_seconds, poisoned_call,
-                                          relative_error, runnable, timed_first_call)
-    from drn_kernels import reference
+    from benchmarks.harness import median_seconds, memory_bytes, poisoned_outputs, tensors_bytes, timed_first_call
+
+    dev = run.device
+    for provider, fn in runners.items():
+        check_deadline(deadline, f"head {provider}")
+        entry = rec["providers"][provider] = {}
+        if isinstance(fn, str):
+            entry["skipped"] = fn
+            continue
+        try:
+            with torch.inference_mode():
+                _, first = timed_first_call(fn, dev)
+                with poisoned_outputs():
+                    labels, probs = fn()
+                entry.update(first_call_s=round(first, 3), label_dtype=str(labels.dtype)[6:],
+                             label_agreement=(labels.long().cpu() == ref_labels.cpu()).double().mean().item(),
+                             probs_finite=bool(torch.isfinite(probs).all()))
+                del labels, probs
+                entry["median_ms"] = median_seconds(fn, dev) * 1e3
+                if dev.type == "cuda":
+                    peak, outputs = memory_bytes(fn, dev, keep=tensors_bytes)
+                    entry.update(peak_mb=peak / 2**20, outputs_mb=outputs / 2**20,
+                                 working_mb=(peak - outputs) / 2**20)
+        except Exception as e:  # noqa: BLE001
+            entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        run.log(f"  head {provider}: {entry}")
+        run.write()
+    eager = rec["providers"].get("eager", {})
+    for provider, entry in rec["providers"].items():
+        if provider != "eager" and entry.get("median_ms") and eager.get("median_ms"):
+            entry["speedup"] = eager["median_ms"] / entry["median_ms"]
+            if entry.get("working_mb") and eager.get("working_mb"):
+                entry["working_memory_ratio"] = eager["working_mb"] / entry["working_mb"]
+                entry["peak_memory_ratio"] = eager["peak_mb"] / entry["peak_mb"]
+
+
+# -- layers ------------------------------------------------------------------------------------------------------------
+
+def run_layers(run: Run, group: str) -> list[LayerShape]:
+    return [dry_layer(layer) for layer in DRY_GROUPS[group]] if run.dry else list(LAYER_GROUPS[group])
+
+
+def step_layers(run: Run, rec: dict, deadline: float, group: str, providers):
+    rec.update(dtype=str(run.dtype)[6:], providers={p: (STAND_INS[p] if run.dry else p) for p in providers},
+               cases=[])
+    for layer in run_layers(run, group):
+        check_deadline(deadline, f"layer {layer.id}")
+        case = {"layer": layer.id, "source": layer.first_seen, "providers": {}}
+        rec["cases"].append(case)
+        measure_layer(run, case, layer, providers, deadline)
+
+
+def measure_layer(run: Run, case: dict, layer: LayerShape, providers, deadline: float):
+    """Each provider on the layer (benchmarks.common's runners and reference: the pytest suites time the same):
+    first call, one poisoned call against float64, the median over rotating input sets; into case["providers"]."""
+    import torch
+
+    from benchmarks import common
+    from benchmarks.harness import (Rotation, input_sets, median_seconds, poisoned_outputs, relative_error,
+                                    timed_first_call)
 
     dev, dtype = run.device, run.dtype
     itemsize = torch.empty((), dtype=dtype).element_size()
-    layers = [dry_layer(LAYERS[i]) for i in DRY_LAYER_INDICES] if run.dry else list(LAYERS)
-    ceilings = run.results["phases"].get("1_device", {}).get("ceilings", {})
-    peak_flops = ceilings.get("matmul_float16_tflops")
-    peak_bw = ceilings.get("copy_gb_per_s")
-    l2 = (torch.cuda.get_device_properties(dev).L2_cache_size if dev.type == "cuda" else 0) or 60_000_000
-    # Triton's first calls (compilation + autotuning) may take at most this share of the phase; past it, the
-    # remaining layers run without the triton provider (said in the record)
-    first_call_cap = run.args.autotune_share * (deadline - time.monotonic())
-    rec.update(dtype=str(dtype)[6:], providers={p: (STAND_INS[p] if run.dry else p) for p in LAYER_PROVIDERS},
-               triton_first_call_cap_s=round(first_call_cap, 1), cases=[])
-    first_call_spent = 0.0
-    for index, layer in enumerate(layers):
-        check_deadline(deadline, f"layer {layer.id}")
-        conv, bn = _seeded_layer(layer, index)
-        g = torch.Generator().manual_seed(1000 + index)
-        p, q = layer.out_hw
-        set_bytes = itemsize * (layer.n * layer.c * layer.h * layer.w + (layer.n * layer.k * p * q if layer.residual
-                                                                         else 0))
-        n_sets = input_sets(set_bytes, l2) if dev.type == "cuda" else 2
-        cl = torch.channels_last
-        xs = [torch.randn(layer.n, layer.c, layer.h, layer.w, generator=g).to(dev, dtype).contiguous(memory_format=cl)
-              for _ in range(n_sets)]
-        rs = ([torch.randn(layer.n, layer.k, p, q, generator=g).to(dev, dtype).contiguous(memory_format=cl)
-               for _ in range(n_sets)] if layer.residual else None)
-        w64, b64 = drn_kernels.fold_bn(conv.weight.double(), copy.deepcopy(bn).double())
-        ref = reference.conv_bn_act(xs[0].double(), w64.to(dev), b64.to(dev), [layer.stride] * 2,
-                                    [layer.dilation] * 2, [layer.dilation] * 2,
-                                    None if rs is None else rs[0].double(), True)
-        case = {"layer": layer.id, "source": layer.source, "flops": layer.flops(),
-                "min_bytes": layer.min_bytes(itemsize), "input_sets": n_sets, "providers": {}}
-        rec["cases"].append(case)
-        out_nbytes = layer.n * layer.k * p * q * itemsize
-        for provider, fn, entry in runnable(layer_runners(run, layer, conv, bn, xs, rs), case["providers"], deadline,
-                                            f"on {layer.id}"):
-            if provider == "triton" and first_call_spent > first_call_cap:
-                entry["skipped"] = (f"Triton's first calls (compile + autotune) took {first_call_spent:.0f} s, over "
-                                    f"their cap of {first_call_cap:.0f} s")
+    counts = layer.count(itemsize)
+    case.update(flops=counts.flops, min_bytes=counts.bytes)
+    sets = input_sets(common.layer_set_bytes(layer, dtype), dev)
+    case["input_sets"] = sets
+    ref = common.layer_reference(layer, dtype)[0]  # float64, on input set 0
+    names = DRY_RUNNER_NAME if run.dry else RUNNER_NAME
+    ceilings = run.results["steps"].get("device", {}).get("ceilings", {})
+    peak_flops, peak_bw = ceilings.get("matmul_float16_tflops"), ceilings.get("copy_gb_per_s")
+    for provider in providers:
+        check_deadline(deadline, f"{provider} on {layer.id}")
+        entry = case["providers"][provider] = {}
+        backend = names[provider]
+        if backend not in ("cudnn", "cudnn-fused", "eager-cl"):
+            reason = why_unavailable(backend, dev)
+            if reason is not None:
+                entry["skipped"] = reason
                 continue
-            try:
-                with torch.inference_mode():
-                    first_out, first = timed_first_call(lambda: fn(0), dev)
-                    del first_out  # its memory back before the poisoned call
-                    if provider == "triton":
-                        first_call_spent += first
-                    y, poisoned = poisoned_call(lambda: fn(0), out_nbytes, dev)
-                    err = relative_error(y, ref)
-                    del y
-                    t = median_seconds(Rotation(fn, n_sets), dev)
-            except Exception as e:  # noqa: BLE001 - one provider failing must not stop the others
-                entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-                run.log(f"  {layer.id} {provider}: ERROR {entry['error']}")
-                continue
-            entry.update(median_ms=t * 1e3, first_call_s=round(first, 3), rel_err=err, poisoned=poisoned,
-                         tflops=layer.flops() / t / 1e12, gb_per_s=layer.min_bytes(itemsize) / t / 1e9)
-            if peak_flops and peak_bw:
-                attainable = min(peak_flops * 1e12, layer.flops() / layer.min_bytes(itemsize) * peak_bw * 1e9)
-                entry["fraction_of_ceiling"] = layer.flops() / t / attainable
-        eager_err = case["providers"].get("cudnn", {}).get("rel_err")
-        for provider, entry in case["providers"].items():
-            if "rel_err" in entry:
-                limit = (2 * eager_err if eager_err is not None and math.isfinite(eager_err) else 0) + (
-                    1e-3 if itemsize == 2 else 5e-4)  # fp32: TF32 dots (as cuDNN's default) land near 3e-4
-                entry["ok"] = bool(math.isfinite(entry["rel_err"]) and
-                                   (entry["rel_err"] <= limit if provider != "cudnn" else entry["rel_err"] < 1e-2))
-        base = case["providers"].get("cudnn", {}).get("median_ms")
-        fused = case["providers"].get("cudnn-fused", {}).get("median_ms")
-        for provider in ("triton", "cuda"):
-            t = case["providers"].get(provider, {}).get("median_ms")
-            if t:
-                case["providers"][provider]["vs_cudnn"] = base / t if base else None
-                case["providers"][provider]["vs_cudnn_fused"] = fused / t if fused else None
-        run.log("  " + layer.id + ": " + ", ".join(
-            f"{pr} {e['median_ms']:.3f} ms{'' if e.get('ok') else ' WRONG'}" if "median_ms" in e
-            else f"{pr} -" for pr, e in case["providers"].items()))
-        del xs, rs, ref
-        run.write()
+        try:
+            chosen = _triton_choices()
+            with torch.inference_mode():
+                runner = common.layer_runner(backend, layer, dtype, sets)
+                first_out, first = timed_first_call(runner.calls[0], dev)
+                del first_out
+                with poisoned_outputs():
+                    y = runner.calls[0]()
+                err = relative_error(y, ref)
+                del y
+                t = median_seconds(Rotation(lambda i: runner.calls[i](), sets), dev)
+            del runner
+        except Exception as e:  # noqa: BLE001 - one provider failing must not stop the others
+            entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            run.log(f"  {layer.id} {provider}: ERROR {entry['error']}")
+            continue
+        entry.update(median_ms=t * 1e3, first_call_s=round(first, 3), rel_err=err,
+                     tflops=counts.flops / t / 1e12, gb_per_s=counts.bytes / t / 1e9)
+        if provider == "triton":
+            entry["triton_configs"] = _triton_choices(since=chosen)
+        if peak_flops and peak_bw:
+            attainable = min(peak_flops * 1e12, counts.flops / counts.bytes * peak_bw * 1e9)
+            entry["fraction_of_ceiling"] = counts.flops / t / attainable
+    eager_err = case["providers"].get("cudnn", {}).get("rel_err")
+    for provider, entry in case["providers"].items():
+        if "rel_err" in entry:
+            limit = (2 * eager_err if eager_err is not None and math.isfinite(eager_err) else 0) + (
+                1e-3 if itemsize == 2 else 5e-4)  # fp32: TF32 dots (as cuDNN's default) land near 3e-4
+            entry["ok"] = bool(math.isfinite(entry["rel_err"]) and
+                               (entry["rel_err"] <= limit if provider != "cudnn" else entry["rel_err"] < 1e-2))
+    base = case["providers"].get("cudnn", {}).get("median_ms")
+    fused = case["providers"].get("cudnn-fused", {}).get("median_ms")
+    for provider in ("triton", "cuda"):
+        t = case["providers"].get(provider, {}).get("median_ms")
+        if t:
+            case["providers"][provider]["vs_cudnn"] = base / t if base else None
+            case["providers"][provider]["vs_cudnn_fused"] = fused / t if fused else None
+    run.log("  " + layer.id + ": " + ", ".join(
+        f"{pr} {e['median_ms']:.3f} ms{'' if e.get('ok') else ' WRONG'}" if "median_ms" in e
+        else f"{pr} -" for pr, e in case["providers"].items()))
+    run.write()
 
 
-# -- phase 4 ----------------------------------------------------------------------------------------------------------
+def _triton_choices(since=None):
+    """The Triton configs config_table launched so far (keys), or those launched after `since` (entries)."""
+    if "drn_kernels.triton.config_table" not in sys.modules:
+        return set() if since is None else []
+    from drn_kernels.triton import config_table
+
+    if since is None:
+        return set(config_table.CHOSEN)
+    return [dict(v, config=str(v["config"])) for k, v in config_table.CHOSEN.items() if k not in since]
+
+
+def step_cuda_catch_up(run: Run, rec: dict, deadline: float):
+    """The cuda provider where the steps before the build could not run it: the head, then the layers."""
+    head = run.results["steps"].get("head", {})
+    if head.get("providers"):
+        x, weight, bias, ref_labels = _head_inputs(run)
+        measure_head(run, head, head_runners(run, x, weight, bias, ("cuda",)), ref_labels, deadline)
+        rec["head"] = head["providers"].get("fused-cuda")
+    done = []
+    for group in ("layers_dilated", "layers_big"):
+        cases = {c["layer"]: c for c in run.results["steps"].get(group, {}).get("cases", [])}
+        for layer in run_layers(run, group):
+            if layer.id in cases:
+                check_deadline(deadline, f"cuda on {layer.id}")
+                measure_layer(run, cases[layer.id], layer, ("cuda",), deadline)
+                done.append(layer.id)
+    rec["layers"] = done
+
+
+# -- whole models ---------------------------------------------------------------------------------------------------
 
 DRY_MODEL = "1 block per level, 4-8 channels"
 
@@ -654,12 +864,8 @@ def _model(name: str, task: str, dry: bool = False):
     return (drn.DRNSeg(backbone, 19) if task == "segment" else backbone).eval()
 
 
-def _model_fn(model, task: str):
-    return model.predict if task == "segment" else model
-
-
 def _compare_model(task: str, out, ref) -> dict:
-    from benchmarks.device_timing import relative_error
+    from benchmarks.harness import relative_error
 
     if task == "segment":
         labels, ref_labels = out[0], ref[0]
@@ -668,85 +874,250 @@ def _compare_model(task: str, out, ref) -> dict:
             "top1_agreement": (out.argmax(1).cpu() == ref.argmax(1).cpu()).double().mean().item()}
 
 
-def phase_models(run: Run, rec: dict, deadline: float):
+def cuda_graphed(call):
+    """call() captured as one CUDA graph (after a warm-up on a side stream, as torch.cuda.graphs asks): a
+    zero-argument replay that returns the captured outputs. Host work per launch disappears; the kernels stay."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+MODEL_PROVIDERS = ("eager", "fused-cuda", "fused-triton")  # the CUDA kernels first: no compilation
+
+
+def step_model(run: Run, rec: dict, deadline: float, name: str, task: str, shape):
+    """eager (cuDNN, channels_last), fused-cuda, fused-triton as called (benchmarks.common's model runners and
+    reference), then both fused models as one CUDA graph: latency, peak memory, and the host time per conv (as
+    called - graphed, over the convs)."""
     import torch
 
     import drn
-    from benchmarks.device_timing import check_deadline, median_seconds, peak_memory_bytes, runnable, timed_first_call
+    from benchmarks import common
+    from benchmarks.harness import median_seconds, memory_bytes, timed_first_call
+    from drn.fused import FusedConv
 
     dev, dtype = run.device, run.dtype
-    cl = torch.channels_last
-    models = DRY_MODELS if run.dry else MODELS
-    backends = DRY_KERNEL_BACKEND if run.dry else KERNEL_BACKEND
-    rec["cases"] = []
-    for name, task, shape in models:
-        check_deadline(deadline, f"{name} {task}")
-        base = _model(name, task, run.dry)
-        x32 = torch.randn(shape, generator=torch.Generator().manual_seed(7))
-        with torch.inference_mode():
-            ref = _model_fn(copy.deepcopy(base).to(dev, torch.float64), task)(x32.to(dev, torch.float64))
-        case = {"model": name, "task": task, "input": list(shape), "dtype": str(dtype)[6:], "providers": {}}
-        if run.dry:
-            case["dry_run_model"] = f"a DRN-{name[4].upper()} with {DRY_MODEL}"
-        rec["cases"].append(case)
-        x = x32.to(dev, dtype).contiguous(memory_format=cl)
-        runners = {"eager": _model_fn(copy.deepcopy(base).to(dev, dtype, memory_format=cl), task)}
-        for provider in ("triton", "cuda"):
-            reason = why_unavailable(backends[provider], dev)
-            runners[f"fused-{provider}"] = reason or _model_fn(
-                drn.fuse(copy.deepcopy(base), backend=backends[provider]).to(dev, dtype), task)
-        for provider, fn, entry in runnable(runners, case["providers"], deadline, name):
-            try:
-                with torch.inference_mode():
-                    out, first = timed_first_call(lambda: fn(x), dev)
+    base = _model(name, task, run.dry)
+    names = {"eager": "eager-cl" if run.dry else "cudnn",
+             "fused-cuda": DRY_KERNEL_BACKEND["cuda"] if run.dry else "cuda", "fused-triton": "triton"}
+    with torch.inference_mode():
+        ref = common.model_reference(name, task, shape, dtype, model=base)[0]
+    case = rec["case"] = {"model": name, "task": task, "input": list(shape), "dtype": str(dtype)[6:],
+                          "providers": {},
+                          "convs": sum(isinstance(m, FusedConv) for m in drn.fuse(base, backend="reference").modules())}
+    if run.dry:
+        case["dry_run_model"] = f"a DRN-{name[4].upper()} with {DRY_MODEL}"
+    calls = {}
+    for provider in MODEL_PROVIDERS + tuple(f"{p}+graph" for p in MODEL_PROVIDERS[1:]):
+        check_deadline(deadline, f"{name} {provider}")
+        entry = case["providers"][provider] = {}
+        graphed = provider.endswith("+graph")
+        backend = names[provider.removesuffix("+graph")]
+        reason = None if backend in ("cudnn", "eager-cl") else why_unavailable(backend, dev)
+        if graphed and dev.type != "cuda":
+            reason = "CUDA graphs need a GPU"
+        elif graphed and provider.removesuffix("+graph") not in calls:
+            reason = f"{provider.removesuffix('+graph')} did not run"
+        if reason is not None:
+            entry["skipped"] = reason
+            continue
+        try:
+            with torch.inference_mode():
+                if graphed:
+                    t0 = time.perf_counter()
+                    call = cuda_graphed(calls[provider.removesuffix("+graph")])
+                    entry["capture_s"] = round(time.perf_counter() - t0, 3)
+                    out = call()
+                    torch.cuda.synchronize()
+                    entry.update(**_compare_model(task, out, ref))
+                else:
+                    call = common.model_runner(backend, name, task, shape, dtype, model=base).calls[0]
+                    out, first = timed_first_call(call, dev)
                     entry.update(first_call_s=round(first, 3), **_compare_model(task, out, ref))
-                    del out
-                    entry["median_ms"] = median_seconds(lambda: fn(x), dev, rep_ms=300) * 1e3
-                    peak = peak_memory_bytes(lambda: fn(x), dev)
-                    entry["peak_mb"] = None if peak is None else peak / 2**20
-            except Exception as e:  # noqa: BLE001
-                entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            run.log(f"  {name} {task} {provider}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                               for k, v in entry.items()))
-            run.write()
-        eager_t = case["providers"]["eager"].get("median_ms")
-        for provider, entry in case["providers"].items():
-            if eager_t and entry.get("median_ms"):
-                entry["vs_eager"] = eager_t / entry["median_ms"]
+                    calls[provider] = call
+                del out
+                entry["median_ms"] = median_seconds(call, dev, rep_ms=300) * 1e3
+                if dev.type == "cuda" and not graphed:
+                    entry["peak_mb"] = memory_bytes(call, dev)[0] / 2**20
+        except Exception as e:  # noqa: BLE001
+            entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        run.log(f"  {name} {task} {provider}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                           for k, v in entry.items()))
+        run.write()
+    eager_t = case["providers"]["eager"].get("median_ms")
+    for provider, entry in case["providers"].items():
+        if eager_t and entry.get("median_ms"):
+            entry["vs_eager"] = eager_t / entry["median_ms"]
+        graphed_t = case["providers"].get(f"{provider}+graph", {}).get("median_ms")
+        if graphed_t and entry.get("median_ms") and case["convs"]:
+            entry["host_us_per_conv"] = (entry["median_ms"] - graphed_t) * 1e3 / case["convs"]
 
+
+# -- sanitizers -----------------------------------------------------------------------------------------------------
+
+def _sanitizer() -> str | None:
+    return shutil.which("compute-sanitizer") or next(
+        (p for p in [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "compute-sanitizer")]
+         if os.path.exists(p)), None)
+
+
+def step_sanitizers(run: Run, rec: dict, deadline: float):
+    """compute-sanitizer over a payload process: memcheck over every kernel (PYTORCH_NO_CUDA_MEMORY_CACHING=1, so
+    each tensor is its own allocation and a read past its end is seen), racecheck and synccheck over the small
+    payload (each kernel at 1-4 blocks: the tools are slow per thread). Triton kernels run with their first
+    config that fits (the payload pins it): one compiled kernel of each kind. A machine where the tool does
+    not run is recorded so. The dry run: the payloads on cuda-sim and the Triton interpreter, without a tool."""
+    env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    if run.dry:  # no tool: the small payload once, on the stand-ins
+        rec["tool"] = "none (dry run: the payload without a checker)"
+        entry = rec["payload"] = {}
+        code, out = run_capped([sys.executable, "-m", "benchmarks.device_check", "--sanitizer-payload",
+                                "cuda-sim,triton:small"], timeout=deadline - time.monotonic(), env=env)
+        entry.update(returncode=code, cut=code is None, payload_ok="PAYLOAD OK" in out,
+                     tail=out.strip().splitlines()[-4:])
+        for name in SANITIZER_TOOLS:
+            rec[name] = {"skipped": "dry run: no compute-sanitizer"}
+        run.log("-- sanitizer payload output:\n" + out[-10000:], echo=False)
+        run.log(f"sanitizer payload: returncode {code}, {'OK' if entry['payload_ok'] else 'NOT OK'}")
+        return
+    tool = _sanitizer()
+    rec["tool"] = tool or "not found"
+    for name, size in (("memcheck", "full"), ("racecheck", "small"), ("synccheck", "small")):
+        entry = rec[name] = {}
+        left = deadline - time.monotonic()
+        if tool is None:
+            entry["skipped"] = "compute-sanitizer not found (PATH, $CUDA_HOME/bin)"
+            continue
+        if left < 5:
+            entry["skipped"] = f"budget: {left:.0f} s left"
+            continue
+        cmd = [tool, "--tool", name, "--error-exitcode", "9", "--print-limit", "20", sys.executable, "-m",
+               "benchmarks.device_check", "--sanitizer-payload", f"cuda,triton:{size}"]
+        code, out = run_capped(cmd, timeout=min(left, SLACK * COST[name] + STEP_GRACE), env=env)
+        errors = re.search(r"ERROR SUMMARY: (\d+) error", out)
+        entry.update(returncode=code, cut=code is None, errors=int(errors.group(1)) if errors else None,
+                     payload_ok="PAYLOAD OK" in out, tail=out.strip().splitlines()[-4:])
+        if errors is None and "PAYLOAD" not in out:
+            entry["status"] = "the tool did not run the payload (see the log)"
+        elif errors is None:
+            entry["status"] = "cut before the tool's summary" if code is None else "no summary from the tool"
+        else:
+            entry["status"] = "clean" if entry["errors"] == 0 else f"{entry['errors']} errors"
+        run.log(f"-- {name} output:\n" + out[-10000:], echo=False)
+        run.log(f"{name}: {entry['status']}, returncode {code}, payload {'OK' if entry['payload_ok'] else 'NOT OK'}")
+        run.write()
+
+
+def sanitizer_payload(spec: str) -> int:
+    """spec "BACKEND[,BACKEND]:full|small": every kernel of each backend (conv_bn_act geometries, class_head x1 / x8
+    with one-byte labels, localize), each compared with the reference; "small" keeps every launch to 1-4 blocks
+    (the conv: 100 output pixels x 64 channels = 2 CUDA blocks). Prints PAYLOAD OK when all agree."""
+    names, _, size = spec.partition(":")
+    names = names.split(",")
+    import torch
+
+    if not torch.cuda.is_available():  # before triton is imported: its kernels then run on CPU tensors
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import drn_kernels
+    from drn_kernels import reference
+    from drn_kernels.triton import config_table
+
+    config_table.PIN_FIRST = True  # one compiled Triton kernel of each kind, its first config that fits
+    g = torch.Generator().manual_seed(0)
+    bad = []
+    # (C, K, kernel, stride, dilation, residual, H, W)
+    convs = ((32, 64, 3, 1, 2, True, 10, 10),) if size == "small" else (
+        (16, 32, 3, 1, 1, True, 12, 10), (16, 32, 3, 2, 1, False, 13, 11), (32, 16, 3, 1, 2, True, 12, 12),
+        (32, 16, 1, 1, 1, False, 9, 7), (3, 16, 7, 1, 1, False, 15, 13))
+    for backend in names:
+        dev = torch.device("cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu")
+        for c, k, r, stride, dil, res, h, w in convs:
+            for dtype in (torch.float16, torch.float32):
+                x = torch.randn(1 if size == "small" else 2, c, h, w, generator=g).to(dev, dtype)
+                x = x.contiguous(memory_format=torch.channels_last)
+                wt = (torch.randn(k, c, r, r, generator=g) / math.sqrt(c * r * r)).to(dev, dtype)
+                b = torch.randn(k, generator=g).to(dev, dtype)
+                pad = dil * (r // 2)
+                p = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
+                q = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1
+                rs = torch.randn(x.shape[0], k, p, q, generator=g).to(dev, dtype) if res else None
+                y = drn_kernels.conv_bn_act(x, wt, b, stride=stride, padding=pad, dilation=dil, residual=rs,
+                                            backend=backend)
+                ref = reference.conv_bn_act(x.cpu().double(), wt.cpu().double(), b.cpu().double(), [stride] * 2,
+                                            [pad] * 2, [dil] * 2, None if rs is None else rs.cpu().double(), True)
+                err = ((y.cpu().double() - ref).norm() / ref.norm()).item()
+                if not err < (2e-2 if dtype == torch.float16 else 1e-3):
+                    bad.append(f"{backend} conv c{c} k{k} r{r} s{stride} d{dil} {dtype}: rel err {err:.3g}")
+        hw = (2, 2) if size == "small" else (6, 5)
+        for upsample in (1, 8):
+            x = torch.randn(1, 24, *hw, generator=g).to(dev, torch.float16)
+            wt = torch.randn(19, 24, 1, 1, generator=g).to(dev, torch.float16)
+            b = torch.randn(19, generator=g).to(dev, torch.float16)
+            labels, probs = drn_kernels.class_head(x, wt, b, upsample=upsample, label_dtype=torch.uint8,
+                                                   backend=backend)
+            ref_labels, _ = reference.class_head(x.cpu().double(), wt.cpu().double(), b.cpu().double(), upsample)
+            agree = (labels.long().cpu() == ref_labels).double().mean().item()
+            if agree < 0.99 or not torch.isfinite(probs).all():
+                bad.append(f"{backend} class_head x{upsample}: label agreement {agree:.3f}")
+        x = torch.randn(2, 24, 7, 6, generator=g).to(dev, torch.float32)
+        wt = torch.randn(10, 24, 1, 1, generator=g).to(dev, torch.float32)
+        b = torch.randn(10, generator=g).to(dev, torch.float32)
+        logits, labels, scores, boxes = drn_kernels.localize(x, wt, b, threshold=0.2, backend=backend)
+        ref = reference.localize(x.cpu().double(), wt.cpu().double(), b.cpu().double(), 0.2, 8)
+        if not torch.allclose(logits.cpu().double(), ref[0], rtol=1e-4, atol=1e-4) or not torch.equal(
+                labels.cpu(), ref[1]):
+            bad.append(f"{backend} localize: logits or labels differ from the reference")
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    for line in bad:
+        print("PAYLOAD MISMATCH", line)
+    print("PAYLOAD OK" if not bad else f"PAYLOAD FAILED ({len(bad)})", flush=True)
+    return 0 if not bad else 1
+
+
+# -- Inductor --------------------------------------------------------------------------------------------------------
 
 def inductor_worker(spec: str) -> int:
-    """One model compiled by Inductor (max-autotune, freezing): prints INDUCTOR_RESULT {json}."""
+    """One model as benchmarks.common's "inductor" provider compiles it (max-autotune without CUDA graphs,
+    freezing), fp16: prints INDUCTOR_RESULT {json} after the compilation and again after the timing."""
     import torch
-    import torch._inductor.config as inductor_config
 
-    from benchmarks.device_timing import median_seconds, peak_memory_bytes, timed_first_call
+    from benchmarks import common
+    from benchmarks.harness import median_seconds, memory_bytes, timed_first_call
 
     name, task, shape = spec.split(":")
     shape = tuple(int(s) for s in shape.split("x"))
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
-    inductor_config.freezing = True
-    model = _model(name, task).to(dev, torch.float16, memory_format=torch.channels_last)
-    fn = torch.compile(_model_fn(model, task), mode="max-autotune")
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dev, torch.float16)
-    x = x.contiguous(memory_format=torch.channels_last)
+    call = common.model_runner("inductor", name, task, shape, torch.float16).calls[0]
     with torch.inference_mode():
-        _, first = timed_first_call(lambda: fn(x), dev)
+        _, first = timed_first_call(call, dev)
         print("INDUCTOR_RESULT " + json.dumps({"compile_s": first}), flush=True)
-        t = median_seconds(lambda: fn(x), dev, rep_ms=300)
-        peak = peak_memory_bytes(lambda: fn(x), dev)
+        t = median_seconds(call, dev, rep_ms=300)
+        peak = memory_bytes(call, dev)[0]
     print("INDUCTOR_RESULT " + json.dumps({"compile_s": first, "median_ms": t * 1e3, "peak_mb": peak / 2**20}),
           flush=True)
     return 0
 
 
-def phase_inductor(run: Run, rec: dict, deadline: float):
-    cases = run.results["phases"].get("4_models", {}).get("cases", [])
+def step_inductor(run: Run, rec: dict, deadline: float):
     for name, task, shape in MODELS:
         left = deadline - time.monotonic()
         entry = {}
-        case = next((c for c in cases if c["model"] == name and c["task"] == task), None)
+        case = run.results["steps"].get(f"model_{name}", {}).get("case")
         if case is not None:
             case["providers"]["inductor"] = entry
         if left < 30:
@@ -769,241 +1140,6 @@ def phase_inductor(run: Run, rec: dict, deadline: float):
         run.write()
 
 
-# -- phase 5 ----------------------------------------------------------------------------------------------------------
-
-def phase_head(run: Run, rec: dict, deadline: float):
-    import torch
-    import torch.nn.functional as F
-
-    import drn_kernels
-    from benchmarks.device_timing import median_seconds, peak_memory_bytes, runnable, timed_first_call
-    from drn_kernels import reference
-
-    dev, dtype = run.device, run.dtype
-    n, c, h, w, k = DRY_HEAD if run.dry else HEAD
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(n, c, h, w, generator=g).to(dev, dtype).contiguous(memory_format=torch.channels_last)
-    weight = (torch.randn(k, c, 1, 1, generator=g) / math.sqrt(c) * 4).to(dev, dtype)
-    bias = (torch.randn(k, generator=g) * 0.1).to(dev, dtype)
-    up = reference.bilinear_up_weight(k, dtype=dtype, device=dev)
-
-    def eager():  # DRNSeg.predict's head: 1x1 conv, bilinear ConvTranspose2d x8, log_softmax, max
-        logits = F.conv_transpose2d(F.conv2d(x, weight, bias), up, stride=8, padding=4, groups=k)
-        best, labels = F.log_softmax(logits, dim=1).max(dim=1)
-        return labels, best.float().exp()
-
-    ref_labels, _ = reference.class_head(x.double(), weight.double(), bias.double(), 8)
-    backends = DRY_KERNEL_BACKEND if run.dry else KERNEL_BACKEND
-    runners = {"eager": eager}
-    for provider in ("triton", "cuda"):
-        reason = why_unavailable(backends[provider], dev)
-        runners[f"fused-{provider}"] = reason or (lambda be=backends[provider]: drn_kernels.class_head(
-            x, weight, bias, upsample=8, backend=be))
-    rec.update(shape={"n": n, "c": c, "h": h, "w": w, "classes": k, "out": [h * 8, w * 8]}, providers={})
-    for provider, fn, entry in runnable(runners, rec["providers"], deadline, "head"):
-        try:
-            with torch.inference_mode():
-                (labels, probs), first = timed_first_call(fn, dev)
-                entry.update(first_call_s=round(first, 3),
-                             label_agreement=(labels.cpu() == ref_labels.cpu()).double().mean().item())
-                del labels, probs
-                entry["median_ms"] = median_seconds(fn, dev) * 1e3
-                peak = peak_memory_bytes(fn, dev)
-                entry["peak_mb"] = None if peak is None else peak / 2**20
-        except Exception as e:  # noqa: BLE001
-            entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        run.log(f"  head {provider}: {entry}")
-    eager = rec["providers"]["eager"]
-    for provider, entry in rec["providers"].items():
-        if provider != "eager" and entry.get("median_ms") and eager.get("median_ms"):
-            entry["speedup"] = eager["median_ms"] / entry["median_ms"]
-            if entry.get("peak_mb") and eager.get("peak_mb"):
-                entry["memory_ratio"] = eager["peak_mb"] / entry["peak_mb"]
-
-
-# ---- goals, table, plot -------------------------------------------------------------------------------------------
-
-def _geomean(values):
-    values = [v for v in values if v and v > 0 and math.isfinite(v)]
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
-
-
-def goal_ratios(results: dict) -> dict:
-    """The speed goals as measured ratios (geometric means over the layers); reported, never asserted."""
-    out = {}
-    layers = results["phases"].get("3_layers", {}).get("cases", [])
-    for provider in ("triton", "cuda"):
-        entries = [c["providers"].get(provider, {}) for c in layers]
-        vs = _geomean(e.get("vs_cudnn") for e in entries)
-        vs_fused = _geomean(e.get("vs_cudnn_fused") for e in entries)
-        if vs is None:
-            continue
-        rates = {d: _geomean(c["providers"].get(provider, {}).get("tflops") for c in layers
-                             if f"_d{d}" in c["layer"] and c["layer"].startswith("n8_c512_28x28_k512"))
-                 for d in (1, 2, 4)}
-        out[provider] = {
-            "layer_vs_cudnn": {"measured": vs, "goal": GOALS["layer_vs_cudnn"], "met": vs >= GOALS["layer_vs_cudnn"]},
-            "layer_vs_cudnn_fused": {"measured": vs_fused, "goal": GOALS["layer_vs_cudnn_fused"],
-                                     "met": vs_fused is not None and vs_fused >= GOALS["layer_vs_cudnn_fused"]},
-            "dilated_rate_vs_d1": {f"d{d}": rates[d] / rates[1] for d in (2, 4) if rates[d] and rates[1]},
-            "all_layers_correct": all(e.get("ok", True) for e in entries),
-        }
-    for case in results["phases"].get("4_models", {}).get("cases", []):
-        for provider in ("fused-triton", "fused-cuda"):
-            r = case["providers"].get(provider, {}).get("vs_eager")
-            if r:
-                out.setdefault(provider.split("-")[1], {})[f"model_{case['model']}_vs_eager"] = {
-                    "measured": r, "goal": GOALS["model_vs_eager"], "met": r >= GOALS["model_vs_eager"]}
-    for provider, entry in results["phases"].get("5_head", {}).get("providers", {}).items():
-        if entry.get("speedup"):
-            d = out.setdefault(provider.split("-")[1], {})
-            d["head_speed"] = {"measured": entry["speedup"], "goal": GOALS["head_speed"],
-                               "met": entry["speedup"] >= GOALS["head_speed"]}
-            if entry.get("memory_ratio"):
-                d["head_memory"] = {"measured": entry["memory_ratio"], "goal": GOALS["head_memory"],
-                                    "met": entry["memory_ratio"] >= GOALS["head_memory"]}
-    return out
-
-
-def _fmt(v, spec=".3g"):
-    return "" if v is None else (f"{v:{spec}}" if isinstance(v, (int, float)) else str(v))
-
-
-def layer_table(results: dict, markdown_style: bool) -> list[str]:
-    cases = results["phases"].get("3_layers", {}).get("cases", [])
-    cols = ["layer"] + [f"{p} ms" for p in LAYER_PROVIDERS] + ["triton x", "cuda x", "ok"]
-    rows = []
-    for c in cases:
-        pv = c["providers"]
-        ms = [_fmt(pv.get(p, {}).get("median_ms"), ".3f") or ("err" if "error" in pv.get(p, {}) else "-")
-              for p in LAYER_PROVIDERS]
-        ratios = [_fmt(pv.get(p, {}).get("vs_cudnn"), ".2f") for p in ("triton", "cuda")]
-        ok = "yes" if all(e.get("ok", True) and "error" not in e for e in pv.values()) else "NO"
-        rows.append([c["layer"], *ms, *ratios, ok])
-    return _render(cols, rows, markdown_style)
-
-
-def _render(cols, rows, markdown_style: bool) -> list[str]:
-    if markdown_style:
-        return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(r) + " |" for r in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return [fmt.format(*cols)] + [fmt.format(*r) for r in rows]
-
-
-def summary_lines(results: dict, markdown_style: bool = False) -> list[str]:
-    lines = []
-    head = "##" if markdown_style else "=="
-    env = results.get("env", {})
-    lines.append(f"{head} drn-kernels device check{' (DRY RUN on the CPU)' if results['dry_run'] else ''}: "
-                 f"{env.get('device', '?')}; python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
-                 f"triton {env.get('triton', '?')}; {results.get('elapsed_s', 0):.0f} s of {results['budget_s']:.0f}")
-    b = results["build"]
-    lines.append(f"build: {b.get('status')}" + (f" in {b.get('seconds', '?')} s ({b.get('arch')}); cuda backend: "
-                                                 f"{b.get('cuda_backend', '?')}" if "seconds" in b else ""))
-    lines.append("phases: " + ", ".join(f"{k} {v.get('status')}" + (f" ({v['seconds']:.0f} s)" if 'seconds' in v else "")
-                                        for k, v in results["phases"].items()))
-    p1 = results["phases"].get("1_device", {})
-    if p1.get("ceilings"):
-        lines.append("ceilings: " + ", ".join(f"{k} {v:.4g}" for k, v in p1["ceilings"].items()))
-    p2 = results["phases"].get("2_correct", {})
-    if p2.get("pytest"):
-        lines.append(f"pytest -m gpu: {p2['pytest']['counts']}{' CUT' if p2['pytest']['cut'] else ''}"
-                     + (f"; failed: {', '.join(p2['pytest']['failed'][:4])}" if p2['pytest']['failed'] else ""))
-    if p2.get("sanitizer"):
-        s = p2["sanitizer"]
-        lines.append(f"memcheck: {s.get('status') or s.get('tool')}: errors {s.get('errors')}, payload "
-                     f"{'OK' if s.get('payload_ok') else 'NOT OK'}" + (f" ({s['reason']})" if s.get("reason") else ""))
-    layer_lines = layer_table(results, markdown_style)
-    if len(layer_lines) > (2 if markdown_style else 1):
-        lines += ["", f"{head} per layer ({results['phases']['3_layers'].get('dtype')}, median ms; x = speedup "
-                      "over cudnn)" if markdown_style else "per layer (median ms; x = speedup over cudnn):"]
-        lines += layer_lines
-    rows = []
-    for c in results["phases"].get("4_models", {}).get("cases", []):
-        for p, e in c["providers"].items():
-            rows.append([f"{c['model']} {c['task']}", p, _fmt(e.get("median_ms"), ".2f"), _fmt(e.get("peak_mb"), ".0f"),
-                         _fmt(e.get("vs_eager"), ".2f"),
-                         _fmt(e.get("rel_err", e.get("label_agreement")), ".3g"),
-                         e.get("skipped", e.get("error", e.get("cut", "")))[:60]])
-    for p, e in results["phases"].get("5_head", {}).get("providers", {}).items():
-        rows.append(["head 19 cls x8", p, _fmt(e.get("median_ms"), ".2f"), _fmt(e.get("peak_mb"), ".0f"),
-                     _fmt(e.get("speedup"), ".2f"), _fmt(e.get("label_agreement"), ".4g"),
-                     (e.get("skipped", e.get("error", "")) or "")[:60]])
-    if rows:
-        lines += ["", f"{head} models and head" if markdown_style else "models and head:"]
-        lines += _render(["case", "provider", "ms", "peak MB", "x eager", "err / agree", "note"], rows,
-                         markdown_style)
-    goals = results.get("goals", {})
-    if goals:
-        lines += ["", f"{head} goals (reported, not asserted)" if markdown_style else "goals (reported, not asserted):"]
-        for provider, d in goals.items():
-            parts = []
-            for k, v in d.items():
-                if isinstance(v, dict) and "measured" in v:
-                    parts.append(f"{k} {_fmt(v['measured'], '.2f')}/{v['goal']} {'met' if v['met'] else 'MISSED'}")
-                elif isinstance(v, dict) and v:
-                    parts.append(f"{k} " + " ".join(f"{a}={b:.2f}" for a, b in v.items()))
-                elif isinstance(v, bool):
-                    parts.append(f"{k} {'yes' if v else 'NO'}")
-            lines.append(f"{'- ' if markdown_style else '  '}{provider}: " + "; ".join(parts))
-    return lines
-
-
-def markdown(results: dict) -> str:
-    return "\n".join(summary_lines(results, markdown_style=True)) + "\n"
-
-
-def plot(results: dict, path: pathlib.Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cases = results["phases"].get("3_layers", {}).get("cases", [])
-    models = results["phases"].get("4_models", {}).get("cases", [])
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 1]})
-    ax = axes[0]
-    width = 0.25
-    for j, p in enumerate(("cudnn-fused", "triton", "cuda")):
-        xs, ys = [], []
-        for i, c in enumerate(cases):
-            base = c["providers"].get("cudnn", {}).get("median_ms")
-            t = c["providers"].get(p, {}).get("median_ms")
-            if base and t:
-                xs.append(i + (j - 1) * width)
-                ys.append(base / t)
-        ax.bar(xs, ys, width, label=p)
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.axhline(GOALS["layer_vs_cudnn"], color="r", lw=0.8, ls="--", label="goal 1.15x")
-    ax.set_xticks(range(len(cases)))
-    ax.set_xticklabels([c["layer"] for c in cases], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("speedup over eager cuDNN (median)")
-    ax.set_title(f"per layer, {results['phases'].get('3_layers', {}).get('dtype', '')}"
-                 + (" (DRY RUN: CPU stand-ins)" if results["dry_run"] else ""))
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    labels, values = [], []
-    for c in models:
-        for p, e in c["providers"].items():
-            if e.get("vs_eager"):
-                labels.append(f"{c['model']}\n{p}")
-                values.append(e["vs_eager"])
-    for p, e in results["phases"].get("5_head", {}).get("providers", {}).items():
-        if e.get("speedup"):
-            labels.append(f"head\n{p}")
-            values.append(e["speedup"])
-    ax.bar(range(len(values)), values)
-    ax.set_xticks(range(len(values)))
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_yscale("log")
-    ax.set_title("models and head: speedup over eager")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # ---- main ---------------------------------------------------------------------------------------------------------
 
 def _watchdog(run: Run):
@@ -1012,7 +1148,7 @@ def _watchdog(run: Run):
     remaining = run.budget.end + WATCHDOG_GRACE - time.monotonic()
     time.sleep(max(0.0, remaining))
     run.results["watchdog"] = f"the run passed its budget by {WATCHDOG_GRACE:.0f} s and was ended"
-    for rec in run.results["phases"].values():
+    for rec in run.results["steps"].values():
         if rec.get("status") == "running":
             rec["status"] = "cut"
             rec["cut"] = "watchdog"
@@ -1052,16 +1188,16 @@ def parse_args(argv):
     p.add_argument("--out", type=pathlib.Path, default=None,
                    help="directory for the files (default: $OUT if set, else benchmarks/results)")
     p.add_argument("--dry-run", action="store_true", help="on the CPU, tiny shapes, CPU stand-ins for the GPU providers")
-    p.add_argument("--only", default="", help="comma-separated phase numbers to run (default: all), e.g. 1,3")
+    p.add_argument("--rehearse", action="store_true",
+                   help="print the plan replayed against the cost model at --budget (default 480 s) and exit")
+    p.add_argument("--only", default="", help="comma-separated step names to run (default: all), e.g. device,head")
     p.add_argument("--no-build", action="store_true", help="do not build drn_kernels._C first (use what is built)")
     p.add_argument("--build-timeout", type=float, default=300.0, help="seconds the build may take (default 300)")
-    p.add_argument("--autotune-share", type=float, default=0.4,
-                   help="share of the per-layer phase that Triton's first calls (compile + autotune) may take")
-    p.add_argument("--sanitizer-payload", metavar="BACKEND", help=argparse.SUPPRESS)
+    p.add_argument("--sanitizer-payload", metavar="SPEC", help=argparse.SUPPRESS)
     p.add_argument("--inductor-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.budget is None:
-        args.budget = DRY_BUDGET if args.dry_run else DEFAULT_BUDGET
+        args.budget = DRY_BUDGET if args.dry_run and not args.rehearse else DEFAULT_BUDGET
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     return args
 
@@ -1072,6 +1208,9 @@ def main(argv=None) -> int:
         return sanitizer_payload(args.sanitizer_payload)
     if args.inductor_worker:
         return inductor_worker(args.inductor_worker)
+    if args.rehearse:
+        print("\n".join(rehearsal_lines(rehearse(args.budget), args.budget)))
+        return 0
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels run on CPU tensors
     import torch
@@ -1084,6 +1223,9 @@ def main(argv=None) -> int:
     out_dir = args.out or (pathlib.Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Run(args, out_dir, tag)
+    from drn_kernels.triton import config_table
+
+    config_table.SEARCH_CAP_S = COST["triton_key"]  # the search cap the plan counts on
     # fp16 on the GPU; the dry run computes in fp32 (CPU fp16 convs and numpy's fp16 dots are slow to no purpose)
     run.device, run.dtype = device, (torch.float32 if args.dry_run else torch.float16)
     if device.type == "cuda":
@@ -1091,19 +1233,18 @@ def main(argv=None) -> int:
     threading.Thread(target=_watchdog, args=(run,), daemon=True).start()
     run.results["env"] = _environment(run)
     run.log(f"device_check: {run.results['env']['device']}, budget {args.budget:.0f} s, files in {out_dir}")
-    build = None if args.no_build else start_build(run)
-    if build is None:
-        run.results["build"] = {"status": "not run (--no-build)"}
-    run_phase(run, "1_device", phase_device)
-    if build is not None:
-        finish_build(run, build)
-    run_phase(run, "2_correct", phase_correct)
-    run_phase(run, "3_layers", phase_layers)
-    run_phase(run, "4_models", phase_models)
-    run_phase(run, "5_head", phase_head)
-    run_phase(run, "4b_inductor", phase_inductor)
+    if args.no_build:
+        run.results["build"] = {"status": "done", "note": "not run (--no-build): what is built is used"}
+    else:
+        start_build(run)
+    steps = plan(run.dry)
+    run.results["plan"] = [{"key": s.key, "expected_s": round(s.expected_s, 1)} for s in steps]
+    run.results["rehearsal"] = rehearse(DEFAULT_BUDGET, steps=plan(False) if run.dry else steps)
+    run.results["rehearsal_budget_s"] = DEFAULT_BUDGET
+    for step in steps:
+        run_step(run, step)
     run.write(png=True)
-    files = sorted(str(p.name) for p in out_dir.glob(f"device_check-{tag}.*"))
+    files = sorted(p.name for p in out_dir.glob(f"*-{tag}.*"))
     print("\nfiles: " + ", ".join(files) + f" in {out_dir}")
     print("\n".join(summary_lines(run.results)), flush=True)
     return 0

@@ -28,8 +28,8 @@ def predictions(device: perf_model.Device, elt: int = 2) -> list[dict]:
     the winner under the old row-major order."""
     out = []
     for name, layer in layers():
-        bounds = sorted((perf_model.bound(layer, t, device, elt) for t in perf_model.candidate_tiles(layer, elt, device)),
-                        key=lambda b: b.seconds)
+        tiles = perf_model.candidate_tiles(layer, elt, device)
+        bounds = sorted((perf_model.bound(layer, t, device, elt) for t in tiles), key=lambda b: b.seconds)
         win = bounds[0]
         out.append({
             "layer": name, "device": device.name, "gflop": layer.flops / 1e9, "tile": win.tile.label,

@@ -1,6 +1,6 @@
 """End to end: classify (forward) and segment (predict: labels at the input size) per model, dtype and provider.
 
-The CPU goals of issues 5 and 11 are groups here: drn_c_26 / drn_d_22 / drn_d_38 classify at batch 1 and 8 @224
+The CPU goals (docs/performance/cpu.md) are groups here: drn_c_26 / drn_d_22 / drn_d_38 classify at batch 1 and 8 @224
 (fused `cpu` fp32 and bf16 vs eager-cl, inductor, onnxruntime and openvino) and drn_d_22 segment predict at
 1x3x1024x2048 (fused `cpu` vs eager-cl, inductor, onnxruntime and openvino running the model's predict:
 forward, ×8 up-sampling, argmax). Every provider's memory

@@ -13,16 +13,20 @@ TASKS = ("classify", "segment", "localize")
 
 def build(name: str, *, task: str = "classify", num_classes: int | None = None, pretrained=False,
           fused: bool = False, backend: str = "auto", dtype: torch.dtype | None = None,
-          device=None) -> nn.Module:
+          device=None, cpu_choices=None) -> nn.Module:
     """Build a DRN by registry name (see drn.list_models()).
 
     task: "classify" (forward(x) -> logits), "segment" (forward(x) -> (log_probs, logits_low); needs
     num_classes), "localize" (forward(x, threshold) -> drn.Localization).
     pretrained: False, True (official weights through the torch.hub cache, hash-checked) or a checkpoint path.
     fused: inference-only model running drn_kernels ops (BatchNorm folded, channels_last), see drn.fuse.
+    cpu_choices (fused only): a table of the cpu backend's algorithm choices to pin on every machine, a dict or a
+    JSON file (FusedModel.cpu_choices() writes one; see drn.fused.FusedModel.pin_cpu_choices).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if cpu_choices is not None and not fused:
+        raise ValueError("cpu_choices pins a fused model's algorithms: it needs fused=True")
     ctor = registry.constructor(name)
     if task == "segment" and num_classes is None:
         raise ValueError("task='segment' needs num_classes (19 for Cityscapes)")
@@ -50,7 +54,7 @@ def build(name: str, *, task: str = "classify", num_classes: int | None = None, 
         # fp16/bf16 would fold from rounded statistics.
         from .fused import fuse
 
-        return fuse(model, backend=backend, device=device, dtype=dtype)
+        return fuse(model, backend=backend, device=device, dtype=dtype, cpu_choices=cpu_choices)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

@@ -170,8 +170,9 @@ class Peaks:
 
 # Datasheet figures of the SXM parts, dense (no sparsity). "fp32" is the plain FP32 pipe (no tensor cores): the
 # benchmarks run fp32 with TF32 off everywhere (the CUDA kernel has no TF32 path); "tf32" is the tensor-core peak.
-# Copies measured on an H200 move about 4.3 TB/s of the 4.8 listed: measured ceilings win when there are some.
-# The figures live with the paper performance model (drn_kernels.perf_model.DEVICES, which says their sources).
+# A device's copies reach less than its listed bandwidth (docs/performance/gpu.md): measured ceilings win when there
+# are some. The figures live with the paper performance model (drn_kernels.perf_model.DEVICES, which says their
+# sources).
 GPU_PEAKS = {name: datasheet_peaks(device) for name, device in DEVICES.items()}
 _DTYPE_KEY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 

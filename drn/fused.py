@@ -32,6 +32,7 @@ from torch import nn
 
 import drn_kernels
 from drn_kernels import conv_output_size
+from drn_kernels.cpu_choices import load_table as load_choice_table
 from drn_kernels.prepared import PreparedConv
 from drn_kernels.reference import bilinear_up_weight, upsample8
 
@@ -81,6 +82,7 @@ class FusedConv(InferenceOnly):
         self.dilation = list(dilation)
         self.relu = relu
         object.__setattr__(self, "_conv", None)
+        object.__setattr__(self, "_pinned", None)  # the model's pinned cpu choice table (FusedModel.pin_cpu_choices)
         self._own(weight, bias, backend)
 
     def _own(self, weight: torch.Tensor, bias: torch.Tensor, backend: str, copy_values: bool = True):
@@ -89,7 +91,13 @@ class FusedConv(InferenceOnly):
             if copy_values:
                 weight, bias = weight.detach().clone(), bias.detach().clone()
             weight = weight.contiguous(memory_format=torch.channels_last) if weight.dim() == 4 else weight
-            object.__setattr__(self, "_conv", PreparedConv(weight, bias.contiguous(), backend))
+            object.__setattr__(self, "_conv", PreparedConv(weight, bias.contiguous(), backend,
+                                                           pinned=getattr(self, "_pinned", None)))
+
+    def pin(self, table: dict[str, str] | None):
+        """Run the algorithms `table` names (drn_kernels.cpu_choices keys) where it names this conv's key."""
+        object.__setattr__(self, "_pinned", table)
+        self._own(self._conv.weight, self._conv.bias, self._conv.backend, copy_values=False)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -389,6 +397,26 @@ class FusedModel(InferenceOnly):
             if isinstance(m, FusedConv):
                 m.backend = value
 
+    def pin_cpu_choices(self, table) -> None:
+        """Run the cpu backend's algorithms a choice table names (a dict {key: choice} or a JSON file of one, as
+        cpu_choices() returns or a cache file holds; drn_kernels.cpu_choices) wherever it names a conv's key, on
+        every machine: for evaluations whose every bit must match across machines. Keys it does not name are
+        chosen as usual. None unpins. Raises ValueError (naming cpu_choices) for a malformed table, and at the call
+        for a choice the CPU cannot run for that conv."""
+        pinned = None if table is None else load_choice_table(table)
+        for m in self.modules():
+            if isinstance(m, FusedConv):
+                m.pin(pinned)
+
+    def cpu_choices(self) -> dict[str, str]:
+        """The cpu backend's algorithm choices this model's convs made so far, as a table pin_cpu_choices (or
+        drn.build(..., cpu_choices=...)) takes."""
+        table = {}
+        for m in self.modules():
+            if isinstance(m, FusedConv):
+                table.update(m._conv.choices)
+        return dict(sorted(table.items()))
+
     def resolved_backend(self, device=None) -> str:
         """The concrete backend the ops run on for tensors on `device` (default: the model's device)."""
         if device is None:
@@ -508,15 +536,17 @@ def _check_upsampler(seg: DRNSeg):
                          "(drn_kernels.class_head hard-codes it); a learned up-sampler cannot be fused")
 
 
-def fuse(model: nn.Module, backend: str = "auto", *, device=None, dtype=None) -> FusedModel:
+def fuse(model: nn.Module, backend: str = "auto", *, device=None, dtype=None, cpu_choices=None) -> FusedModel:
     """An inference-only fused copy of `model` (a drn.build classify, segment or localize model).
 
     backend: "auto" (triton on CUDA, cpu on CPU, else the reference with a warning) or a named backend; resolved
     per call from the input's device, so the fused model may be moved with .to() afterwards. `model` is untouched.
     device, dtype: where the fused model goes, as .to(device, dtype) after fusing would (BatchNorm is folded in
     float64 from the source's statistics first), but with the kernels' weights prepared only once, there.
+    cpu_choices: a table of the cpu backend's algorithm choices to pin (FusedModel.pin_cpu_choices).
     """
     drn_kernels.check_backend(backend)
+    pinned = None if cpu_choices is None else load_choice_table(cpu_choices)  # a bad table fails before work
     unprepared = "reference"  # the reference backend prepares nothing: built, moved, then prepared once
     with torch.no_grad():
         if isinstance(model, DRNSeg):
@@ -538,5 +568,7 @@ def fuse(model: nn.Module, backend: str = "auto", *, device=None, dtype=None) ->
             raise TypeError(f"fuse: expected a model from drn.build (DRN, DRN_A, DRNSeg), got {type(model).__name__}")
     if device is not None or dtype is not None:
         fused.to(device=device, dtype=dtype)
+    if pinned is not None:
+        fused.pin_cpu_choices(pinned)
     fused.backend = backend
     return fused

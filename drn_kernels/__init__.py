@@ -13,13 +13,17 @@ push_cpu_options(): pass the cpu backend's settings (DRN_CPU_CONV, DRN_WINOGRAD_
     DRN_CPU_PREFETCH), read now, to the loaded kernels (they read them when the extension loads; call it after
     changing them).
 The ops are also registered as torch.ops.drn.* (drn_kernels._schemas; the dispatch path: drn_kernels.ops).
+A process forked from one that imported drn_kernels runs torch with one intra-op thread (drn_kernels._fork: GNU
+OpenMP hangs a forked child that uses more once the parent has; docs/processes.md).
 """
-from . import _backends
+from . import _backends, _fork
 from ._backends import BACKENDS, check_backend, why_unavailable
 from ._backends import resolve as resolve_backend
 from ._checks import conv_output_size
 from ._extension import push_cpu_options
 from .ops import class_head, conv_bn_act, fold_bn, localize
+
+_fork.install()
 
 __all__ = ["conv_bn_act", "fold_bn", "class_head", "localize", "BACKENDS", "check_backend", "available_backends",
            "why_unavailable", "resolve_backend", "conv_output_size", "push_cpu_options"]

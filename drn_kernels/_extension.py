@@ -9,7 +9,8 @@ load() order (loaded_variant() says which one this process uses):
      output goes to build.log in the build folder). CUDA kernels only where a GPU is visible, or on request
      (DRN_BUILD_CUDA=1); DRN_FORCE_CPU=1 builds the CPU kernels only (quick); DRN_FORCE_CUDA=1 makes a build
      without CUDA an error; DRN_NO_JIT_BUILD=1 only loads an up-to-date cached build.
-     `python -m drn_kernels.build` does it ahead of time.
+     `python -m drn_kernels.build` does it ahead of time. One process builds in a build folder at a time
+     (drn_kernels._build_lock): others starting the same build wait, then load its result.
 The result (module or failure) is cached for the process; why_unavailable() reports the failure.
 drn_kernels._schemas is imported first: the kernels register with TORCH_LIBRARY_IMPL against its schemas.
 """
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 
-from . import _build_config, settings
+from . import _build_config, _build_lock, settings
 
 _lock = threading.RLock()
 _tried = False
@@ -234,7 +235,6 @@ def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = Fal
     _cuda_reason = None if with_cuda else reason
     if cuda_home is not None and (with_cuda or "torch.utils.cpp_extension" not in sys.modules):
         _set_cuda_home(cuda_home)
-    cpp_extension = _import_cpp_extension()
     ninja, how = _build_config.find_ninja()
     if ninja is None:
         raise RuntimeError(f"ninja is needed to build the C++ extension ({how})")
@@ -245,18 +245,27 @@ def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = Fal
         raise RuntimeError(f"the C++ sources are missing ({_build_config.CSRC} has no *.cpp): the build on first "
                            f"use needs a source checkout installed with `pip install -e .`")
     build_dir = build_directory(with_cuda, create=True)
+    with _build_lock.held(build_dir, _say):  # one build at a time here: the others wait, then load its result
+        return _build_locked(build_dir, name, sources, with_cuda, ninja, reason, verbose, progress)
+
+
+def _say(text: str) -> None:
+    print(f"drn_kernels: {text}", file=sys.stderr, flush=True)
+
+
+def _build_locked(build_dir: str, name: str, sources: list[str], with_cuda: bool, ninja: str, reason: str,
+                  verbose: bool, progress: bool):
+    """jit_build's work, holding the build folder's lock: the check (after any wait: another process may just
+    have built it), the compile and load, the record of the settings."""
+    cpp_extension = _import_cpp_extension()
     library = os.path.join(build_dir, name + ".so")
     record = _build_settings(name, sources, with_cuda, ninja)
     stale = _stale_reason(library, record)
     what = ("CPU + CUDA kernels (" if with_cuda else "CPU kernels (") + reason + ")"
     announced = False
-
-    def say(text: str) -> None:
-        print(f"drn_kernels: {text}", file=sys.stderr, flush=True)
-
     if stale:
-        say(f"compiling the C++ extension ({stale}) — {what}; ninja {ninja}; build folder {build_dir} "
-            f"(compiler output in {LOG_FILE}){'; a CUDA build takes minutes' if with_cuda else ''}")
+        _say(f"compiling the C++ extension ({stale}) — {what}; ninja {ninja}; build folder {build_dir} "
+             f"(compiler output in {LOG_FILE}){'; a CUDA build takes minutes' if with_cuda else ''}")
         announced = True
     start = time.perf_counter()
     old_path = os.environ.get("PATH")
@@ -286,12 +295,12 @@ def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = Fal
     with open(os.path.join(build_dir, SETTINGS_FILE), "w") as f:
         json.dump(record, f, indent=1)
     if steps and not announced:  # ninja compiled although the check beforehand said up to date: say so anyway
-        say(f"compiled the C++ extension ({len(steps)} steps the check beforehand did not predict) — {what}")
+        _say(f"compiled the C++ extension ({len(steps)} steps the check beforehand did not predict) — {what}")
     if steps:
-        say(f"built {module.__file__} in {time.perf_counter() - start:.0f} s ({len(steps)} ninja steps; "
-            f"compiler output in {os.path.join(build_dir, LOG_FILE)})")
+        _say(f"built {module.__file__} in {time.perf_counter() - start:.0f} s ({len(steps)} ninja steps; "
+             f"compiler output in {os.path.join(build_dir, LOG_FILE)})")
     elif announced:
-        say(f"nothing to compile: {module.__file__} was up to date")
+        _say(f"nothing to compile: {module.__file__} was up to date")
     return module
 
 
@@ -310,19 +319,21 @@ def _load_cached_build():
     with_cuda, _, reason = build_decision()
     _cuda_reason = None if with_cuda else reason
     name = _build_config.JIT_NAME_CUDA if with_cuda else _build_config.JIT_NAME_CPU
-    library = os.path.join(build_directory(with_cuda), name + ".so")
-    if not os.path.exists(library):
-        raise FileNotFoundError(f"no {library}")
-    ninja, _ = _build_config.find_ninja()
-    sources = _build_config.cpu_sources() + (_build_config.cuda_sources() if with_cuda else [])
-    stale = _stale_reason(library, _build_settings(name, sources, with_cuda, ninja)) if ninja else _newer_input(
-        library)
-    if stale:
-        raise RuntimeError(f"{library} is out of date: {stale}")
-    spec = importlib.util.spec_from_file_location(name, library)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    build_dir = build_directory(with_cuda)
+    library = os.path.join(build_dir, name + ".so")
+    with _build_lock.held(build_dir, _say, shared=True):  # a build under way there finishes first
+        if not os.path.exists(library):
+            raise FileNotFoundError(f"no {library}")
+        ninja, _ = _build_config.find_ninja()
+        sources = _build_config.cpu_sources() + (_build_config.cuda_sources() if with_cuda else [])
+        stale = _stale_reason(library, _build_settings(name, sources, with_cuda, ninja)) if ninja \
+            else _newer_input(library)
+        if stale:
+            raise RuntimeError(f"{library} is out of date: {stale}")
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
 
 def in_place_library() -> str | None:

@@ -50,7 +50,7 @@ def _(x, weight, bias, stride, padding, dilation, residual, relu, prepared=None)
 
 # Prepared weights (CPU kernel only; drn_kernels.prepared keeps them for an owner such as drn.fused):
 # conv_bn_act_native with `prepared`, a form of `weight` made once by the caller — drn::winograd_weight(weight)
-# or oneDNN's blocked copy (mkldnn::_reorder_convolution_weight) — used where the path taken can use it.
+# or oneDNN's blocked copy (drn::onednn_weight) — used where the path taken can use it.
 torch.library.define("drn::conv_bn_act_prepared_native",
                      "(Tensor x, Tensor weight, Tensor bias, Tensor prepared, SymInt[] stride, SymInt[] padding, "
                      "SymInt[] dilation, Tensor? residual, bool relu) -> Tensor")
@@ -64,15 +64,22 @@ def _(x, weight, bias, prepared, stride, padding, dilation, residual, relu):
 
 @torch.library.register_fake("drn::winograd_weight")
 def _(weight, tile=0):
-    # packed for csrc/cpu/gemm.cpp: panels of 32 output channels; bfloat16 in pairs of input channels, F(2x2) only
+    # packed for csrc/cpu/gemm.cpp: panels of 32 output channels; for the bfloat16 GEMM (a bfloat16 weight on a CPU
+    # with AVX512-BF16: drn::cpu_bf16_gemm) in pairs of input channels, F(2x2) only; else float32
     panels, c = -(-weight.shape[0] // 32), weight.shape[1]
-    if weight.dtype == torch.bfloat16:  # as csrc/cpu/conv_bn_act_winograd.cpp: no F(4x4) in bfloat16
+    if weight.dtype == torch.bfloat16 and torch.ops.drn.cpu_bf16_gemm():  # as conv_bn_act_winograd.cpp
         if tile == 4:
-            raise ValueError("winograd_weight: tile 4 is not offered in bfloat16; use tile 2")
+            raise ValueError("winograd_weight: tile 4 is not offered in bfloat16 on this CPU; use tile 2")
         return weight.new_empty((16, panels, -(-c // 2), 32, 2))
     alpha = (tile or settings.cpu_options().winograd_tile) + 2
     return weight.new_empty((alpha * alpha, panels, c, 32), dtype=torch.float32)
 
+
+# oneDNN's blocked copy of a conv weight for (padding, stride, dilation, input size), in the dtype oneDNN computes
+# the weight's dtype in on this CPU (float32 for bfloat16/float16 where oneDNN has no kernels of that dtype): the
+# `prepared` form of conv_bn_act_prepared_native's oneDNN path. Eager only (an MKLDNN-layout tensor).
+torch.library.define("drn::onednn_weight",
+                     "(Tensor weight, int[] padding, int[] stride, int[] dilation, int[] input_size) -> Tensor")
 
 # Which algorithm the CPU kernel picks for (x's dtype and channels, weight, stride): "winograd", "onednn" or
 # "aten" (profiles report it; drn_kernels.ops.cpu_conv_algorithm).

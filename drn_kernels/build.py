@@ -9,13 +9,22 @@ Without a GPU the CUDA kernels are compiled only with --cuda (= DRN_BUILD_CUDA=1
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from . import _extension, _schemas  # noqa: F401  (_schemas: the schemas before the kernels load)
 from ._extension import forbid_jit_build
 
-__all__ = ["main", "forbid_jit_build"]  # forbid_jit_build: for a program that runs this build in the background
+# forbid_jit_build, log_path: for a program that runs this build in the background
+__all__ = ["main", "forbid_jit_build", "log_path"]
+
+
+def log_path() -> str:
+    """The build.log of the build this process's settings select (the compiler output of its last compile,
+    nvcc's -Xptxas=-v report included); it may not exist (nothing compiled yet)."""
+    with_cuda, _, _ = _extension.build_decision()
+    return os.path.join(_extension.build_directory(with_cuda), _extension.LOG_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:

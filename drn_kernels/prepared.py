@@ -14,38 +14,48 @@ tensors to itself (its `weight`, `bias` and state_dict() are copies) and re-prep
 and assignment. The Triton and CUDA kernels need no prepared form: a channels_last weight already is the (K, R,
 S, C) layout they stream (a free view).
 
-Algorithm choice, by measurement (like cudnn.benchmark): at the first call of an input shape, a 3x3 stride-1
-conv that Winograd applies to (float32; bfloat16 where the CPU has AVX512-BF16) times its candidates — the
-Winograd tiles offered for its dtype (drn::cpu_winograd_tiles: F(4x4,3x3) and F(2x2,3x3) in float32, F(2x2) only in
-bfloat16, whose F(4x4) is too inaccurate) and oneDNN's direct convolution — on that input (cropped to at most TIMED_PIXELS output pixels), warm-up then TIMING_ROUNDS
-interleaved rounds, and keeps the one with the least median, per (weight shape, input shape, geometry, dtype,
-threads, ISA) for the whole process: every later call, and every PreparedConv of the same shape, runs the same
-algorithm, so repeats are bit-identical. The choice goes to the kernel as the prepared form it passes (a Winograd
-U of that tile, or a oneDNN copy), not through a setting. DRN_CPU_CONV pins it (cpu_conv_setting): "auto" (the
-default) measures, "winograd" takes Winograd at DRN_WINOGRAD_TILE, "direct" oneDNN, "aten" neither. Only the
-Winograd forms of the tiles kept stay in memory. The search's cost is logged (logger drn_kernels.prepared, INFO)
-and kept: PreparedConv.search_seconds, and SEARCHES for the process.
+Algorithm choice, by measurement (like cudnn.benchmark): a 3x3 stride-1 conv that Winograd applies to (>= 64
+channels in and out; float32 and bfloat16) has candidates — the Winograd tiles offered for its dtype on this CPU
+(drn::cpu_winograd_tiles: F(4x4,3x3) and F(2x2,3x3); F(2x2) only where bfloat16 runs a bfloat16 GEMM, whose F(4x4)
+is too inaccurate) and oneDNN's direct convolution. Its choice is keyed by what decides it (drn_kernels.cpu_choices:
+weight shape, geometry, dtype, a size bucket) and taken from a pinned table, this process's table or this
+machine's cache file; only where none has it are the candidates timed — on the call's input cropped to at most
+TIMED_PIXELS output pixels, warm-up then TIMING_ROUNDS interleaved rounds, the least median kept — and the result
+added to the cache file, so the next process and the next image size of the bucket run the same algorithm. Every
+later call, and every PreparedConv of the same key, runs it, so repeats are bit-identical. The choice goes to the
+kernel as the prepared form it passes (a Winograd U of that tile, or a oneDNN copy), not through a setting; under
+torch.compile it is decided eagerly while tracing (decide_at_trace), so a compiled model runs the same algorithms
+as the eager one. DRN_CPU_CONV overrides it (cpu_conv_setting): "auto" (the default) chooses as above, "winograd"
+takes Winograd at DRN_WINOGRAD_TILE, "direct" oneDNN, "aten" neither. Only the Winograd forms of the tiles kept stay
+in memory. The search's cost is logged (logger drn_kernels.prepared, INFO) and kept: PreparedConv.search_seconds,
+and SEARCHES for the process.
 """
 from __future__ import annotations
 
+import collections
 import copy
+import itertools
 import logging
 import statistics
+import threading
 import time
+import weakref
 
 import torch
 from torch import Tensor
 
-from . import _backends, _checks, ops
+from . import _backends, _checks, cpu_choices, ops
 
 WINOGRAD = "winograd"
-CANDIDATES = ("winograd4", "winograd2", "onednn")  # every algorithm a search may time (its dtype's subset)
+CANDIDATES = cpu_choices.CHOICES  # every algorithm a search may time (its dtype's subset)
 TIMED_PIXELS = 4096   # output pixels (batch x rows x columns) of the input the candidates are timed on, at most
 TIMING_ROUNDS = 3     # interleaved timed rounds per candidate, after one warm-up run each
 
 _log = logging.getLogger(__name__)
-_CHOICES: dict[tuple, str | None] = {}  # (weight shape, input shape, geometry, dtype, threads, ISA) -> algorithm
-SEARCHES: list[dict] = []               # one record per measured choice: key, median seconds per candidate, cost
+_decide_lock = threading.RLock()  # one decision at a time: concurrent first calls time one search, not several
+SEARCHES: list[dict] = []         # one record per measured choice: key, median seconds per candidate, cost
+_uids = itertools.count()
+_LIVE: "weakref.WeakValueDictionary[str, PreparedConv]" = weakref.WeakValueDictionary()  # uid -> conv (tracing)
 
 
 def cpu_conv_setting() -> tuple[str, int, str]:
@@ -83,22 +93,47 @@ def median_times(runs: dict, rounds: int = TIMING_ROUNDS) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+@torch._dynamo.assume_constant_result
+def decide_at_trace(uid: str, n: int, c: int, h: int, w: int, dtype: str, sh: int, sw: int, ph: int, pw: int,
+                    dh: int, dw: int) -> str:
+    """The algorithm PreparedConv `uid` runs for an (n, c, h, w) input of `dtype` ("" for the op's own path),
+    decided eagerly while torch.compile traces (dynamo calls this with constants and keeps the result): the same
+    decision an eager call makes (on a random input of that shape when it must time), and the Winograd form of
+    the chosen tile made, so the traced call finds it."""
+    conv = _LIVE[uid]
+    x = torch.randn(n, c, h, w, dtype=getattr(torch, dtype)).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        chosen = conv.algorithm(x, (sh, sw), (ph, pw), (dh, dw))
+        if chosen is not None and chosen.startswith(WINOGRAD):
+            conv.winograd_form(int(chosen[-1]))
+    return chosen or ""
+
+
 class PreparedConv:
     """conv_bn_act with a fixed `weight` (K, C, R, S) and `bias` (K,) on `backend`, the weight's prepared forms
     built here (Winograd) or at the first call of each input shape and geometry (oneDNN)."""
 
-    MAX_ONEDNN = 8  # oneDNN copies kept (one per input shape and conv geometry: whole maps, row bands)
+    MAX_ONEDNN = 8   # oneDNN copies kept (one per input shape and conv geometry: whole maps, row bands)
+    MAX_SHAPES = 64  # input shapes whose algorithm this object remembers (the choices themselves are per key)
 
-    def __init__(self, weight: Tensor, bias: Tensor, backend: str):
+    def __init__(self, weight: Tensor, bias: Tensor, backend: str, pinned: dict[str, str] | None = None):
         self.weight = weight
         self.bias = bias
         self.backend = backend
+        self.pinned = pinned  # a pinned table (drn_kernels.cpu_choices.load_table), shared by a model's convs
         self.winograd: dict[int, Tensor] = {}  # tile -> drn::winograd_weight(weight, tile), the tiles chosen
         self.onednn: dict[tuple, Tensor] = {}  # (input shape, stride, padding, dilation) -> oneDNN-layout copy
         self.onednn_failed = False
-        self.algorithms: dict[tuple, str | None] = {}  # (input shape, stride, padding, dilation) -> chosen
+        # (input shape, stride, padding, dilation) -> chosen, the most recent MAX_SHAPES
+        self.algorithms: collections.OrderedDict[tuple, str | None] = collections.OrderedDict()
+        self.choices: dict[str, str] = {}  # choice key -> algorithm, for the keys that had candidates to choose from
         self.search_seconds = 0.0  # time this object spent measuring candidates
         self.on_cpu = self._runs_on_cpu_backend()
+        self._register()
+
+    def _register(self):
+        self._uid = f"conv{next(_uids)}"
+        _LIVE[self._uid] = self
 
     def _runs_on_cpu_backend(self) -> bool:
         if self.weight.device.type != "cpu" or self.backend not in ("cpu", "auto"):
@@ -108,24 +143,62 @@ class PreparedConv:
     def algorithm(self, x: Tensor, stride, padding, dilation) -> str | None:
         """The algorithm this conv runs for x's shape: "winograd4", "winograd2", "onednn", or None (the op's own
         path: not the cpu backend, or DRN_CPU_CONV=aten); chosen at the first call of the shape (see the module)."""
-        key = (tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation))
-        if key in self.algorithms:
-            return self.algorithms[key]
-        mode, tile, isa = cpu_conv_setting()
-        shared = (tuple(self.weight.shape), key, self.weight.dtype, torch.get_num_threads(), isa, mode, tile)
-        if shared not in _CHOICES:
-            path = torch.ops.drn.cpu_conv_algorithm(x, self.weight, list(stride))
-            tiles = torch.ops.drn.cpu_winograd_tiles(x, self.weight, list(stride))  # per DRN_CPU_CONV and dtype
-            if path == "aten":
-                _CHOICES[shared] = None
-            elif not tiles:
-                _CHOICES[shared] = "onednn"
-            elif mode != "auto":
-                _CHOICES[shared] = f"winograd{tile if tile in tiles else tiles[0]}"
+        shape_key = (tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), cpu_conv_setting(),
+                     torch.get_num_threads())
+        if shape_key in self.algorithms:
+            self.algorithms.move_to_end(shape_key)
+            return self.algorithms[shape_key]
+        with _decide_lock:
+            chosen = self._decide(x, stride, padding, dilation)
+        self.algorithms[shape_key] = chosen
+        if len(self.algorithms) > self.MAX_SHAPES:
+            self.algorithms.popitem(last=False)
+        return chosen
+
+    def choice_key(self, x_shape, stride, padding, dilation) -> str:
+        """This conv's key in the choice tables (drn_kernels.cpu_choices.key) for an input of `x_shape`."""
+        return cpu_choices.key(self.weight.shape, x_shape, stride, padding, dilation, self.weight.dtype,
+                               TIMED_PIXELS)
+
+    def _decide(self, x: Tensor, stride, padding, dilation) -> str | None:
+        mode, tile, _ = cpu_conv_setting()
+        path = torch.ops.drn.cpu_conv_algorithm(x, self.weight, list(stride))
+        tiles = torch.ops.drn.cpu_winograd_tiles(x, self.weight, list(stride))  # per DRN_CPU_CONV and dtype
+        if path == "aten":
+            return None
+        if not tiles:
+            return "onednn"
+        if mode != "auto":
+            cpu_choices.SOURCES["setting"] += 1
+            return f"winograd{tile if tile in tiles else tiles[0]}"
+        offered = [f"winograd{t}" for t in tiles] + ["onednn"]
+        k = self.choice_key(x.shape, stride, padding, dilation)
+        if self.pinned is not None and k in self.pinned:
+            if self.pinned[k] not in offered:
+                raise ValueError(f"cpu_choices: {k!r} is pinned to {self.pinned[k]!r}, which this CPU does not "
+                                 f"offer for it (offered: {', '.join(offered)})")
+            cpu_choices.SOURCES["pinned"] += 1
+            self.choices[k] = self.pinned[k]
+            return self.pinned[k]
+        context = cpu_choices.Context()
+        chosen = context.table().get(k)
+        if chosen not in offered:
+            chosen = context.cached(k)
+            if chosen in offered:
+                cpu_choices.SOURCES["cache"] += 1
+                context.keep(k, chosen, measured=False)
             else:
-                _CHOICES[shared] = self._measure(x, stride, padding, dilation, shared, tiles)
-        self.algorithms[key] = _CHOICES[shared]
-        return self.algorithms[key]
+                chosen = self._measure(x, stride, padding, dilation, k, tiles)
+                cpu_choices.SOURCES["measured"] += 1
+                context.keep(k, chosen, measured=True)
+        self.choices[k] = chosen
+        return chosen
+
+    def winograd_form(self, tile: int) -> Tensor:
+        """drn::winograd_weight(weight, tile), made once."""
+        if tile not in self.winograd:
+            self.winograd[tile] = torch.ops.drn.winograd_weight(self.weight, tile)
+        return self.winograd[tile]
 
     def _measure(self, x: Tensor, stride, padding, dilation, shared, tiles) -> str:
         """The fastest of the Winograd `tiles` and oneDNN for this call (median of interleaved runs on a crop of
@@ -134,8 +207,8 @@ class PreparedConv:
         xt = _timing_input(x, padding, dilation)
         forms = {f"winograd{t}": torch.ops.drn.winograd_weight(self.weight, t) for t in tiles}
         try:
-            forms["onednn"] = torch.ops.mkldnn._reorder_convolution_weight(
-                self.weight.contiguous(), list(padding), list(stride), list(dilation), 1, list(xt.shape))
+            forms["onednn"] = torch.ops.drn.onednn_weight(self.weight, list(padding), list(stride),
+                                                          list(dilation), list(xt.shape))
         except RuntimeError:
             pass
         runs = {name: (lambda form=form: torch.ops.drn.conv_bn_act_prepared_native(
@@ -156,18 +229,20 @@ class PreparedConv:
         """The prepared form for this call, or None (the op then works from the weight itself)."""
         if not self.on_cpu or x.device.type != "cpu" or x.shape[0] == 0 or x.dtype != self.weight.dtype:
             return None
-        if torch.compiler.is_compiling():  # no timing, and no MKLDNN-layout tensors, inside a traced region
-            chosen = self.algorithms.get((tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation)))
-            return self.winograd.get(int(chosen[-1])) if chosen and chosen.startswith(WINOGRAD) else None
+        if torch.compiler.is_compiling():
+            # decided eagerly now (decide_at_trace); no MKLDNN-layout tensor can enter a traced region, so oneDNN
+            # gets the dense weight itself, which the kernel takes as "oneDNN, weight re-ordered per call"
+            chosen = decide_at_trace(self._uid, *x.shape, str(x.dtype).replace("torch.", ""), *stride, *padding,
+                                     *dilation)
+            if not chosen:
+                return None
+            return self.winograd[int(chosen[-1])] if chosen.startswith(WINOGRAD) else self.weight
         with torch.no_grad():
             chosen = self.algorithm(x, stride, padding, dilation)
             if chosen is None:
                 return None
             if chosen.startswith(WINOGRAD):
-                tile = int(chosen[-1])
-                if tile not in self.winograd:
-                    self.winograd[tile] = torch.ops.drn.winograd_weight(self.weight, tile)
-                return self.winograd[tile]
+                return self.winograd_form(int(chosen[-1]))
             return self._onednn_copy(x, stride, padding, dilation)
 
     def _onednn_copy(self, x: Tensor, stride, padding, dilation) -> Tensor | None:
@@ -175,8 +250,8 @@ class PreparedConv:
         packed = self.onednn.get(key)
         if packed is None and not self.onednn_failed:
             try:
-                packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    self.weight.contiguous(), list(padding), list(stride), list(dilation), 1, list(x.shape))
+                packed = torch.ops.drn.onednn_weight(self.weight, list(padding), list(stride), list(dilation),
+                                                     list(x.shape))
             except RuntimeError:  # no oneDNN kernel for this dtype on this CPU: the op's own fallback runs
                 self.onednn_failed = True
                 return None
@@ -213,6 +288,7 @@ class PreparedConv:
     # oneDNN copies are MKLDNN-layout tensors, which have no storage to copy or pickle: a copy makes them again.
     def __deepcopy__(self, memo):
         new = copy.copy(self)
+        new._register()
         new.weight = copy.deepcopy(self.weight, memo)
         new.bias = copy.deepcopy(self.bias, memo)
         new.onednn = {}
@@ -224,4 +300,11 @@ class PreparedConv:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["onednn"] = {}
+        state.pop("_uid", None)
         return state
+
+    def __setstate__(self, state):
+        state.setdefault("pinned", None)
+        state["algorithms"] = collections.OrderedDict(state.get("algorithms", {}))
+        self.__dict__.update(state)
+        self._register()

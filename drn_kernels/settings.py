@@ -27,46 +27,51 @@ class Setting(NamedTuple):
     choices: tuple = ()             # allowed values of a "choice" ("" = unset = the default)
     default: object = None
     doc: str = ""
+    user: bool = True               # False: for tests, benchmarks and kernel work (docs/settings.md only)
 
 
 TABLE: dict[str, Setting] = {s.name: s for s in (
     # ---- building the C++ extension (setup.py and the build on first use) ----
     Setting("DRN_FORCE_CPU", "flag", doc="build the CPU kernels only, even where CUDA could be built"),
     Setting("DRN_BUILD_CUDA", "flag", doc="compile the CUDA kernels even without a GPU (where torch is a CUDA "
-                                          "build and a toolkit is found): the static kernel report wants them"),
+                                          "build and a toolkit is found): the static kernel report wants them", user=False),
     Setting("DRN_FORCE_CUDA", "flag", doc="compile the CUDA kernels, and fail instead of building CPU-only"),
     Setting("DRN_NO_JIT_BUILD", "flag", doc="never build on first use: load an up-to-date cached build or none"),
     Setting("DRN_BUILD_DIR", "path", doc="folder of the build on first use (default: the torch extensions "
                                          "folder, $TORCH_EXTENSIONS_DIR)"),
     # ---- the cpu backend's convolution (passed to the C++ kernels when the extension loads) ----
     Setting("DRN_CPU_CONV", "choice", ("auto", "winograd", "direct", "aten"), "auto",
-            "auto: a fused model's 3x3 stride-1 convs with >= 64 channels in and out time Winograd (float32: "
-            "F(4x4) and F(2x2); bfloat16 with AVX512-BF16: F(2x2)) against oneDNN's direct convolution at their "
-            "first call and keep the fastest, the public op takes Winograd for float32 ones, oneDNN for the rest; "
+            "auto: a fused model's 3x3 stride-1 convs with >= 64 channels in and out choose Winograd (F(4x4) or "
+            "F(2x2); bfloat16 with AVX512-BF16: F(2x2)) or oneDNN's direct convolution by timing, once per "
+            "machine (DRN_CHOICE_CACHE), the public op takes Winograd for float32 ones (and bfloat16 ones "
+            "without AVX512-BF16), oneDNN for the rest; "
             "winograd: Winograd for every 3x3 stride-1 conv it can compute (oneDNN for the rest); direct: oneDNN "
             "only, no Winograd; aten: ATen's convolution + a fused epilogue, no oneDNN, no Winograd"),
     Setting("DRN_WINOGRAD_TILE", "choice", ("4", "2"), "4",
             "output tile side of the Winograd convolution where it is not measured: F(4x4,3x3) or F(2x2,3x3) "
-            "(bfloat16: always 2)"),
+            "(bfloat16 with AVX512-BF16: always 2)", user=False),
     Setting("DRN_CPU_ISA", "choice", ("best", "baseline", "avx2", "avx512"), "best",
             "which build of the cpu backend's own kernels runs — Winograd transforms and GEMM (bfloat16 GEMM: "
-            "avx512 only) — capped by what the CPU has; tests and benchmarks"),
+            "avx512 only) — capped by what the CPU has; tests and benchmarks", user=False),
     Setting("DRN_CPU_PREFETCH", "choice", ("auto", "l1", "l2"), "auto",
             "how the cpu backend's GEMM walks the packed weights: l1: k blocks of 256 whose weight slice stays "
             "in L1, the next slice prefetched into L1; l2: k blocks of 512, the next slice prefetched into L2; "
             "auto: l1 where L1d is >= 48 KB, else l2 (measured on Zen 4's 32 KB L1). The speed changes, never "
-            "the answer; tests and benchmarks"),
-    Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests"),
+            "the answer; tests and benchmarks", user=False),
+    Setting("DRN_CHOICE_CACHE", "path", doc="folder of the cpu backend's algorithm-choice cache files, one per "
+                                            "machine signature (default: cpu_choices/ beside the build on first "
+                                            "use); off: measure in every process, keep nothing"),
+    Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests", user=False),
     # ---- Triton ----
-    Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests"),
+    Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests", user=False),
     # ---- benchmarks and tests ----
-    Setting("DRN_BENCH_THREADS", "int", doc="torch's intra-op threads in benchmarks/ (the CPU goals are at 2)"),
-    Setting("DRN_BENCH_FULL", "flag", doc="collect every benchmark under plain pytest, not only the quick ones"),
+    Setting("DRN_BENCH_THREADS", "int", doc="torch's intra-op threads in benchmarks/ (the CPU goals are at 2)", user=False),
+    Setting("DRN_BENCH_FULL", "flag", doc="collect every benchmark under plain pytest, not only the quick ones", user=False),
     Setting("DRN_CEILINGS", "path", doc="JSON file of measured copy/matmul ceilings for the benchmark report "
-                                        "(default: benchmarks/results/*.json of the same device)"),
-    Setting("DRN_TEST_PIP", "flag", doc="run the test that pip-installs the package (needs the package index)"),
+                                        "(default: benchmarks/results/*.json of the same device)", user=False),
+    Setting("DRN_TEST_PIP", "flag", doc="run the test that pip-installs the package (needs the package index)", user=False),
     Setting("DRN_REQUIRE_BUILD", "flag", doc="tests: a compiled backend that does not build fails its tests instead "
-                                             "of skipping them (`make test` sets it)"),
+                                             "of skipping them (`make test` sets it)", user=False),
 )}
 
 # The DRN_* names in the sources that are not environment variables: C++ macros and symbols.
@@ -156,12 +161,50 @@ def cpu_options() -> CpuOptions:
                       flag("DRN_CPU_POISON"), choice("DRN_CPU_PREFETCH"))
 
 
-def markdown_table() -> str:
-    """The README's table of settings, made from TABLE."""
+def markdown_table(user: bool | None = None) -> str:
+    """A table of settings made from TABLE: the user settings (user=True: the README's), the others (False:
+    docs/settings.md's), or all (None)."""
     rows = ["| Variable | Values | Meaning |", "|---|---|---|"]
     for s in TABLE.values():
+        if user is not None and s.user != user:
+            continue
         values = {"flag": "1/true/yes/on; unset, 0/false/no/off", "int": "a positive integer; unset",
                   "path": "a path; unset"}.get(s.kind) or " \\| ".join(
                       f"`{c}`" + (" (default)" if c == s.default else "") for c in s.choices)
         rows.append(f"| `{s.name}` | {values} | {s.doc} |")
     return "\n".join(rows)
+
+
+def _replace_table(text: str, table: str, nth: int = 0) -> str:
+    """`text` with its nth markdown table headed like markdown_table's replaced by `table`."""
+    lines = text.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("| Variable | Values | Meaning |")]
+    start = starts[nth]
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[start:end] = table.split("\n")
+    return "\n".join(lines)
+
+
+def write_docs(root: str) -> None:
+    """Regenerate the settings tables in root/README.md (user settings) and root/docs/settings.md (user, then
+    the others)."""
+    readme, page = os.path.join(root, "README.md"), os.path.join(root, "docs", "settings.md")
+    with open(readme) as f:
+        text = _replace_table(f.read(), markdown_table(user=True))
+    with open(readme, "w") as f:
+        f.write(text)
+    with open(page) as f:
+        text = _replace_table(_replace_table(f.read(), markdown_table(user=True)), markdown_table(user=False), 1)
+    with open(page, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":  # python -m drn_kernels.settings [--write]: print (or write into the docs) the tables
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        write_docs(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    else:
+        print(markdown_table(user=True), markdown_table(user=False), sep="\n\n")

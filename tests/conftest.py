@@ -5,6 +5,7 @@ The `monkeypatch` fixture passes a changed DRN_CPU_* / DRN_WINOGRAD_TILE setting
 the extension's load does in a fresh process): the kernels never read the environment themselves.
 """
 import os
+import tempfile
 
 import pytest
 
@@ -20,6 +21,10 @@ def _has_cuda() -> bool:
 
 if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The cpu backend's algorithm-choice cache (drn_kernels.cpu_choices) in a folder of this test session: no test sees
+# choices measured by an earlier run or by another machine's build; subprocesses of the session share it.
+os.environ.setdefault("DRN_CHOICE_CACHE", tempfile.mkdtemp(prefix="drn-choice-cache-"))
 
 HAS_CUDA = _has_cuda()
 

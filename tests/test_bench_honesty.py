@@ -1,4 +1,4 @@
-"""The benchmark suite's guards against misleading numbers (issue 15), on the CPU: Inductor cases cannot silently
+"""The benchmark suite's guards against misleading numbers, on the CPU: Inductor cases cannot silently
 run eager, every case's output is checked against the float64 reference on poisoned buffers, precision and dtype
 reach every provider and the roofline, the Triton autotune keys hold the problem size, measured ceilings win over
 datasheet figures."""
@@ -281,7 +281,8 @@ def test_cpu_goals_take_the_fastest_fp32_peer():
                rec("model:x:classify:1:float32", "eager-cl", 1.0)]
     (row,) = report.cpu_goals(records)
     assert row["fastest_peer"] == "openvino" and row["fp32_ratio"] == 2.0 and row["bf16_ratio"] == 2.5
-    assert ("| drn_d_22:classify:1x3x224x224 | openvino 5000.0 ms | 2500.0 ms | 2.00x | 2000.0 ms | 2.50x | "
+    assert row["bf16_vs_fp32"] == 0.8  # fused bf16 time over fused fp32 time (the goal without native bf16)
+    assert ("| drn_d_22:classify:1x3x224x224 | openvino 5000.0 ms | 2500.0 ms | 2.00x | 2000.0 ms | 2.50x | 0.80x | "
             "one after another |") in report.goals_markdown([row])
 
 

@@ -176,16 +176,16 @@ def test_winograd_parity(monkeypatch, isa, tile, n, c, k, h, w, dil):
 
 
 def test_winograd_bf16_partial_tiles_across_chunks(monkeypatch):
-    """bfloat16 Winograd F(2x2) where partial tiles (odd phases at dilation 3) come in all four classes and their
-    GEMM row ranges cross workspace chunks (4 images of 3 x 61x59 phases = 3720 tiles, chunks of 2044): every
-    output written (poisoned), within the 4x-torch bound of the bf16 parity test."""
+    """bfloat16 Winograd (F(2x2) with the bf16 GEMM of AVX512-BF16 CPUs; elsewhere F(4x4) computing in float32)
+    where partial tiles (odd phases at dilation 3) come in all four classes and their GEMM row ranges cross
+    workspace chunks (4 images of 3 x 61x59 phases = 3720 F(2x2) tiles, chunks of 2044): every output written
+    (poisoned), within the 4x-torch bound of the bf16 parity test."""
     monkeypatch.setenv("DRN_CPU_CONV", "winograd")
     monkeypatch.setenv("DRN_CPU_POISON", "1")
     x = _rand(4, 64, 61, 59, dtype=torch.bfloat16, fmt=CL, seed=27)
     wt = _rand(64, 64, 3, 3, dtype=torch.bfloat16, scale=(9 * 64) ** -0.5, seed=28)
     b = _rand(64, dtype=torch.bfloat16, seed=29)
-    if torch.ops.drn.cpu_winograd_tiles(x, wt, [1, 1]) != [2]:
-        pytest.skip("bfloat16 Winograd needs AVX512-BF16")
+    assert torch.ops.drn.cpu_winograd_tiles(x, wt, [1, 1]) == ([2] if torch.ops.drn.cpu_bf16_gemm() else [4, 2])
     y = drn_kernels.conv_bn_act(x, wt, b, padding=3, dilation=3, relu=False, backend="cpu")
     ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [1, 1], [3, 3], [3, 3], None, False)
     own = _torch_same_dtype_conv(x, wt, b, 1, 3, 3, None, False)

@@ -1,6 +1,7 @@
-"""benchmarks.device_check: its fixed layer set matches the models, and its CPU dry run (interpreter, cuda-sim and
-reference standing in for the GPU providers) writes every phase's files, including under a budget too small to run
-them all."""
+"""benchmarks.device_check: its fixed layer set matches the models; its plan, replayed against the cost model at the
+lent GPU's 480 s, returns the head, the dilated and 1024x2048 layers and both models (also when every step costs
+30% more, or the build fails); its CPU dry run (interpreter, cuda-sim and reference standing in for the GPU
+providers) writes every step's files, including under a budget too small to run them all."""
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("layer", device_check.LAYERS, ids=lambda layer: layer.id)
 def test_layer_occurs_in_its_model(layer):
-    where, name = layer.source.split(":")
+    where, name = layer.first_seen.split(":")
     model, task, shape = where.split("/")
     shape = tuple(int(s) for s in shape.split("x"))
     meta = build_meta_model(model, task, 19 if task == "segment" else None, fused=True)  # rows carry residual, relu
@@ -27,7 +28,7 @@ def test_layer_occurs_in_its_model(layer):
     row = rows[name]
     assert row.in_shape == (layer.n, layer.c, layer.h, layer.w)
     assert row.out_shape[1:] == (layer.k, *layer.out_hw)
-    assert row.kernel == (3, 3) and row.padding == (layer.dilation,) * 2
+    assert row.kernel == (3, 3) and row.padding == (layer.padding,) * 2 == (layer.dilation,) * 2
     assert row.stride == (layer.stride,) * 2 and row.dilation == (layer.dilation,) * 2
     assert row.residual == layer.residual and row.relu
 
@@ -50,32 +51,87 @@ def _dry_run(tmp_path, *args, returncodes=(0,), timeout=400):
     return proc, files, results
 
 
-def test_dry_run_every_phase(tmp_path):
+def test_dry_run_every_step(tmp_path):
     proc, files, results = _dry_run(tmp_path)
-    assert files == [f"device_check-dry-run.{ext}" for ext in ("json", "log", "md", "png")]
-    phases = results["phases"]
-    assert [phases[k]["status"] for k in ("1_device", "2_correct", "3_layers", "4_models", "5_head")] == ["done"] * 5
-    assert phases["4b_inductor"]["status"] == "skipped"
+    assert {f"device_check-dry-run.{ext}" for ext in ("json", "log", "md", "png")} <= set(files)
+    assert set(files) <= {f"device_check-dry-run.{ext}" for ext in ("json", "log", "md", "png")} | {
+        "build-dry-run.log", "triton_configs-dry-run.json"}
+    steps = results["steps"]
+    assert list(steps) == [s.key for s in device_check.plan(True)]
+    assert {k: v["status"] for k, v in steps.items()} == {k: "skipped" if k == "inductor" else "done"
+                                                           for k in steps}
     assert results["build"]["status"] == "done"
-    assert set(phases["1_device"]["ceilings"]) == {"copy_gb_per_s", "matmul_float16_tflops",
-                                                   "matmul_bfloat16_tflops"}
-    assert phases["2_correct"]["pytest"]["returncode"] in (0, 5)  # every @gpu test skipped, or none collected
-    assert phases["2_correct"]["sanitizer"]["payload_ok"]
-    cases = phases["3_layers"]["cases"]
-    assert len(cases) == len(device_check.DRY_LAYER_INDICES)
+    assert set(steps["device"]["ceilings"]) == {"copy_gb_per_s", "matmul_float16_tflops", "matmul_bfloat16_tflops"}
+    for key in ("smoke_triton", "smoke_cuda"):  # every selected @gpu test skipped on the CPU
+        pytest_rec = steps[key]["pytest"]
+        assert pytest_rec["returncode"] == 0 and 8 <= pytest_rec["counts"].get("SKIPPED", 0) <= 40, pytest_rec
+    assert steps["sanitizers"]["payload"]["payload_ok"]
+    cases = device_check.layer_cases(results)
+    assert [c["layer"] for c in cases] == [device_check.dry_layer(layer).id
+                                           for group in device_check.DRY_GROUPS.values() for layer in group]
     for case in cases:
         for provider in device_check.LAYER_PROVIDERS:
             entry = case["providers"][provider]
             assert entry["ok"] and entry["median_ms"] > 0, (case["layer"], provider, entry)
-    for case in phases["4_models"]["cases"]:
+    for case in device_check.model_cases(results):
         assert {"eager", "fused-triton", "fused-cuda"} <= set(case["providers"])
-        for entry in case["providers"].values():
+        for name, entry in case["providers"].items():
+            if name.endswith("+graph"):
+                assert entry["skipped"] == "CUDA graphs need a GPU"
+                continue
             assert entry["median_ms"] > 0, entry
             assert entry.get("label_agreement", entry.get("top1_agreement")) == 1.0, entry
-    for entry in phases["5_head"]["providers"].values():
+    head = steps["head"]["providers"]
+    assert set(head) == {"eager", "fused-triton", "fused-cuda"}
+    for name, entry in head.items():
         assert entry["median_ms"] > 0 and entry["label_agreement"] > 0.99, entry
+        assert entry["label_dtype"] == ("int64" if name == "eager" else "uint8")
+    assert [r["key"] for r in results["rehearsal"]] == [s.key for s in device_check.plan(False)]
     assert "per layer" in proc.stdout.split("files:")[-1]  # the short table comes last
     assert "goals (reported, not asserted)" in (tmp_path / "device_check-dry-run.md").read_text()
+
+
+def _statuses(rows):
+    return {r["key"]: r["status"] for r in rows}
+
+
+@pytest.mark.parametrize("factor", [1.0, 1.3])
+def test_rehearsal_returns_what_matters_in_480_s(factor):
+    """The plan against the cost model: a 480 s run returns the head, the dilated and 1024x2048 layers (every
+    provider) and both models, also when every step takes 30% longer than the table says."""
+    rows = device_check.rehearse(480.0, factor=factor)
+    statuses = _statuses(rows)
+    assert all(statuses[k] == "done" for k in device_check.MUST_RETURN), statuses
+    assert all(r.get("end_s", 0) <= 480.0 for r in rows)
+
+
+def test_rehearsal_without_the_build_still_returns_the_models():
+    statuses = _statuses(device_check.rehearse(480.0, build_ok=False))
+    assert statuses["smoke_cuda"] == statuses["cuda_catch_up"] == statuses["sanitizers"] == "skipped"
+    assert all(statuses[k] == "done" for k in ("head", "layers_dilated", "model_drn_c_42", "model_drn_d_38"))
+
+
+def test_rehearsal_cut_short_keeps_the_valuable_prefix():
+    """Whatever the budget, what a shorter run returns is a subset of what a longer one does, and the head and
+    the dilated layers come before the models: the plan is in order of value."""
+    order = [s.key for s in device_check.plan(False)]
+    done_before = set()
+    for budget in range(60, 540, 30):
+        done = {k for k, v in _statuses(device_check.rehearse(float(budget))).items() if v == "done"}
+        assert done_before <= done, (budget, done_before - done)
+        done_before = done
+    assert order.index("head") < order.index("layers_dilated") < order.index("model_drn_c_42")
+    assert order.index("model_drn_c_42") < order.index("inductor") == len(order) - 1
+
+
+def test_per_test_timeout_plugin(tmp_path):
+    (tmp_path / "test_sleepy.py").write_text("import time\n\ndef test_sleeps():\n    time.sleep(5)\n\n"
+                                             "def test_quick():\n    pass\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                           "benchmarks.pytest_test_timeout", "--per-test-timeout=0.5",
+                           str(tmp_path / "test_sleepy.py")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "1 failed, 1 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "TimeoutError" in proc.stdout
 
 
 def test_dry_run_tiny_budget_still_writes(tmp_path):
@@ -83,7 +139,25 @@ def test_dry_run_tiny_budget_still_writes(tmp_path):
     machine so loaded that even that overruns, the watchdog writes them and ends the run (exit status 3)."""
     _, files, results = _dry_run(tmp_path, "--budget", "2", "--no-build", returncodes=(0, 3))
     assert "device_check-dry-run.json" in files and "device_check-dry-run.md" in files
-    statuses = {k: v["status"] for k, v in results["phases"].items()}
+    statuses = {k: v["status"] for k, v in results["steps"].items()}
     assert set(statuses.values()) <= {"done", "cut", "skipped"}
-    skipped = [v for v in results["phases"].values() if v["status"] == "skipped"]
+    skipped = [v for v in results["steps"].values() if v["status"] == "skipped"]
     assert any(v["reason"].startswith("budget") for v in skipped), statuses
+
+
+def test_the_documented_plan_is_the_plan():
+    """docs/gpu-check.md's plan table: the steps in the plan's order, each with its expected seconds and the time
+    the replay at 480 s ends it (or says it is cut / skipped)."""
+    rows = [ln.split("|")[1:-1] for ln in (ROOT / "docs" / "gpu-check.md").read_text().splitlines()
+            if ln.startswith("| `")]
+    steps = device_check.plan(False)
+    table = [r for r in rows if r[0].strip().strip("`") in {s.key for s in steps}]
+    assert [r[0].strip().strip("`") for r in table] == [s.key for s in steps]
+    replay = {r["key"]: r for r in device_check.rehearse(480.0)}
+    for row, step in zip(table, steps):
+        expected, ends = row[2].strip(), row[3].strip()
+        if step.key != "build":
+            assert expected == f"{step.expected_s:.0f}", (step.key, expected, step.expected_s)
+        r = replay[step.key]
+        want = {"done": f"{r.get('end_s', 0):.0f}", "cut": "cut at 480", "skipped": "skipped"}[r["status"]]
+        assert ends == want, (step.key, ends, r)

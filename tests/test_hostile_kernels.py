@@ -158,12 +158,12 @@ def test_conv_bn_act_keeps_nan_and_inf_like_torch(backend, where, value):
 @pytest.mark.parametrize("where", ["x", "weight", "bias", "residual"])
 def test_cpu_conv_paths_keep_nan_and_inf_like_torch(monkeypatch, path, dtype, where):
     """Every CPU path (oneDNN, Winograd, ATen fallback) x dtype: ReLU keeps NaN. Winograd spreads a non-finite
-    input over its output tile (README), so there x is covered by the direct paths only."""
+    input over its output tile (docs/cpu-backend.md), so there x is covered by the direct paths only."""
     _need("cpu")
     if path == "winograd" and where == "x":
         pytest.skip("Winograd spreads a non-finite x over its tile by design")
     if path == "winograd" and not _winograd_runs(dtype):
-        pytest.skip(f"no Winograd for {dtype} on this CPU (bfloat16 needs AVX512-BF16; float16 has none)")
+        pytest.skip(f"no Winograd for {dtype} on the cpu backend (float32 and bfloat16 only)")
     # Winograd's weight transform also spreads a weight's ±inf over the filter (as NaN): NaN weights only there
     values = (NAN,) if path == "winograd" and where == "weight" else (NAN, INF, -INF)
     monkeypatch.setenv("DRN_CPU_CONV", CPU_PATHS[path])
@@ -176,7 +176,8 @@ def test_cpu_conv_paths_keep_nan_and_inf_like_torch(monkeypatch, path, dtype, wh
 
 def _winograd_runs(dtype) -> bool:
     """Whether the cpu backend's Winograd computes a 3x3 stride-1 conv in `dtype` here (drn::cpu_winograd_tiles
-    under DRN_CPU_CONV=winograd: float32 always, bfloat16 where the CPU has AVX512-BF16)."""
+    under DRN_CPU_CONV=winograd: float32 and bfloat16, the latter with a bfloat16 GEMM where the CPU has AVX512-BF16
+    and a float32 one elsewhere)."""
     x, w = torch.ones(1, 8, 5, 5, dtype=dtype), torch.ones(8, 8, 3, 3, dtype=dtype)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DRN_CPU_CONV", "winograd")
@@ -201,12 +202,13 @@ def test_cpu_in_place_residual_keeps_nan(monkeypatch, dtype):
 
 
 def test_cpu_bf16_winograd_views_and_inference_mode(monkeypatch):
-    """The bfloat16 Winograd path (AVX512-BF16 CPUs) on strided and expanded views of x, weight, bias and residual:
+    """The bfloat16 Winograd path (bf16 GEMM with AVX512-BF16, float32 GEMM elsewhere) on strided and expanded
+    views of x, weight, bias and residual:
     the same bits as on contiguous copies, in and out of inference_mode; a Winograd form made from a weight that
     was then written in place is not what a fresh call uses (the op transforms its weight per call)."""
     _need("cpu")
     if not _winograd_runs(torch.bfloat16):
-        pytest.skip("no bfloat16 Winograd on this CPU (needs AVX512-BF16)")
+        pytest.skip("no bfloat16 Winograd on the cpu backend of this build")
     monkeypatch.setenv("DRN_CPU_CONV", "winograd")
     c = 64
     x = _rand(2, c, 11, 9, seed=30, dtype=torch.bfloat16).transpose(2, 3)          # strided

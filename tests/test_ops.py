@@ -25,11 +25,31 @@ def test_opcheck_conv_bn_act(channels_last, residual):
                           (x, w, b, [2, 2], [2, 2], [2, 2], res, True, "reference"))
 
 
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.uint8])
 @pytest.mark.parametrize("upsample", [1, 8])
-def test_opcheck_class_head(upsample):
+def test_opcheck_class_head(upsample, label_dtype):
     x = torch.randn(2, 6, 3, 5)
     torch.library.opcheck(torch.ops.drn.class_head.default,
-                          (x, torch.randn(4, 6, 1, 1), torch.randn(4), upsample, torch.int32, "reference"))
+                          (x, torch.randn(4, 6, 1, 1), torch.randn(4), upsample, label_dtype, "reference"))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda-sim"])
+@pytest.mark.parametrize("upsample", [1, 8])
+def test_one_byte_labels_equal_int64_labels_on_every_backend(backend, upsample):
+    """label_dtype=torch.uint8 at K = 256 (the most one byte holds): the same labels as int64, class 255 included,
+    and the same probabilities."""
+    require_backend(backend)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 6, 2, 3, generator=g)
+    weight = torch.randn(256, 6, 1, 1, generator=g)
+    bias = torch.randn(256, generator=g)
+    bias[255] += 6.0  # the last class wins at most pixels, so the top byte value is exercised
+    labels8, probs8 = drn_kernels.class_head(x, weight, bias, upsample=upsample, label_dtype=torch.uint8,
+                                             backend=backend)
+    labels64, probs64 = drn_kernels.class_head(x, weight, bias, upsample=upsample, backend=backend)
+    assert labels8.dtype == torch.uint8 and labels64.dtype == torch.int64
+    assert torch.equal(labels8.long(), labels64) and (labels64 == 255).any()
+    assert torch.equal(probs8, probs64)
 
 
 def test_opcheck_localize():

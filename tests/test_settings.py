@@ -41,11 +41,16 @@ def test_the_environment_is_read_only_by_settings():
     assert readers == []
 
 
-def test_readme_table_is_the_table():
+def test_the_docs_tables_are_the_table():
+    """README.md holds the user settings' table, docs/settings.md both tables (settings.markdown_table makes them;
+    `python -m drn_kernels.settings` prints them): every setting documented once per page, from settings.TABLE."""
     readme = (ROOT / "README.md").read_text()
-    assert settings.markdown_table() in readme
-    for name in settings.TABLE:
-        assert f"`{name}`" in readme
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert settings.markdown_table(user=True) in readme and settings.markdown_table(user=True) in page
+    assert settings.markdown_table(user=False) in page
+    for name, s in settings.TABLE.items():
+        assert page.count(f"| `{name}` |") == 1
+        assert readme.count(f"| `{name}` |") == (1 if s.user else 0)
 
 
 @pytest.mark.parametrize("name, bad", [("DRN_FORCE_CPU", "maybe"), ("DRN_CPU_CONV", "fast"),

@@ -222,3 +222,14 @@ def test_localize_parity_gpu(dtype):
                                atol=1e-3 if dtype != torch.float32 else 1e-5)
     if sure.all():
         assert torch.equal(boxes, ref_boxes.float())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forced_int64_gpu(monkeypatch, dtype, poisoned):
+    """The int64-offset kernels (what a > 2**31-element tensor gets) at a small size, both stages of upsample=8."""
+    monkeypatch.setenv("DRN_FORCE_INT64", "1")
+    n, c, h, w, k, upsample = GPU_CASES[4]
+    x, weight, bias = (t.cuda() for t in _inputs(n, c, h, w, k, dtype, True))
+    labels, probs = drn_kernels.class_head(x, weight, bias, upsample=upsample, backend="triton")
+    _check_head(labels, probs, x, weight, bias, upsample)

@@ -268,12 +268,14 @@ def test_model_assign_parameter(fused_cpu):
 
 
 def test_model_to_dtype_and_back(fused_cpu):
-    """.to(bfloat16) re-prepares (oneDNN only: Winograd is float32), .to(float32) prepares Winograd again."""
+    """.to(bfloat16) re-prepares both kinds of forms in bfloat16 (Winograd's GEMM in bfloat16 where the CPU has
+    AVX512-BF16, in float32 elsewhere; oneDNN's in bfloat16, or float32 where oneDNN has no bfloat16 kernels),
+    .to(float32) prepares them again."""
     x = _x()
     out32 = _check_fresh(fused_cpu, x, BOTH)
     fused_cpu.to(torch.bfloat16)
     assert all(c.weight.dtype == torch.bfloat16 for c in fused_cpu.modules() if isinstance(c, FusedConv))
-    _check_fresh(fused_cpu, x.to(torch.bfloat16), ("onednn",))
+    _check_fresh(fused_cpu, x.to(torch.bfloat16), BOTH)
     fused_cpu.load_state_dict(_negated(fused_cpu.state_dict()))
     fused_cpu.to(torch.float32)
     out = _check_fresh(fused_cpu, x, BOTH)
@@ -310,14 +312,14 @@ def test_prepared_op_uses_what_it_is_given(c, path, monkeypatch):
     if path == "winograd":
         prepared, misfit = torch.ops.drn.winograd_weight(other), torch.zeros(3, c, c)
     else:
-        prepared = torch.ops.mkldnn._reorder_convolution_weight(other, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+        prepared = torch.ops.drn.onednn_weight(other, [1, 1], [1, 1], [1, 1], list(x.shape))
         misfit = torch.zeros(36, c + 1, c)  # not a Winograd form of this weight's shape
     geo = ([1, 1], [1, 1], [1, 1], None, True)
     got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, prepared, *geo)
     assert torch.equal(got, drn_kernels.conv_bn_act(x, other, b, padding=1, backend="cpu"))
     got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, misfit, *geo)
     assert torch.equal(got, drn_kernels.conv_bn_act(x, w, b, padding=1, backend="cpu"))
-    swapped = (torch.ops.mkldnn._reorder_convolution_weight(other, [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+    swapped = (torch.ops.drn.onednn_weight(other, [1, 1], [1, 1], [1, 1], list(x.shape))
                if path == "winograd" else torch.ops.drn.winograd_weight(other))  # the other algorithm's form
     got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, swapped, *geo)
     monkeypatch.setenv("DRN_CPU_CONV", "direct" if path == "winograd" else "winograd")

@@ -19,7 +19,10 @@
 // Fallback (oneDNN missing, disabled with torch.backends.mkldnn.enabled=False, or DRN_CPU_CONV=aten, or a
 //         oneDNN error): at::convolution without bias into the channels_last output, then one parallel pass
 //         (parallel.h) over its rows applying bias + residual + ReLU in place.
-// float16: computed by oneDNN where it supports fp16, else in float32 and rounded once at the end.
+// bfloat16, float16: computed by oneDNN in that dtype where this CPU has oneDNN kernels for it (bfloat16:
+//         AVX512-BW/VL/DQ or AVX-NE-CONVERT, as torch's mkldnn checks say; ONEDNN_MAX_CPU_ISA honoured), else by
+//         oneDNN in float32 — x, the weight and the residual widened exactly, the output rounded once — so an
+//         AVX2-only CPU never takes ATen's scalar bfloat16 convolution (onednn_compute_dtype).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -59,7 +62,7 @@ using BinaryFn = Tensor(const Tensor&, const Tensor&, const Tensor&, const std::
                         std::optional<c10::string_view>);
 using ReorderFn = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, int64_t, at::OptionalIntArrayRef);
 
-// Where oneDNN refused a dtype once (e.g. bf16 on a CPU without AVX512-BW), stop asking.
+// Where oneDNN failed on a dtype once anyway, stop asking: that dtype takes the ATen path from then on.
 std::array<std::atomic<bool>, 3> onednn_failed{};  // float, bfloat16, half
 
 int dtype_slot(at::ScalarType dt) {
@@ -72,18 +75,39 @@ bool onednn_wanted(at::ScalarType dt) {
   return !onednn_failed[dtype_slot(dt)].load(std::memory_order_relaxed);
 }
 
-// The weight oneDNN computes with: `prepared` when it is a oneDNN (blocked, MKLDNN-layout) copy of this weight's
-// shape and dtype made by mkldnn::_reorder_convolution_weight for these conv parameters (the values are the
-// caller's word), else the dense weight, which oneDNN re-orders per call.
-Tensor onednn_weight(const Tensor& weight, const std::optional<Tensor>& prepared) {
-  if (prepared.has_value() && prepared->defined() && prepared->is_mkldnn() &&
-      prepared->scalar_type() == weight.scalar_type() && prepared->sizes() == weight.sizes()) {
-    return *prepared;
+// torch's own answer to "does oneDNN compute this dtype here" (mkldnn::_is_mkldnn_bf16_supported / _fp16_),
+// asked once: it reads the CPU and oneDNN's ISA cap, neither of which changes in a process.
+bool onednn_supports(const char* op) {
+  try {
+    return c10::Dispatcher::singleton().findSchemaOrThrow(op, "").typed<bool()>().call();
+  } catch (const c10::Error&) {
+    return false;
   }
-  if (weight.is_contiguous() || weight.is_contiguous(at::MemoryFormat::ChannelsLast)) return weight;
-  return weight.contiguous();
 }
 
+// The dtype oneDNN computes a conv of dtype dt in: dt where oneDNN has kernels for it on this CPU, else float32.
+at::ScalarType onednn_compute_dtype(at::ScalarType dt) {
+  static const bool bf16 = onednn_supports("mkldnn::_is_mkldnn_bf16_supported");
+  static const bool fp16 = onednn_supports("mkldnn::_is_mkldnn_fp16_supported");
+  if (dt == at::kBFloat16) return bf16 ? dt : at::kFloat;
+  if (dt == at::kHalf) return fp16 ? dt : at::kFloat;
+  return dt;
+}
+
+// The weight oneDNN computes with, in dtype cdt: `prepared` when it is a oneDNN (blocked, MKLDNN-layout) copy of
+// this weight's shape in cdt (drn::onednn_weight made it for these conv parameters; the values are the caller's
+// word), else the dense weight in cdt, which oneDNN re-orders per call.
+Tensor onednn_weight(const Tensor& weight, const std::optional<Tensor>& prepared, at::ScalarType cdt) {
+  if (prepared.has_value() && prepared->defined() && prepared->is_mkldnn() && prepared->scalar_type() == cdt &&
+      prepared->sizes() == weight.sizes()) {
+    return *prepared;
+  }
+  const Tensor w = weight.to(cdt);
+  if (w.is_contiguous() || w.is_contiguous(at::MemoryFormat::ChannelsLast)) return w;
+  return w.contiguous();
+}
+
+// y in oneDNN's compute dtype for x's (onednn_compute_dtype): x's dtype, or float32 for the caller to round.
 Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef stride,
                    IntArrayRef padding, IntArrayRef dilation, const std::optional<Tensor>& residual, bool relu,
                    const std::optional<Tensor>& prepared) {
@@ -93,13 +117,14 @@ Tensor conv_onednn(const Tensor& x, const Tensor& weight, const Tensor& bias, In
   static auto binary = c10::Dispatcher::singleton()
                            .findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary")
                            .typed<BinaryFn>();
-  const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor w = onednn_weight(weight, prepared);
-  const std::optional<Tensor> b = bias.contiguous();
+  const at::ScalarType cdt = onednn_compute_dtype(x.scalar_type());
+  const Tensor xin = x.to(cdt).contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor w = onednn_weight(weight, prepared, cdt);
+  const std::optional<Tensor> b = bias.to(cdt).contiguous();
   c10::List<std::optional<at::Scalar>> no_scalars;
   Tensor y;
   if (residual.has_value()) {
-    const Tensor other = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    const Tensor other = residual->to(cdt).contiguous(at::MemoryFormat::ChannelsLast);
     y = binary.call(xin, other, w, b, padding, stride, dilation, 1, "add", std::nullopt, std::nullopt, no_scalars,
                     std::nullopt);
   } else {
@@ -178,9 +203,11 @@ Tensor conv_aten(const Tensor& x, const Tensor& weight, const Tensor& bias, IntA
   return out;
 }
 
-// oneDNN returns channels_last; give it exactly the fake kernel's strides (they differ only on size-1 dims).
+// oneDNN returns channels_last in its compute dtype; give it exactly the fake kernel's dtype and strides (the
+// strides differ only on size-1 dims).
 Tensor as_declared_layout(const Tensor& y, const Tensor& x) {
-  Tensor cl = empty_output(x, y.size(1), y.size(2), y.size(3), y.scalar_type());
+  Tensor cl = empty_output(x, y.size(1), y.size(2), y.size(3), x.scalar_type());
+  if (y.scalar_type() != x.scalar_type()) return cl.copy_(y);
   if (y.strides() == cl.strides()) return y;
   if (y.is_contiguous(at::MemoryFormat::ChannelsLast)) return y.as_strided(cl.sizes(), cl.strides());
   return cl.copy_(y);
@@ -188,10 +215,13 @@ Tensor as_declared_layout(const Tensor& y, const Tensor& x) {
 
 // Whether this call runs the Winograd path. A prepared form is its caller's choice of algorithm (made by
 // measurement, drn_kernels.prepared): a Winograd U of either tile size -> Winograd at that tile, a oneDNN copy ->
-// oneDNN direct, whatever the channel threshold says. Without one, the settings decide (winograd_applicable).
+// oneDNN direct, whatever the channel threshold says; so does a dense tensor of the weight's shape (the weight
+// itself, passed where no MKLDNN-layout tensor may go, as inside torch.compile) -> oneDNN, re-ordering the weight
+// per call. Without one, the settings decide (winograd_applicable).
 bool takes_winograd(const Tensor& x, const Tensor& weight, IntArrayRef stride, const std::optional<Tensor>& prepared) {
   if (prepared.has_value() && prepared->defined()) {
-    if (prepared->is_mkldnn() && onednn_wanted(x.scalar_type())) return false;
+    const bool onednn_form = prepared->is_mkldnn() || prepared->sizes() == weight.sizes();
+    if (onednn_form && onednn_wanted(x.scalar_type())) return false;
     if (winograd_tile_of(weight, prepared) != 0 && winograd_computes(x, weight, stride)) return true;
   }
   return winograd_applicable(x, weight, stride);
@@ -218,7 +248,7 @@ Tensor conv_bn_act_cpu_impl(const Tensor& x, const Tensor& weight, const Tensor&
       return as_declared_layout(conv_onednn(x, weight, bias, stride, padding, dilation, residual, relu, prepared),
                                 x);
     } catch (const c10::Error&) {
-      // e.g. no oneDNN bf16/fp16 kernel on this CPU: remember, and use the ATen path for that dtype from now on.
+      // oneDNN refused this dtype after all: remember, and use the ATen path for that dtype from now on.
       if (dt != at::kFloat) onednn_failed[dtype_slot(dt)].store(true, std::memory_order_relaxed);
     }
   }
@@ -271,6 +301,14 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
     return;
   }
   const auto dt = x.scalar_type();
+  if (onednn_wanted(dt) && onednn_compute_dtype(dt) != dt) {
+    try {
+      residual.copy_(conv_onednn(x, weight, bias, stride, padding, dilation, res, relu, prepared));
+      return;
+    } catch (const c10::Error&) {
+      onednn_failed[dtype_slot(dt)].store(true, std::memory_order_relaxed);
+    }
+  }
   if (onednn_wanted(dt)) {
     static auto inplace = c10::Dispatcher::singleton()
                               .findSchemaOrThrow("mkldnn::_convolution_pointwise_", "binary")
@@ -281,7 +319,7 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
                                              std::optional<c10::string_view>)>();
     try {
       const Tensor xin = x.contiguous(at::MemoryFormat::ChannelsLast);
-      const Tensor w = onednn_weight(weight, prepared);
+      const Tensor w = onednn_weight(weight, prepared, dt);
       Tensor other = residual;
       inplace.call(other, xin, w, bias.contiguous(), padding, stride, dilation, 1, "add", std::nullopt,
                    std::nullopt, c10::List<std::optional<at::Scalar>>(), std::nullopt);
@@ -306,6 +344,18 @@ std::vector<int64_t> cpu_winograd_tiles(const Tensor& x, const Tensor& weight, I
   return winograd_tiles(x, weight, stride);
 }
 
+// drn::onednn_weight: the oneDNN (blocked) copy of `weight` that conv_bn_act_prepared_native takes for these conv
+// parameters and input size, in the dtype oneDNN computes the weight's dtype in here (onednn_compute_dtype).
+Tensor onednn_weight_cpu(const Tensor& weight, IntArrayRef padding, IntArrayRef stride, IntArrayRef dilation,
+                         IntArrayRef input_size) {
+  static auto reorder = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("mkldnn::_reorder_convolution_weight", "")
+                            .typed<ReorderFn>();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const Tensor w = weight.to(onednn_compute_dtype(weight.scalar_type())).contiguous();
+  return reorder.call(w, padding, stride, dilation, 1, input_size);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(drn, m) {
@@ -319,6 +369,7 @@ TORCH_LIBRARY_IMPL(drn, CPU, m) {
   m.impl("conv_bn_act_residual_native", TORCH_FN(conv_bn_act_residual_cpu));
   m.impl("conv_bn_act_prepared_native", TORCH_FN(conv_bn_act_prepared_cpu));
   m.impl("winograd_weight", TORCH_FN(winograd_weight_cpu));
+  m.impl("onednn_weight", TORCH_FN(onednn_weight_cpu));
 }
 
 // A oneDNN-prepared weight is an MKLDNN-layout tensor, which makes the dispatcher pick this key.

@@ -24,10 +24,12 @@
 // Epilogue in the output transform: bias, residual, ReLU, stored straight into the channels_last output.
 // Threads: the transforms share out the chunk's tiles, the GEMMs the (ξ, column panel) pairs, each thread starting
 //   on its own stretch and taking from the others' once done (parallel.h: parallel_shares).
-// bfloat16 (F(2×2) only, AVX512-BF16): x, the residual and the output in bf16; the transforms in float32; V and U
-//   rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16; V by vcvtneps2bf16: store_v), M in float32.
-//   The two extra roundings put the error at 1.4–2.1× torch's own bf16 convolution on DRN layers; in F(4×4)
-//   (factors up to 25) it was ~15×, so that tile is refused (winograd_tiles, winograd_weight).
+// bfloat16: x, the residual and the output in bf16, the transforms in float32. Where the CPU has AVX512-BF16
+//   (gemm_bf16_supported), F(2×2) only: V and U rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16; V
+//   by vcvtneps2bf16: store_v), M in float32; the two extra roundings put the error at 1.4–2.1× torch's own bf16
+//   convolution on DRN layers; in F(4×4) (factors up to 25) it was ~15×, so that tile is refused there
+//   (winograd_tiles, winograd_weight). Elsewhere (AVX2-only CPUs, or DRN_CPU_ISA below avx512) V, U and the GEMM
+//   are float32, as for a float32 conv, both tiles: bf16 is storage only, rounded once at the output.
 #include "cpu/conv_bn_act_winograd.h"
 #include "cpu/cpu_options.h"
 #include "cpu/gemm.h"
@@ -85,11 +87,15 @@ constexpr int64_t kTileRun = 8;                   // tiles a thread takes at a t
 
 int tile_size() { return cpu_options().winograd_tile.load(std::memory_order_relaxed) == 2 ? 2 : 4; }
 
-// The tile a call runs: the one asked for (a prepared form's, or 0: DRN_WINOGRAD_TILE), except that bfloat16 runs
-// F(2×2) only — see winograd_tiles.
+// Whether a conv of this dtype computes its GEMM in bfloat16 (V and U bf16): bfloat16 where the CPU has AVX512-BF16
+// and DRN_CPU_ISA allows AVX-512; otherwise V, U and the GEMM are float32, whatever the input dtype.
+bool bf16_gemm(at::ScalarType dt) { return dt == at::kBFloat16 && gemm_bf16_supported(); }
+
+// The tile a call runs: the one asked for (a prepared form's, or 0: DRN_WINOGRAD_TILE), except that a bfloat16
+// GEMM runs F(2×2) only — see winograd_tiles.
 int resolve_tile(at::ScalarType dt, int asked) {
   const int tile = asked != 0 ? asked : tile_size();
-  return dt == at::kBFloat16 ? 2 : tile;
+  return bf16_gemm(dt) ? 2 : tile;
 }
 
 // Tile origins along one output axis of `size` pixels with dilation `dil`, m outputs per tile: phase by phase, the
@@ -249,22 +255,23 @@ struct TileGrid {
   }
 };
 
-// E: the element type of x, V, the residual and the output (float32, or bfloat16 for the bf16 path).
-template <class E>
+// E: the element type of x, the residual and the output (float32 or bfloat16); VT: V's (the GEMM's operand:
+// float32, or bfloat16 for the bf16 GEMM).
+template <class E, class VT>
 struct InArgs {
   const E* x;                        // NHWC input
   const E* zeros;                    // C zeros: the padding pixels' channels (no branch per load)
   int64_t H, W, C, ph, pw, dh, dw;
   TileGrid grid;
-  E* v;                              // V chunk: tile i's row of plane ξ at v + ξ·plane + i·row
+  VT* v;                             // V chunk: tile i's row of plane ξ at v + ξ·plane + i·row
   int64_t plane, row;                // row = padded_row(C)
 };
 
 // One channel group of one tile — 16 channels (Full), or the last n < 16 — d → Bᵀ d B → V (tile row v, planes
 // `plane` apart). Full groups' loads and stores have constant widths, and every field they need comes in a register
 // (V's stores may alias anything: fields read through a pointer would be reloaded after each one).
-template <int M, bool HwV, bool Full, class E>
-[[gnu::always_inline]] inline void in_group(const E* const* src, int64_t c0, int64_t n, E* v, int64_t plane) {
+template <int M, bool HwV, bool Full, class E, class VT>
+[[gnu::always_inline]] inline void in_group(const E* const* src, int64_t c0, int64_t n, VT* v, int64_t plane) {
   using T = Transform<M>;
   constexpr int A = T::kAlpha;
   const int64_t nc = Full ? kLanes : n;
@@ -280,13 +287,13 @@ template <int M, bool HwV, bool Full, class E>
 }
 
 // Tiles [begin, end) of the chunk starting at global tile t0 → V.
-template <int M, bool HwV, class E>
-[[gnu::always_inline]] inline void in_tiles(const InArgs<E>& a, int64_t t0, int64_t begin, int64_t end) {
+template <int M, bool HwV, class E, class VT>
+[[gnu::always_inline]] inline void in_tiles(const InArgs<E, VT>& a, int64_t t0, int64_t begin, int64_t end) {
   constexpr int A = Transform<M>::kAlpha;
   const TileGrid grid = a.grid;
   const E* const x = a.x;
   const E* const zeros = a.zeros;
-  E* const v = a.v;
+  VT* const v = a.v;
   const int64_t H = a.H, W = a.W, C = a.C, ph = a.ph, pw = a.pw, dh = a.dh, dw = a.dw, plane = a.plane, row = a.row;
   for (int64_t i = begin; i < end; ++i) {
     const auto [n, y0, x0] = grid.at(t0 + i);
@@ -299,7 +306,7 @@ template <int M, bool HwV, class E>
         src[u * A + w_] = (h >= 0 && h < H && w >= 0 && w < W) ? img + (h * W + w) * C : zeros;
       }
     }
-    E* const vi = v + i * row;
+    VT* const vi = v + i * row;
     int64_t c0 = 0;
     for (; c0 + kLanes <= C; c0 += kLanes) in_group<M, HwV, true>(src, c0, kLanes, vi, plane);
     if (c0 < C) in_group<M, HwV, false>(src, c0, C - c0, vi, plane);
@@ -382,8 +389,8 @@ template <int M, class E>
 // The transforms compiled three times: AVX-512, AVX2 + FMA, and the build's baseline ISA (SSE2 on x86-64);
 // the best the CPU has runs, or the one DRN_CPU_ISA=baseline|avx2|avx512 asks for (tests; capped by the CPU).
 #define DRN_TILES(isa, target)                                                                          \
-  template <int M, class E>                                                                             \
-  target void in_tiles_##isa(const InArgs<E>& a, int64_t t0, int64_t b, int64_t e) {                    \
+  template <int M, class E, class VT>                                                                   \
+  target void in_tiles_##isa(const InArgs<E, VT>& a, int64_t t0, int64_t b, int64_t e) {                \
     in_tiles<M, false>(a, t0, b, e);                                                                    \
   }                                                                                                     \
   template <int M, class E>                                                                             \
@@ -394,19 +401,22 @@ DRN_TILES(avx512, [[gnu::target("avx512f,avx512dq,avx512vl,avx2,fma")]])
 DRN_TILES(avx2, [[gnu::target("avx2,fma")]])
 DRN_TILES(baseline, )
 #undef DRN_TILES
-// bfloat16's input transform: AVX-512 with AVX512-BF16's rounding of V (store_v)
+// The bfloat16 GEMM's input transform: AVX-512 with AVX512-BF16's rounding of V (store_v)
 template <int M>
 [[gnu::target("avx512f,avx512dq,avx512vl,avx512bf16,avx2,fma")]] void in_tiles_avx512bf16(
-    const InArgs<c10::BFloat16>& a, int64_t t0, int64_t b, int64_t e) {
+    const InArgs<c10::BFloat16, c10::BFloat16>& a, int64_t t0, int64_t b, int64_t e) {
   in_tiles<M, true>(a, t0, b, e);
 }
 
-template <int M, class E>
-void in_tiles_on(Isa isa, const InArgs<E>& a, int64_t t0, int64_t b, int64_t e) {
-  if constexpr (std::is_same_v<E, c10::BFloat16>) return in_tiles_avx512bf16<M>(a, t0, b, e);  // run() checked
-  isa == Isa::kAvx512 ? in_tiles_avx512<M, E>(a, t0, b, e)
-  : isa == Isa::kAvx2 ? in_tiles_avx2<M, E>(a, t0, b, e)
-                      : in_tiles_baseline<M, E>(a, t0, b, e);
+template <int M, class E, class VT>
+void in_tiles_on(Isa isa, const InArgs<E, VT>& a, int64_t t0, int64_t b, int64_t e) {
+  if constexpr (std::is_same_v<VT, c10::BFloat16>) {
+    return in_tiles_avx512bf16<M>(a, t0, b, e);  // run() checked gemm_bf16_supported
+  } else {
+    isa == Isa::kAvx512 ? in_tiles_avx512<M, E, VT>(a, t0, b, e)
+    : isa == Isa::kAvx2 ? in_tiles_avx2<M, E, VT>(a, t0, b, e)
+                        : in_tiles_baseline<M, E, VT>(a, t0, b, e);
+  }
 }
 
 template <int M, class E>
@@ -417,7 +427,7 @@ void out_tiles_on(Isa isa, const OutArgs<E>& a, int64_t t0, int64_t b, int64_t e
 }
 
 // U = G g Gᵀ for every (k, c), summed in float64 (G's 1/6, 1/12, 1/24 are inexact in binary) and rounded once,
-// packed for the GEMM: float32 weight → (α², panels_of(K), C, kPanel) float32 (pack_b); bfloat16 weight →
+// packed for the GEMM: (α², panels_of(K), C, kPanel) float32 (pack_b); for the bfloat16 GEMM (bf16_gemm)
 // (α², panels_of(K), ceil(C/2), kPanel, 2) bfloat16 (pack_b_bf16). Nothing is cached here: a caller that runs one
 // weight many times (drn.fused) keeps the result (winograd_weight) and passes it back as `prepared`.
 template <int M>
@@ -449,7 +459,7 @@ Tensor transformed_weight(const Tensor& weight) {
       }
     }
   });
-  return pack_batch(up, A * A, C, K, weight.scalar_type() == at::kBFloat16, weight.options());
+  return pack_batch(up, A * A, C, K, bf16_gemm(weight.scalar_type()), weight.options());
 }
 
 // `prepared` when it is this weight's U for tile size M (the shape says so; the values are the caller's word),
@@ -457,17 +467,17 @@ Tensor transformed_weight(const Tensor& weight) {
 template <int M>
 Tensor weight_for_tile(const Tensor& weight, const std::optional<Tensor>& prepared) {
   constexpr int A = Transform<M>::kAlpha;
+  const bool bf16 = bf16_gemm(weight.scalar_type());
   if (prepared.has_value() && prepared->defined() && !prepared->is_mkldnn() &&
-      prepared->scalar_type() == weight.scalar_type() && prepared->device() == weight.device() &&
-      prepared->sizes() == at::IntArrayRef(packed_shape(A * A, weight.size(1), weight.size(0),
-                                                               weight.scalar_type() == at::kBFloat16)) &&
+      prepared->scalar_type() == (bf16 ? at::kBFloat16 : at::kFloat) && prepared->device() == weight.device() &&
+      prepared->sizes() == at::IntArrayRef(packed_shape(A * A, weight.size(1), weight.size(0), bf16)) &&
       prepared->is_contiguous()) {
     return *prepared;
   }
   return transformed_weight<M>(weight);
 }
 
-template <int M, class E>
+template <int M, class E, class VT>
 Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRef padding, IntArrayRef dilation,
            const std::optional<Tensor>& residual, bool relu, const std::optional<Tensor>& into,
            const std::optional<Tensor>& prepared) {
@@ -500,35 +510,36 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
   const TileGrid grid(ty, tx, N);
   const int64_t total = grid.total(N);
   // chunks of whole GEMM register blocks (a 113-tile chunk left a 1-row block: ~1% of a float32 forward)
-  const int64_t block = gemm_block_rows(std::is_same_v<E, c10::BFloat16>);
+  constexpr bool bf16 = std::is_same_v<VT, c10::BFloat16>;  // the bfloat16 GEMM (bf16_gemm)
+  const int64_t block = gemm_block_rows(bf16);
   const int64_t fit = kWorkspaceFloats / (A * A * std::max(C, K));
   const int64_t chunk = std::clamp<int64_t>(fit > block ? fit / block * block : fit, 1, total);
 
   // V rows padded (gemm.h: padded_row); bf16 pairs channels, so an odd C gets a zero column (never written)
-  constexpr bool bf16 = std::is_same_v<E, c10::BFloat16>;
   const int64_t pairs = (C + 1) / 2, ldv = padded_row(bf16 ? 2 * pairs : C);
-  Tensor vbuf = bf16 && C % 2 != 0 ? at::zeros({A * A, chunk, ldv}, xin.options())
-                                   : at::empty({A * A, chunk, ldv}, xin.options());
+  const auto vopt = xin.options().dtype(bf16 ? at::kBFloat16 : at::kFloat);
+  Tensor vbuf = bf16 && C % 2 != 0 ? at::zeros({A * A, chunk, ldv}, vopt) : at::empty({A * A, chunk, ldv}, vopt);
   const int64_t panels = panels_of(K), kp = panels * kPanel;
   Tensor mbuf = at::empty({A * A, chunk, kp}, xin.options().dtype(at::kFloat));
-  // bfloat16 runs where the CPU has AVX512-BF16 only (winograd_computes): its transforms and GEMM use it
+  // the bfloat16 GEMM runs where the CPU has AVX512-BF16 only (conv_winograd chose VT by bf16_gemm)
   if constexpr (bf16) TORCH_CHECK(gemm_bf16_supported(), "conv_bn_act (cpu, winograd): bfloat16 needs AVX512-BF16");
   const Tensor zeros = at::zeros({C}, xin.options());
-  const InArgs<E> in{xin.const_data_ptr<E>(), zeros.const_data_ptr<E>(), H, W, C, ph, pw, dh, dw, grid,
-                     vbuf.data_ptr<E>(), chunk * ldv, ldv};
+  const InArgs<E, VT> in{xin.const_data_ptr<E>(), zeros.const_data_ptr<E>(), H, W, C, ph, pw, dh, dw, grid,
+                         vbuf.data_ptr<VT>(), chunk * ldv, ldv};
   const Isa isa = cpu_isa();
   for (int64_t t0 = 0; t0 < total; t0 += chunk) {
     const int64_t tc = std::min(chunk, total - t0);
     parallel_even(tc, kTileRun, [&](int64_t begin, int64_t end) {
-      in_tiles_on<M, E>(isa, in, t0, begin, end);
+      in_tiles_on<M, E, VT>(isa, in, t0, begin, end);
     });
     RowRange rows[A * A];
     for (int xi = 0; xi < A * A; ++xi) rows[xi] = grid.needed_rows(xi / A, xi % A, A, N, t0, tc);
     if constexpr (bf16) {
-      gemm_packed_bf16(A * A, tc, pairs, panels, vbuf.const_data_ptr<E>(), ldv, chunk * ldv, u.const_data_ptr<E>(),
-                       panels * pairs * 2 * kPanel, mbuf.data_ptr<float>(), kp, chunk * kp, rows);
+      gemm_packed_bf16(A * A, tc, pairs, panels, vbuf.const_data_ptr<VT>(), ldv, chunk * ldv,
+                       u.const_data_ptr<VT>(), panels * pairs * 2 * kPanel, mbuf.data_ptr<float>(), kp, chunk * kp,
+                       rows);
     } else {
-      gemm_packed(A * A, tc, C, panels, vbuf.const_data_ptr<E>(), ldv, chunk * ldv, u.const_data_ptr<E>(),
+      gemm_packed(A * A, tc, C, panels, vbuf.const_data_ptr<VT>(), ldv, chunk * ldv, u.const_data_ptr<VT>(),
                   panels * C * kPanel, mbuf.data_ptr<float>(), kp, chunk * kp, rows);
     }
     const OutArgs<E> o{mbuf.const_data_ptr<float>(), chunk * kp, kp, K, b.const_data_ptr<float>(),
@@ -546,16 +557,17 @@ Tensor run(const Tensor& x, const Tensor& weight, const Tensor& bias, IntArrayRe
 bool winograd_computes(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
   const auto dt = x.scalar_type();
   if (weight.scalar_type() != dt) return false;
-  if (dt != at::kFloat && !(dt == at::kBFloat16 && gemm_bf16_supported())) return false;
+  if (dt != at::kFloat && dt != at::kBFloat16) return false;
   if (weight.dim() != 4 || weight.size(2) != 3 || weight.size(3) != 3 || x.size(1) != weight.size(1)) return false;
   return stride[0] == 1 && stride[1] == 1;
 }
 
 bool winograd_applicable(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
-  // auto: float32 only — bfloat16 stays on oneDNN, which has AMX kernels on the Intel CPUs that have AMX; a fused
-  // model's layers measure both (winograd_tiles)
+  // auto: float32, and bfloat16 where it computes in float32 (no bfloat16 GEMM) — a bfloat16 GEMM's input stays on
+  // oneDNN, which has AMX kernels on the Intel CPUs that have AMX; a fused model's layers measure both
+  // (winograd_tiles)
   return !winograd_tiles(x, weight, stride).empty() &&
-         (conv_mode() == ConvMode::kWinograd || x.scalar_type() == at::kFloat);
+         (conv_mode() == ConvMode::kWinograd || !bf16_gemm(x.scalar_type()));
 }
 
 std::vector<int64_t> winograd_tiles(const Tensor& x, const Tensor& weight, IntArrayRef stride) {
@@ -563,16 +575,17 @@ std::vector<int64_t> winograd_tiles(const Tensor& x, const Tensor& weight, IntAr
   if (mode == ConvMode::kDirect || mode == ConvMode::kAten || !winograd_computes(x, weight, stride)) return {};
   // auto: only where both channel counts are at least 64 (below that oneDNN's direct convolution is as fast)
   if (mode == ConvMode::kAuto && std::min(weight.size(0), weight.size(1)) < 64) return {};
-  if (x.scalar_type() == at::kBFloat16) return {2};
+  if (bf16_gemm(x.scalar_type())) return {2};
   return {4, 2};
 }
 
 int winograd_tile_of(const Tensor& weight, const std::optional<Tensor>& prepared) {
   if (!prepared.has_value() || !prepared->defined() || prepared->is_mkldnn() || weight.dim() != 4 ||
-      prepared->dim() < 1 || prepared->scalar_type() != weight.scalar_type()) {
+      prepared->dim() < 1) {
     return 0;
   }
-  const bool bf16 = weight.scalar_type() == at::kBFloat16;
+  const bool bf16 = bf16_gemm(weight.scalar_type());
+  if (prepared->scalar_type() != (bf16 ? at::kBFloat16 : at::kFloat)) return 0;
   for (const int tile : {4, 2}) {
     const int64_t alpha = tile + 2;
     if (prepared->sizes() == at::IntArrayRef(packed_shape(alpha * alpha, weight.size(1), weight.size(0),
@@ -588,12 +601,17 @@ Tensor conv_winograd(const Tensor& x, const Tensor& weight, const Tensor& bias, 
                      const std::optional<Tensor>& out, const std::optional<Tensor>& prepared) {
   // the caller's choice of tile, made by measurement
   const bool four = resolve_tile(x.scalar_type(), winograd_tile_of(weight, prepared)) == 4;
-  if (x.scalar_type() == at::kBFloat16) {
-    return four ? run<4, c10::BFloat16>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
-                : run<2, c10::BFloat16>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
+  using BF16 = c10::BFloat16;
+  if (bf16_gemm(x.scalar_type())) {
+    return four ? run<4, BF16, BF16>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
+                : run<2, BF16, BF16>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
   }
-  return four ? run<4, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
-              : run<2, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
+  if (x.scalar_type() == at::kBFloat16) {  // bfloat16 storage, float32 V, U and GEMM
+    return four ? run<4, BF16, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
+                : run<2, BF16, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
+  }
+  return four ? run<4, float, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared)
+              : run<2, float, float>(x, weight, bias, padding, dilation, residual, relu, out, prepared);
 }
 
 Tensor winograd_weight(const Tensor& weight, int64_t tile) {
@@ -604,9 +622,9 @@ Tensor winograd_weight(const Tensor& weight, int64_t tile) {
                     weight.sizes(), " ", weight.scalar_type());
   TORCH_CHECK_VALUE(tile == 0 || tile == 2 || tile == 4, "winograd_weight: tile must be 2, 4 or 0 (the "
                     "DRN_WINOGRAD_TILE setting), got ", tile);
-  TORCH_CHECK_VALUE(!(tile == 4 && weight.scalar_type() == at::kBFloat16), "winograd_weight: tile 4 is not "
-                    "offered in bfloat16 (F(4x4) loses too much accuracy there: ~15x torch's own bfloat16 error); "
-                    "use tile 2");
+  TORCH_CHECK_VALUE(!(tile == 4 && bf16_gemm(weight.scalar_type())), "winograd_weight: tile 4 is not "
+                    "offered in bfloat16 on this CPU (its bfloat16 GEMM: F(4x4) loses too much accuracy there, ~15x "
+                    "torch's own bfloat16 error); use tile 2");
   return resolve_tile(weight.scalar_type(), static_cast<int>(tile)) == 4 ? transformed_weight<4>(weight)
                                                                           : transformed_weight<2>(weight);
 }

@@ -1,5 +1,6 @@
-// drn::conv_bn_act_native on CPU, Winograd F(m×m, 3×3) path for float32 3×3 stride-1 convolutions (dilated or
-// not): the convolutions that dominate every DRN (levels 5-8 at 1/8 resolution). See conv_bn_act_winograd.cpp.
+// drn::conv_bn_act_native on CPU, Winograd F(m×m, 3×3) path for float32 and bfloat16 3×3 stride-1 convolutions
+// (dilated or not): the convolutions that dominate every DRN (levels 5-8 at 1/8 resolution). See
+// conv_bn_act_winograd.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,19 +11,21 @@
 namespace drn::cpu {
 
 // Whether conv_winograd takes this convolution (the op-level rule; drn.fused's layers choose by measurement):
-// DRN_CPU_CONV="auto" (default): float32 where winograd_tiles offers a tile; "winograd": wherever it offers one
-// (every conv winograd_computes, bfloat16 included; tests), "direct" or "aten": none.
+// DRN_CPU_CONV="auto" (default): float32, and bfloat16 where its GEMM is float32 (no AVX512-BF16), where
+// winograd_tiles offers a tile; "winograd": wherever it offers one (every conv winograd_computes; tests), "direct"
+// or "aten": none.
 bool winograd_applicable(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
-// Whether conv_winograd can compute this convolution at all (float32, or bfloat16 where the CPU has AVX512-BF16
-// and DRN_CPU_ISA allows AVX-512; 3×3, stride 1, one group), whatever the settings say: the test of a caller
-// that chose Winograd by measurement (drn_kernels.prepared).
+// Whether conv_winograd can compute this convolution at all (float32 or bfloat16; 3×3, stride 1, one group),
+// whatever the settings say: the test of a caller that chose Winograd by measurement (drn_kernels.prepared).
+// bfloat16 computes its GEMM in bfloat16 where the CPU has AVX512-BF16 and DRN_CPU_ISA allows AVX-512, in float32
+// elsewhere (bfloat16 storage only).
 bool winograd_computes(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
 // The Winograd tiles to consider for this call under DRN_CPU_CONV — empty when it cannot compute it, under
-// "direct"/"aten", and under "auto" when either channel count is below 64: float32 F(4×4) and F(2×2); bfloat16
-// F(2×2) only — bfloat16 V and U (the GEMM's operands, rounded to 8 bits after transforms whose factors reach
-// 25 in F(4×4)) put F(4×4)'s error at ~15× torch's own bfloat16 convolution error, F(2×2)'s at 1.4-1.7×
+// "direct"/"aten", and under "auto" when either channel count is below 64: F(4×4) and F(2×2); with the bfloat16
+// GEMM F(2×2) only — bfloat16 V and U (the GEMM's operands, rounded to 8 bits after transforms whose factors
+// reach 25 in F(4×4)) put F(4×4)'s error at ~15× torch's own bfloat16 convolution error, F(2×2)'s at 1.4-1.7×
 // (measured on 64-512 channel DRN layers). drn::cpu_winograd_tiles; the algorithm search's candidates.
 std::vector<int64_t> winograd_tiles(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
@@ -31,8 +34,9 @@ std::vector<int64_t> winograd_tiles(const at::Tensor& x, const at::Tensor& weigh
 int winograd_tile_of(const at::Tensor& weight, const std::optional<at::Tensor>& prepared);
 
 // y = relu?(conv2d(x, weight, stride=1, padding, dilation) + bias + residual?) as an (N,K,P,Q) channels_last
-// tensor of x's dtype. x: (N,C,H,W) float32 or bfloat16, any strides; weight (K,C,3,3); bias (K,); residual (N,K,P,Q) any strides.
-// out: where to write y, an (N,K,P,Q) channels_last-contiguous float32 tensor, which may be the residual itself
+// tensor of x's dtype. x: (N,C,H,W) float32 or bfloat16, any strides; weight (K,C,3,3); bias (K,); residual
+// (N,K,P,Q) any strides.
+// out: where to write y, an (N,K,P,Q) channels_last-contiguous tensor of x's dtype, which may be the residual itself
 // (each element is read and then written by the same thread); a new tensor when absent.
 // prepared: winograd_weight(weight, tile), made by a caller that runs this weight many times; its shape gives the
 // tile size (F(4×4,3×3) or F(2×2,3×3)); when absent, the current tile size (DRN_WINOGRAD_TILE) with the transform
@@ -43,8 +47,8 @@ at::Tensor conv_winograd(const at::Tensor& x, const at::Tensor& weight, const at
                          const std::optional<at::Tensor>& prepared = std::nullopt);
 
 // The transformed weight U = G g Gᵀ for output tile side `tile` (2 or 4; 0: the current DRN_WINOGRAD_TILE, and 2
-// for bfloat16), α = tile + 2, each point's (C × K) matrix packed for the GEMM (gemm.h): float32 (α², panels_of(K),
-// C, kPanel), bfloat16 (α², panels_of(K), ceil(C/2), kPanel, 2).
+// for the bfloat16 GEMM), α = tile + 2, each point's (C × K) matrix packed for the GEMM (gemm.h): float32
+// (α², panels_of(K), C, kPanel), for the bfloat16 GEMM bfloat16 (α², panels_of(K), ceil(C/2), kPanel, 2).
 at::Tensor winograd_weight(const at::Tensor& weight, int64_t tile = 0);
 
 }  // namespace drn::cpu

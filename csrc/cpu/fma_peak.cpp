@@ -1,8 +1,8 @@
 // drn::cpu_fma_peak: the CPU's float32 FMA peak, measured (the profiler's roofline ceiling, drn/flops.py): every
 // torch thread runs independent chains of vector FMAs (acc = acc·a + b) that never touch memory, enough chains to
 // cover the FMA latency (4-5 cycles) on two FMA ports, few enough that they and the two constants stay in
-// registers: 16 of AVX-512's 32 zmm, 12 of AVX2's 16 ymm (16 chains there spilled to the stack and measured ~60%
-// of the true AVX2 peak, below what our AVX2 GEMM reaches); FLOP/s = threads × iterations × chains × lanes × 2 /
+// registers: 16 of AVX-512's 32 zmm, 12 of AVX2's 16 ymm (16 chains there spill to the stack and read well below
+// the true AVX2 peak, below what our AVX2 GEMM reaches); FLOP/s = threads × iterations × chains × lanes × 2 /
 // wall time.
 // isa: 2 AVX-512 (16 lanes), 1 AVX2 + FMA (8 lanes), -1 the best the CPU has; capped by what the CPU has.
 #include <ATen/Parallel.h>

@@ -11,10 +11,8 @@
 //          count: a kernel is at full speed down to 4 rows (enough independent accumulators to cover the FMA
 //          latency on two FMA ports), a 1-row block at about a quarter of it; so where the last block would
 //          have 1-3 rows, the same number of blocks is given sizes that differ by at most one (49 rows on
-//          AVX2: 6,6,6,6,5,5,5,5,5 rather than 8 × 6 + 1; not always: on AVX-512 49 = 3 × 14 + 7 ran 2-5%
-//          faster than 13,12,12,12). Zen 4, 1 thread, AVX2, three interleaved runs (best of 60 calls each):
-//          36×49×512² 80.3-80.9% → 81.9-85.6% of the FMA peak, 36×49×256² 81.0-85.3% → 82.6-90.9%, 8×49×512²
-//          83.1-85.4% → 89.5-92.6%.
+//          AVX2: 6,6,6,6,5,5,5,5,5 rather than 8 × 6 + 1). A last block of 4 rows or more is kept: on AVX-512,
+//          49 = 3 × 14 + 7 measured faster than 13,12,12,12 (docs/performance/cpu.md has both measurements).
 //          Cache: a thread takes (problem, panel) pairs in order, so it walks one problem's a (tiles × channels,
 //          ≤ ~0.5 MB for the Winograd chunks) from L2 panel after panel; where L1 is 48 KB, k runs in blocks of
 //          256, so a block's slice of the b panel (256 × 32 floats, 32 KB) stays in L1 over all the row blocks
@@ -65,12 +63,9 @@ constexpr int kToL1 = 3, kToL2 = 2;
 // end, so the lines arrive while it computes); every 16 steps of p (one line of a row: 16 floats, or 16 bf16 pairs),
 // the same line of each of the *next* block's MR rows (past a's end for the last block: harmless, prefetches never
 // fault). Both into L2, not L1: a block reads them a few hundred cycles later, and pulled into L1 that early (up to
-// 28 c lines and 56 a lines per block) they likely evict the b slice and the rows in use. Zen 4 (32 KB L1), 1 thread,
-// L1 against L2 alternating call by call in one process (15 rounds, median of each round's best of 8): AVX-512
-// 36×784×64² 57-72% → 78-85% of the FMA peak, 36×196×128² 82-84% → 92-94%, the 512-channel shapes unchanged (88-92%);
-// bf16 the same way (36×196×128² 150% → 167% of the float32 peak); AVX2 within the noise (measured before its two
-// half blocks' prefetches were merged: block_avx2). With no row prefetch at all: 36×784×64² 58%, 36×196×128² 67%. Not
-// measured where L1 is 48 KB (Zen 5, Sapphire Rapids), whose b-slice rule goes the other way (prefetch_to_l1).
+// 28 c lines and 56 a lines per block) they likely evict the b slice and the rows in use. The L2 choice was measured
+// on a 32 KB L1 only (docs/performance/cpu.md); where L1 is 48 KB the b-slice rule goes the other way
+// (prefetch_to_l1).
 // __builtin_prefetch(base + offset elements, Write, Locality): the address computed as an integer, since a pointer
 // past the end of an array (the last block's "next" rows, the slice of b after a panel's last one) would be
 // undefined behaviour.
@@ -97,8 +92,7 @@ template <int MR, class E>
 // for MR rows: 2·MR accumulators. One body for both ISAs, instantiated with each one's intrinsics. lines: the cache
 // lines of a panel row the block reads (2; the AVX2 half block 1), and so the lines of b it prefetches — were each
 // AVX2 half block to prefetch both lines, every step would carry two needless prefetches beside its 8 loads and 12
-// FMAs. Zen 4, 1 thread, AVX2, four interleaved runs (best of 60 calls): 36×49×512² 74-77% → 81-87% of the FMA
-// peak, 36×113×512² 79-85% → 89-92%, 36×49×256² 77-82% → 83-91%. CLines, NextRows: the c lines it prefetches at
+// FMAs (measured slower: docs/performance/cpu.md). CLines, NextRows: the c lines it prefetches at
 // its start and whether it prefetches the next block's rows (the row prefetches above; block_avx2 passes them to
 // its first half only).
 #define DRN_TWO_VECTOR_BLOCK(name, target, V, lanes, zero, load, broadcast, fmadd, store, lines) \
@@ -138,9 +132,7 @@ DRN_TWO_VECTOR_BLOCK(half_block_avx2, [[gnu::target("avx2,fma")]], __m256, 8, _m
 
 // The two halves of a panel, one after the other. The first prefetches both c lines of its rows and the next
 // block's rows, the second nothing of them: it reads the same rows (in L1 by then), and its c lines, prefetched
-// only at its own start, arrived late. Zen 4, 1 thread, the two alternating call by call in one process (20
-// rounds, median of each round's best of 8): 36×784×64² 73.6% → 83.9% of the FMA peak, 36×196×128² 86.8% → 89.1%,
-// the 256-channel shapes 89-92% either way.
+// only at its own start, would arrive late.
 template <int MR, int Locality>
 [[gnu::target("avx2,fma")]] void block_avx2(int64_t k, const float* a, int64_t lda, const float* b, float* c,
                                             int64_t ldc, bool add) {
@@ -230,15 +222,12 @@ constexpr int64_t kFullSpeedRows = 4;
 // Two ways to walk b, by the size of L1 (prefetch_to_l1):
 // - L1 of 48 KB or more (Zen 5, Sapphire Rapids): k blocks of kDepthL1 = 256 steps, so a block's slice of a b panel
 //   (256 × 32 floats, 32 KB) stays in L1 while every row block of the problem uses it, and the next slice is
-//   prefetched into L1 (T0). Measured there: 82-93% of the FMA peak.
-// - A smaller L1 (Zen 4's 32 KB): the next slice is prefetched into L2 (T1), since into L1 it evicted the one still
-//   in use (1 thread, AVX2 0.41-0.76 of the FMA peak with T0 against 0.57-0.85 with T1 on the Winograd shapes,
-//   AVX-512 about the same); and k blocks of kDepthL2 = 512 steps (one block for every DRN layer), since a 32 KB
-//   slice does not stay in a 32 KB L1 beside a's rows anyway, and each further block costs a pass over c and a
-//   kernel call per row block. Zen 4, both depths alternating call by call in one process (median over 12-16
-//   rounds of each round's best of 8 calls), 36×49×512² / 36×113×512²: 1 thread AVX2 84.1 → 86.2% / 90.1 → 91.1%
-//   of the FMA peak, AVX-512 91.4 → 92.7% / 90.2 → 91.5%; 2 threads AVX2 73.2 → 74.8% / 83.1 → 85.0%, AVX-512
-//   87.3 → 88.4% / 92.7 → 94.7%. Shapes with k ≤ 256 run as before.
+//   prefetched into L1 (T0).
+// - A smaller L1 (Zen 4's 32 KB): the next slice is prefetched into L2 (T1), since into L1 it evicts the one still
+//   in use; and k blocks of kDepthL2 = 512 steps (one block for every DRN layer), since a 32 KB slice does not
+//   stay in a 32 KB L1 beside a's rows anyway, and each further block costs a pass over c and a kernel call per
+//   row block. Shapes with k ≤ 256 run the same either way.
+// Both rules are measured per L1 size in docs/performance/cpu.md.
 // glibc reads the L1 size from CPUID; where it is unknown (another libc, or 0), the second way. DRN_CPU_PREFETCH=
 // l1|l2 forces one (tests run both; results are equal bit for bit: c is stored and reloaded exactly between blocks,
 // so the FMAs and their order do not depend on the depth).
@@ -458,6 +447,7 @@ std::string cpu_isa_name() {
 // Internal ops for tests and benchmarks (benchmarks/test_bench_cpu_gemm.py measures the rate against cpu_fma_peak).
 TORCH_LIBRARY_FRAGMENT(drn, m) {
   m.def("cpu_isa() -> str", &cpu_isa_name);
+  m.def("cpu_bf16_gemm() -> bool", &gemm_bf16_supported);  // bfloat16 Winograd computes in bf16 (else float32)
   m.def("gemm_pack_b(Tensor b) -> Tensor", &gemm_pack_b);
   m.def("gemm_packed(Tensor a, Tensor b_packed, int n) -> Tensor", &gemm_packed_op);
 }

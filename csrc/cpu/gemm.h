@@ -1,8 +1,8 @@
 // The CPU backend's own float32 GEMM: the (tiles × C)·(C × K) products of the Winograd convolution
 // (conv_bn_act_winograd.cpp), one per transform point ξ. See gemm.cpp for the kernels and their blocking.
 //
-// Why not MKL (at::bmm): MKL's sgemm is fast on Intel and slow on AMD (measured on a 2-core AMD EPYC, 2 threads:
-// 160-200 GFLOP/s for the Winograd shapes against an FMA peak of ~510), and its small-M shapes (49 tiles for a
+// Why not MKL (at::bmm): MKL's sgemm is fast on Intel and slow on AMD (well under half the FMA peak on the
+// Winograd shapes there: docs/performance/cpu.md), and its small-M shapes (49 tiles for a
 // 224×224 image at 1/8 resolution) waste much of it on any vendor. These kernels depend only on the ISA
 // (AVX-512F or AVX2+FMA, chosen as the transforms are: cpu_isa()), so they run alike on every x86 vendor.
 #pragma once
@@ -24,7 +24,7 @@ inline int64_t panels_of(int64_t n) { return n / kPanel + (n % kPanel != 0); }  
 
 // A row stride for an a of `k` columns that the caller lays out itself (the Winograd V chunk): k plus one cache
 // line, so that the GEMM kernel's MR rows, read together, do not fall into the same few L1 sets (a stride of a
-// multiple of 1-2 KB — 256 or 512 channels — put all 14 rows in two of L1's 64 sets and cost ~20% of the rate).
+// multiple of 1-2 KB — 256 or 512 channels — puts all 14 rows in two of L1's 64 sets, where they evict each other).
 inline int64_t padded_row(int64_t k) { return k + 16; }
 
 // Packs src (rows × n, row-major, row stride `ld`) into dst (panels_of(n) × rows × kPanel floats).

@@ -8,12 +8,9 @@
 // stealing). Where the threads run alike nobody steals before the last few items, so each walks its own stretch
 // in order (what the GEMM's cache blocking counts on); where one runs at half speed the others take its work.
 // Each item is computed whole by the thread that took it, so results do not depend on the split (bit-identical
-// from run to run). Zen 4, 2 vCPUs, 2 threads, fused drn_d_22 fp32, the fixed split against this alternating
-// call by call in one process (medians): with a busy loop on the second vCPU and torch's threads pinned
-// (GOMP_CPU_AFFINITY) 8×3×224² 847 → 655 ms, 1×3×224² 135 → 104 ms; not pinned, 8×3×224² 1707 → 1322 ms,
-// 1×3×1024×2048 7.68 → 6.25 s, 1×3×224² 156 → 170 ms (no gain); on the idle VM 443 → 427 ms, 62.6 → 61.0 ms and
-// 2.40 → 2.35 s (its own jitter evened out too); 3 threads on the 2 vCPUs (more threads than cores, as in a
-// container whose CPU quota torch does not see) 8×3×224² 529 → 430 ms, 1×3×224² 69.6 → 54.4 ms.
+// from run to run). It helps most where a core is shared with other work or there are more threads than cores
+// (a container whose CPU quota torch does not see); the measurements against the fixed split are in
+// docs/performance/cpu.md ("Threads that do not run alike").
 #pragma once
 
 #include <ATen/Parallel.h>

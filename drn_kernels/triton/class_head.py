@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .. import _backends
 from .._schemas import FAKES, empty_class_head_output, empty_localize_output
-from . import launcher, register_op
+from . import config_table, launcher, register_op
 from .common import dot_in_fp32, needs_int64, precision_exact_fp32, size_bucket
 
 # The first config of each list fixes BLOCK_P of localize's partial-sum pass (64 in both).
@@ -278,7 +278,9 @@ def _launch_head(x, weight2d, bias, labels, probs, logits, partial, *, argmax, w
         def grid(meta):
             return (triton.cdiv(h * w, meta["BLOCK_P"]), n)
 
-        launcher(CLASS_HEAD_TUNED[x.dtype == torch.float32])[grid](*args, **flags)
+        tuned = CLASS_HEAD_TUNED[x.dtype == torch.float32]
+        if not config_table.launch("class_head", tuned, launcher, args, flags, grid):
+            launcher(tuned)[grid](*args, **flags)
 
 
 def _head_tiles(hw: int) -> int:
@@ -313,7 +315,9 @@ def class_head_triton(x: Tensor, weight: Tensor, bias: Tensor, upsample: int,
         def grid(meta):
             return (triton.cdiv(64 * h * w, meta["BLOCK_P"]), n)
 
-        launcher(UPSAMPLE_ARGMAX_TUNED)[grid](*args, USE_INT64=use_int64)
+        flags = dict(USE_INT64=use_int64)
+        if not config_table.launch("upsample_argmax", UPSAMPLE_ARGMAX_TUNED, launcher, args, flags, grid):
+            launcher(UPSAMPLE_ARGMAX_TUNED)[grid](*args, **flags)
     return labels, probs
 
 

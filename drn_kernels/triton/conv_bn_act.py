@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .. import _backends
 from .._schemas import FAKES, empty_conv_output
-from . import launcher, register_op
+from . import config_table, launcher, register_op
 from .common import dot_in_fp32, force_int64, needs_int64, precision_as_cudnn, size_bucket
 
 def _config(m: int, n: int, c: int, warps: int, stages: int, split: int = 1) -> triton.Config:
@@ -289,7 +289,8 @@ def grid_for(m: int, k: int):
 
 
 def config_list(flat: bool, fp32: bool) -> list:
-    """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.kernel_report compiles the same."""
+    """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.kernel_report compiles the
+    same."""
     return {(False, False): CONFIGS, (True, False): FLAT_CONFIGS,
             (False, True): FP32_CONFIGS, (True, True): FP32_FLAT_CONFIGS}[(flat, fp32)]
 
@@ -359,5 +360,7 @@ def conv_bn_act_triton(x: Tensor, weight: Tensor, bias: Tensor, stride: list[int
     if _backends.triton_interpreting():
         launcher(conv_bn_act_kernel)[grid_for(m, k)](*args, **flags, **INTERPRET_CONFIG)
     else:
-        launcher(TUNED[(flat, x.dtype == torch.float32)])[grid_for(m, k)](*args, **flags)
+        tuned, grid = TUNED[(flat, x.dtype == torch.float32)], grid_for(m, k)
+        if not config_table.launch("conv_bn_act", tuned, launcher, args, flags, grid):
+            launcher(tuned)[grid](*args, **flags)
     return y

@@ -1,0 +1,70 @@
+"""New image sizes are not a tax: a pass of fused drn_d_22 segment predict over 16 sizes it has never seen (256-376
+x 384-544, as generated images and photos come) against eager's pass over the same sizes, both in a process that has
+made no choice for them and with an empty algorithm-choice cache (drn_kernels.cpu_choices: every search of the pass
+is in its time). Then a second pass of each (warm). Goal: the fused first pass >= 1.5x eager's first pass.
+
+Records: group "new-sizes:drn_d_22:segment:16", providers "eager-cl" and "cpu" for the first pass, "eager-cl-warm"
+and "cpu-warm" for the second; extra_info first_pass_ratio, warm_ratio, searches (how many the pass made) and the
+labels' agreement. CPU only; --benchmark-only only (one pass takes seconds to a minute on 2 cores).
+"""
+import time
+
+import pytest
+import torch
+
+from benchmarks import common
+from drn_kernels import cpu_choices, prepared
+
+SIZES = [(256, 384), (264, 400), (272, 416), (280, 432), (288, 448), (296, 464), (304, 480), (312, 496), (320, 512),
+         (328, 528), (336, 544), (344, 392), (352, 424), (360, 456), (368, 488), (376, 520)]
+GOAL = 1.5
+
+
+def _pass(fn, xs) -> tuple[float, list]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        labels = [fn(x)[0] for x in xs]
+    return time.perf_counter() - start, labels
+
+
+def test_first_pass_over_new_sizes(benchmark, tmp_path, monkeypatch):
+    if common.DEVICE.type != "cpu":
+        pytest.skip("a CPU-backend goal")
+    reason = common.why_unavailable("cpu")
+    if reason:
+        pytest.skip(reason)
+    if getattr(benchmark, "disabled", False):
+        pytest.skip("timing only (--benchmark-only): tests/test_cpu_choices.py checks the choices")
+    assert len(set(SIZES)) == 16 and all(256 <= h <= 376 and 384 <= w <= 544 for h, w in SIZES)
+    monkeypatch.setenv("DRN_CHOICE_CACHE", str(tmp_path / "choices"))
+    monkeypatch.setattr(cpu_choices, "_tables", {})
+    monkeypatch.setattr(cpu_choices, "_files", {})
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 3, h, w, generator=g).contiguous(memory_format=torch.channels_last) for h, w in SIZES]
+    model = common._unfused("drn_d_22", "segment")
+    eager = model.to(memory_format=torch.channels_last)
+    fused = common.drn.fuse(model, backend="cpu")
+    with torch.no_grad():  # both warmed on a size outside the pass (oneDNN, the fused model's first layers)
+        warm = torch.randn(1, 3, 128, 160, generator=g)
+        eager.predict(warm)
+    searches = len(prepared.SEARCHES)
+    times = {}
+    times["eager-cl"], eager_labels = _pass(eager.predict, xs)
+    times["cpu"], fused_labels = _pass(fused.predict, xs)
+    searched = len(prepared.SEARCHES) - searches
+    times["eager-cl-warm"], _ = _pass(eager.predict, xs)
+    times["cpu-warm"], _ = _pass(fused.predict, xs)
+    assert len(prepared.SEARCHES) - searches == searched  # the second pass searched nothing
+    agree = sum((a == b).sum().item() for a, b in zip(eager_labels, fused_labels)) / sum(a.numel()
+                                                                                         for a in eager_labels)
+    assert agree > 0.999, agree
+    benchmark.group = "new-sizes:drn_d_22:segment:16"
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    info = {"sizes": SIZES, "device": common.device_name(), "threads": torch.get_num_threads(),
+            "first_pass_s": {p: t for p, t in times.items()}, "searches": searched, "label_agreement": agree,
+            "first_pass_ratio": times["eager-cl"] / times["cpu"],
+            "warm_ratio": times["eager-cl-warm"] / times["cpu-warm"],
+            "goal_first_pass_ratio": GOAL, "choices": cpu_choices.describe_sources()}
+    benchmark.extra_info.update(info)
+    for provider, seconds in times.items():
+        common.add_result("new-sizes:drn_d_22:segment:16", f"{benchmark.name}[{provider}]", provider, [seconds], info)
