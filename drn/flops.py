@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from drn_kernels.perf_model import DEVICES, datasheet_peaks
+
 from .heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
 
 __all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "peaks_from", "dtype_key",
@@ -169,11 +171,9 @@ class Peaks:
 # Datasheet figures of the SXM parts, dense (no sparsity). "fp32" is the plain FP32 pipe (no tensor cores): the
 # benchmarks run fp32 with TF32 off everywhere (the CUDA kernel has no TF32 path); "tf32" is the tensor-core peak.
 # A device's copies reach less than its listed bandwidth (docs/performance/gpu.md): measured ceilings win when there
-# are some.
-GPU_PEAKS = {
-    "H100": {"fp16": 989e12, "bf16": 989e12, "tf32": 495e12, "fp32": 67e12, "bytes_per_s": 3.35e12},
-    "H200": {"fp16": 989e12, "bf16": 989e12, "tf32": 495e12, "fp32": 67e12, "bytes_per_s": 4.8e12},
-}
+# are some. The figures live with the paper performance model (drn_kernels.perf_model.DEVICES, which says their
+# sources).
+GPU_PEAKS = {name: datasheet_peaks(device) for name, device in DEVICES.items()}
 _DTYPE_KEY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 

@@ -111,7 +111,13 @@ def resolve(backend: str, device: torch.device, op: str) -> str:
 TRITON_MODULES = {"conv_bn_act": "conv_bn_act", "class_head": "class_head", "localize": "class_head"}
 
 
+_TRITON_IMPORTED: set[str] = set()
+
+
 def _import_triton_op(op: str):
-    """Import the module that registers torch.ops.drn.<op>_triton. Called by resolve() only, which runs eagerly
-    even under torch.compile (assume_constant_result; dynamo cannot trace importlib)."""
-    importlib.import_module(f"drn_kernels.triton.{TRITON_MODULES[op]}")
+    """Import the module that registers torch.ops.drn.<op>_triton (once: resolve() runs on every op call). Called
+    by resolve() only, which runs eagerly even under torch.compile (assume_constant_result; dynamo cannot trace
+    importlib)."""
+    if op not in _TRITON_IMPORTED:
+        importlib.import_module(f"drn_kernels.triton.{TRITON_MODULES[op]}")
+        _TRITON_IMPORTED.add(op)

@@ -15,6 +15,8 @@ LABEL_DTYPES = {torch.int64: 2**63 - 1, torch.int32: 2**31 - 1, torch.int16: 2**
 
 def pair(value, name: str) -> list[int]:
     """An int or a sequence of two ints, as a list of two Python ints."""
+    if type(value) in (list, tuple) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return [value[0], value[1]]  # the common case, without the slower Sequence check below
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an int or a pair of ints, got bool")
     if isinstance(value, (int, torch.SymInt)):
@@ -78,7 +80,47 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+# Signatures of conv_bn_act calls that passed the checks -> their (N, K, P, Q). Every check below reads only what
+# a signature holds (each tensor's type, rank, shape, dtype and device; the geometry, relu's type and value, the
+# backend), so a call with a known signature passes without re-checking: a fused model's layers are checked
+# once per input shape, not on every call. Bounded: cleared when full.
+_PASSED: dict[tuple, tuple[int, int, int, int]] = {}
+PASSED_LIMIT = 4096
+
+
+def _tensor_signature(t):
+    return (t.shape, t.dtype, t.device) if type(t) in (torch.Tensor, torch.nn.Parameter) else None
+
+
+def _conv_signature(x, weight, bias, stride, padding, dilation, residual, relu, backend):
+    """The call's signature, or None when part of it is not plain (a tensor subclass, a non-bool relu, symbolic
+    sizes while tracing): such calls are checked in full every time."""
+    if type(relu) is not bool or torch.compiler.is_compiling():
+        return None
+    tensors = tuple(_tensor_signature(t) for t in (x, weight, bias))
+    res = None if residual is None else _tensor_signature(residual)
+    if None in tensors or (residual is not None and res is None):
+        return None
+    return (tensors, res, tuple(stride), tuple(padding), tuple(dilation), relu, backend)
+
+
 def check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend):
+    """(N, K, P, Q) of a valid conv_bn_act call, else the exception naming the argument (each signature is
+    checked once: _PASSED)."""
+    key = _conv_signature(x, weight, bias, stride, padding, dilation, residual, relu, backend)
+    if key is not None:
+        known = _PASSED.get(key)
+        if known is not None:
+            return known
+    out = _check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend)
+    if key is not None:
+        if len(_PASSED) >= PASSED_LIMIT:
+            _PASSED.clear()
+        _PASSED[key] = out
+    return out
+
+
+def _check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, backend):
     _tensor(x, "x", 4)
     _tensor(weight, "weight", 4)
     _tensor(bias, "bias", 1)

@@ -3,8 +3,10 @@ read from their cubins, no GPU needed. Nothing here is used to run a kernel.
 
 `cuda_records()` returns one record per kernel instance x arch:
     {"source": "cuda", "kernel": str, "arch": "sm_80"|"sm_90", "dtype": "fp16"|"bf16"|"fp32", "config": str,
-     "registers": int, "spill_bytes": int, "shared_bytes": int, "tensor_core_instructions": int}
-from `cuobjdump --dump-resource-usage` (REG, SHARED, LOCAL) and `cuobjdump -sass` (HMMA/HGMMA count per function).
+     "registers": int, "spill_bytes": int, "shared_bytes": int, "tensor_core_instructions": int,
+     "wgmma_instructions": int}
+from `cuobjdump --dump-resource-usage` (REG, SHARED, LOCAL) and `cuobjdump -sass` (HMMA + HGMMA, and HGMMA alone,
+per function).
 spill_bytes is the per-thread local memory (register spills plus any stack frame), so 0 means neither.
 
 Where the cubins come from: the built extension (drn_kernels._extension.built_library()) when it exists and holds
@@ -185,10 +187,12 @@ def records_from_binary(path: Path, arch: str | None = None) -> list[dict]:
             kv = dict(re.findall(r"([A-Z]+(?:\[\d+\])?):(\d+)", fields))
             resources[(arch, name)] = kv
     tensor_core: dict[tuple[str, str], int] = {}
+    wgmma: dict[tuple[str, str], int] = {}
     for arch, section in _split_by_arch(sass, arch):
         blocks = re.split(r"^\s*Function : (\S+)\s*$", section, flags=re.M)
         for i in range(1, len(blocks) - 1, 2):
             tensor_core[(arch, blocks[i])] = len(re.findall(r"\b(?:HMMA|HGMMA)\.", blocks[i + 1]))
+            wgmma[(arch, blocks[i])] = len(re.findall(r"\bHGMMA\.", blocks[i + 1]))
     names = _demangle(sorted({n for _, n in resources}))
     records, seen = [], set()
     for (cubin_arch, name), kv in sorted(resources.items()):
@@ -204,8 +208,58 @@ def records_from_binary(path: Path, arch: str | None = None) -> list[dict]:
             "spill_bytes": int(kv.get("LOCAL", 0)) + int(kv.get("STACK", 0)),
             "shared_bytes": int(kv.get("SHARED", 0)),
             "tensor_core_instructions": tensor_core.get((cubin_arch, name), 0),
+            "wgmma_instructions": wgmma.get((cubin_arch, name), 0),
         })
     return records
+
+
+# Instruction lines of a SASS listing: (address, opcode) with any predicate guard skipped.
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)")
+_SASS_BACK_BRANCH = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?BRA\s+0x([0-9a-f]+)")
+# Opcodes of an integer division's inline sequence (reciprocal estimate and the conversions around it).
+_DIVISION_OPS = ("MUFU", "I2F", "F2I")
+
+
+def main_loop_mix(function_sass: str) -> dict:
+    """The instruction mix of a kernel's main loop, read from its SASS: the backward branch whose body holds the
+    most tensor-core (then FFMA) instructions. {"instructions", "mma" (HMMA/HGMMA), "ffma", "non_mma_per_mma",
+    "division_ops" (MUFU/I2F/F2I: an integer division's inline sequence), "ldsm", "calls" (CALL anywhere in the
+    kernel: out-of-line routines such as int64 division)}; None without a backward branch."""
+    lines = [(int(a, 16), op) for a, op in _SASS_LINE.findall(function_sass)]
+    best = None
+    for src, dst in ((int(a, 16), int(t, 16)) for a, t in _SASS_BACK_BRANCH.findall(function_sass)):
+        if dst >= src:
+            continue
+        body = [op for a, op in lines if dst <= a <= src]
+        key = (sum(op.startswith(("HMMA", "HGMMA")) for op in body), sum(op.startswith("FFMA") for op in body))
+        if best is None or key > best[0]:
+            best = (key, body)
+    if best is None:
+        return None
+    (mma, ffma), body = best
+    return {"instructions": len(body), "mma": mma, "ffma": ffma,
+            "non_mma_per_mma": (len(body) - mma) / mma if mma else None,
+            "division_ops": sum(op.startswith(_DIVISION_OPS) for op in body),
+            "ldsm": sum(op.startswith("LDSM") for op in body),
+            "calls": sum(op.startswith("CALL") for _, op in lines)}
+
+
+def main_loop_mixes(path: Path, arch: str | None = None) -> dict[tuple[str, str, str, str], dict]:
+    """{(record arch, kernel, dtype, config): main_loop_mix} for every drn kernel of a cubin or library."""
+    tool = cuobjdump_path()
+    if tool is None:
+        raise RuntimeError("cuobjdump not found")
+    out = {}
+    for cubin_arch, section in _split_by_arch(_run([tool, "-sass", str(path)]), arch):
+        blocks = re.split(r"^\s*Function : (\S+)\s*$", section, flags=re.M)
+        names = _demangle([blocks[i] for i in range(1, len(blocks) - 1, 2)])
+        for i in range(1, len(blocks) - 1, 2):
+            if cubin_arch not in ARCHS or not blocks[i].startswith("_ZN3drn"):
+                continue
+            mix = main_loop_mix(blocks[i + 1])
+            if mix is not None:
+                out[(ARCHS[cubin_arch], *_describe(names[blocks[i]]))] = mix
+    return out
 
 
 def cuda_records() -> list[dict]:

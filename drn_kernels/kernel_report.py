@@ -8,6 +8,7 @@ target=GPUTarget("cuda", 80|90, 32)), which needs no GPU. From each artifact we 
   registers / spill bytes  ptxas -v on the compiled PTX, with the flags triton itself passes to ptxas
   shared_bytes             metadata.shared (dynamic shared memory)
   tensor_core_instructions HMMA + HGMMA lines in the SASS (cuobjdump -sass of the cubin; both ship with triton)
+  wgmma_instructions       HGMMA lines alone (sm_90 warpgroup MMA)
 The CUDA extension's records come from drn_kernels._cuda_cubins.cuda_records().
 
 Kernels are compiled for the channels_last specialisation a fused model launches (unit channel stride) with
@@ -58,24 +59,30 @@ def _ptxas_stats(ptx: str, capability: int) -> tuple[int, int]:
     return int(regs.group(1)), int(stores.group(1)) + int(loads.group(1))
 
 
-def _tensor_core_count(cubin: bytes) -> int:
+def _tensor_core_counts(cubin: bytes) -> tuple[int, int]:
+    """(HMMA + HGMMA, HGMMA) instruction lines in the cubin's SASS: tensor-core instructions, and of those the
+    sm_90 warpgroup ones (wgmma)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
         sass = subprocess.run([_tool("cuobjdump"), "-sass", path], check=True, capture_output=True,
                               text=True).stdout
-    return len(re.findall(r"\b(?:HMMA|HGMMA)\.", sass))
+    return len(re.findall(r"\b(?:HMMA|HGMMA)\.", sass)), len(re.findall(r"\bHGMMA\.", sass))
 
 
 # ---- what to compile ----------------------------------------------------------------------------------------
 
 _TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+_CONV_ALWAYS_ALIGNED = ["K", "srn", "srp", "srq"]  # output channels (and so the residual's strides): multiples of 16
 
 
 def _conv_variants(flat: bool):
-    """(label, constexprs) of conv_bn_act compiled per config: the int32 and int64 paths, and for fp32 both TF32
-    and exact dot; all with the full epilogue (residual + ReLU). FLAT (C < 32) has its own config list."""
+    """(label, constexprs[, 16-aligned ints]) of conv_bn_act compiled per config: the int32 and int64 paths, and
+    for fp32 both TF32 and exact dot; all with the full epilogue (residual + ReLU). FLAT (C < 32, not a multiple
+    of 8) has its own config list. The vector path is compiled as a channels_last launch with C_VEC = 8 twice:
+    with C and the strides multiples of 16 (what triton's JIT specialises for DRN's channel counts) and, int32
+    only, with nothing known of them (C = 24 or 40: the kernel itself proves 8-element alignment)."""
     return lambda dtype: _conv_variant_list(dtype, flat)
 
 
@@ -85,7 +92,11 @@ def _conv_variant_list(dtype: str, flat: bool):
         for int64 in (False, True):
             label = f"FLAT={int(flat)},INT64={int(int64)},DOT={prec}"
             yield label, dict(HAS_RES=True, RELU=True, FLAT=flat, USE_INT64=int64, DOT_PRECISION=prec,
-                              DOT_IN_FP32=False)
+                              DOT_IN_FP32=False, C_VEC=1 if flat else 8)
+        if not flat:
+            yield (f"FLAT=0,INT64=0,DOT={prec},C%16!=0",
+                   dict(HAS_RES=True, RELU=True, FLAT=False, USE_INT64=False, DOT_PRECISION=prec, DOT_IN_FP32=False,
+                        C_VEC=8), _CONV_ALWAYS_ALIGNED)
 
 
 def _head_variants(dtype: str):
@@ -119,8 +130,7 @@ def _specs(kernels: Optional[Iterable[str]]):
     def conv_aligned(flags):
         # DRN channel counts are multiples of 16 except the stems' C=3 (the FLAT variant), and triton's JIT
         # specialises such ints as divisible by 16: the same here, so channel-contiguous loads vectorise.
-        out = ["K", "srn", "srp", "srq"]
-        return out if flags["FLAT"] else out + ["C", "sxn", "sxh", "sxw"]
+        return _CONV_ALWAYS_ALIGNED if flags["FLAT"] else _CONV_ALWAYS_ALIGNED + ["C", "sxn", "sxh", "sxw"]
 
     def head_sig(dt):
         sig = {"x_ptr": f"*{_TL[dt]}", "w_ptr": f"*{_TL[dt]}", "b_ptr": f"*{_TL[dt]}", "labels_ptr": "*i64",
@@ -179,6 +189,8 @@ def records(arches=ARCHES, dtypes=None, kernels=None, max_configs: Optional[int]
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("drn_kernels.kernel_report needs real JITFunctions: run it with TRITON_INTERPRET unset "
                            "(python -m drn_kernels.kernel_report clears it itself)")
+    from .triton.conv_bn_act import int64_allowed as conv_int64_allowed
+
     out = []
     for name, fn, configs, kernel_dtypes, variants, signature, aligned in _specs(kernels):
         for meta, num_warps, num_stages in configs[:max_configs]:
@@ -186,18 +198,22 @@ def records(arches=ARCHES, dtypes=None, kernels=None, max_configs: Optional[int]
                 if dtypes is not None and dt not in dtypes:
                     continue
                 sig, fixed = signature(dt)
-                for label, flags in variants(dt):
+                for label, flags, *aligned_ints in variants(dt):
+                    if name == "conv_bn_act" and flags["USE_INT64"] and not conv_int64_allowed(meta):
+                        continue  # a tile the launcher never runs with int64 offsets
+                    aligned_ints = aligned_ints[0] if aligned_ints else aligned(flags)
                     for arch in arches:
                         capability = int(arch.split("_")[1])
-                        compiled = _compile_one(fn, sig, {**fixed, **flags, **meta}, aligned(flags), capability,
+                        compiled = _compile_one(fn, sig, {**fixed, **flags, **meta}, aligned_ints, capability,
                                                 num_warps, num_stages)
                         regs, spills = _ptxas_stats(compiled.asm["ptx"], capability)
+                        tensor_core, wgmma = _tensor_core_counts(compiled.asm["cubin"])
                         config = ",".join([f"{k}={v}" for k, v in meta.items()]
                                           + [f"warps={num_warps}", f"stages={num_stages}"] + ([label] if label else []))
                         out.append({"source": "triton", "kernel": name, "arch": arch, "dtype": dt, "config": config,
                                     "registers": regs, "spill_bytes": spills,
                                     "shared_bytes": int(compiled.metadata.shared),
-                                    "tensor_core_instructions": _tensor_core_count(compiled.asm["cubin"])})
+                                    "tensor_core_instructions": tensor_core, "wgmma_instructions": wgmma})
     return out
 
 
@@ -231,7 +247,7 @@ def problems(recs: list[dict]) -> list[str]:
 
 def _table(recs: list[dict]) -> str:
     cols = ("source", "kernel", "arch", "dtype", "registers", "spill_bytes", "shared_bytes",
-            "tensor_core_instructions", "config")
+            "tensor_core_instructions", "wgmma_instructions", "config")
     rows = [[str(r[c]) for c in cols] for r in recs]
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]

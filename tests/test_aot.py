@@ -43,11 +43,18 @@ def test_aot_subset():
     rc2, recs2, err2 = _run_aot("--no-cuda", "--max-configs", "1", "--kernels", "upsample_argmax", "box")
     recs, rc, err = recs + recs2, rc or rc2, err + err2
     keys = {"source", "kernel", "arch", "dtype", "config", "registers", "spill_bytes", "shared_bytes",
-            "tensor_core_instructions"}
+            "tensor_core_instructions", "wgmma_instructions"}
     assert recs and all(set(r) == keys and r["source"] == "triton" for r in recs)
     assert {r["kernel"] for r in recs} == {"conv_bn_act", "class_head", "upsample_argmax", "box"}
     assert {r["arch"] for r in recs} == {"sm_80", "sm_90"}
     assert any("FLAT=1" in r["config"] for r in recs) and any("INT64=1" in r["config"] for r in recs)
+    assert any("C%16!=0" in r["config"] for r in recs)  # the vector path with C only a multiple of 8
+    # the first conv config is the Hopper-sized 128x128x64 tile: wgmma on sm_90, mma.sync on sm_80
+    conv = [r for r in recs if r["kernel"] == "conv_bn_act" and "FLAT=0" in r["config"]]
+    assert conv and all("BLOCK_C=64" in r["config"] for r in conv)
+    assert all(r["wgmma_instructions"] > 0 for r in conv if r["arch"] == "sm_90")
+    assert all(r["wgmma_instructions"] == 0 and r["tensor_core_instructions"] > 0 for r in conv
+               if r["arch"] == "sm_80")
     for r in recs:
         _check_record(r)
     assert rc == 0, err
@@ -66,7 +73,8 @@ def test_problems_flags_bad_records():
     from drn_kernels import aot
 
     good = {"source": "triton", "kernel": "conv_bn_act", "arch": "sm_80", "dtype": "fp16", "config": "c",
-            "registers": 128, "spill_bytes": 0, "shared_bytes": 1024, "tensor_core_instructions": 8}
+            "registers": 128, "spill_bytes": 0, "shared_bytes": 1024, "tensor_core_instructions": 8,
+            "wgmma_instructions": 0}
     assert aot.problems([good]) == []
     assert aot.problems([{**good, "spill_bytes": 8}])
     assert aot.problems([{**good, "tensor_core_instructions": 0}])

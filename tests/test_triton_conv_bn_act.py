@@ -6,6 +6,8 @@ kernel follows); fp16/bf16 against 2x PyTorch's own same-dtype conv error vs flo
 flash-attention style), where "PyTorch's own" is F.conv2d + bias + residual + relu run in that dtype on the same
 rounded inputs (CPU supports it; on GPU it is cuDNN).
 """
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,6 +213,117 @@ def test_torch_compile_public_op_fullgraph(no_tf32):
 
     y = torch.compile(f, fullgraph=True)(x, weight, bias, residual)
     _check(y, x, weight, bias, residual, geo, True, torch.float32, 0.0, 1e-5)
+
+
+# ---- tile order, the vector path, thin layers, the tuning space -------------------------------------------------
+
+# Interpreter tiles small enough that the cases below span several groups of row tiles (with a short last group)
+# and several column tiles (with a partly and a wholly masked epilogue half).
+TILE_CONFIGS = [
+    pytest.param({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_C": 16, "GROUP_M": 3, "EPILOGUE_SPLIT": 1}, id="group3"),
+    pytest.param({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_C": 32, "GROUP_M": 2, "EPILOGUE_SPLIT": 2}, id="split2"),
+    pytest.param({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_C": 16, "GROUP_M": 1, "EPILOGUE_SPLIT": 1}, id="group1"),
+]
+# C a multiple of 8: the vector (NESTED) path, with 8-channel vectors when channels_last
+VECTOR_CASES = [
+    ("c8", 1, 8, 9, 13, 37, 3, 3, 1, 1, 1),
+    ("c16_thin", 2, 16, 7, 9, 16, 3, 3, 1, 1, 1),
+    ("c24_d2", 1, 24, 9, 11, 37, 3, 3, 1, 2, 2),
+    ("c40_s2", 1, 40, 11, 9, 21, 3, 3, 2, 1, 1),
+    ("c16_1x1_s2", 1, 16, 9, 13, 35, 1, 1, 2, 0, 1),
+]
+
+
+@pytest.mark.parametrize("config", TILE_CONFIGS)
+@pytest.mark.parametrize("case", VECTOR_CASES + [CASES[0]], ids=[c[0] for c in VECTOR_CASES] + ["flat_stem"])
+@pytest.mark.parametrize("dtype, atol, rtol", [DTYPES[0], DTYPES[1]])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_tile_orders_and_vector_path(config, case, dtype, atol, rtol, channels_last, monkeypatch, poisoned, no_tf32):
+    monkeypatch.setattr(conv_mod, "INTERPRET_CONFIG", config)
+    x, weight, bias, residual, geo = _inputs(case, dtype, channels_last, True, seed=5)
+    c = x.shape[1]
+    assert conv_mod.reduction_order(c) == (c % 8 != 0)
+    assert conv_mod.channel_vector(x) == (8 if channels_last and c % 8 == 0 else 1)
+    y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, relu=True, backend="triton", **geo)
+    _check(y, x, weight, bias, residual, geo, True, dtype, atol, rtol)
+
+
+def test_channel_vector_needs_aligned_strides():
+    x = torch.randn(2, 16, 5, 6).contiguous(memory_format=torch.channels_last)
+    assert conv_mod.channel_vector(x) == 8
+    # C_VEC is about offsets from x's data pointer; whether the pointer itself is 16-byte aligned triton's JIT
+    # checks (and specialises on) by itself
+    assert conv_mod.channel_vector(x[:, 8:]) == 8
+    assert conv_mod.channel_vector(x[:, 4:12]) == 8
+    assert conv_mod.channel_vector(x[:, 4:]) == 1  # C = 12
+    assert conv_mod.channel_vector(x.contiguous()) == 1  # NCHW: channels are not unit-stride
+    odd = torch.empty_strided((1, 16, 5, 7), (5 * 115, 1, 115, 16))  # rows 115 elements apart
+    assert conv_mod.channel_vector(odd) == 1
+    # a dimension of length 1 may have any stride: it never moves an address
+    one_row = torch.empty_strided((1, 16, 1, 4), (5, 1, 3, 16))
+    assert conv_mod.channel_vector(one_row) == 8
+
+
+@pytest.mark.parametrize("start", [8, 4], ids=["aligned_start", "unaligned_start"])
+def test_channel_vector_with_sliced_view_matches_reference(start, poisoned, no_tf32):
+    # x[:, start:start+16] of a 24-channel channels_last tensor: rows 24 elements apart, the first at `start`
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(1, 24, 7, 9, generator=g).contiguous(memory_format=torch.channels_last)
+    x = base[:, start:start + 16]
+    weight = torch.randn(13, 16, 3, 3, generator=g) / 12
+    bias = torch.randn(13, generator=g)
+    geo = dict(stride=[1, 1], padding=[2, 2], dilation=[2, 2])
+    assert conv_mod.channel_vector(x) == 8
+    y = drn_kernels.conv_bn_act(x, weight, bias, backend="triton", **geo)
+    _check(y, x, weight, bias, None, geo, True, torch.float32, 0.0, 1e-5)
+
+
+def _named(c, k, dtype):
+    return {"C": c, "K": k, "x_ptr": torch.empty(1, dtype=dtype)}
+
+
+def _tiles(configs):
+    return {(cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_C"], cfg.num_stages) for cfg in configs}
+
+
+def test_prune_keeps_thin_steps_for_thin_layers_only():
+    thin = conv_mod._prune_configs(conv_mod.CONFIGS, _named(16, 16, torch.float16), FLAT=False)
+    assert thin and {bc for _, _, bc, _ in _tiles(thin)} == {16}
+    wide = conv_mod._prune_configs(conv_mod.CONFIGS, _named(512, 512, torch.float16), FLAT=False)
+    assert {bc for _, _, bc, _ in _tiles(wide)} == {32, 64}
+    assert {(128, 128, 64, 4), (128, 128, 64, 3), (128, 256, 64, 3)} <= _tiles(wide)
+    c32 = conv_mod._prune_configs(conv_mod.CONFIGS, _named(32, 64, torch.float16), FLAT=False)
+    assert {bc for _, _, bc, _ in _tiles(c32)} == {32}  # a 64-channel step would be half masked
+    assert all(bn < 128 for _, bn, _, _ in _tiles(c32))  # a column tile >= 2*K is masked waste
+    # fp32 keeps its 16-channel steps (narrow tiles for registers) at any C
+    assert any(bc == 16 for _, _, bc, _ in _tiles(
+        conv_mod._prune_configs(conv_mod.FP32_CONFIGS, _named(512, 512, torch.float32), FLAT=False)))
+    # FLAT steps over R*S*C, not channels: no channel rule
+    flat = conv_mod._prune_configs(conv_mod.FLAT_CONFIGS, _named(3, 64, torch.float16), FLAT=True)
+    assert {bc for _, _, bc, _ in _tiles(flat)} == {16, 32}
+
+
+def test_prune_follows_the_device_shared_memory(monkeypatch):
+    named = _named(512, 512, torch.float16)
+    monkeypatch.setattr(conv_mod, "_shared_limit", lambda t: 100 * 1024)
+    small = _tiles(conv_mod._prune_configs(conv_mod.CONFIGS, named, FLAT=False))
+    assert (128, 128, 64, 4) not in small and (128, 256, 64, 3) not in small and (128, 128, 64, 3) in small
+    monkeypatch.setattr(conv_mod, "_shared_limit", lambda t: 227 * 1024 - conv_mod.SHARED_MARGIN)
+    assert {(128, 128, 64, 4), (128, 256, 64, 3)} <= _tiles(conv_mod._prune_configs(conv_mod.CONFIGS, named,
+                                                                                       FLAT=False))
+    monkeypatch.setattr(conv_mod, "_shared_limit", lambda t: 1024)
+    assert len(conv_mod._prune_configs(conv_mod.CONFIGS, named, FLAT=False)) == 1  # never an empty space
+
+
+def test_autotune_key_holds_every_flag_that_changes_the_code():
+    flags = {"HAS_RES", "RELU", "FLAT", "USE_INT64", "DOT_PRECISION", "C_VEC"}
+    constexprs = {"HAS_RES", "RELU", "FLAT", "USE_INT64", "DOT_PRECISION", "DOT_IN_FP32", "C_VEC"}
+    params = inspect.signature(conv_mod.conv_bn_act_kernel.fn).parameters.values()
+    kernel_flags = {p.name for p in params if "constexpr" in str(p.annotation)
+                    and not p.name.startswith(("BLOCK_", "GROUP_", "EPILOGUE_"))}  # the config's meta-parameters
+    assert kernel_flags == constexprs  # a new flag must be added here and (unless interpreter-only) to the key
+    for tuner in conv_mod.TUNED.values():
+        assert flags <= set(tuner.keys) and "M_BUCKET" in tuner.keys
 
 
 # ---- real sizes on a GPU ------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 // Element types: on the GPU float, __half, __nv_bfloat16; in the simulator float, c10::Half, c10::BFloat16.
 // Both 16-bit types are IEEE/bfloat16 bit patterns, so the host launcher reinterprets at::Half storage freely.
 //
-// Which path each architecture takes: sm_80 and sm_90 both run mma.sync.m16n8k16 (fp16/bf16) fed by cp.async;
+// Which path each architecture takes: sm_80 and sm_90 both run mma.sync.m16n8k16 (fp16/bf16) fed by cp.async
+// and ldmatrix;
 // there is no wgmma/TMA path (the simulator could not model it, and mma.sync runs on sm_90 at reduced peak).
 #pragma once
 
@@ -59,14 +60,17 @@ __device__ __forceinline__ T from_float(float v) {
 __device__ __forceinline__ bool is_nan(float v) { return v != v; }
 __device__ __forceinline__ bool is_finite(float v) { return v - v == 0.f; }  // false for NaN and +-inf
 
-// 32-bit load of two adjacent 16-bit elements from shared memory (one mma fragment register).
-__device__ __forceinline__ uint32_t load_u32(const void* p) {
-#if defined(DRN_SIMT_HOST)
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-#else
-  return *static_cast<const uint32_t*>(p);
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: four 8x8 matrices of 16-bit elements from shared memory, one
+// instruction per warp. Lane l gives the (16-byte aligned) address of row l % 8 of matrix l / 8; register j of
+// lane l receives elements (l / 4, 2 * (l % 4)) and (l / 4, 2 * (l % 4) + 1) of matrix j — the mma fragment layout.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem_row) {
+#if defined(__CUDA_ARCH__)
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+#elif defined(DRN_SIMT_HOST)
+  sim::ldmatrix_x4(r, smem_row);
 #endif
 }
 

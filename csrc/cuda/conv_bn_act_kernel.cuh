@@ -4,13 +4,15 @@
 // fastest), y[m, k] = sum_kk A[m, kk] * B[k, kk] where A[m, (r,s,c)] = x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, c]
 // (zero outside the image) and B = the weight packed (K, R, S, C). Accumulation is fp32.
 // Layout. x NHWC (channels_last), weight (K, R*S*C) row-major, y and residual NHWC, so y's offset is m*K + k.
-// Element offsets are int64 (x, y can exceed 2^31 elements); per-image coordinates are int.
+// Element offsets are int64 (x, y can exceed 2^31 elements); per-image coordinates are int. The vector path steps
+// its reduction index (r, s, c) incrementally: no division in the main loop (the C=3 stem's scalar gather divides).
 // Tiling. One block = a 64 (pixels) x 64 (channels) tile of y, 4 warps in a 2x2 arrangement of 32x32 warp tiles.
 // The reduction walks BK-wide slices (64 bytes: 32 fp16/bf16 or 16 fp32) through a 3-stage shared-memory ring
 // filled by cp.async (16-byte chunks; kVec) or, when C is not a multiple of a chunk (the C=3 stem), by scalar
 // gathers (!kVec). Rows are padded by one chunk so the fragment loads hit 32 distinct banks.
-// fp16/bf16: each warp issues 2x4 mma.sync.m16n8k16 per 16-deep step. fp32: an exact FFMA micro-kernel that
-// produces the same accumulator layout (no TF32 rounding), so the epilogue is shared.
+// fp16/bf16: each warp loads its fragments with 4 ldmatrix.x4 and issues 2x4 mma.sync.m16n8k16 per 16-deep
+// step. fp32: an exact FFMA micro-kernel that produces the same accumulator layout (no TF32 rounding), so the
+// epilogue is shared.
 // Epilogue from registers: + bias, + residual, ReLU (NaN kept, as torch.relu), cast to OutT, masked stores.
 #pragma once
 
@@ -74,7 +76,44 @@ __global__ void __launch_bounds__(conv::kThreads, 2) conv_bn_act_kernel(ConvPara
     a_base[i] = static_cast<int64_t>(n) * p.H * p.W * p.C;
   }
 
-  // x offset of reduction index kk for A row i, or -1 when it falls in the padding / past the end.
+  // The vector path walks the reduction with an iterator instead of dividing: this thread's chunk starts at
+  // reduction index kk = kt * kBlockK + load_chunk * kVecElems, i.e. tap (r, s) and channel c; each slice moves
+  // it kBlockK further (c += kBlockK, carried into s and r), and x's offset of the tap, (r*dh*W + s*dw)*C, is
+  // carried along by adding precomputed steps. Slices are loaded in order, once each, so one iterator serves
+  // both rows and every stage. Only the prologue divides.
+  int it_kk = load_chunk * kVecElems;
+  int it_c = it_kk % p.C, it_s = (it_kk / p.C) % p.S;
+  int it_dh = (it_kk / p.C / p.S) * p.dil_h, it_dw = it_s * p.dil_w;  // r * dil_h, s * dil_w
+  int64_t it_tap = (static_cast<int64_t>(it_dh) * p.W + it_dw) * p.C;
+  const int64_t tap_step_s = static_cast<int64_t>(p.dil_w) * p.C;                      // s -> s + 1
+  const int64_t tap_step_r = static_cast<int64_t>(p.dil_h) * p.W * p.C - p.S * tap_step_s;  // s = S - 1 -> r + 1
+  int64_t a_row_off[2];  // x offset of tap (0, 0), channel 0 of row i (outside the image when padded)
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+    a_row_off[i] = a_base[i] + (static_cast<int64_t>(a_h0[i]) * p.W + a_w0[i]) * p.C;
+  int64_t b_off[2];  // w offset of this thread's chunk in weight rows n0 + load_row + 32 * i
+#pragma unroll
+  for (int i = 0; i < 2; ++i) b_off[i] = static_cast<int64_t>(n0 + load_row + 32 * i) * p.Kdim + it_kk;
+  auto advance = [&]() {
+    it_kk += kBlockK;
+    it_c += kBlockK;
+    while (it_c >= p.C) {  // at most once when C >= kBlockK; a thin C crosses several taps per slice
+      it_c -= p.C;
+      it_dw += p.dil_w;
+      it_tap += tap_step_s;
+      if (++it_s == p.S) {
+        it_s = 0;
+        it_dw = 0;
+        it_dh += p.dil_h;
+        it_tap += tap_step_r;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) b_off[i] += kBlockK;
+  };
+
+  // x offset of reduction index kk for A row i, or -1 when it falls in the padding / past the end (the scalar
+  // gather of the !kVec path).
   auto a_offset = [&](int i, int kk) -> int64_t {
     if (!a_ok[i] || kk >= p.Kdim) return -1;
     const int rs = kk / p.C, c = kk - rs * p.C;
@@ -85,7 +124,7 @@ __global__ void __launch_bounds__(conv::kThreads, 2) conv_bn_act_kernel(ConvPara
   };
 
   auto load_tiles = [&](int stage, int kt) {
-    const int k0 = kt * kBlockK + load_chunk * kVecElems;
+    [[maybe_unused]] const int k0 = kt * kBlockK + load_chunk * kVecElems;  // the scalar gather's index
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int row = load_row + 32 * i;
@@ -93,10 +132,12 @@ __global__ void __launch_bounds__(conv::kThreads, 2) conv_bn_act_kernel(ConvPara
       T* b_dst = &b_tile[stage][row][load_chunk * kVecElems];
       const int k = n0 + row;
       if constexpr (kVec) {  // C % kVecElems == 0: a chunk is 16 contiguous, aligned bytes of one (r, s)
-        const int64_t off = a_offset(i, k0);
-        cp_async16(a_dst, off >= 0 ? x + off : x, off >= 0);
-        const bool b_ok = k < p.K && k0 < p.Kdim;
-        cp_async16(b_dst, b_ok ? w + static_cast<int64_t>(k) * p.Kdim + k0 : w, b_ok);
+        const int h = a_h0[i] + it_dh, ww = a_w0[i] + it_dw;
+        const bool a_in = a_ok[i] && it_kk < p.Kdim && static_cast<unsigned>(h) < static_cast<unsigned>(p.H) &&
+                          static_cast<unsigned>(ww) < static_cast<unsigned>(p.W);
+        cp_async16(a_dst, a_in ? x + (a_row_off[i] + it_tap + it_c) : x, a_in);
+        const bool b_ok = k < p.K && it_kk < p.Kdim;
+        cp_async16(b_dst, b_ok ? w + b_off[i] : w, b_ok);
       } else {
 #pragma unroll
         for (int e = 0; e < kVecElems; ++e) {
@@ -107,6 +148,7 @@ __global__ void __launch_bounds__(conv::kThreads, 2) conv_bn_act_kernel(ConvPara
         }
       }
     }
+    if constexpr (kVec) advance();
   };
 
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -142,20 +184,21 @@ __global__ void __launch_bounds__(conv::kThreads, 2) conv_bn_act_kernel(ConvPara
     } else {
 #pragma unroll
       for (int ks = 0; ks < kBlockK; ks += 16) {
+        // Fragments by ldmatrix.x4: A's 16x16 block i as matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), in
+        // register order a[0..3]; B's column blocks j, j+1 as (n rows of j | of j+1) x (k 0-7 | 8-15). The
+        // 80-byte row pitch puts the 8 rows of each matrix in 8 distinct 16-byte bank groups.
         uint32_t a[2][4], b[4][2];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const int r = wm + i * 16 + g, c = ks + 2 * t;
-          a[i][0] = load_u32(&a_tile[stage][r][c]);
-          a[i][1] = load_u32(&a_tile[stage][r + 8][c]);
-          a[i][2] = load_u32(&a_tile[stage][r][c + 8]);
-          a[i][3] = load_u32(&a_tile[stage][r + 8][c + 8]);
-        }
+        for (int i = 0; i < 2; ++i)
+          ldmatrix_x4(a[i], &a_tile[stage][wm + i * 16 + ((lane / 8) % 2) * 8 + lane % 8][ks + (lane / 16) * 8]);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int n = wn + j * 8 + g, c = ks + 2 * t;
-          b[j][0] = load_u32(&b_tile[stage][n][c]);
-          b[j][1] = load_u32(&b_tile[stage][n][c + 8]);
+        for (int j = 0; j < 4; j += 2) {
+          uint32_t r[4];
+          ldmatrix_x4(r, &b_tile[stage][wn + (j + lane / 16) * 8 + lane % 8][ks + ((lane / 8) % 2) * 8]);
+          b[j][0] = r[0];
+          b[j][1] = r[1];
+          b[j + 1][0] = r[2];
+          b[j + 1][1] = r[3];
         }
 #pragma unroll
         for (int i = 0; i < 2; ++i)

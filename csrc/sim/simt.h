@@ -134,6 +134,22 @@ void mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2], Decode d
   for (int i = 0; i < 4; ++i) c[i] = d[i];
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16 (drn::ldmatrix_x4): every lane publishes its row address, then lane
+// l reads, for each matrix j, the 4 bytes at column 2 * (l % 4) of row l / 4, i.e. of the address lane 8j + l / 4
+// gave.
+inline void ldmatrix_x4(uint32_t r[4], const void* row) {
+  Warp& w = warp();
+  const unsigned lane = lane_id();
+  std::memcpy(w.scratch[lane], &row, sizeof(row));
+  w.bar.arrive_and_wait();
+  for (int j = 0; j < 4; ++j) {
+    const char* src;
+    std::memcpy(&src, w.scratch[8 * j + lane / 4], sizeof(src));
+    std::memcpy(&r[j], src + 4 * (lane % 4), 4);
+  }
+  w.bar.arrive_and_wait();
+}
+
 }  // namespace sim
 
 inline void __syncthreads() { sim::current->block.arrive_and_wait(); }
