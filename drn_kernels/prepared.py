@@ -33,6 +33,7 @@ and SEARCHES for the process.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import itertools
 import logging
@@ -55,6 +56,7 @@ _log = logging.getLogger(__name__)
 _decide_lock = threading.RLock()  # one decision at a time: concurrent first calls time one search, not several
 SEARCHES: list[dict] = []         # one record per measured choice: key, median seconds per candidate, cost
 _uids = itertools.count()
+_UNKNOWN = object()
 _LIVE: "weakref.WeakValueDictionary[str, PreparedConv]" = weakref.WeakValueDictionary()  # uid -> conv (tracing)
 
 
@@ -145,14 +147,17 @@ class PreparedConv:
         path: not the cpu backend, or DRN_CPU_CONV=aten); chosen at the first call of the shape (see the module)."""
         shape_key = (tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), cpu_conv_setting(),
                      torch.get_num_threads())
-        if shape_key in self.algorithms:
-            self.algorithms.move_to_end(shape_key)
-            return self.algorithms[shape_key]
+        known = self.algorithms.get(shape_key, _UNKNOWN)
+        if known is not _UNKNOWN:
+            with contextlib.suppress(KeyError):  # another thread may have just evicted it
+                self.algorithms.move_to_end(shape_key)
+            return known
         with _decide_lock:
             chosen = self._decide(x, stride, padding, dilation)
         self.algorithms[shape_key] = chosen
-        if len(self.algorithms) > self.MAX_SHAPES:
-            self.algorithms.popitem(last=False)
+        while len(self.algorithms) > self.MAX_SHAPES:
+            with contextlib.suppress(KeyError):
+                self.algorithms.popitem(last=False)
         return chosen
 
     def choice_key(self, x_shape, stride, padding, dilation) -> str:
