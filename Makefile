@@ -69,16 +69,16 @@ gpu-check:
 	echo "gpu-check: $$py -m benchmarks.device_check $(GPU_CHECK_FLAGS)"; \
 	PYTHONUNBUFFERED=1 $$py -m benchmarks.device_check $(GPU_CHECK_FLAGS)
 
-# The lent GPU's software rehearsed here, in a second environment $(GPU_ENV) (Python 3.12, torch 2.11.0, triton
-# 3.6.0, as on the lent H200): the extension builds against torch 2.11's headers (sm_90a), the CPU test suite
+# A GPU machine's software stack (Python 3.12, torch 2.11.0, triton 3.6.0) rehearsed here, in a second environment
+# $(GPU_ENV): the extension builds against torch 2.11's headers (sm_90a), the CPU test suite
 # passes (Triton interpreter, cuda-sim, cpu) and every Triton kernel compiles for sm_90 under triton 3.6.
 # Not part of `make test` (a ~4 GB download and a second full suite); run it when torch/triton code changes.
 GPU_ENV ?= .venv-gpu-sim
 # the first Python 3.12 that runs: on PATH, else pyenv's (whose shim refuses a version that is not selected)
 GPU_ENV_PYTHON ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
 	$(if $(shell $(p) -V 2>/dev/null),$(p))) python3.12)
-# numpy < 2.4: triton 3.6's interpreter converts 1-element arrays with int(), an error from numpy 2.4 on (the
-# lent machine's numpy 2.5 never meets the interpreter: it runs the compiled kernels)
+# numpy < 2.4: triton 3.6's interpreter converts 1-element arrays with int(), an error from numpy 2.4 on (a GPU
+# machine runs the compiled kernels, never the interpreter)
 GPU_ENV_SPECS ?= torch==2.11.0 triton==3.6.0 'numpy<2.4'
 GPU_ENV_PY := $(GPU_ENV)/bin/python
 GPU_ENV_VARS := TORCH_EXTENSIONS_DIR=$(abspath $(GPU_ENV))/torch_extensions DRN_BUILD_DIR=$(abspath $(GPU_ENV))/drn_build \

@@ -8,7 +8,7 @@ What a call costs the CPU before (or instead of) any kernel runs, in microsecond
                     launcher's Python (output allocation, weight view, launch facts, grid)
   fused model       a fused drn_d_22 (backend "triton", launches replaced by no-ops) forward at 1x3x64x64,
                     divided by its number of conv_bn_act calls
-each with the per-signature caches (drn_kernels._checks._PASSED, conv_bn_act._FACTS, the Triton op import) on, and
+each with the per-signature caches (drn_kernels.launch_caches: checks, launch facts, the Triton op import) on, and
 off (every call checked and derived in full, as before they existed), alternated round by round in one process;
 medians. On a GPU the Triton launcher's own host work (triton's JIT dispatch, ~20-40 us) comes on top of
 "triton launch"; CUDA graphs remove all of it (docs/launch-cost.md).
@@ -26,30 +26,14 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton (and so drn_kern
 import torch  # noqa: E402
 
 import drn_kernels  # noqa: E402
-from drn_kernels import _backends, _checks  # noqa: E402
-
-
-class _Forgetful(dict):
-    """A cache that never keeps anything: every call takes the uncached path."""
-
-    def __setitem__(self, key, value):
-        pass
-
-    def add(self, item):
-        pass
+from drn_kernels import launch_caches  # noqa: E402
 
 
 @contextlib.contextmanager
 def caches(on: bool):
-    from drn_kernels.triton import conv_bn_act as conv_mod
-
-    saved = _checks._PASSED, conv_mod._FACTS, _backends._TRITON_IMPORTED
-    if not on:
-        _checks._PASSED, conv_mod._FACTS, _backends._TRITON_IMPORTED = _Forgetful(), _Forgetful(), _Forgetful()
-    try:
+    """The launch path's per-signature caches on (as shipped) or off (drn_kernels.launch_caches.disabled)."""
+    with launch_caches.disabled() if not on else contextlib.nullcontext():
         yield
-    finally:
-        _checks._PASSED, conv_mod._FACTS, _backends._TRITON_IMPORTED = saved
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Conv weights prepared once for the kernels that run them, kept by the one who owns the weights.
 
 The cpu backend computes with other forms of a conv weight than the (K, C, R, S) tensor: its Winograd path with
-U = G g Gᵀ (drn::winograd_weight; ~0.3 s for all of drn_c_26's layers), its oneDNN path with the weight
+U = G g Gᵀ (drn::winograd_weight: too costly to redo on every call), its oneDNN path with the weight
 re-ordered into oneDNN's blocked layout for the conv's geometry and input shape. The public ops never cache
 these: a cache keyed on a tensor (identity, data pointer, `_version`) cannot see writes through `.data`, numpy
 views or inference tensors, and would compute with stale weights. Called with a weight, the ops transform it on
@@ -145,8 +145,9 @@ class PreparedConv:
     def algorithm(self, x: Tensor, stride, padding, dilation) -> str | None:
         """The algorithm this conv runs for x's shape: "winograd4", "winograd2", "onednn", or None (the op's own
         path: not the cpu backend, or DRN_CPU_CONV=aten); chosen at the first call of the shape (see the module)."""
-        shape_key = (tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), cpu_conv_setting(),
-                     torch.get_num_threads())
+        # once decided for a shape, kept for this object's life, whatever the thread count later (a forked worker
+        # on one thread computes what its parent did); a new decision reads the tables of the current thread count
+        shape_key = (tuple(x.shape), tuple(stride), tuple(padding), tuple(dilation), cpu_conv_setting())
         known = self.algorithms.get(shape_key, _UNKNOWN)
         if known is not _UNKNOWN:
             with contextlib.suppress(KeyError):  # another thread may have just evicted it

@@ -253,4 +253,5 @@ def test_three_builders_at_once_into_an_empty_folder(tmp_path, monkeypatch, caps
     assert len(lines) == 1  # rank 0 alone prints
     assert evaluate.main(args) == 0  # this process, its own build, the same pinned algorithm
     one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert json.loads(lines[0]) == one and one["images"] == 2
+    drop = lambda d: {k: v for k, v in d.items() if k != "images_per_s"}  # noqa: E731 (a speed, not a result)
+    assert drop(json.loads(lines[0])) == drop(one) and one["images"] == 2
