@@ -4,8 +4,9 @@ A fused model's 3x3 stride-1 convs pick Winograd F(4x4), F(2x2) or oneDNN by tim
 the same machine gives the same answer run after run, and a new image size does not pay a new search, a choice is
 
 - keyed by what decides it (`key`): the weight's shape, the conv geometry, the dtype and a size bucket — the
-  output's pixel count rounded down to a power of two, every size at or above the timed crop
-  (prepared.TIMED_PIXELS) in one bucket, since the search times at most that crop anyway;
+  output's pixel count rounded down to a power of two, every size of prepared.BUCKET_PIXELS (1024) or more in one
+  bucket (from 32x32 maps on, the tiles' waste at the edges no longer moves the choice), so a pass over image sizes
+  never seen searches each layer kind once;
 - taken, in this order, from: a pinned table (drn.build(..., fused=True, cpu_choices=TABLE) or
   FusedModel.pin_cpu_choices: one table for evaluations on several machines), this process's table, this machine's
   cache file, and only then measured;

@@ -50,6 +50,7 @@ from . import _backends, cpu_choices, ops
 WINOGRAD = "winograd"
 CANDIDATES = cpu_choices.CHOICES  # every algorithm a search may time (its dtype's subset)
 TIMED_PIXELS = 4096   # output pixels (batch x rows x columns) of the input the candidates are timed on, at most
+BUCKET_PIXELS = 1024  # output pixels from which every size shares one choice (drn_kernels.cpu_choices.key)
 TIMING_ROUNDS = 3     # interleaved timed rounds per candidate, after one warm-up run each
 
 _log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class PreparedConv:
     def choice_key(self, x_shape, stride, padding, dilation) -> str:
         """This conv's key in the choice tables (drn_kernels.cpu_choices.key) for an input of `x_shape`."""
         return cpu_choices.key(self.weight.shape, x_shape, stride, padding, dilation, self.weight.dtype,
-                               TIMED_PIXELS)
+                               BUCKET_PIXELS)
 
     def _decide(self, x: Tensor, stride, padding, dilation) -> str | None:
         mode, tile, _ = cpu_conv_setting()

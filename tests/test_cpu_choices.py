@@ -46,12 +46,12 @@ def _x(n, c, h, w, seed=5):
 
 
 def test_key_is_what_decides():
-    cap = prep.TIMED_PIXELS
+    cap = prep.BUCKET_PIXELS
     key = lambda shape, dil=1, dtype=torch.float32: cpu_choices.key((64, 64, 3, 3), shape, (1, 1), (dil, dil),
                                                                  (dil, dil), dtype, cap)
     assert key((1, 64, 28, 28)) == "k64c64r3s3/s1,1/p1,1/d1,1/float32/px512"  # 784 pixels: bucket 512
     assert key((1, 64, 30, 30)) == key((1, 64, 28, 28))                        # 900: the same bucket
-    assert key((1, 64, 128, 128)) == key((4, 64, 300, 200)) != key((1, 64, 28, 28))  # every size >= the crop
+    assert key((1, 64, 128, 128)) == key((4, 64, 300, 200)) == key((1, 64, 34, 34)) != key((1, 64, 28, 28))
     assert key((1, 64, 28, 28), dil=2) != key((1, 64, 28, 28))
     assert key((1, 64, 28, 28), dtype=torch.bfloat16) != key((1, 64, 28, 28))
     assert cpu_choices.bucket(0, cap) == 1 and cpu_choices.bucket(10 ** 9, cap) == cap
