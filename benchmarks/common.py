@@ -702,6 +702,20 @@ def interleaved_times(calls: dict, rounds: int, first_round: int = 0) -> dict:
     return times
 
 
+def require_cpu_timing(benchmark, checked_by: str) -> None:
+    """Skip unless this is a CPU-only machine with the cpu backend and the run times (--benchmark-only): the CPU
+    goal benchmarks time whole passes and leave their output checks to `checked_by`."""
+    import pytest
+
+    if DEVICE.type != "cpu":
+        pytest.skip("a CPU goal: runs on a CPU-only machine")
+    reason = why_unavailable("cpu")
+    if reason:
+        pytest.skip(reason)
+    if getattr(benchmark, "disabled", False):
+        pytest.skip(f"timing only (--benchmark-only): {checked_by} checks the outputs")
+
+
 def add_result(group: str, name: str, provider: str, seconds: list, info: dict) -> None:
     """One results record (what conftest writes and report.py reads) from times measured outside
     pytest-benchmark's timer."""

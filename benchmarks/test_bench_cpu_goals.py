@@ -37,13 +37,7 @@ FUSED_BF16 = "cpu-bf16"
 @pytest.mark.parametrize(("name", "task", "shape"), GOAL_CASES,
                          ids=[f"{n}-{t}-{'x'.join(map(str, s))}" for n, t, s in GOAL_CASES])
 def test_cpu_goal(benchmark, name, task, shape):
-    if common.DEVICE.type != "cpu":
-        pytest.skip("the CPU goals run on a CPU-only machine")
-    reason = common.why_unavailable("cpu")
-    if reason:
-        pytest.skip(reason)
-    if getattr(benchmark, "disabled", False):
-        pytest.skip("interleaved timing only (--benchmark-only): test_bench_models.py checks these cases' outputs")
+    common.require_cpu_timing(benchmark, "benchmarks/test_bench_models.py")
     sid = "x".join(map(str, shape))
     # (provider, dtype) -> runner; the peers that are not installed are left out (and named in extra_info)
     wanted = [(p, torch.float32) for p in PEERS] + [("cpu", torch.float32), ("cpu", torch.bfloat16)]

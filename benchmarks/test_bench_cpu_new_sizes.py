@@ -11,7 +11,6 @@ searches (how many the first pass made) and the labels' agreement. CPU only; --b
 """
 import time
 
-import pytest
 import torch
 
 from benchmarks import common
@@ -30,13 +29,7 @@ def _pass(fn, xs) -> tuple[float, list]:
 
 
 def test_first_pass_over_new_sizes(benchmark, tmp_path, monkeypatch):
-    if common.DEVICE.type != "cpu":
-        pytest.skip("a CPU-backend goal")
-    reason = common.why_unavailable("cpu")
-    if reason:
-        pytest.skip(reason)
-    if getattr(benchmark, "disabled", False):
-        pytest.skip("timing only (--benchmark-only): tests/test_cpu_choices.py checks the choices")
+    common.require_cpu_timing(benchmark, "tests/test_cpu_choices.py")
     assert len(set(SIZES)) == 16 and all(256 <= h <= 376 and 384 <= w <= 544 for h, w in SIZES)
     monkeypatch.setenv("DRN_CHOICE_CACHE", str(tmp_path / "choices"))
     monkeypatch.setattr(cpu_choices, "_tables", {})

@@ -37,6 +37,7 @@ import threading
 import torch
 
 from . import settings
+from ._checks import conv_output_size
 
 CHOICES = ("winograd4", "winograd2", "onednn")  # every algorithm a choice may name
 SOURCE_NAMES = ("pinned", "cache", "measured", "setting")
@@ -61,8 +62,8 @@ def key(weight_shape, x_shape, stride, padding, dilation, dtype: torch.dtype, ca
     """The choice key of a conv of `weight_shape` (K, C, R, S) on an input of `x_shape` (N, C, H, W)."""
     k, c, r, s = (int(v) for v in weight_shape)
     n, _, h, w = (int(v) for v in x_shape)
-    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    p = conv_output_size(h, r, stride[0], padding[0], dilation[0])
+    q = conv_output_size(w, s, stride[1], padding[1], dilation[1])
     geometry = "/".join(f"{name}{a},{b}" for name, (a, b) in (("s", stride), ("p", padding), ("d", dilation)))
     return f"k{k}c{c}r{r}s{s}/{geometry}/{str(dtype).replace('torch.', '')}/px{bucket(n * max(p, 0) * max(q, 0), cap)}"
 

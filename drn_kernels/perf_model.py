@@ -25,6 +25,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from ._checks import conv_output_size
+
 
 @dataclass(frozen=True)
 class Device:
@@ -79,11 +81,11 @@ class Layer:
 
     @property
     def p(self) -> int:
-        return (self.h + 2 * self.padding - self.dilation * (self.r - 1) - 1) // self.stride + 1
+        return conv_output_size(self.h, self.r, self.stride, self.padding, self.dilation)
 
     @property
     def q(self) -> int:
-        return (self.w + 2 * self.padding - self.dilation * (self.s - 1) - 1) // self.stride + 1
+        return conv_output_size(self.w, self.s, self.stride, self.padding, self.dilation)
 
     @property
     def m(self) -> int:

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from . import _backends, cpu_choices, ops
+from ._checks import conv_output_size
 
 WINOGRAD = "winograd"
 CANDIDATES = cpu_choices.CHOICES  # every algorithm a search may time (its dtype's subset)
@@ -73,8 +74,8 @@ def cpu_conv_setting() -> tuple[str, int, str]:
 def _timing_input(x: Tensor, padding, dilation) -> Tensor:
     """x, or a crop of it (fewer images, then fewer rows) whose conv output has about TIMED_PIXELS pixels."""
     n, _, h, w = x.shape
-    p = h + 2 * padding[0] - 2 * dilation[0]
-    q = w + 2 * padding[1] - 2 * dilation[1]
+    p = conv_output_size(h, 3, 1, padding[0], dilation[0])
+    q = conv_output_size(w, 3, 1, padding[1], dilation[1])
     if p <= 0 or q <= 0 or n * p * q <= TIMED_PIXELS:
         return x
     if p * q <= TIMED_PIXELS:
