@@ -25,7 +25,7 @@ bool winograd_computes(const at::Tensor& x, const at::Tensor& weight, at::IntArr
 // The Winograd tiles to consider for this call under DRN_CPU_CONV — empty when it cannot compute it, under
 // "direct"/"aten", and under "auto" when either channel count is below 64: F(4×4) and F(2×2); with the bfloat16
 // GEMM F(2×2) only — bfloat16 V and U (the GEMM's operands, rounded to 8 bits after transforms whose factors
-// reach 25 in F(4×4)) put F(4×4)'s error at ~15× torch's own bfloat16 convolution error, F(2×2)'s at 1.4-1.7×
+// reach 25 in F(4×4)) put F(4×4)'s error at ~15× torch's own bfloat16 convolution error, F(2×2)'s at 1.4–2.1×
 // (measured on 64-512 channel DRN layers). drn::cpu_winograd_tiles; the algorithm search's candidates.
 std::vector<int64_t> winograd_tiles(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride);
 
