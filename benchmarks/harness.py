@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from drn_kernels import perf_model
-
 RESULTS_DIR = pathlib.Path(__file__).parent / "results"
 MAX_INPUT_SETS = 64
 
@@ -27,11 +25,20 @@ MAX_INPUT_SETS = 64
 # ---- layer shapes ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class LayerShape(perf_model.Layer):
-    """A benchmarked conv_bn_act layer: drn_kernels.perf_model's Layer (its sizes and geometry), whether it ends in
-    ReLU, and where it first occurs."""
-    relu: bool = True
-    first_seen: str = ""  # model:layer where this shape first occurs
+class LayerShape:
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    stride: int
+    padding: int
+    dilation: int
+    residual: bool
+    relu: bool
+    first_seen: str  # model:layer where this shape first occurs
 
     @property
     def id(self) -> str:
@@ -40,7 +47,9 @@ class LayerShape(perf_model.Layer):
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        return self.p, self.q
+        p = (self.h + 2 * self.padding - self.dilation * (self.r - 1) - 1) // self.stride + 1
+        q = (self.w + 2 * self.padding - self.dilation * (self.s - 1) - 1) // self.stride + 1
+        return p, q
 
     def count(self, itemsize=4):
         """drn.flops' LayerCount: FLOPs, and bytes with every input read once and the output written once."""

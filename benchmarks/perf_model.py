@@ -19,7 +19,8 @@ from .common import layer_shapes
 
 def layers() -> list[tuple[str, perf_model.Layer]]:
     """(benchmark id, model layer) of every benchmarked shape."""
-    return [(s.id, s) for s in layer_shapes()]  # a LayerShape is a perf_model.Layer
+    return [(s.id, perf_model.Layer(s.n, s.c, s.h, s.w, s.k, s.r, s.s, s.stride, s.padding, s.dilation,
+                                    s.residual)) for s in layer_shapes()]
 
 
 def predictions(device: perf_model.Device, elt: int = 2) -> list[dict]:
