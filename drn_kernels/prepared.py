@@ -20,8 +20,9 @@ channels in and out; float32 and bfloat16) has candidates — the Winograd tiles
 is too inaccurate) and oneDNN's direct convolution. Its choice is keyed by what decides it (drn_kernels.cpu_choices:
 weight shape, geometry, dtype, a size bucket) and taken from a pinned table, this process's table or this
 machine's cache file; only where none has it are the candidates timed — on the call's input cropped to at most
-TIMED_PIXELS output pixels, warm-up then TIMING_ROUNDS interleaved rounds, the least median kept — and the result
-added to the cache file, so the next process and the next image size of the bucket run the same algorithm. Every
+TIMED_PIXELS output pixels, warm-up then up to TIMING_ROUNDS interleaved rounds (one where its fastest is
+CLEAR_MARGIN ahead), the least median kept — and the result added to the cache file, so the next process and the
+next image size of the bucket run the same algorithm. Every
 later call, and every PreparedConv of the same key, runs it, so repeats are bit-identical. The choice goes to the
 kernel as the prepared form it passes (a Winograd U of that tile, or a oneDNN copy), not through a setting; under
 torch.compile it is decided eagerly while tracing (decide_at_trace), so a compiled model runs the same algorithms
@@ -53,7 +54,8 @@ WINOGRAD = "winograd"
 CANDIDATES = cpu_choices.CHOICES  # every algorithm a search may time (its dtype's subset)
 TIMED_PIXELS = 4096   # output pixels (batch x rows x columns) of the input the candidates are timed on, at most
 BUCKET_PIXELS = 1024  # output pixels from which every size shares one choice (drn_kernels.cpu_choices.key)
-TIMING_ROUNDS = 3     # interleaved timed rounds per candidate, after one warm-up run each
+TIMING_ROUNDS = 3     # interleaved timed rounds per candidate, after one warm-up run each, at most
+CLEAR_MARGIN = 1.3    # a first round whose fastest is this much ahead of every other candidate decides alone
 
 _log = logging.getLogger(__name__)
 _decide_lock = threading.RLock()  # one decision at a time: concurrent first calls time one search, not several
@@ -103,16 +105,24 @@ def _timing_input(x: Tensor, padding, dilation) -> Tensor:
 
 
 def median_times(runs: dict, rounds: int = TIMING_ROUNDS) -> dict[str, float]:
-    """Median seconds of each callable in `runs`: one warm-up each, then `rounds` interleaved rounds."""
+    """Median seconds of each callable in `runs`: one warm-up each, then up to `rounds` interleaved rounds — one
+    when it already leaves the fastest CLEAR_MARGIN ahead of every other (more rounds could not change the pick)."""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
-    for _ in range(rounds):
+    for i in range(rounds):
         for name, run in runs.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+        if i == 0 and _clear_winner({name: t[0] for name, t in times.items()}):
+            break
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _clear_winner(seconds: dict[str, float]) -> bool:
+    ordered = sorted(seconds.values())
+    return len(ordered) < 2 or ordered[1] >= CLEAR_MARGIN * ordered[0]
 
 
 @torch._dynamo.assume_constant_result
