@@ -203,18 +203,34 @@ def test_conv_every_tile_batch0_and_scalar_gather(tile):
 def test_conv_tile_rule():
     """The host rule (host_ops.cuh conv_tile_rule): the least roofline bound of drn_kernels/perf_model.py's H100
     figures. 16-bit: big layers take 128x128 (half the L2 bytes per FLOP of 64x64), K = 64 takes 128x64 (a
-    128-wide tile would issue masked columns), a grid of fewer tiles than SMs falls back to 64x64; tiles that need
-    more shared memory than the device allows are skipped. fp32 (FFMA-bound in the model) keeps 64x64."""
+    128-wide tile would issue masked columns), a one-tile grid 64x64; tiles that need more shared memory than the
+    device allows are skipped. fp32 (FFMA-bound in the model: only the last wave's tail differs) keeps 64x64."""
     rule = torch.ops.drn.conv_tile_rule
     h100 = dict(sms=132, smem_optin=227 * 1024)
     assert rule(8 * 28 * 28, 512, 2, **h100) == 1          # drn_c_42 layer4/5 at batch 8 @224: 128x128
     assert rule(8 * 128 * 256, 128, 2, **h100) == 1        # 1024x2048 input, 128 channels
     assert rule(8 * 28 * 28, 64, 2, **h100) == 2           # K = 64: 128x64
     assert rule(8 * 1024 * 2048, 16, 2, **h100) == 2       # thin layer: 128x64
-    assert rule(1 * 56 * 56, 64, 2, **h100) == 0           # 49 tiles of 64x64 < 132 SMs: 64x64
-    assert rule(100, 16, 2, **h100) == 0
+    assert rule(8 * 28 * 28, 128, 2, **h100) == 1          # 98 tiles: 128x128 still wins (L2-bound)
+    assert rule(100, 16, 2, **h100) == 0                   # one tile: the smallest issues the least
     assert rule(8 * 28 * 28, 512, 2, sms=132, smem_optin=48 * 1024) == 2  # 128x128's 64 KB not allowed
     assert rule(8 * 28 * 28, 512, 4, **h100) == 0
+
+
+def test_conv_tile_rule_agrees_with_perf_model():
+    """On every layer the benchmarks time, the tile the host rule picks has the least perf_model bound among the
+    four CUDA tiles (within 1%: the rule leaves out the model's DRAM roof, the output bytes and the rounding of C
+    to a slice, which hardly differ between tiles), on an H100 and an H200."""
+    from benchmarks import perf_model as bench_model
+    from drn_kernels import perf_model
+
+    tiles = {0: perf_model.Tile(64, 64, 32, 4, 3), 1: perf_model.Tile(128, 128, 32, 8, 4),
+             2: perf_model.Tile(128, 64, 32, 4, 4), 3: perf_model.Tile(64, 128, 32, 4, 4)}
+    for device in (perf_model.DEVICES["H100"], perf_model.DEVICES["H200"]):
+        for name, layer in bench_model.layers():
+            rule = torch.ops.drn.conv_tile_rule(layer.m, layer.k, 2, device.sms, 227 * 1024)
+            bounds = {i: perf_model.bound(layer, tile, device).seconds for i, tile in tiles.items()}
+            assert bounds[rule] <= 1.01 * min(bounds.values()), (device.name, name, rule, bounds)
 
 
 def test_conv_bn_act_deterministic_and_empty_batch():

@@ -80,19 +80,19 @@ void dispatch_conv_tile(int tile, F&& f) {
 }
 
 // Which tile a vector-path conv launches with: the least roofline bound of drn_kernels/perf_model.py
-// (docs/gpu-performance-model.md) over the four tiles, in that model's units. Per slice of the reduction a tile
-// of BM x BN reads (BM + BN) rows from L2 and issues 2 BM BN reduction-width FLOPs, so for the whole launch
-// (tm = ceil(M / BM) row tiles, tn = ceil(K / BN) column tiles, both per unit of reduction length and element size):
-//   L2 time       ~ tn M + tm K                                   (every column tile reads all M input rows...)
-//   compute time  ~ ceil(tm tn / sms) BM BN sms / flops_per_byte  (the busiest SM's tiles at 1/sms of the peak,
-//                                                                  masked rows and columns included)
-// where flops_per_byte = tensor peak / L2 bandwidth / element size of the model's device figures (H100: 989
-// TFLOP/s fp16 over 5.5 TB/s over 2 bytes = 90; fp32 FFMA: 67 TFLOP/s over 5.5 TB/s over 4 bytes = 3). The bound
-// is the larger of the two; the least bound wins, ties to the smaller tile (listed first). So big layers take the
-// 128x128 tile (half the L2 bytes per FLOP of 64x64), a narrow K (<= 64) takes 128x64 (BN = 128 would issue
-// masked columns), and small grids (fewer tiles than SMs) fall back to smaller tiles that spread over the SMs.
-// Tiles whose shared memory exceeds the device's opt-in limit are skipped. Unmeasured: a model, as the Triton
-// autotuner's prediction is; the GPU benchmarks record which tile ran.
+// (docs/gpu-performance-model.md) over the four tiles, with that model's H100 figures. Per unit of reduction length
+// (R*S*C, common to every tile, so it cancels), with tm = ceil(M / BM) row tiles and tn = ceil(K / BN) column tiles:
+//   L2 time       ~ (tn M + tm K) elt / l2_bw            (every column tile reads all M input rows, every row
+//                                                         tile all K weight rows)
+//   compute time  ~ ceil(tm tn / sms) 2 BM BN sms / peak  (the busiest SM's tiles at 1/sms of the peak, masked rows
+//                                                         and columns included: the tail of the last wave)
+// Both are compared in L2-element units: compute' = ceil(tm tn / sms) BM BN sms / f with f = peak elt / (2 l2_bw)
+// (16-bit tensor cores: 989 TFLOP/s x 2 B / (2 x 5.5 TB/s) = 180; fp32 FFMA: 67 TFLOP/s x 4 B / 11 TB/s = 24).
+// The bound is the larger of the two; the least bound wins, ties to the tile listed first. So big layers take the
+// 128x128 tile (half the L2 bytes per FLOP of 64x64), a narrow K (<= 64) a 64-wide tile (a 128-wide one would
+// issue masked columns), and a grid of fewer tiles than SMs smaller tiles that spread over more SMs. The model's
+// DRAM roof and the output's bytes are the same for every tile and left out. Tiles whose shared memory exceeds
+// the device's opt-in limit are skipped. Unmeasured: a model, as the Triton autotuner's prediction is.
 inline int conv_tile_rule(int64_t M, int64_t K, int64_t elt_bytes, int64_t sms, int64_t smem_optin) {
   struct Cand {
     int id;
@@ -102,7 +102,8 @@ inline int conv_tile_rule(int64_t M, int64_t K, int64_t elt_bytes, int64_t sms, 
                         {kTile128x64, 128, 64, conv::Tile128x64::kSharedBytes},
                         {kTile64x128, 64, 128, conv::Tile64x128::kSharedBytes},
                         {kTile128x128, 128, 128, conv::Tile128x128::kSharedBytes}};
-  const double flops_per_byte = elt_bytes == 2 ? 989e12 / 5.5e12 / 2 : 67e12 / 5.5e12 / 4;
+  const double peak = elt_bytes == 2 ? 989e12 : 67e12, l2_bw = 5.5e12;
+  const double f = peak * static_cast<double>(elt_bytes) / (2 * l2_bw);
   sms = std::max<int64_t>(1, sms);
   int best = kTile64x64;
   double best_cost = std::numeric_limits<double>::infinity();
@@ -110,7 +111,7 @@ inline int conv_tile_rule(int64_t M, int64_t K, int64_t elt_bytes, int64_t sms, 
     if (c.id != kTile64x64 && c.shared > smem_optin) continue;
     const int64_t tm = (M + c.bm - 1) / c.bm, tn = (K + c.bn - 1) / c.bn;
     const double l2 = static_cast<double>(tn) * M + static_cast<double>(tm) * K;
-    const double compute = static_cast<double>((tm * tn + sms - 1) / sms) * c.bm * c.bn * sms / flops_per_byte;
+    const double compute = static_cast<double>((tm * tn + sms - 1) / sms) * c.bm * c.bn * sms / f;
     const double cost = std::max(l2, compute);
     if (cost < best_cost) best = c.id, best_cost = cost;
   }
