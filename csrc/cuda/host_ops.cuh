@@ -19,8 +19,10 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-#include <atomic>
 #include <limits>
+#include <mutex>
+#include <set>
+#include <utility>
 
 namespace drn {
 
@@ -33,14 +35,18 @@ void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_by
   sim::launch(grid, block, shared_bytes, kernel, args...);
 #else
   if (shared_bytes > 48 * 1024) {
-    static std::atomic<uint64_t> opted_in{0};  // bit d: done on device d (per kernel: one static per instance)
+    // The attribute belongs to the kernel on one device; kernels of one signature share this template
+    // instance, so the record of where it is set is keyed by (kernel, device).
+    static std::mutex lock;
+    static std::set<std::pair<const void*, int>> opted_in;
     int device = 0;
     C10_CUDA_CHECK(cudaGetDevice(&device));
-    const uint64_t bit = uint64_t(1) << (device % 64);
-    if (!(opted_in.load(std::memory_order_relaxed) & bit)) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(shared_bytes)));
-      opted_in.fetch_or(bit, std::memory_order_relaxed);
+    const std::lock_guard<std::mutex> guard(lock);
+    if (opted_in.insert({reinterpret_cast<const void*>(kernel), device}).second) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(shared_bytes));
+      if (err != cudaSuccess) opted_in.erase({reinterpret_cast<const void*>(kernel), device});
+      C10_CUDA_CHECK(err);
     }
   }
   kernel<<<grid, block, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(args...);
