@@ -140,6 +140,7 @@ __device__ __forceinline__ void cp_async16(smem_addr_t smem, const void* gmem, b
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
 #elif defined(DRN_SIMT_HOST)
+  sim::log_store16(smem);
   if (valid) std::memcpy(smem, gmem, 16);
   else std::memset(smem, 0, 16);
 #endif

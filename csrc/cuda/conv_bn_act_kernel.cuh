@@ -73,8 +73,8 @@ using Tile64x128 = ConvTile<64, 128, 2, 2, 4>;
 //    still 128 contiguous bytes: 8 distinct groups.
 //  - fp32 FFMA reads (one column k of rows g = 0..7, or of rows 2t + e, t = 0..3): the same groups argument with
 //    the same word in each group.
-// The SIMT shim runs this same function, and its ldmatrix model counts phases that break the rule
-// (sim::bank_conflicts); the race check asserts none.
+// The SIMT shim runs this same function; its ldmatrix and cp.async models count phases and quarter warps that
+// break the rule (sim::bank_conflicts, sim::store_bank_conflicts), and the race check asserts none.
 template <class T>
 __device__ __forceinline__ int tile_elem(int row, int chunk, int e = 0) {
   constexpr int kVecElems = 16 / sizeof(T);

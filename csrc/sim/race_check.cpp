@@ -4,9 +4,10 @@
 // It runs: the fp16 conv (cp.async path, mma host model) with every block tile (64x64 with its 3-stage ring, the
 // 4-stage 128x128, 128x64 and 64x128) over more k-slices than stages, the fp32 conv with the scalar-gather path
 // (C = 3), the x8 class-head pixel kernel and the localize block kernel (warp shuffles, shared atomics); it
-// also checks FastDiv against division and that the conv's ldmatrix loads saw no bank conflict
-// (sim::bank_conflicts, counted by the shim's ldmatrix model). Built with -DDRN_SIM_DROP_MAINLOOP_SYNC the conv
-// main loop loses its __syncthreads: the negative control, which ThreadSanitizer must report as a data race.
+// also checks FastDiv against division and that the conv's ldmatrix loads and cp.async stores saw no bank conflict
+// (sim::bank_conflicts, sim::store_bank_conflicts, counted by the shim's models). Built with
+// -DDRN_SIM_DROP_MAINLOOP_SYNC the conv main loop loses its __syncthreads: the negative control, which
+// ThreadSanitizer must report as a data race.
 #include "simt.h"
 
 #include <cmath>
@@ -126,9 +127,10 @@ int main() {
   ok &= check_conv<drn::half_t, Tile128x64>(40, 24, 3, 1, 2, 2, 9, 15);
   ok &= check_conv<drn::half_t, Tile64x128>(40, 72, 3, 1, 2, 2, 6, 7);
   ok &= check_conv<float>(3, 8, 3, 2, 2, 2, 7, 5);
-  const long conflicts = sim::bank_conflicts.load();
-  std::printf("ldmatrix phases with a bank conflict: %ld\n", conflicts);
-  ok &= conflicts == 0;
+  const long conflicts = sim::bank_conflicts.load(), store_conflicts = sim::store_bank_conflicts.load();
+  std::printf("ldmatrix phases with a bank conflict: %ld; cp.async quarter warps with one: %ld\n", conflicts,
+              store_conflicts);
+  ok &= conflicts == 0 && store_conflicts == 0;
   ok &= check_head();
   std::printf("%s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;

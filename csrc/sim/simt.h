@@ -56,11 +56,21 @@ constexpr int warpSize = 32;
 namespace sim {
 
 constexpr int kScratchWords = 16;  // per lane: enough for an mma's A, B fragments (6 words) or a 64-bit shuffle
+constexpr int kStoreSlots = 64;    // cp.async stores a lane may run ahead of its warp (far more than between barriers)
+
+// The n-th 16-byte shared store of each lane of a warp (slot n % kStoreSlots): addresses, and per quarter warp how
+// many of its 8 lanes have made it.
+struct StoreSlot {
+  std::atomic<int> arrived[4] = {};
+  uintptr_t address[32] = {};
+};
 
 struct Warp {
   explicit Warp(std::ptrdiff_t lanes) : bar(lanes) {}
   std::barrier<> bar;
   uint32_t scratch[32][kScratchWords] = {};
+  unsigned stores_made[32] = {};  // per lane, written by that lane only
+  StoreSlot stores[kStoreSlots];
 };
 
 struct Launch {
@@ -83,9 +93,35 @@ inline unsigned lane_id() { return linear_tid % 32; }
 inline Warp& warp() { return *current->warps[linear_tid / 32]; }
 inline void* dynamic_shared() { return current->shared; }
 
-// Shared-memory bank conflicts the models saw (ldmatrix phases whose 8 rows share a 16-byte bank group), over the
-// process: the conflict-free layouts are checked by reading it (race_check.cpp).
+// Shared-memory bank conflicts the models saw, over the process: ldmatrix phases whose 8 rows share a 16-byte bank
+// group, and quarter warps whose 8 cp.async 16-byte stores do. The conflict-free layouts are checked by reading
+// them (race_check.cpp).
 inline std::atomic<long> bank_conflicts{0};
+inline std::atomic<long> store_bank_conflicts{0};
+
+// True when 8 addresses fall in 8 distinct 16-byte bank groups ((address / 16) % 8; the buffers are 128-byte aligned).
+inline bool distinct_bank_groups(const uintptr_t* address) {
+  unsigned groups = 0;
+  for (int l = 0; l < 8; ++l) groups |= 1u << ((address[l] / 16) % 8);
+  return groups == 0xffu;
+}
+
+// cp.async's 16-byte store into shared memory, as the hardware serves it: a quarter warp (8 lanes) per wavefront.
+// Each lane logs its n-th store; the last of a quarter warp's 8 lanes to log it checks the 8 addresses. Lanes of a
+// warp make the same sequence of stores (the kernels' copies are warp-uniform), and no lane runs kStoreSlots
+// stores ahead of another (a __syncthreads comes first), so a slot is never reused early.
+inline void log_store16(const void* dst) {
+  Warp& w = warp();
+  const unsigned lane = lane_id();
+  StoreSlot& slot = w.stores[w.stores_made[lane]++ % kStoreSlots];
+  slot.address[lane] = reinterpret_cast<uintptr_t>(dst);
+  std::atomic<int>& arrived = slot.arrived[lane / 8];
+  if (arrived.fetch_add(1, std::memory_order_acq_rel) == 7) {
+    arrived.store(0, std::memory_order_relaxed);
+    if (!distinct_bank_groups(&slot.address[lane / 8 * 8]))
+      store_bank_conflicts.fetch_add(1, std::memory_order_relaxed);
+  }
+}
 
 // Runs kernel(args...) over grid x block with `shared_bytes` of dynamic shared memory. Arguments are copied per
 // thread, as kernel parameters are.
@@ -160,13 +196,9 @@ inline void ldmatrix_x4(uint32_t r[4], const void* row) {
   w.bar.arrive_and_wait();
   if (lane == 0) {
     for (int j = 0; j < 4; ++j) {
-      unsigned groups = 0;
-      for (int l = 0; l < 8; ++l) {
-        uintptr_t a;
-        std::memcpy(&a, w.scratch[8 * j + l], sizeof(a));
-        groups |= 1u << ((a / 16) % 8);
-      }
-      if (groups != 0xffu) bank_conflicts.fetch_add(1, std::memory_order_relaxed);
+      uintptr_t rows[8];
+      for (int l = 0; l < 8; ++l) std::memcpy(&rows[l], w.scratch[8 * j + l], sizeof(uintptr_t));
+      if (!distinct_bank_groups(rows)) bank_conflicts.fetch_add(1, std::memory_order_relaxed);
     }
   }
   for (int j = 0; j < 4; ++j) {
