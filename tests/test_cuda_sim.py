@@ -137,7 +137,7 @@ def test_conv_bn_act_vector_iterator(case, dtype, atol, rtol):
 # stages), forced through the simulator's test op, against float64. Shapes are small but every tile is exercised
 # whole and cut: M = BM + 7 output pixels (one full row tile and one ragged), K = BN + 8 channels (likewise), C
 # not a multiple of a 64-byte slice, a 3x3 reduction of 7 slices (more than any ring's stages, so the ring wraps),
-# the output poisoned with NaN before the launch.
+# the output poisoned with NaN before the launch; the shim's bank-conflict counters must not move.
 TILES = {0: (64, 64), 1: (128, 128), 2: (128, 64), 3: (64, 128)}
 # (batch, stride, dilation, residual, channels_last); padding = dilation ("same" at stride 1)
 TILE_CASES = [(1, 1, 1, True, True), (2, 2, 2, False, False), (1, 1, 4, True, False), (1, 2, 1, False, True)]
@@ -169,9 +169,11 @@ def test_conv_bn_act_every_tile(tile, case, dtype, atol, rtol):
     ref_shape = reference.conv_bn_act(x[:1].double(), weight.double(), bias.double(), **conv, residual=None,
                                       relu=False).shape
     res = _gen((batch, *ref_shape[1:]), dtype, channels_last=not channels_last) if with_res else None
+    conflicts = torch.ops.drn.sim_bank_conflicts()
     out, launched = torch.ops.drn.conv_bn_act_sim_tile(x, weight, bias, conv["stride"], conv["padding"],
                                                        conv["dilation"], res, True, tile, True)
     assert launched == tile
+    assert torch.ops.drn.sim_bank_conflicts() == conflicts  # the swizzled layout: no ldmatrix / cp.async conflict
     bm, bn = TILES[tile]
     m = out.shape[0] * out.shape[2] * out.shape[3]
     assert bm < m < 2 * bm and bn < out.shape[1] < 2 * bn  # one whole and one ragged tile each way

@@ -30,6 +30,9 @@ std::tuple<at::Tensor, int64_t> conv_bn_act_sim_tile(const at::Tensor& x, const 
   return {y, launched};
 }
 
+// (ldmatrix phases, cp.async quarter warps) with a shared-memory bank conflict so far in this process.
+std::vector<int64_t> sim_bank_conflicts() { return {sim::bank_conflicts.load(), sim::store_bank_conflicts.load()}; }
+
 int64_t conv_tile_rule(int64_t M, int64_t K, int64_t elt_bytes, int64_t sms, int64_t smem_optin) {
   return drn::conv_tile_rule(M, K, elt_bytes, sms, smem_optin);
 }
@@ -53,6 +56,7 @@ TORCH_LIBRARY_FRAGMENT(drn, m) {
   m.def("conv_bn_act_sim_tile(Tensor x, Tensor weight, Tensor bias, int[] stride, int[] padding, int[] dilation, "
         "Tensor? residual, bool relu, int tile, bool poison) -> (Tensor, int)");
   m.def("conv_tile_rule(int M, int K, int elt_bytes, int sms, int smem_optin) -> int", &conv_tile_rule);
+  m.def("sim_bank_conflicts() -> int[]", &sim_bank_conflicts);
 }
 
 TORCH_LIBRARY_IMPL(drn, CPU, m) {
