@@ -299,9 +299,9 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks) conv_bn_act_
     if (s < k_tiles) load_tiles(s, ring + s * kStageBytes, s);
     cp_async_commit();
   }
-  // kt % kStages and (kt + kStages - 1) % kStages, and their byte addresses, stepped without a modulo
-  int read_stage = 0, write_stage = kStages - 1;
-  smem_addr_t read_addr = ring, write_addr = ring + (kStages - 1) * kStageBytes;
+  // read_stage = kt % kStages, stepped without a modulo; the prefetch's stage, (kt + kStages - 1) % kStages, is
+  // the one before it in the ring.
+  int read_stage = 0;
   for (int kt = 0; kt < k_tiles; ++kt) {
     cp_async_wait<kStages - 2>();
     // Makes slice kt visible to every warp, and guarantees all warps finished reading slice kt - 1, whose
@@ -309,14 +309,11 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks) conv_bn_act_
 #if !defined(DRN_SIM_DROP_MAINLOOP_SYNC)  // negative control for the race test only
     __syncthreads();
 #endif
-    if (kt + kStages - 1 < k_tiles) load_tiles(write_stage, write_addr, kt + kStages - 1);
+    const int write_stage = read_stage == 0 ? kStages - 1 : read_stage - 1;
+    if (kt + kStages - 1 < k_tiles) load_tiles(write_stage, ring + write_stage * kStageBytes, kt + kStages - 1);
     cp_async_commit();
-    compute(read_stage, read_addr);
-    const bool read_wraps = read_stage == kStages - 1, write_wraps = write_stage == kStages - 1;
-    read_stage = read_wraps ? 0 : read_stage + 1;
-    read_addr = read_wraps ? ring : read_addr + kStageBytes;
-    write_stage = write_wraps ? 0 : write_stage + 1;
-    write_addr = write_wraps ? ring : write_addr + kStageBytes;
+    compute(read_stage, ring + read_stage * kStageBytes);
+    read_stage = read_stage == kStages - 1 ? 0 : read_stage + 1;
   }
   cp_async_wait<0>();
 
