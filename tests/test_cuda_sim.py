@@ -200,6 +200,8 @@ def test_conv_every_tile_batch0_and_scalar_gather(tile):
     weight = _gen((8, 16, 3, 3), torch.float16)
     empty, _ = torch.ops.drn.conv_bn_act_sim_tile(x, weight, bias[:8], one, one, one, None, True, tile, True)
     assert empty.shape == (0, 8, 5, 5)
+    with pytest.raises(ValueError, match="tile must be -1..3"):
+        torch.ops.drn.conv_bn_act_sim_tile(x, weight, bias[:8], one, one, one, None, True, 4 + tile, True)
 
 
 def test_conv_tile_rule():

@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks) conv_bn_act_
 
   // Rows r and r + 8j have the same swizzle key ((r >> 1) & 3), so every address below is a per-thread offset
   // computed once by tile_elem plus a compile-time row offset: no layout arithmetic in the main loop. Stages are
-  // addressed as 32-bit shared-window byte addresses (smem_addr) that rotate through the ring.
+  // addressed as 32-bit shared-window byte addresses (smem_addr): ring + stage * kStageBytes.
   static_assert(kPass % 8 == 0, "copy passes keep the swizzle key");
   constexpr int kStageBytes = kStageElems * sizeof(T), kABytes = kBlockM * kBlockK * sizeof(T);
   constexpr int kRowB = kBlockK * sizeof(T);  // bytes per tile row
