@@ -9,7 +9,9 @@ target=GPUTarget("cuda", 80|90, 32)), which needs no GPU. From each artifact we 
   shared_bytes             metadata.shared (dynamic shared memory)
   tensor_core_instructions HMMA + HGMMA lines in the SASS (cuobjdump -sass of the cubin; both ship with triton)
   wgmma_instructions       HGMMA lines alone (sm_90 warpgroup MMA)
-The CUDA extension's records come from drn_kernels._cuda_cubins.cuda_records().
+The CUDA extension's records come from drn_kernels._cuda_cubins.cuda_records(); they add, per kernel, ldmatrix
+(LDSM), subroutine CALL and integer-division instruction counts and the main loop's instruction mix (non-MMA
+instructions per HMMA), which the proof checks for the conv.
 
 Kernels are compiled for the channels_last specialisation a fused model launches (unit channel stride) with
 16-byte-aligned pointers, as triton's JIT would specialise them. TRITON_INTERPRET must be unset in this process
@@ -229,6 +231,10 @@ def cuda_records() -> list[dict]:
 GEMM_KERNELS = {("triton", "conv_bn_act"), ("triton", "class_head"), ("cuda", "conv_bn_act_kernel")}
 
 
+# CUDA kernels whose main loop must be free of subroutine calls and division, with ldmatrix fragment loads at 16 bit.
+CUDA_MAIN_LOOP_KERNELS = {("cuda", "conv_bn_act_kernel")}
+
+
 def problems(recs: list[dict]) -> list[str]:
     """What the static proof requires of every record; empty when all hold."""
     bad = []
@@ -242,13 +248,26 @@ def problems(recs: list[dict]) -> list[str]:
         gemm = (r["source"], r["kernel"]) in GEMM_KERNELS
         if gemm and r["dtype"] in ("fp16", "bf16") and r["tensor_core_instructions"] == 0:
             bad.append(f"{where}: no HMMA/HGMMA in the SASS")
+        if (r["source"], r["kernel"]) in CUDA_MAIN_LOOP_KERNELS:
+            if r["dtype"] in ("fp16", "bf16") and r.get("ldsm", 0) == 0:
+                bad.append(f"{where}: no LDSM (ldmatrix) in the SASS")
+            if r.get("calls", 0) != 0:
+                bad.append(f"{where}: {r['calls']} CALL to a subroutine")
+            if r.get("division_ops", 0) != 0:
+                bad.append(f"{where}: {r['division_ops']} integer-division instructions (MUFU/I2F/F2I)")
     return bad
+
+
+def _non_mma_per_mma(r: dict) -> str:
+    mix = r.get("main_loop")
+    return "" if not mix or mix.get("non_mma_per_mma") is None else f"{mix['non_mma_per_mma']:.2f}"
 
 
 def _table(recs: list[dict]) -> str:
     cols = ("source", "kernel", "arch", "dtype", "registers", "spill_bytes", "shared_bytes",
-            "tensor_core_instructions", "wgmma_instructions", "config")
-    rows = [[str(r[c]) for c in cols] for r in recs]
+            "tensor_core_instructions", "wgmma_instructions", "ldsm", "calls", "division_ops", "non_mma_per_mma",
+            "config")
+    rows = [[_non_mma_per_mma(r) if c == "non_mma_per_mma" else str(r.get(c, "")) for c in cols] for r in recs]
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
@@ -263,8 +282,9 @@ def main(argv=None, prog: str = "python -m drn_kernels.kernel_report") -> int:
     parser.add_argument("--kernels", nargs="+", default=None, choices=KERNELS)
     parser.add_argument("--max-configs", type=int, default=None, help="only the first N configs of each kernel")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA extension's records")
+    parser.add_argument("--no-triton", action="store_true", help="only the CUDA extension's records")
     args = parser.parse_args(argv)
-    recs = records(tuple(args.arches), args.dtypes, args.kernels, args.max_configs)
+    recs = [] if args.no_triton else records(tuple(args.arches), args.dtypes, args.kernels, args.max_configs)
     if not args.no_cuda:
         recs += cuda_records()
     bad = problems(recs)
@@ -272,7 +292,8 @@ def main(argv=None, prog: str = "python -m drn_kernels.kernel_report") -> int:
         print(json.dumps(recs))
     else:
         print(_table(recs))
-        print(f"\n{len(recs)} records; " + ("all hold: 0 spills, tensor cores, shared memory within limits"
+        print(f"\n{len(recs)} records; " + ("all hold: 0 spills, tensor cores, shared memory within limits; the "
+                                            "CUDA conv: ldmatrix, no CALL, no integer division"
                                            if not bad else f"{len(bad)} problems:"))
     for line in bad:
         print(line, file=sys.stderr)
