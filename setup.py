@@ -1,15 +1,15 @@
 """Build of drn_kernels._C (metadata lives in pyproject.toml).
 
 - `pip install -e .` (build isolation: no torch here): installs the Python package only; drn_kernels._C is built
-  on first use against the installed torch (drn_kernels._extension), or ahead of time by
+  on first use against the installed torch (drn_kernels._build.extension), or ahead of time by
   `python -m drn_kernels.build`.
 - `pip install --no-build-isolation -e .` (torch importable): also builds drn_kernels._C in place with
   torch.utils.cpp_extension + ninja: a CUDAExtension (csrc/*.cpp, csrc/cpu, csrc/cuda) when torch is a CUDA build
   and a CUDA toolkit is found and (a GPU is visible or DRN_BUILD_CUDA=1), else a CppExtension with the CPU kernels;
-  always with the ninja of _build_config.find_ninja() (the ninja package of this Python), whatever PATH says.
+  always with the ninja of drn_kernels/_build/config.py find_ninja() (the ninja package of this Python), whatever PATH says.
 Environment: DRN_FORCE_CPU=1, DRN_BUILD_CUDA=1, DRN_FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a),
 CUDA_HOME, MAX_JOBS.
-Sources and flags come from drn_kernels/_build_config.py, read by path (no torch, no drn_kernels import).
+Sources and flags come from drn_kernels/_build/config.py, read by path (no torch, no drn_kernels import).
 """
 import importlib.util
 import os
@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _build_config():
-    path = os.path.join(HERE, "drn_kernels", "_build_config.py")
+    path = os.path.join(HERE, "drn_kernels", "_build", "config.py")
     spec = importlib.util.spec_from_file_location("_drn_build_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

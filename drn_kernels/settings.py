@@ -1,12 +1,12 @@
 """Every DRN_* environment variable: the one table, one truthy rule, validated values.
 
-Torch-free and import-free on purpose (only the standard library): setup.py loads drn_kernels/_build_config.py by
-path, and _build_config loads this file the same way, so an install-time build and the build on first use read
+Torch-free and import-free on purpose (only the standard library): setup.py loads drn_kernels/_build/config.py by
+path, and that loads this file the same way, so an install-time build and the build on first use read
 the same settings. Nothing else in the package reads a DRN_* variable.
 
 Each read is fresh (the variable as it is now) and validated: a value outside the allowed ones raises ValueError
 naming the variable and the values it accepts. The C++ CPU kernels never read the environment: the extension is
-given cpu_options() once when it is loaded (drn_kernels._extension.push_cpu_options), and again by whoever
+given cpu_options() once when it is loaded (drn_kernels._build.extension.push_cpu_options), and again by whoever
 changes these variables later in the process (the tests do).
 
 README.md's "Settings" table documents the same variables; tests/test_settings.py checks that both cover every

@@ -21,8 +21,8 @@ _NO_TORCH = "import sys; sys.modules['torch'] = None; "
 
 
 def _build_config():
-    spec = importlib.util.spec_from_file_location("_cfg_under_test", os.path.join(ROOT, "drn_kernels",
-                                                                                  "_build_config.py"))
+    spec = importlib.util.spec_from_file_location("_cfg_under_test", os.path.join(ROOT, "drn_kernels", "_build",
+                                                                                  "config.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -51,7 +51,7 @@ def test_setup_py_without_torch():
 def test_build_config_is_torch_free():
     code = _NO_TORCH + textwrap.dedent("""
         import importlib.util
-        spec = importlib.util.spec_from_file_location("cfg", "drn_kernels/_build_config.py")
+        spec = importlib.util.spec_from_file_location("cfg", "drn_kernels/_build/config.py")
         cfg = importlib.util.module_from_spec(spec); spec.loader.exec_module(cfg)
         print(len(cfg.cpu_sources()), cfg.cuda_decision(None)[0])
     """)
@@ -160,7 +160,7 @@ def test_one_ninja_whatever_path(monkeypatch):
 
 def _ninja_dir(tmp_path):
     """A build folder whose build.ninja copies src.txt to lib.so, built once; ({settings}, library, source)."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     ninja, _ = _build_config().find_ninja()
     (tmp_path / "src.txt").write_text("a")
@@ -173,7 +173,7 @@ def _ninja_dir(tmp_path):
 
 def test_staleness_is_ninjas_answer(tmp_path):
     """The check before a build says what ninja will do: up to date, a changed input, other settings."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     settings, library, src = _ninja_dir(tmp_path)
     assert _extension._stale_reason(library, settings) is None
@@ -190,7 +190,7 @@ def test_staleness_is_ninjas_answer(tmp_path):
 
 def test_compile_steps_are_announced_and_logged(tmp_path, capfd):
     """Whatever ninja writes goes to build.log; each step also gives one progress line on stderr."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     with _extension._compiler_output_to_log(str(tmp_path)) as steps:
         os.write(1, f"[1/2] c++ -O3 -c {ROOT}/csrc/cpu/x.cpp -o x.o\nptxas info : Used 40 registers\n".encode())
@@ -207,7 +207,7 @@ def test_compile_steps_are_announced_and_logged(tmp_path, capfd):
 
 def test_in_place_module_freshness_and_force_cpu(tmp_path, monkeypatch):
     """An in-place _C older than csrc/ is not loaded, nor any under DRN_FORCE_CPU=1 (it may hold CUDA kernels)."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     lib = tmp_path / "_C.so"
     lib.write_bytes(b"")
@@ -231,7 +231,7 @@ def test_build_module_and_jit_loaded_extension():
     assert "(jit-cpu;" in out.stdout or "(jit-cuda;" in out.stdout
     code = textwrap.dedent("""
         import os, torch
-        from drn_kernels import _extension
+        from drn_kernels._build import extension as _extension
         m = _extension.load()
         assert m is not None, _extension.why_unavailable("cpu")
         assert _extension.why_unavailable("cpu") is None
@@ -253,7 +253,7 @@ def test_build_module_and_jit_loaded_extension():
 def test_no_jit_build_reports_reason(tmp_path):
     """Nothing built in the build folder and DRN_NO_JIT_BUILD=1: no module, and why. DRN_FORCE_CPU=1 makes this
     hold with an in-place drn_kernels._C present too (it is not loaded then)."""
-    code = ("from drn_kernels import _extension; assert _extension.load() is None; "
+    code = ("from drn_kernels._build import extension as _extension; assert _extension.load() is None; "
             "assert _extension.loaded_variant() is None; print(_extension.why_unavailable('cpu'))")
     out = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_DIR": str(tmp_path),
                           "DRN_FORCE_CPU": "1"})
@@ -264,9 +264,9 @@ def test_no_jit_build_reports_reason(tmp_path):
 def test_why_unavailable_kinds():
     import torch
 
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
-    from drn_kernels import _sim
+    from drn_kernels._build import sim as _sim
 
     # cuda-sim's answer is the simulator's own: None exactly when its ops are registered, else a reason
     sim = _extension.why_unavailable("cuda-sim")
@@ -325,5 +325,5 @@ def test_pip_wheel_isolated_has_no_extension(tmp_path):
 
     (wheel,) = tmp_path.glob("drn_kernels-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "drn_kernels/_build_config.py" in names
+    assert "drn_kernels/_build/config.py" in names
     assert not [n for n in names if n.endswith(".so")]

@@ -1,13 +1,13 @@
 """How drn_kernels._C is built: sources, compiler flags, CUDA toolkit discovery.
 
 Torch-free on purpose: setup.py reads this file (by path, without importing drn_kernels or torch) to decide
-what to build, and drn_kernels._extension uses the same answers for the build on first use, so an install-time
+what to build, and drn_kernels._build.extension uses the same answers for the build on first use, so an install-time
 build and a JIT build compile the same thing with the same flags.
 
 Environment (the DRN_* variables are read through drn_kernels/settings.py, loaded here by path too):
     DRN_FORCE_CPU=1       build the CPU kernels only, even where CUDA could be built
     DRN_BUILD_CUDA=1      build the CUDA kernels (where torch is a CUDA build and a toolkit is found) even when no
-                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.kernel_report`);
+                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.aot`);
                           without it a machine without a GPU builds the CPU kernels only (what it can run)
     DRN_FORCE_CUDA=1      build the CUDA kernels, and fail (raise) instead of falling back to a CPU-only build
     TORCH_CUDA_ARCH_LIST  CUDA archs, default "8.0;8.6;9.0a" (an arch with "+PTX" also embeds PTX)
@@ -26,7 +26,7 @@ import subprocess
 import sys
 import sysconfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")
 
 DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;9.0a"
@@ -38,10 +38,10 @@ JIT_NAME_CUDA = "drn_kernels_C_cuda"
 def _load_settings():
     """drn_kernels.settings: imported as usual inside the package, loaded by path when setup.py loads this file."""
     if __package__:
-        from . import settings as module
+        from .. import settings as module
         return module
-    spec = importlib.util.spec_from_file_location("_drn_settings", os.path.join(os.path.dirname(__file__),
-                                                                                "settings.py"))
+    spec = importlib.util.spec_from_file_location("_drn_settings", os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "settings.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
