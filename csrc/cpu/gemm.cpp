@@ -435,19 +435,8 @@ at::Tensor gemm_packed_op(const at::Tensor& a, const at::Tensor& b_packed, int64
   return c.narrow(2, 0, n);
 }
 
-// drn::cpu_isa: the ISA our own kernels run now (cpu_isa(): the CPU's best, capped by DRN_CPU_ISA).
-std::string cpu_isa_name() {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "baseline";
-  }
-}
-
 // Internal ops for tests and benchmarks (benchmarks/test_bench_cpu_gemm.py measures the rate against cpu_fma_peak).
 TORCH_LIBRARY_FRAGMENT(drn, m) {
-  m.def("cpu_isa() -> str", &cpu_isa_name);
-  m.def("cpu_bf16_gemm() -> bool", &gemm_bf16_supported);  // bfloat16 Winograd computes in bf16 (else float32)
   m.def("gemm_pack_b(Tensor b) -> Tensor", &gemm_pack_b);
   m.def("gemm_packed(Tensor a, Tensor b_packed, int n) -> Tensor", &gemm_packed_op);
 }
