@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -46,6 +47,18 @@ def test_setup_py_without_torch():
     assert "torch is not importable at build time" in out.stderr
     forced = _run(code, env={**os.environ, "DRN_FORCE_CUDA": "1"})
     assert forced.returncode != 0 and "DRN_FORCE_CUDA=1" in forced.stderr
+
+
+def test_the_product_library_defines_no_schema_and_no_test_op():
+    """drn_kernels._C's sources register kernels only (TORCH_LIBRARY_IMPL against drn_kernels/_schemas.py); the
+    test-only ops (csrc/testing, their own namespace drn_testing) are compiled into the test library alone."""
+    cfg = _build_config()
+    product = cfg.cpu_sources() + cfg.cuda_sources()
+    testing = cfg.testing_sources()
+    assert product and any("testing" in os.path.relpath(s, cfg.CSRC).split(os.sep)[0] for s in testing)
+    defines = [s for s in product if re.search(r"TORCH_LIBRARY(_FRAGMENT)?\s*\(", open(s).read())]
+    assert defines == [], f"schemas defined in C++ (they belong in drn_kernels/_schemas.py): {defines}"
+    assert not [s for s in product if os.path.relpath(s, cfg.CSRC).startswith("testing")]
 
 
 def test_build_config_is_torch_free():

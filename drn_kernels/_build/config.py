@@ -33,6 +33,7 @@ DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;9.0a"
 EXTENSION_NAME = "drn_kernels._C"          # the in-place module setup.py builds
 JIT_NAME_CPU = "drn_kernels_C_cpu"          # cpp_extension.load names: one per variant, so both stay cached
 JIT_NAME_CUDA = "drn_kernels_C_cuda"
+JIT_NAME_TESTING = "drn_kernels_C_testing"  # the test library (drn_kernels._build.testing), never shipped
 
 
 def _load_settings():
@@ -77,15 +78,26 @@ def cpu_sources(relative: bool = False) -> list[str]:
     return _rel(found, relative)
 
 
+def testing_sources() -> list[str]:
+    """The test library: csrc/testing/*.cpp (test-only ops), and from the product the module init (csrc/*.cpp), the
+    cpu backend's settings and the GEMM they probe (csrc/cpu/cpu_options.cpp, gemm.cpp)."""
+    return (sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
+            + [os.path.join(CSRC, "cpu", f) for f in ("cpu_options.cpp", "gemm.cpp")]
+            + sorted(glob.glob(os.path.join(CSRC, "testing", "*.cpp"))))
+
+
 def cuda_sources(relative: bool = False) -> list[str]:
     """csrc/cuda/*.cu (the CUDA kernels and their CUDA dispatch-key registration)."""
     return _rel(sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu"))), relative)
 
 
 def all_inputs() -> list[str]:
-    """Every file under csrc/ that a build depends on (sources and headers), for staleness checks."""
+    """Every file under csrc/ that a build of _C may depend on (sources and headers; not the test library's
+    csrc/testing/), for staleness checks."""
     out = []
     for dirpath, _, files in os.walk(CSRC):
+        if os.path.relpath(dirpath, CSRC).split(os.sep)[0] == "testing":
+            continue
         out += [os.path.join(dirpath, f) for f in files
                 if f.endswith((".cpp", ".cu", ".h", ".cuh", ".hpp", ".inl"))]
     return sorted(out)

@@ -47,9 +47,10 @@ def error_lines(text: str, lines: int = 12) -> str:
     return "\n".join(errors + tail) if errors else "\n".join(kept[-lines:])
 
 
-def build_directory(with_cuda: bool, create: bool = False) -> str:
+def build_directory(with_cuda: bool, create: bool = False, name: str | None = None) -> str:
     """Where the build on first use keeps its objects and library: $DRN_BUILD_DIR if set, else the torch
-    extensions dir ($TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions), per Python and torch version."""
+    extensions dir ($TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions), per Python and torch version; one folder
+    per library (`name`; default: _C's CPU or CUDA build)."""
     import torch
 
     cpp_extension = _import_cpp_extension()
@@ -58,7 +59,7 @@ def build_directory(with_cuda: bool, create: bool = False) -> str:
     cu = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", "")
     tv = torch.__version__.split("+")[0]
     folder = f"py{sys.version_info.major}{sys.version_info.minor}_{cu}_torch{tv}"
-    name = config.JIT_NAME_CUDA if with_cuda else config.JIT_NAME_CPU
+    name = name or (config.JIT_NAME_CUDA if with_cuda else config.JIT_NAME_CPU)
     path = os.path.join(root, folder, name)
     if create:
         os.makedirs(path, exist_ok=True)
@@ -252,6 +253,17 @@ def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = Fal
         return _build_locked(build_dir, name, sources, with_cuda, ninja, reason, verbose, progress)
 
 
+def build_library(name: str, sources: list[str], what: str, verbose: bool = False, progress: bool = True):
+    """Build (or load the cached build of) another CPU library from csrc/ as the CPU build of _C is built: the
+    same flags, ninja, lock and folder root (a folder `name` of its own). The test library's build."""
+    ninja, how = config.find_ninja()
+    if ninja is None:
+        raise RuntimeError(f"ninja is needed to build the C++ extension ({how})")
+    build_dir = build_directory(False, create=True, name=name)
+    with lock.held(build_dir, _say):
+        return _build_locked(build_dir, name, sources, False, ninja, what, verbose, progress)
+
+
 def _say(text: str) -> None:
     print(f"drn_kernels: {text}", file=sys.stderr, flush=True)
 
@@ -373,6 +385,7 @@ def loaded_variant() -> str | None:
 
 
 _jit_build_allowed = True
+_also_told: list = []  # libraries with their own copy of the cpu backend's settings (the test library)
 
 
 def forbid_jit_build() -> None:
@@ -430,11 +443,20 @@ def push_cpu_options():
     DRN_CPU_PREFETCH, read and validated now) to the loaded extension's kernels, which never read the environment
     themselves. Done when the extension loads; call it again after changing those variables in this process. Returns the options
     (None when the extension is not loaded: it reads them when it is)."""
-    if _module is None:
+    told = ([_module] if _module is not None else []) + _also_told
+    if not told:
         return None
     options = settings.cpu_options()
-    _module.set_cpu_options(*options.codes())
+    for module in told:
+        module.set_cpu_options(*options.codes())
     return options
+
+
+def also_push_cpu_options_to(module) -> None:
+    """From now on push_cpu_options() passes the settings to `module` too (a library built with its own copy of
+    csrc/cpu/cpu_options.cpp); done once now."""
+    _also_told.append(module)
+    module.set_cpu_options(*settings.cpu_options().codes())
 
 
 def library_path() -> str | None:
