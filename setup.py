@@ -4,11 +4,12 @@
   on first use against the installed torch (drn_kernels._build.extension), or ahead of time by
   `python -m drn_kernels.build`.
 - `pip install --no-build-isolation -e .` (torch importable): also builds drn_kernels._C in place with
-  torch.utils.cpp_extension + ninja: a CUDAExtension (csrc/*.cpp, csrc/cpu, csrc/cuda) when torch is a CUDA build
-  and a CUDA toolkit is found and (a GPU is visible or DRN_BUILD_CUDA=1), else a CppExtension with the CPU kernels;
-  always with the ninja of drn_kernels/_build/config.py find_ninja() (the ninja package of this Python), whatever PATH says.
-Environment: DRN_FORCE_CPU=1, DRN_BUILD_CUDA=1, DRN_FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a),
-CUDA_HOME, MAX_JOBS.
+  torch.utils.cpp_extension + ninja: a CUDAExtension (csrc/*.cpp, csrc/cpu, csrc/cuda) where DRN_BUILD_CUDA asks
+  for the CUDA kernels and they can be built (drn_kernels/_build/config.py cuda_decision), else a CppExtension with
+  the CPU kernels; always with the ninja of config.find_ninja() (the ninja package of this Python), whatever PATH
+  says.
+Environment: DRN_BUILD_CUDA (auto, 0 or 1: docs/install.md), TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a), CUDA_HOME,
+MAX_JOBS.
 Sources and flags come from drn_kernels/_build/config.py, read by path (no torch, no drn_kernels import).
 """
 import importlib.util
@@ -34,8 +35,8 @@ def _extensions():
     try:
         import torch
     except ImportError:
-        if cfg.force_cuda():
-            raise RuntimeError("DRN_FORCE_CUDA=1 but torch is not importable at build time: use "
+        if cfg.build_mode() == "1":
+            raise RuntimeError("DRN_BUILD_CUDA=1 but torch is not importable at build time: use "
                                "`pip install --no-build-isolation -e .` in an environment with torch")
         print("drn_kernels: torch is not importable at build time (isolated build); installing the Python package "
               "only — drn_kernels._C is built on first use, or now with `python -m drn_kernels.build`",

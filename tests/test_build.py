@@ -45,8 +45,8 @@ def test_setup_py_without_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "drn-kernels"
     assert "torch is not importable at build time" in out.stderr
-    forced = _run(code, env={**os.environ, "DRN_FORCE_CUDA": "1"})
-    assert forced.returncode != 0 and "DRN_FORCE_CUDA=1" in forced.stderr
+    forced = _run(code, env={**os.environ, "DRN_BUILD_CUDA": "1"})
+    assert forced.returncode != 0 and "DRN_BUILD_CUDA=1" in forced.stderr
 
 
 def test_the_product_library_defines_no_schema_and_no_test_op():
@@ -132,15 +132,25 @@ def test_cuda_home_through_wrapper_script(tmp_path, monkeypatch):
 
 def test_cuda_decision_switches(monkeypatch):
     cfg = _build_config()
-    monkeypatch.setenv("DRN_FORCE_CPU", "1")
+    for var in ("DRN_FORCE_CPU", "DRN_FORCE_CUDA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DRN_BUILD_CUDA", "0")
     ok, _, reason = cfg.cuda_decision("13.0")
-    assert not ok and "DRN_FORCE_CPU" in reason
-    monkeypatch.delenv("DRN_FORCE_CPU")
+    assert not ok and "DRN_BUILD_CUDA=0" in reason
+    monkeypatch.setenv("DRN_BUILD_CUDA", "auto")
     ok, _, reason = cfg.cuda_decision(None)
     assert not ok and "CPU-only" in reason
-    monkeypatch.setenv("DRN_FORCE_CUDA", "1")
-    with pytest.raises(RuntimeError, match="DRN_FORCE_CUDA"):
+    monkeypatch.setenv("DRN_BUILD_CUDA", "1")
+    with pytest.raises(RuntimeError, match="DRN_BUILD_CUDA=1"):
         cfg.cuda_decision(None)
+    assert not cfg.cuda_decision(None, mode="auto")[0]  # the caller's request (the build command) over the variable
+    with pytest.raises(ValueError, match="build mode"):
+        cfg.cuda_decision("13.0", mode="cpu")
+    monkeypatch.delenv("DRN_BUILD_CUDA")
+    monkeypatch.setenv("DRN_FORCE_CUDA", "1")  # the deprecated name of DRN_BUILD_CUDA=1
+    with pytest.warns(DeprecationWarning, match="DRN_BUILD_CUDA=1"):
+        with pytest.raises(RuntimeError, match="DRN_BUILD_CUDA=1"):
+            cfg.cuda_decision(None)
 
 
 def test_cuda_kernels_without_gpu_only_on_request(tmp_path, monkeypatch):
@@ -155,7 +165,7 @@ def test_cuda_kernels_without_gpu_only_on_request(tmp_path, monkeypatch):
     monkeypatch.setenv("DRN_BUILD_CUDA", "1")
     ok, _, reason = cfg.cuda_decision("13.0", gpu_visible=False)
     assert ok and "on request" in reason
-    monkeypatch.setenv("DRN_FORCE_CPU", "1")
+    monkeypatch.setenv("DRN_BUILD_CUDA", "0")
     assert not cfg.cuda_decision("13.0", gpu_visible=True)[0]
 
 
@@ -218,21 +228,22 @@ def test_compile_steps_are_announced_and_logged(tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
-def test_in_place_module_freshness_and_force_cpu(tmp_path, monkeypatch):
-    """An in-place _C older than csrc/ is not loaded, nor any under DRN_FORCE_CPU=1 (it may hold CUDA kernels)."""
+def test_in_place_module_freshness_and_cpu_only(tmp_path, monkeypatch):
+    """An in-place _C older than csrc/ is not loaded, nor any under DRN_BUILD_CUDA=0 (it may hold CUDA kernels)."""
     from drn_kernels._build import extension as _extension
 
     lib = tmp_path / "_C.so"
     lib.write_bytes(b"")
-    monkeypatch.delenv("DRN_FORCE_CPU", raising=False)
+    for var in ("DRN_FORCE_CPU", "DRN_FORCE_CUDA", "DRN_BUILD_CUDA"):
+        monkeypatch.delenv(var, raising=False)
     newest = max(os.path.getmtime(f) for f in _build_config().all_inputs())
     os.utime(lib, (newest + 10, newest + 10))
     assert _extension.in_place_skip_reason(str(lib)) is None
     os.utime(lib, (newest - 10, newest - 10))
     assert "older than" in _extension.in_place_skip_reason(str(lib))
     os.utime(lib, (newest + 10, newest + 10))
-    monkeypatch.setenv("DRN_FORCE_CPU", "1")
-    assert "DRN_FORCE_CPU=1" in _extension.in_place_skip_reason(str(lib))
+    monkeypatch.setenv("DRN_BUILD_CUDA", "0")
+    assert "DRN_BUILD_CUDA=0" in _extension.in_place_skip_reason(str(lib))
 
 
 def test_build_module_and_jit_loaded_extension():
@@ -264,12 +275,12 @@ def test_build_module_and_jit_loaded_extension():
 
 
 def test_no_jit_build_reports_reason(tmp_path):
-    """Nothing built in the build folder and DRN_NO_JIT_BUILD=1: no module, and why. DRN_FORCE_CPU=1 makes this
+    """Nothing built in the build folder and DRN_NO_JIT_BUILD=1: no module, and why. DRN_BUILD_CUDA=0 makes this
     hold with an in-place drn_kernels._C present too (it is not loaded then)."""
     code = ("from drn_kernels._build import extension as _extension; assert _extension.load() is None; "
             "assert _extension.loaded_variant() is None; print(_extension.why_unavailable('cpu'))")
     out = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_DIR": str(tmp_path),
-                          "DRN_FORCE_CPU": "1"})
+                          "DRN_BUILD_CUDA": "0"})
     assert out.returncode == 0, out.stderr
     assert "DRN_NO_JIT_BUILD=1" in out.stdout and "python -m drn_kernels.build" in out.stdout
 
@@ -301,7 +312,7 @@ def test_why_unavailable_kinds():
 def test_setup_py_builds_extension_with_torch(tmp_path):
     """What `pip install --no-build-isolation -e .` runs: setup.py sees torch and builds drn_kernels._C (CPU-only
     here to keep it to about a minute; built into tmp_path, then loaded in a fresh process)."""
-    env = {**os.environ, "DRN_FORCE_CPU": "1", "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
+    env = {**os.environ, "DRN_BUILD_CUDA": "0", "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
     out = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
                           "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=1800)

@@ -128,7 +128,7 @@ def test_no_jit_build_waits_for_a_build_under_way(tmp_path, monkeypatch):
             sys.stdin.readline()
     """), folder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _line_with(holder, "held")
-    env = {**os.environ, "DRN_BUILD_DIR": str(tmp_path), "DRN_NO_JIT_BUILD": "1", "DRN_FORCE_CPU": "1",
+    env = {**os.environ, "DRN_BUILD_DIR": str(tmp_path), "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_CUDA": "0",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     loader = subprocess.Popen([sys.executable, "-c", "from drn_kernels._build import extension as _extension; "
                                "print('loaded:', _extension.load(), _extension.why_unavailable('cpu'))"],
@@ -231,7 +231,7 @@ def test_three_builders_at_once_into_an_empty_folder(tmp_path, monkeypatch, caps
     monkeypatch.setenv("DRN_CPU_CONV", "winograd")
     args = ["segment", "--data", str(data), "--model", "drn_d_22", "--weights", str(data / "seg.pth"), "--json",
             "--device", "cpu", "--fused"]
-    env = {**os.environ, "DRN_BUILD_DIR": str(build_dir), "DRN_FORCE_CPU": "1", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "DRN_BUILD_DIR": str(build_dir), "DRN_BUILD_CUDA": "0", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("DRN_NO_JIT_BUILD", None)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",

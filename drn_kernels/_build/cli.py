@@ -3,8 +3,8 @@
 Runs the same build that drn_kernels would run on first use (torch.utils.cpp_extension.load, always the same ninja,
 cached), one progress line per compile step; the compiler output (nvcc's -Xptxas=-v register report included) goes
 to build.log in the build folder. Then says which build a fresh process loads (in-place / jit-cpu / jit-cuda).
-Without a GPU the CUDA kernels are compiled only with --cuda (= DRN_BUILD_CUDA=1: the static kernel report and
-`make test` want them); --cpu builds the CPU kernels only (= DRN_FORCE_CPU=1). Exit status 1 when the build fails.
+--cpu and --cuda ask for what DRN_BUILD_CUDA=0 and DRN_BUILD_CUDA=1 ask for, over the variable. Exit status 1 when
+the build fails.
 """
 from __future__ import annotations
 
@@ -30,20 +30,24 @@ def log_path() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drn_kernels.build", description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--cpu", action="store_true", help="CPU kernels only (DRN_FORCE_CPU=1)")
+    which.add_argument("--cpu", action="store_true", help="CPU kernels only (as DRN_BUILD_CUDA=0)")
     which.add_argument("--cuda", action="store_true",
-                       help="CUDA kernels too, even without a GPU, where a CUDA toolkit is found (DRN_BUILD_CUDA=1)")
+                       help="CUDA kernels too, even without a GPU; fail where they cannot (as DRN_BUILD_CUDA=1)")
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     shown.add_argument("--verbose", action="store_true", help="also print the compiler output (it is in build.log)")
     args = parser.parse_args(argv)
 
-    with_cuda, _, reason = extension.build_decision(cpu_only=args.cpu, build_cuda=args.cuda)
+    mode = "0" if args.cpu else "1" if args.cuda else None
+    try:
+        with_cuda, _, reason = extension.build_decision(mode)
+    except (RuntimeError, ValueError) as e:  # DRN_BUILD_CUDA=1 (or --cuda) where CUDA cannot be built, a bad value
+        print(f"drn_kernels.build: FAILED: {e}", file=sys.stderr)
+        return 1
     print(f"drn_kernels.build: {'CPU + CUDA' if with_cuda else 'CPU-only'} build — {reason}", flush=True)
     start = time.perf_counter()
     try:
-        module = extension.jit_build(verbose=args.verbose, progress=not args.quiet, cpu_only=args.cpu,
-                                      build_cuda=args.cuda)
+        module = extension.jit_build(verbose=args.verbose, progress=not args.quiet, mode=mode)
     except Exception as e:  # noqa: BLE001
         print(f"drn_kernels.build: FAILED: {type(e).__name__}: {extension.error_lines(e)}", file=sys.stderr)
         return 1
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{module.has_cuda()}, OpenMP: {module.has_openmp()}) in {time.perf_counter() - start:.0f} s", flush=True)
     in_place = extension.in_place_library()
     if in_place is not None:
-        skip = extension.in_place_skip_reason(in_place, cpu_only=args.cpu)
+        skip = extension.in_place_skip_reason(in_place, mode)
         print(f"drn_kernels.build: note: the in-place {in_place} (from setup.py) "
               + (f"is not loaded: {skip}" if skip else "is loaded first: a fresh process uses it, not this build; "
                                                          "delete it to use this build"), flush=True)

@@ -2,13 +2,12 @@
 
 load() order (loaded_variant() says which one this process uses):
   1. "in-place": `import drn_kernels._C`, built in place by setup.py (`pip install --no-build-isolation -e .`),
-     unless DRN_FORCE_CPU=1 or a file under csrc/ is newer than it (then a note on stderr, and step 2);
+     unless DRN_BUILD_CUDA=0 or a file under csrc/ is newer than it (then a note on stderr, and step 2);
   2. "jit-cpu" / "jit-cuda": the build on first use, torch.utils.cpp_extension.load against the installed torch
      (always the same ninja, config.find_ninja(); cached in the build folder, rebuilt when csrc/, the
      flags, torch or ninja change; any compile is announced on stderr with one line per step, the compiler
-     output goes to build.log in the build folder). CUDA kernels only where a GPU is visible, or on request
-     (DRN_BUILD_CUDA=1); DRN_FORCE_CPU=1 builds the CPU kernels only (quick); DRN_FORCE_CUDA=1 makes a build
-     without CUDA an error; DRN_NO_JIT_BUILD=1 only loads an up-to-date cached build.
+     output goes to build.log in the build folder). With or without the CUDA kernels as DRN_BUILD_CUDA asks
+     (config.cuda_decision); DRN_NO_JIT_BUILD=1 only loads an up-to-date cached build.
      `python -m drn_kernels.build` does it ahead of time. One process builds in a build folder at a time
      (drn_kernels._build.lock): others starting the same build wait, then load its result.
 The result (module or failure) is cached for the process; why_unavailable() reports the failure.
@@ -102,11 +101,11 @@ def _gpu_visible() -> bool:
         return False
 
 
-def build_decision(cpu_only: bool = False, build_cuda: bool = False) -> tuple[bool, str | None, str]:
-    """config.cuda_decision for this torch and machine (a GPU visible or not)."""
+def build_decision(mode: str | None = None) -> tuple[bool, str | None, str]:
+    """config.cuda_decision for this torch and machine (a GPU visible or not); mode: as DRN_BUILD_CUDA (None: it)."""
     import torch
 
-    return config.cuda_decision(torch.version.cuda, _gpu_visible(), cpu_only, build_cuda)
+    return config.cuda_decision(torch.version.cuda, _gpu_visible(), mode)
 
 
 def _build_settings(name: str, sources: list[str], with_cuda: bool, ninja: str) -> dict:
@@ -226,16 +225,16 @@ def _compiler_output_to_log(build_dir: str, echo: bool = False, progress: bool =
             os.remove(partial)
 
 
-def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = False, build_cuda: bool = False):
+def jit_build(verbose: bool = False, progress: bool = True, mode: str | None = None):
     """Build (or load the cached build of) the extension with torch.utils.cpp_extension.load; returns the module.
     Always with the ninja of config.find_ninja() (first on PATH while it runs). A compile is announced on
     stderr (why, then one line per finished step; the compiler output goes to BUILD_DIR/build.log) — whether or
     not the check beforehand predicted it. verbose=True also prints the compiler output; progress=False leaves out
-    the per-step lines (the first and last line stay). cpu_only / build_cuda: as DRN_FORCE_CPU=1 / DRN_BUILD_CUDA=1.
+    the per-step lines (the first and last line stay). mode: "auto", "0" or "1", as DRN_BUILD_CUDA (None: it).
     Raises on failure (RuntimeError carrying the compiler's error lines)."""
     global _cuda_reason
 
-    with_cuda, cuda_home, reason = build_decision(cpu_only, build_cuda)
+    with_cuda, cuda_home, reason = build_decision(mode)
     _cuda_reason = None if with_cuda else reason
     if cuda_home is not None and (with_cuda or "torch.utils.cpp_extension" not in sys.modules):
         _set_cuda_home(cuda_home)
@@ -357,11 +356,11 @@ def in_place_library() -> str | None:
     return spec.origin if spec is not None and spec.origin and os.path.isfile(spec.origin) else None
 
 
-def in_place_skip_reason(path: str, cpu_only: bool = False) -> str | None:
-    """Why the in-place library at `path` must not be loaded (None: load it): DRN_FORCE_CPU=1 asks for CPU
-    kernels only (setup.py's build may hold CUDA kernels), or a file under csrc/ is newer than it."""
-    if config.force_cpu(cpu_only):
-        return "DRN_FORCE_CPU=1 (or --cpu) asks for the CPU-only build on first use"
+def in_place_skip_reason(path: str, mode: str | None = None) -> str | None:
+    """Why the in-place library at `path` must not be loaded (None: load it): DRN_BUILD_CUDA=0 (or mode "0") asks
+    for CPU kernels only (setup.py's build may hold CUDA kernels), or a file under csrc/ is newer than it."""
+    if config.build_mode(mode) == "0":
+        return "DRN_BUILD_CUDA=0 (or --cpu) asks for the CPU-only build on first use"
     newer = _newer_input(path)
     if newer:
         return (f"it is older than {newer} (rebuild it with `pip install --no-build-isolation -e .`, or delete "
@@ -408,7 +407,7 @@ def load(verbose: bool = False):
         in_place_error = None
         in_place = in_place_library()
         skip = in_place_skip_reason(in_place) if in_place else None
-        if skip and not config.force_cpu():
+        if skip and config.build_mode() != "0":
             print(f"drn_kernels: not loading the in-place {in_place}: {skip}", file=sys.stderr, flush=True)
         try:
             if in_place and not skip:
