@@ -45,8 +45,10 @@ def test_setup_py_without_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "drn-kernels"
     assert "torch is not importable at build time" in out.stderr
+    # make test exports DRN_BUILD_CUDA=1 and installs the package first (pip's isolated build): no error there,
+    # the setting applies to the build on first use
     forced = _run(code, env={**os.environ, "DRN_BUILD_CUDA": "1"})
-    assert forced.returncode != 0 and "DRN_BUILD_CUDA=1" in forced.stderr
+    assert forced.returncode == 0 and "(DRN_BUILD_CUDA=1)" in forced.stderr, forced.stderr
 
 
 def test_the_product_library_defines_no_schema_and_no_test_op():
@@ -66,7 +68,7 @@ def test_build_config_is_torch_free():
         import importlib.util
         spec = importlib.util.spec_from_file_location("cfg", "drn_kernels/_build/config.py")
         cfg = importlib.util.module_from_spec(spec); spec.loader.exec_module(cfg)
-        print(len(cfg.cpu_sources()), cfg.cuda_decision(None)[0])
+        print(len(cfg.cpu_sources()), cfg.cuda_decision(None, mode="auto")[0])
     """)
     out = _run(code)
     assert out.returncode == 0, out.stderr

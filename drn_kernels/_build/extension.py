@@ -225,6 +225,18 @@ def _compiler_output_to_log(build_dir: str, echo: bool = False, progress: bool =
             os.remove(partial)
 
 
+def _decide(mode: str | None) -> tuple[bool, str]:
+    """build_decision, kept for why_unavailable, with CUDA_HOME pointed at the toolkit found (the build records it,
+    so building and loading a cached build must see the same one). (with CUDA kernels?, reason)."""
+    global _cuda_reason
+
+    with_cuda, cuda_home, reason = build_decision(mode)
+    _cuda_reason = None if with_cuda else reason
+    if cuda_home is not None and (with_cuda or "torch.utils.cpp_extension" not in sys.modules):
+        _set_cuda_home(cuda_home)
+    return with_cuda, reason
+
+
 def jit_build(verbose: bool = False, progress: bool = True, mode: str | None = None):
     """Build (or load the cached build of) the extension with torch.utils.cpp_extension.load; returns the module.
     Always with the ninja of config.find_ninja() (first on PATH while it runs). A compile is announced on
@@ -232,12 +244,7 @@ def jit_build(verbose: bool = False, progress: bool = True, mode: str | None = N
     not the check beforehand predicted it. verbose=True also prints the compiler output; progress=False leaves out
     the per-step lines (the first and last line stay). mode: "auto", "0" or "1", as DRN_BUILD_CUDA (None: it).
     Raises on failure (RuntimeError carrying the compiler's error lines)."""
-    global _cuda_reason
-
-    with_cuda, cuda_home, reason = build_decision(mode)
-    _cuda_reason = None if with_cuda else reason
-    if cuda_home is not None and (with_cuda or "torch.utils.cpp_extension" not in sys.modules):
-        _set_cuda_home(cuda_home)
+    with_cuda, reason = _decide(mode)
     ninja, how = config.find_ninja()
     if ninja is None:
         raise RuntimeError(f"ninja is needed to build the C++ extension ({how})")
@@ -328,10 +335,7 @@ def _read(path: str) -> str:
 
 def _load_cached_build():
     """Import an up-to-date library of the build on first use without running the build (DRN_NO_JIT_BUILD=1)."""
-    global _cuda_reason
-
-    with_cuda, _, reason = build_decision()
-    _cuda_reason = None if with_cuda else reason
+    with_cuda, reason = _decide(None)
     name = config.JIT_NAME_CUDA if with_cuda else config.JIT_NAME_CPU
     build_dir = build_directory(with_cuda)
     library = os.path.join(build_dir, name + ".so")
