@@ -73,9 +73,9 @@ CPU_SETTINGS = ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POI
 
 @pytest.fixture
 def monkeypatch(monkeypatch):
-    """pytest's monkeypatch; setenv/delenv of a cpu setting also calls drn_kernels._extension.push_cpu_options()
+    """pytest's monkeypatch; setenv/delenv of a cpu setting also calls drn_kernels.push_cpu_options()
     (a bad value raises ValueError there, naming the variable), and so does the undo at the end of the test."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     setenv, delenv = monkeypatch.setenv, monkeypatch.delenv
 

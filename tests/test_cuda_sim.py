@@ -1,7 +1,7 @@
 """backend="cuda-sim": the CUDA kernels (csrc/cuda) run on CPU tensors through the SIMT host shim (csrc/sim).
 
 Parity against the float64 reference on tiny shapes (every CUDA thread is an OS thread), the ThreadSanitizer
-race check with its negative control, and the static records of the CUDA cubins (drn_kernels._cuda_cubins).
+race check with its negative control, and the static records of the CUDA cubins (drn_kernels._build.cuda_cubins).
 """
 import zlib
 
@@ -10,7 +10,9 @@ import torch
 
 import drn_kernels
 from conftest import skip_or_fail_unbuilt
-from drn_kernels import _cuda_cubins, _sim, reference
+from drn_kernels import reference
+from drn_kernels._build import cuda_cubins as _cuda_cubins
+from drn_kernels._build import sim as _sim
 from margins import clear_top2
 
 

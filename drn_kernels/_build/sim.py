@@ -18,9 +18,9 @@ import sys
 import threading
 from pathlib import Path
 
-from . import _build_config
+from . import config
 
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 CSRC = _ROOT / "csrc"
 NAME = "drn_kernels_sim"
 
@@ -80,14 +80,13 @@ def load(verbose: bool = False) -> None:
             raise RuntimeError(reason)
         from torch.utils import cpp_extension
 
-        from . import _schemas  # noqa: F401  (the schemas the kernels register against)
 
         try:
             with _build_jobs(2):
                 cpp_extension.load(
                     name=NAME,
                     sources=[str(CSRC / "sim" / "sim_ops.cpp")],
-                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_build_config.sources_digest(_kernel_sources())}"],
+                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={config.sources_digest(_kernel_sources())}"],
                     extra_ldflags=["-pthread"],
                     is_python_module=False,
                     verbose=verbose,
@@ -121,7 +120,7 @@ def build_race_check(drop_sync: bool = False) -> Path:
         raise RuntimeError("no C++ compiler found (set CXX)")
     from torch.utils.cpp_extension import _get_build_directory
 
-    digest = _build_config.sources_digest(_kernel_sources())
+    digest = config.sources_digest(_kernel_sources())
     out_dir = Path(_get_build_directory("drn_kernels_sim_tsan", verbose=False))
     exe = out_dir / f"race_check_{'dropsync_' if drop_sync else ''}{digest}"
     if exe.is_file():
@@ -144,6 +143,6 @@ def run_race_check(drop_sync: bool = False, timeout: float = 600) -> subprocess.
     return subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-if __name__ == "__main__":  # python -m drn_kernels._sim: build and report
+if __name__ == "__main__":  # python -m drn_kernels._build.sim: build and report
     load(verbose=True)
     print("drn_kernels_sim loaded", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The CUDA half of the static kernel report (drn_kernels.kernel_report): facts about the CUDA kernels (csrc/cuda)
+"""The CUDA half of the static kernel report (drn_kernels.aot): facts about the CUDA kernels (csrc/cuda)
 read from their cubins, no GPU needed. Nothing here is used to run a kernel.
 
 `cuda_records()` returns one record per kernel instance x arch:
@@ -11,7 +11,7 @@ per function; kernel_facts and main_loop_mix).
 spill_bytes is the per-thread local memory (register spills plus any stack frame), so 0 means neither.
 shared_bytes is static shared memory plus, for the conv, the dynamic shared memory its launch asks for.
 
-Where the cubins come from: the built extension (drn_kernels._extension.built_library()) when it exists and holds
+Where the cubins come from: the built extension (drn_kernels._build.extension.built_library()) when it exists and holds
 device code; otherwise the kernel headers are compiled here with nvcc for sm_80 and sm_90a into cubins, cached
 by source digest (so this works before, and independently of, the extension build). The instances compiled in
 that case are the ones csrc/cuda/host_ops.cuh launches (_INSTANCES below; keep the two in step).
@@ -24,9 +24,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import _build_config
+from . import config
 
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 _CUDA_SRC = _ROOT / "csrc" / "cuda"
 ARCHS = {"sm_80": "sm_80", "sm_90a": "sm_90", "sm_90": "sm_90"}  # cubin arch -> record arch
 _NVCC_ARCHS = ("sm_80", "sm_90a")
@@ -50,7 +50,7 @@ _TORCH_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__"
 
 
 def _cuda_home() -> Path | None:
-    home, _ = _build_config.find_cuda_home()
+    home, _ = config.find_cuda_home()
     return Path(home) if home and (Path(home) / "bin" / "nvcc").is_file() else None
 
 
@@ -94,7 +94,7 @@ def _extension_library() -> Path | None:
     """The _C library when it is already built (loaded in this process, or built in place by setup.py) and
     contains cubins for our archs. Never starts a build: a CUDA build of _C takes many minutes."""
     try:
-        from . import _extension
+        from . import extension as _extension
 
         path = _extension.built_library()
     except Exception:  # noqa: BLE001 — a broken extension means no cubins from it
@@ -106,7 +106,7 @@ def _extension_library() -> Path | None:
 
 
 def _digest() -> str:
-    return _build_config.sources_digest(_CUDA_SRC.glob("*.cuh"), prefix="\n".join(_INSTANCES))
+    return config.sources_digest(_CUDA_SRC.glob("*.cuh"), prefix="\n".join(_INSTANCES))
 
 
 def build_cubins(ptxas_verbose: bool = False) -> dict[str, Path]:
@@ -223,12 +223,12 @@ def records_from_binary(path: Path, arch: str | None = None) -> list[dict]:
     for (cubin_arch, name), kv in sorted(resources.items()):
         if cubin_arch not in ARCHS or not name.startswith("_ZN3drn"):
             continue
-        kernel, dtype, config = _describe(names[name])
+        kernel, dtype, variant = _describe(names[name])
         if (cubin_arch, name) in seen:  # a template instance launched from two .cu files is in two cubins
             continue
         seen.add((cubin_arch, name))
         records.append({
-            "source": "cuda", "kernel": kernel, "arch": ARCHS[cubin_arch], "dtype": dtype, "config": config,
+            "source": "cuda", "kernel": kernel, "arch": ARCHS[cubin_arch], "dtype": dtype, "config": variant,
             "registers": int(kv.get("REG", 0)),
             "spill_bytes": int(kv.get("LOCAL", 0)) + int(kv.get("STACK", 0)),
             "shared_bytes": int(kv.get("SHARED", 0)) + (conv_dynamic_shared_bytes(config)
@@ -323,7 +323,7 @@ def cuda_records() -> list[dict]:
     return [r for arch, cubin in build_cubins().items() for r in records_from_binary(cubin, arch)]
 
 
-if __name__ == "__main__":  # python -m drn_kernels._cuda_cubins
+if __name__ == "__main__":  # python -m drn_kernels._build.cuda_cubins
     import json
 
     print(json.dumps(cuda_records(), indent=1))
