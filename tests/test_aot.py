@@ -101,7 +101,7 @@ def test_cuda_report_every_conv_tile():
     """The CUDA half of the report (--no-triton): every conv tile on sm_80 and sm_90 passes the proof (0 spills,
     ldmatrix at 16 bit, no CALL, no integer division) and carries its main-loop mix."""
     from conftest import skip_or_fail_unbuilt
-    from drn_kernels import _cuda_cubins
+    from drn_kernels._build import cuda_cubins as _cuda_cubins
 
     reason = _cuda_cubins.why_unavailable()
     if reason is not None:
