@@ -117,9 +117,9 @@ def build_cubins(ptxas_verbose: bool = False) -> dict[str, Path]:
     nvcc = nvcc_path()
     if nvcc is None:
         raise RuntimeError("nvcc not found (set CUDA_HOME)")
-    from torch.utils.cpp_extension import _get_build_directory
+    from . import extension
 
-    out = Path(_get_build_directory("drn_kernels_cuda_cubins", verbose=False)) / _digest()
+    out = Path(extension.build_directory(False, name="drn_kernels_cuda_cubins")) / _digest()
     out.mkdir(parents=True, exist_ok=True)
     tu = out / "instances.cu"
     tu.write_text('#include "conv_bn_act_kernel.cuh"\n#include "class_head_kernel.cuh"\n' + "\n".join(_INSTANCES)
