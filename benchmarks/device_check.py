@@ -63,6 +63,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
+if __name__ == "__main__" and "--dry-run" in sys.argv:
+    # the dry run interprets the Triton kernels: TRITON_INTERPRET must be set before triton is imported, which
+    # importing drn_kernels (through the harness below) does
+    os.environ["TRITON_INTERPRET"] = "1"
+
 from benchmarks.device_report import (GOALS, LAYER_PROVIDERS, SANITIZER_TOOLS, goal_ratios,  # noqa: F401
                                       layer_cases, markdown, model_cases, plot, rehearsal_lines, summary_lines)
 from benchmarks.harness import RESULTS_DIR, LayerShape, conv3x3

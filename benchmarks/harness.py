@@ -2,8 +2,8 @@
 input rotation, poisoned outputs, the error against float64, medians and peak memory.
 
 benchmarks/common.py (the pytest-benchmark suites) and benchmarks/device_check.py (the one check on a lent GPU)
-both build on it; neither keeps a copy. Importing it costs only torch (no drn, no drn_kernels, no triton), so the
-device check can name its layers before it decides whether Triton runs in the interpreter.
+both build on it; neither keeps a copy. Its layer shape is drn_kernels.perf_model's Layer, so importing it imports
+drn_kernels (and triton): the device check's dry run sets TRITON_INTERPRET before it imports this module.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from drn_kernels.perf_model import Layer
+
 RESULTS_DIR = pathlib.Path(__file__).parent / "results"
 MAX_INPUT_SETS = 64
 
@@ -25,20 +27,10 @@ MAX_INPUT_SETS = 64
 # ---- layer shapes ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class LayerShape:
-    n: int
-    c: int
-    h: int
-    w: int
-    k: int
-    r: int
-    s: int
-    stride: int
-    padding: int
-    dilation: int
-    residual: bool
-    relu: bool
-    first_seen: str  # model:layer where this shape first occurs
+class LayerShape(Layer):
+    """A benchmarked conv_bn_act layer: drn_kernels.perf_model.Layer, plus its ReLU and where it first occurs."""
+    relu: bool = True
+    first_seen: str = ""  # model:layer where this shape first occurs
 
     @property
     def id(self) -> str:
@@ -47,9 +39,7 @@ class LayerShape:
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        p = (self.h + 2 * self.padding - self.dilation * (self.r - 1) - 1) // self.stride + 1
-        q = (self.w + 2 * self.padding - self.dilation * (self.s - 1) - 1) // self.stride + 1
-        return p, q
+        return self.p, self.q
 
     def count(self, itemsize=4):
         """drn.flops' LayerCount: FLOPs, and bytes with every input read once and the output written once."""

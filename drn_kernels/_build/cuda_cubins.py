@@ -231,7 +231,7 @@ def records_from_binary(path: Path, arch: str | None = None) -> list[dict]:
             "source": "cuda", "kernel": kernel, "arch": ARCHS[cubin_arch], "dtype": dtype, "config": variant,
             "registers": int(kv.get("REG", 0)),
             "spill_bytes": int(kv.get("LOCAL", 0)) + int(kv.get("STACK", 0)),
-            "shared_bytes": int(kv.get("SHARED", 0)) + (conv_dynamic_shared_bytes(config)
+            "shared_bytes": int(kv.get("SHARED", 0)) + (conv_dynamic_shared_bytes(variant)
                                                          if kernel == "conv_bn_act_kernel" else 0),
             "tensor_core_instructions": tensor_core.get((cubin_arch, name), 0),
             "wgmma_instructions": wgmma.get((cubin_arch, name), 0),
