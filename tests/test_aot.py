@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,7 @@ def _check_record(r):
         assert r["tensor_core_instructions"] > 0, where
 
 
+@pytest.mark.slow
 def test_aot_subset():
     rc, recs, err = _run_aot("--no-cuda", "--max-configs", "1", "--dtypes", "fp16", "--kernels", "conv_bn_act",
                              "class_head")
