@@ -20,7 +20,7 @@ from benchmarks.harness import RESULTS_DIR
 from tests.helpers import cpu_settings  # noqa: F401  (the fixture, as in tests/)
 
 
-def _positive_int(text: str) -> int:
+def positive_integer(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"a positive integer, got {text!r}")
     return int(text)
@@ -28,7 +28,7 @@ def _positive_int(text: str) -> int:
 
 def pytest_addoption(parser):
     group = parser.getgroup("drn benchmarks")
-    group.addoption("--bench-threads", type=_positive_int, default=None, metavar="N",
+    group.addoption("--bench-threads", type=positive_integer, default=None, metavar="N",
                     help="torch's intra-op threads in the benchmarks (the CPU goals are stated at 2)")
     group.addoption("--bench-full", action="store_true",
                     help="collect every benchmark under plain pytest, not only the quick ones")

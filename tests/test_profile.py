@@ -126,7 +126,7 @@ def test_cli_json_flops_only():
     assert isinstance(result["layers"], list) and result["layers"][0]["name"] == "base.0.0"
 
 
-@pytest.mark.slow
+@pytest.mark.build
 def test_cli_json_timed_and_table():
     result = json.loads(run_cli("drn_d_22", "--fused", "--backend", "reference", "--size", "32", "32",
                                 "--iters", "1", "--json"))
