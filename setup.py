@@ -1,15 +1,16 @@
 """Build of drn_kernels._C (metadata lives in pyproject.toml).
 
 - `pip install -e .` (build isolation: no torch here): installs the Python package only; drn_kernels._C is built
-  on first use against the installed torch (drn_kernels._extension), or ahead of time by
+  on first use against the installed torch (drn_kernels._build.extension), or ahead of time by
   `python -m drn_kernels.build`.
 - `pip install --no-build-isolation -e .` (torch importable): also builds drn_kernels._C in place with
-  torch.utils.cpp_extension + ninja: a CUDAExtension (csrc/*.cpp, csrc/cpu, csrc/cuda) when torch is a CUDA build
-  and a CUDA toolkit is found and (a GPU is visible or DRN_BUILD_CUDA=1), else a CppExtension with the CPU kernels;
-  always with the ninja of _build_config.find_ninja() (the ninja package of this Python), whatever PATH says.
-Environment: DRN_FORCE_CPU=1, DRN_BUILD_CUDA=1, DRN_FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a),
-CUDA_HOME, MAX_JOBS.
-Sources and flags come from drn_kernels/_build_config.py, read by path (no torch, no drn_kernels import).
+  torch.utils.cpp_extension + ninja: a CUDAExtension (csrc/*.cpp, csrc/cpu, csrc/cuda) where DRN_BUILD_CUDA asks
+  for the CUDA kernels and they can be built (drn_kernels/_build/config.py cuda_decision), else a CppExtension with
+  the CPU kernels; always with the ninja of config.find_ninja() (the ninja package of this Python), whatever PATH
+  says.
+Environment: DRN_BUILD_CUDA (auto, 0 or 1: docs/install.md), TORCH_CUDA_ARCH_LIST (default 8.0;8.6;9.0a), CUDA_HOME,
+MAX_JOBS.
+Sources and flags come from drn_kernels/_build/config.py, read by path (no torch, no drn_kernels import).
 """
 import importlib.util
 import os
@@ -21,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _build_config():
-    path = os.path.join(HERE, "drn_kernels", "_build_config.py")
+    path = os.path.join(HERE, "drn_kernels", "_build", "config.py")
     spec = importlib.util.spec_from_file_location("_drn_build_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -29,17 +30,16 @@ def _build_config():
 
 
 def _extensions():
-    """(ext_modules, cmdclass): empty when torch is not importable (isolated build)."""
+    """(ext_modules, cmdclass): empty when torch is not importable (isolated build: nothing is compiled, whatever
+    DRN_BUILD_CUDA says; it applies to the build on first use, which fails then where DRN_BUILD_CUDA=1 cannot be
+    met)."""
     cfg = _build_config()
     try:
         import torch
     except ImportError:
-        if cfg.force_cuda():
-            raise RuntimeError("DRN_FORCE_CUDA=1 but torch is not importable at build time: use "
-                               "`pip install --no-build-isolation -e .` in an environment with torch")
         print("drn_kernels: torch is not importable at build time (isolated build); installing the Python package "
-              "only — drn_kernels._C is built on first use, or now with `python -m drn_kernels.build`",
-              file=sys.stderr)
+              f"only — drn_kernels._C is built on first use (DRN_BUILD_CUDA={cfg.build_mode()}), or now with "
+              "`python -m drn_kernels.build`", file=sys.stderr)
         return [], {}
 
     with_cuda, cuda_home, reason = cfg.cuda_decision(torch.version.cuda, torch.cuda.is_available())

@@ -15,6 +15,7 @@ import torch
 
 import drn_kernels
 from benchmarks import common
+from drn_kernels.build import load_testing_library
 from drn import flops as flops_model
 
 pytestmark = pytest.mark.build
@@ -40,6 +41,7 @@ def test_gemm(benchmark, cpu_settings, isa, shape, provider):
     reason = drn_kernels.why_unavailable("cpu", torch.device("cpu"))  # loads the extension
     if reason:
         pytest.skip(f"the compiled extension is unavailable: {reason}")
+    load_testing_library()  # torch.ops.drn_testing.gemm_pack_b / gemm_packed
     cpu_settings.set("DRN_CPU_ISA", isa)
     if torch.ops.drn.cpu_isa() != isa:  # DRN_CPU_ISA is capped by what the CPU has
         pytest.skip(f"this CPU has no {isa}")
@@ -48,9 +50,9 @@ def test_gemm(benchmark, cpu_settings, isa, shape, provider):
     a = torch.randn(batch, m, k + 16, generator=g)[..., :k]  # padded rows, as the convolution's V chunk
     b = torch.randn(batch, k, n, generator=g)
     if provider == "drn-gemm":
-        packed = torch.ops.drn.gemm_pack_b(b)
+        packed = torch.ops.drn_testing.gemm_pack_b(b)
         def call():
-            return torch.ops.drn.gemm_packed(a, packed, n)
+            return torch.ops.drn_testing.gemm_packed(a, packed, n)
     else:
         a_dense = a.contiguous()
         def call():

@@ -6,7 +6,8 @@
 // (no pybind11) to keep the build short.
 //
 // TORCH_EXTENSION_NAME is set by torch.utils.cpp_extension: "_C" for setup.py's drn_kernels._C, and the JIT
-// name (e.g. drn_kernels_C_cpu) for the build on first use.
+// name (e.g. drn_kernels_C_cpu) for the build on first use. The test library (drn_kernels_C_testing: csrc/testing,
+// drn_kernels/_build/testing.py) is made importable by this same file.
 #include <Python.h>
 
 #include "cpu/cpu_options.h"

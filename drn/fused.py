@@ -423,9 +423,19 @@ class FusedModel(InferenceOnly):
             device = self.head_weight.device
         return drn_kernels.resolve_backend(self._backend, torch.device(device), "conv_bn_act")
 
+    def _widened(self, x) -> bool:
+        """True where the cpu backend computes this bfloat16 model's convs in float32 (drn_kernels.prepared.
+        widens_bfloat16): the backbone then runs in float32 from its input to its features, rounded once."""
+        conv = next((m._conv for m in self.backbone.modules() if isinstance(m, FusedConv)), None)
+        return (conv is not None and conv.widened and isinstance(x, torch.Tensor) and x.dtype == conv.weight.dtype
+                and x.device.type == "cpu")
+
     def features(self, x):
         # channels_last from the first layer on: every conv_bn_act returns channels_last, max-pool keeps it.
-        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self._widened(x):
+            return self.backbone(x.float()).to(x.dtype)
+        return self.backbone(x)
 
 
 class FusedClassifier(FusedModel):
@@ -514,6 +524,8 @@ class FusedSegmenter(FusedModel):
         """The stem (every unit up to the last strided one) in bands of its output rows, re-computing the rows a
         band's neighbours also read; the output-stride-8 blocks on their own storage (forward_low_memory); the
         trailing plain convs written over their input (banded.conv_over_rows)."""
+        if self._widened(x):
+            return self._features_low_memory(x.float(), units).to(x.dtype)
         heights = banded.chain_heights(units, x)
         strided = [i for i in range(len(units)) if heights[i + 1] < heights[i]]
         split = strided[-1] + 1 if strided else 0

@@ -20,7 +20,7 @@ from . import _backends, _fork
 from ._backends import BACKENDS, check_backend, why_unavailable
 from ._backends import resolve as resolve_backend
 from ._checks import conv_output_size
-from ._extension import push_cpu_options
+from ._build.extension import push_cpu_options
 from .ops import class_head, conv_bn_act, fold_bn, localize
 
 _fork.install()

@@ -40,7 +40,7 @@ def triton_importable() -> bool:
 @torch.compiler.assume_constant_result
 def why_unavailable(backend: str, device: torch.device) -> str | None:
     """None when `backend` can run on `device`, else a sentence saying what is missing."""
-    from . import _extension
+    from ._build import extension as _extension
 
     if backend == "reference":
         return None

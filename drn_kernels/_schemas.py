@@ -6,7 +6,8 @@ registers it against these schemas:
                       the public ops: drn_kernels.ops registers their kernel, the one dispatch path
     drn::*_reference  the "reference" backend: drn_kernels.ops registers drn_kernels.reference's math
     drn::*_native     the "cpu" and "cuda" backends: drn_kernels._C (csrc/), CPU and CUDA dispatch keys
-    drn::*_sim        the "cuda-sim" backend: the host (SIMT shim) build of the CUDA sources (drn_kernels._sim)
+    drn::*_sim        the "cuda-sim" backend: the host (SIMT shim) build of the CUDA sources (drn_kernels._build.sim)
+    drn::cpu_*        what the cpu backend offers and runs on this CPU (csrc/cpu): ISA, tiles, algorithm, FMA peak
     drn::*_triton     the "triton" backend: defined by drn_kernels/triton/ (a torch.library.triton_op makes its own
                       schema from the Python signature), with the output allocation and autograd rule below
 So the schemas exist, with fake kernels, even where the compiled extension is missing, and loading a kernel
@@ -84,6 +85,16 @@ torch.library.define("drn::onednn_weight",
 # Which algorithm the CPU kernel picks for (x's dtype and channels, weight, stride): "winograd", "onednn" or
 # "aten" (profiles report it; drn_kernels.ops.cpu_conv_algorithm).
 torch.library.define("drn::cpu_conv_algorithm", "(Tensor x, Tensor weight, int[] stride) -> str")
+# The Winograd tile sides (4: F(4x4,3x3), 2: F(2x2,3x3)) the CPU kernel offers for this call, per DRN_CPU_CONV and
+# dtype: the algorithm search's candidates (drn_kernels.prepared).
+torch.library.define("drn::cpu_winograd_tiles", "(Tensor x, Tensor weight, int[] stride) -> int[]")
+
+# What this CPU runs (csrc/cpu): the ISA of the cpu backend's own kernels ("avx512", "avx2", "baseline": the CPU's
+# best, capped by DRN_CPU_ISA); whether bfloat16 Winograd computes in bfloat16 (AVX512-BF16) rather than float32;
+# the float32 FMA peak in FLOP/s on torch's threads (isa 2: AVX-512, 1: AVX2, -1: the best; drn.flops' roofline).
+torch.library.define("drn::cpu_isa", "() -> str")
+torch.library.define("drn::cpu_bf16_gemm", "() -> bool")
+torch.library.define("drn::cpu_fma_peak", "(int isa=-1, int iters=1000000) -> float")
 
 
 # ---- autograd: every op is inference-only, and says so the same way ----------------------------------------------

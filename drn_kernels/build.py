@@ -1,65 +1,16 @@
-"""Build the C++/CUDA extension ahead of time: `python -m drn_kernels.build [--cpu | --cuda] [--quiet | --verbose]`.
+"""`python -m drn_kernels.build [--cpu | --cuda] [--quiet | --verbose]`: build the C++/CUDA extension ahead of time.
 
-Runs the same build that drn_kernels would run on first use (torch.utils.cpp_extension.load, always the same ninja,
-cached), one progress line per compile step; the compiler output (nvcc's -Xptxas=-v register report included) goes
-to build.log in the build folder. Then says which build a fresh process loads (in-place / jit-cpu / jit-cuda).
-Without a GPU the CUDA kernels are compiled only with --cuda (= DRN_BUILD_CUDA=1: the static kernel report and
-`make test` want them); --cpu builds the CPU kernels only (= DRN_FORCE_CPU=1). Exit status 1 when the build fails.
+The command lives in drn_kernels._build.cli (the build and load machinery); this module is its public name.
+forbid_jit_build and log_path: for a program that runs this build in a background process and then only loads
+its result (benchmarks/device_check.py). load_testing_library(): the test-only ops (torch.ops.drn_testing.*), built
+on first call, for tests and benchmarks; never part of drn_kernels._C (drn_kernels._build.testing).
 """
-from __future__ import annotations
-
-import argparse
-import os
 import sys
-import time
 
-from . import _extension, _schemas  # noqa: F401  (_schemas: the schemas before the kernels load)
-from ._extension import forbid_jit_build
+from ._build.cli import forbid_jit_build, log_path, main
+from ._build.testing import load as load_testing_library
 
-# forbid_jit_build, log_path: for a program that runs this build in the background
-__all__ = ["main", "forbid_jit_build", "log_path"]
-
-
-def log_path() -> str:
-    """The build.log of the build this process's settings select (the compiler output of its last compile,
-    nvcc's -Xptxas=-v report included); it may not exist (nothing compiled yet)."""
-    with_cuda, _, _ = _extension.build_decision()
-    return os.path.join(_extension.build_directory(with_cuda), _extension.LOG_FILE)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drn_kernels.build", description=__doc__.splitlines()[0])
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--cpu", action="store_true", help="CPU kernels only (DRN_FORCE_CPU=1)")
-    which.add_argument("--cuda", action="store_true",
-                       help="CUDA kernels too, even without a GPU, where a CUDA toolkit is found (DRN_BUILD_CUDA=1)")
-    shown = parser.add_mutually_exclusive_group()
-    shown.add_argument("--quiet", action="store_true", help="no per-step progress lines")
-    shown.add_argument("--verbose", action="store_true", help="also print the compiler output (it is in build.log)")
-    args = parser.parse_args(argv)
-
-    with_cuda, _, reason = _extension.build_decision(cpu_only=args.cpu, build_cuda=args.cuda)
-    print(f"drn_kernels.build: {'CPU + CUDA' if with_cuda else 'CPU-only'} build — {reason}", flush=True)
-    start = time.perf_counter()
-    try:
-        module = _extension.jit_build(verbose=args.verbose, progress=not args.quiet, cpu_only=args.cpu,
-                                      build_cuda=args.cuda)
-    except Exception as e:  # noqa: BLE001
-        print(f"drn_kernels.build: FAILED: {type(e).__name__}: {_extension.error_lines(e)}", file=sys.stderr)
-        return 1
-    print(f"drn_kernels.build: {module.__file__} ({_extension.variant_of(module)}; CUDA kernels: "
-          f"{module.has_cuda()}, OpenMP: {module.has_openmp()}) in {time.perf_counter() - start:.0f} s", flush=True)
-    in_place = _extension.in_place_library()
-    if in_place is not None:
-        skip = _extension.in_place_skip_reason(in_place, cpu_only=args.cpu)
-        print(f"drn_kernels.build: note: the in-place {in_place} (from setup.py) "
-              + (f"is not loaded: {skip}" if skip else "is loaded first: a fresh process uses it, not this build; "
-                                                         "delete it to use this build"), flush=True)
-    else:
-        print(f"drn_kernels.build: a fresh process with the same settings loads this build "
-              f"({_extension.variant_of(module)})", flush=True)
-    return 0
-
+__all__ = ["main", "forbid_jit_build", "log_path", "load_testing_library"]
 
 if __name__ == "__main__":
     sys.exit(main())

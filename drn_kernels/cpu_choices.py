@@ -87,7 +87,7 @@ def _cpu_identity() -> dict:
 
 
 def _library_identity() -> dict:
-    from . import _extension
+    from ._build import extension as _extension
 
     path = _extension.library_path()
     try:
@@ -119,7 +119,7 @@ def cache_folder() -> str | None:
     configured = settings.path("DRN_CHOICE_CACHE")
     if configured is not None:
         return None if configured.lower() == "off" else configured
-    from . import _extension
+    from ._build import extension as _extension
 
     return os.path.join(os.path.dirname(_extension.build_directory(False)), "cpu_choices")
 

@@ -125,7 +125,7 @@ class Tile:
 
     def registers(self) -> int:
         """Registers per thread, estimated: the fp32 accumulator's share plus 64 for addresses, masks and operand
-        fragments (within ~15% of ptxas for the Hopper tiles, drn_kernels.kernel_report), at most 255."""
+        fragments (within ~15% of ptxas for the Hopper tiles, drn_kernels.aot), at most 255."""
         return min(255, self.block_m * self.block_n // (32 * self.warps) + 64)
 
 

@@ -20,8 +20,9 @@ channels in and out; float32 and bfloat16) has candidates — the Winograd tiles
 is too inaccurate) and oneDNN's direct convolution. Its choice is keyed by what decides it (drn_kernels.cpu_choices:
 weight shape, geometry, dtype, a size bucket) and taken from a pinned table, this process's table or this
 machine's cache file; only where none has it are the candidates timed — on the call's input cropped to at most
-TIMED_PIXELS output pixels, warm-up then TIMING_ROUNDS interleaved rounds, the least median kept — and the result
-added to the cache file, so the next process and the next image size of the bucket run the same algorithm. Every
+TIMED_PIXELS output pixels, warm-up then up to TIMING_ROUNDS interleaved rounds (one where its fastest is
+CLEAR_MARGIN ahead), the least median kept — and the result added to the cache file, so the next process and the
+next image size of the bucket run the same algorithm. Every
 later call, and every PreparedConv of the same key, runs it, so repeats are bit-identical. The choice goes to the
 kernel as the prepared form it passes (a Winograd U of that tile, or a oneDNN copy), not through a setting; under
 torch.compile it is decided eagerly while tracing (decide_at_trace), so a compiled model runs the same algorithms
@@ -40,6 +41,7 @@ import logging
 import statistics
 import threading
 import time
+import warnings
 import weakref
 
 import torch
@@ -52,13 +54,15 @@ WINOGRAD = "winograd"
 CANDIDATES = cpu_choices.CHOICES  # every algorithm a search may time (its dtype's subset)
 TIMED_PIXELS = 4096   # output pixels (batch x rows x columns) of the input the candidates are timed on, at most
 BUCKET_PIXELS = 1024  # output pixels from which every size shares one choice (drn_kernels.cpu_choices.key)
-TIMING_ROUNDS = 3     # interleaved timed rounds per candidate, after one warm-up run each
+TIMING_ROUNDS = 3     # interleaved timed rounds per candidate, after one warm-up run each, at most
+CLEAR_MARGIN = 1.3    # a first round whose fastest is this much ahead of every other candidate decides alone
 
 _log = logging.getLogger(__name__)
 _decide_lock = threading.RLock()  # one decision at a time: concurrent first calls time one search, not several
 SEARCHES: list[dict] = []         # one record per measured choice: key, median seconds per candidate, cost
 _uids = itertools.count()
 _UNKNOWN = object()
+_said_widened = False
 _LIVE: "weakref.WeakValueDictionary[str, PreparedConv]" = weakref.WeakValueDictionary()  # uid -> conv (tracing)
 
 
@@ -69,6 +73,22 @@ def cpu_conv_setting() -> tuple[str, int, str]:
     from . import settings
 
     return settings.choice("DRN_CPU_CONV"), settings.cpu_options().winograd_tile, settings.choice("DRN_CPU_ISA")
+
+
+def widens_bfloat16(dtype: torch.dtype) -> bool:
+    """True where the cpu backend computes bfloat16 convs of a fused model in float32 throughout: bfloat16 weights
+    and a CPU without the bfloat16 GEMM (no AVX512-BF16). There the fused model widens its bfloat16 input once,
+    runs every layer in float32 on float32 copies of the weights (the algorithm choices of the float32 model) and
+    rounds its features to bfloat16 once: the float32 model's speed, more accurate than bfloat16 layers, twice
+    their activation memory. Said once per process (a UserWarning)."""
+    global _said_widened
+    if dtype != torch.bfloat16 or torch.ops.drn.cpu_bf16_gemm():
+        return False
+    if not _said_widened:
+        _said_widened = True
+        warnings.warn("bfloat16 fused models run in float32 on this CPU (no AVX512-BF16): bfloat16 weights, input "
+                      "and features, float32 layers in between (drn_kernels.prepared.widens_bfloat16)", stacklevel=2)
+    return True
 
 
 def _timing_input(x: Tensor, padding, dilation) -> Tensor:
@@ -85,16 +105,24 @@ def _timing_input(x: Tensor, padding, dilation) -> Tensor:
 
 
 def median_times(runs: dict, rounds: int = TIMING_ROUNDS) -> dict[str, float]:
-    """Median seconds of each callable in `runs`: one warm-up each, then `rounds` interleaved rounds."""
+    """Median seconds of each callable in `runs`: one warm-up each, then up to `rounds` interleaved rounds — one
+    when it already leaves the fastest CLEAR_MARGIN ahead of every other (more rounds could not change the pick)."""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
-    for _ in range(rounds):
+    for i in range(rounds):
         for name, run in runs.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
+        if i == 0 and _clear_winner({name: t[0] for name, t in times.items()}):
+            break
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _clear_winner(seconds: dict[str, float]) -> bool:
+    ordered = sorted(seconds.values())
+    return len(ordered) < 2 or ordered[1] >= CLEAR_MARGIN * ordered[0]
 
 
 @torch._dynamo.assume_constant_result
@@ -124,6 +152,12 @@ class PreparedConv:
         self.weight = weight
         self.bias = bias
         self.backend = backend
+        self.on_cpu = self._runs_on_cpu_backend()
+        # what the kernels run: the weights themselves, or their float32 copies where the cpu backend computes a
+        # bfloat16 conv in float32 (widens_bfloat16)
+        self.kernel_weight, self.kernel_bias = weight, bias
+        if self.on_cpu and widens_bfloat16(weight.dtype):
+            self.kernel_weight, self.kernel_bias = weight.float(), bias.float()
         self.pinned = pinned  # a pinned table (drn_kernels.cpu_choices.load_table), shared by a model's convs
         self.winograd: dict[int, Tensor] = {}  # tile -> drn::winograd_weight(weight, tile), the tiles chosen
         self.onednn: dict[tuple, Tensor] = {}  # (input shape, stride, padding, dilation) -> oneDNN-layout copy
@@ -132,7 +166,6 @@ class PreparedConv:
         self.algorithms: collections.OrderedDict[tuple, str | None] = collections.OrderedDict()
         self.choices: dict[str, str] = {}  # choice key -> algorithm, for the keys that had candidates to choose from
         self.search_seconds = 0.0  # time this object spent measuring candidates
-        self.on_cpu = self._runs_on_cpu_backend()
         self._register()
 
     def _register(self):
@@ -165,13 +198,13 @@ class PreparedConv:
 
     def choice_key(self, x_shape, stride, padding, dilation) -> str:
         """This conv's key in the choice tables (drn_kernels.cpu_choices.key) for an input of `x_shape`."""
-        return cpu_choices.key(self.weight.shape, x_shape, stride, padding, dilation, self.weight.dtype,
+        return cpu_choices.key(self.kernel_weight.shape, x_shape, stride, padding, dilation, self.kernel_weight.dtype,
                                BUCKET_PIXELS)
 
     def _decide(self, x: Tensor, stride, padding, dilation) -> str | None:
         mode, tile, _ = cpu_conv_setting()
-        path = torch.ops.drn.cpu_conv_algorithm(x, self.weight, list(stride))
-        tiles = torch.ops.drn.cpu_winograd_tiles(x, self.weight, list(stride))  # per DRN_CPU_CONV and dtype
+        path = torch.ops.drn.cpu_conv_algorithm(x, self.kernel_weight, list(stride))
+        tiles = torch.ops.drn.cpu_winograd_tiles(x, self.kernel_weight, list(stride))  # per DRN_CPU_CONV and dtype
         if path == "aten":
             return None
         if not tiles:
@@ -205,7 +238,7 @@ class PreparedConv:
     def winograd_form(self, tile: int) -> Tensor:
         """drn::winograd_weight(weight, tile), made once."""
         if tile not in self.winograd:
-            self.winograd[tile] = torch.ops.drn.winograd_weight(self.weight, tile)
+            self.winograd[tile] = torch.ops.drn.winograd_weight(self.kernel_weight, tile)
         return self.winograd[tile]
 
     def _measure(self, x: Tensor, stride, padding, dilation, shared, tiles) -> str:
@@ -213,14 +246,14 @@ class PreparedConv:
         x)."""
         start = time.perf_counter()
         xt = _timing_input(x, padding, dilation)
-        forms = {f"winograd{t}": torch.ops.drn.winograd_weight(self.weight, t) for t in tiles}
+        forms = {f"winograd{t}": torch.ops.drn.winograd_weight(self.kernel_weight, t) for t in tiles}
         try:
-            forms["onednn"] = torch.ops.drn.onednn_weight(self.weight, list(padding), list(stride),
+            forms["onednn"] = torch.ops.drn.onednn_weight(self.kernel_weight, list(padding), list(stride),
                                                           list(dilation), list(xt.shape))
         except RuntimeError:
             pass
         runs = {name: (lambda form=form: torch.ops.drn.conv_bn_act_prepared_native(
-            xt, self.weight, self.bias, form, stride, padding, dilation, None, True)) for name, form in forms.items()}
+            xt, self.kernel_weight, self.kernel_bias, form, stride, padding, dilation, None, True)) for name, form in forms.items()}
         times = median_times(runs)
         best = min(times, key=times.get)
         if best.startswith(WINOGRAD):
@@ -229,13 +262,13 @@ class PreparedConv:
         self.search_seconds += seconds
         SEARCHES.append({"key": shared, "timed_shape": tuple(xt.shape), "median_s": times, "chosen": best,
                          "seconds": seconds})
-        _log.info("cpu conv %s on %s: %s chosen (medians %s ms; search %.0f ms)", tuple(self.weight.shape),
+        _log.info("cpu conv %s on %s: %s chosen (medians %s ms; search %.0f ms)", tuple(self.kernel_weight.shape),
                   tuple(x.shape), best, {n: round(t * 1e3, 2) for n, t in times.items()}, seconds * 1e3)
         return best
 
     def _prepared(self, x: Tensor, stride, padding, dilation) -> Tensor | None:
         """The prepared form for this call, or None (the op then works from the weight itself)."""
-        if not self.on_cpu or x.device.type != "cpu" or x.shape[0] == 0 or x.dtype != self.weight.dtype:
+        if not self.on_cpu or x.device.type != "cpu" or x.shape[0] == 0 or x.dtype != self.kernel_weight.dtype:
             return None
         if torch.compiler.is_compiling():
             # decided eagerly now (decide_at_trace); no MKLDNN-layout tensor can enter a traced region, so oneDNN
@@ -244,7 +277,7 @@ class PreparedConv:
                                      *dilation)
             if not chosen:
                 return None
-            return self.winograd[int(chosen[-1])] if chosen.startswith(WINOGRAD) else self.weight
+            return self.winograd[int(chosen[-1])] if chosen.startswith(WINOGRAD) else self.kernel_weight
         with torch.no_grad():
             chosen = self.algorithm(x, stride, padding, dilation)
             if chosen is None:
@@ -258,7 +291,7 @@ class PreparedConv:
         packed = self.onednn.get(key)
         if packed is None and not self.onednn_failed:
             try:
-                packed = torch.ops.drn.onednn_weight(self.weight, list(padding), list(stride), list(dilation),
+                packed = torch.ops.drn.onednn_weight(self.kernel_weight, list(padding), list(stride), list(dilation),
                                                      list(x.shape))
             except RuntimeError:  # no oneDNN kernel for this dtype on this CPU: the op's own fallback runs
                 self.onednn_failed = True
@@ -268,20 +301,43 @@ class PreparedConv:
             self.onednn[key] = packed
         return packed
 
+    @property
+    def widened(self) -> bool:
+        """True where the kernels compute this bfloat16 conv in float32 (widens_bfloat16): the conv then takes
+        float32 input (and residual) and returns float32, besides bfloat16 (widened, computed, rounded once)."""
+        return self.kernel_weight is not self.weight
+
+    def _widens(self, x, residual) -> bool:
+        """Whether this call's bfloat16 x (and residual) is computed as float32 and rounded back."""
+        if not (self.widened and isinstance(x, Tensor) and x.dtype == self.weight.dtype):
+            return False
+        if isinstance(residual, Tensor) and residual.dtype != x.dtype:
+            raise TypeError(f"residual has dtype {residual.dtype} but x has dtype {x.dtype}")
+        return True
+
     def conv_bn_act(self, x: Tensor, *, stride, padding, dilation, residual=None, relu=True) -> Tensor:
         """drn_kernels.conv_bn_act(x, weight, bias, ...) on the prepared forms (the ops' one path)."""
-        return ops.run_conv_bn_act(x, self.weight, self.bias, stride, padding, dilation, residual, relu,
-                                   self.backend, self._prepared)
+        if self._widens(x, residual):
+            wide = residual.float() if isinstance(residual, Tensor) else residual
+            return self.conv_bn_act(x.float(), stride=stride, padding=padding, dilation=dilation, residual=wide,
+                                    relu=relu).to(x.dtype)
+        return ops.run_conv_bn_act(x, self.kernel_weight, self.kernel_bias, stride, padding, dilation, residual,
+                                   relu, self.backend, self._prepared)
 
     def conv_bn_act_into_residual(self, x: Tensor, *, residual: Tensor, stride, padding, dilation,
                                   relu=True) -> Tensor:
         """drn_kernels.ops.conv_bn_act_into_residual on the prepared forms (written over `residual`)."""
-        return ops.run_conv_bn_act(x, self.weight, self.bias, stride, padding, dilation, residual, relu,
-                                   self.backend, self._prepared, into_residual=True)
+        if self._widens(x, residual):
+            out = self.conv_bn_act(x, stride=stride, padding=padding, dilation=dilation, residual=residual,
+                                   relu=relu)
+            return residual.copy_(out)
+        return ops.run_conv_bn_act(x, self.kernel_weight, self.kernel_bias, stride, padding, dilation, residual,
+                                   relu, self.backend, self._prepared, into_residual=True)
 
     def tensors(self) -> list[Tensor]:
-        """The tensors this object holds (weight, bias, Winograd form): for copying it (drn.flops' meta copy)."""
-        return [self.weight, self.bias, *self.winograd.values()]
+        """The tensors this object holds (weights, float32 copies, Winograd form): for copying it (drn.flops)."""
+        kernel = [self.kernel_weight, self.kernel_bias] if self.widened else []
+        return [self.weight, self.bias, *kernel, *self.winograd.values()]
 
     # oneDNN copies are MKLDNN-layout tensors, which have no storage to copy or pickle: a copy makes them again.
     def __deepcopy__(self, memo):
@@ -289,6 +345,8 @@ class PreparedConv:
         new._register()
         new.weight = copy.deepcopy(self.weight, memo)
         new.bias = copy.deepcopy(self.bias, memo)
+        new.kernel_weight = copy.deepcopy(self.kernel_weight, memo)
+        new.kernel_bias = copy.deepcopy(self.kernel_bias, memo)
         new.onednn = {}
         new.on_cpu = new._runs_on_cpu_backend()
         new.winograd = copy.deepcopy(self.winograd, memo) if new.on_cpu else {}
@@ -303,6 +361,8 @@ class PreparedConv:
 
     def __setstate__(self, state):
         state.setdefault("pinned", None)
+        state.setdefault("kernel_weight", state["weight"])
+        state.setdefault("kernel_bias", state["bias"])
         state["algorithms"] = collections.OrderedDict(state.get("algorithms", {}))
         self.__dict__.update(state)
         self._register()

@@ -1,12 +1,12 @@
 """Every DRN_* environment variable: the one table, one truthy rule, validated values.
 
-Torch-free and import-free on purpose (only the standard library): setup.py loads drn_kernels/_build_config.py by
-path, and _build_config loads this file the same way, so an install-time build and the build on first use read
+Torch-free and import-free on purpose (only the standard library): setup.py loads drn_kernels/_build/config.py by
+path, and that loads this file the same way, so an install-time build and the build on first use read
 the same settings. Nothing else in the package reads a DRN_* variable.
 
 Each read is fresh (the variable as it is now) and validated: a value outside the allowed ones raises ValueError
 naming the variable and the values it accepts. The C++ CPU kernels never read the environment: the extension is
-given cpu_options() once when it is loaded (drn_kernels._extension.push_cpu_options), and again by whoever
+given cpu_options() once when it is loaded (drn_kernels._build.extension.push_cpu_options), and again by whoever
 changes these variables later in the process (the tests do).
 
 README.md's "Settings" table documents the same variables; tests/test_settings.py checks that both cover every
@@ -15,6 +15,7 @@ DRN_ name the sources read.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import NamedTuple, Optional
 
 TRUE = ("1", "true", "yes", "on")
@@ -32,11 +33,13 @@ class Setting(NamedTuple):
 
 TABLE: dict[str, Setting] = {s.name: s for s in (
     # ---- building the C++ extension (setup.py and the build on first use) ----
-    Setting("DRN_FORCE_CPU", "flag", doc="build the CPU kernels only, even where CUDA could be built"),
-    Setting("DRN_BUILD_CUDA", "flag", doc="compile the CUDA kernels even without a GPU (where torch is a CUDA "
-                                          "build and a toolkit is found): the static kernel report wants them",
-            user=False),
-    Setting("DRN_FORCE_CUDA", "flag", doc="compile the CUDA kernels, and fail instead of building CPU-only"),
+    Setting("DRN_BUILD_CUDA", "choice", ("auto", "0", "1"), "auto",
+            "which kernels the C++ extension is built with: auto: the CUDA kernels too where a GPU is visible, torch "
+            "is a CUDA build and a CUDA toolkit is found, else the CPU kernels only; 0: the CPU kernels only; 1: the "
+            "CUDA kernels too, even without a GPU, and an error where they cannot be built (no CUDA torch or no "
+            "toolkit)"),
+    Setting("DRN_FORCE_CPU", "flag", doc="deprecated, goes in the next release: DRN_BUILD_CUDA=0", user=False),
+    Setting("DRN_FORCE_CUDA", "flag", doc="deprecated, goes in the next release: DRN_BUILD_CUDA=1", user=False),
     Setting("DRN_NO_JIT_BUILD", "flag", doc="never build on first use: load an up-to-date cached build or none"),
     Setting("DRN_BUILD_DIR", "path", doc="folder of the build on first use (default: the torch extensions "
                                          "folder, $TORCH_EXTENSIONS_DIR)"),
@@ -126,8 +129,51 @@ def url(name: str) -> Optional[str]:
 
 def value(name: str):
     """The setting `name` as its kind reads it (flag: bool, choice: str, path/url: str|None)."""
+    if name == "DRN_BUILD_CUDA":
+        return build_cuda()  # the deprecated flags included
     kind = _setting(name).kind
     return {"flag": flag, "choice": choice, "path": path, "url": url}[kind](name)
+
+
+# The build flags DRN_BUILD_CUDA replaced, and the value each one asks for; read for one more release.
+DEPRECATED_BUILD_FLAGS = {"DRN_FORCE_CPU": "0", "DRN_FORCE_CUDA": "1"}
+
+
+class DeprecatedSettingWarning(DeprecationWarning):
+    """A deprecated DRN_* variable is set. Shown by default (a plain DeprecationWarning is not, outside __main__):
+    whoever sets a variable is the user it is meant for."""
+
+
+warnings.simplefilter("default", DeprecatedSettingWarning)
+_warned: set = set()
+
+
+def build_cuda() -> str:
+    """DRN_BUILD_CUDA: "auto", "0" or "1" (the table says what each builds). The deprecated DRN_FORCE_CPU=1 still
+    reads as 0 (before DRN_BUILD_CUDA, as it did) and DRN_FORCE_CUDA=1 as 1, with one DeprecatedSettingWarning per
+    variable and process naming DRN_BUILD_CUDA; asking for 0 and 1 at once raises ValueError naming both."""
+    mode = choice("DRN_BUILD_CUDA")
+    asked = {}
+    for old, new in DEPRECATED_BUILD_FLAGS.items():
+        if _raw(old) == "":
+            continue
+        if old not in _warned:
+            _warned.add(old)
+            warnings.warn(f"{old} is deprecated and goes in the next release: set DRN_BUILD_CUDA={new} instead",
+                          DeprecatedSettingWarning, stacklevel=2)
+        if flag(old):
+            asked[old] = new
+    if "DRN_FORCE_CPU" in asked:
+        if "DRN_FORCE_CUDA" in asked:
+            raise ValueError("DRN_FORCE_CPU=1 and DRN_FORCE_CUDA=1 ask for opposite builds: set DRN_BUILD_CUDA "
+                             "(auto, 0 or 1) alone")
+        return "0"
+    if "DRN_FORCE_CUDA" in asked:
+        if mode == "0":
+            raise ValueError("DRN_FORCE_CUDA=1 and DRN_BUILD_CUDA=0 ask for opposite builds: set DRN_BUILD_CUDA "
+                             "alone")
+        return "1"
+    return mode
 
 
 def check_all() -> dict:

@@ -49,12 +49,13 @@ def require_backend(backend: str, device="cpu"):
 
 
 def extension_tried() -> bool:
-    """Whether this process has tried to load (and so maybe built) drn_kernels' compiled extension or the SIMT
-    simulator: conftest's check that a unit test compiles nothing."""
+    """Whether this process has tried to load (and so maybe built) drn_kernels' compiled extension, the SIMT
+    simulator or the test library: conftest's check that a unit test compiles nothing."""
     import sys
 
-    extension, sim = sys.modules.get("drn_kernels._extension"), sys.modules.get("drn_kernels._sim")
-    return bool(extension and extension._tried) or bool(sim and (sim._loaded or sim._error is not None))
+    extension, sim, testing = (sys.modules.get(f"drn_kernels._build.{name}") for name in ("extension", "sim", "testing"))
+    return (bool(extension and extension._tried) or bool(sim and (sim._loaded or sim._error is not None))
+            or bool(testing and testing._module is not None))
 
 
 CPU_SETTINGS = ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_PREFETCH")

@@ -83,3 +83,39 @@ def test_problems_flags_bad_records():
     assert aot.problems([{**good, "tensor_core_instructions": 0}])
     assert aot.problems([{**good, "shared_bytes": 200 * 1024}])
     assert aot.problems([{**good, "arch": "sm_90", "shared_bytes": 200 * 1024}]) == []
+
+
+def test_problems_flags_cuda_conv_calls_division_and_missing_ldmatrix():
+    from drn_kernels import aot
+
+    good = {"source": "cuda", "kernel": "conv_bn_act_kernel", "arch": "sm_80", "dtype": "fp16", "config": "c",
+            "registers": 153, "spill_bytes": 0, "shared_bytes": 65536, "tensor_core_instructions": 64,
+            "wgmma_instructions": 0, "ldsm": 24, "calls": 0, "loop_exit_calls": 0, "division_ops": 0,
+            "main_loop": None}
+    assert aot.problems([good]) == []
+    assert aot.problems([{**good, "calls": 2}])
+    assert aot.problems([{**good, "division_ops": 12}])
+    assert aot.problems([{**good, "ldsm": 0}])
+    assert aot.problems([{**good, "dtype": "fp32", "ldsm": 0, "tensor_core_instructions": 0}]) == []
+    assert aot.problems([{**good, "kernel": "class_head_pixel_kernel", "calls": 2, "ldsm": 0}]) == []
+
+
+@pytest.mark.build
+def test_cuda_report_every_conv_tile():
+    """The CUDA half of the report (--no-triton): every conv tile on sm_80 and sm_90 passes the proof (0 spills,
+    ldmatrix at 16 bit, no CALL, no integer division) and carries its main-loop mix."""
+    from helpers import skip_or_fail_unbuilt
+    from drn_kernels._build import cuda_cubins as _cuda_cubins
+
+    reason = _cuda_cubins.why_unavailable()
+    if reason is not None:
+        skip_or_fail_unbuilt("the CUDA kernels' cubins", reason)
+    rc, recs, err = _run_aot("--no-triton")
+    conv = [r for r in recs if r["kernel"] == "conv_bn_act_kernel"]
+    tiles = {r["config"].split("_BK")[0] for r in conv}
+    assert tiles == {"BM64_BN64", "BM128_BN128", "BM128_BN64", "BM64_BN128"}
+    assert {r["arch"] for r in conv} == {"sm_80", "sm_90"}
+    for r in conv:
+        _check_record(r)
+        assert r["main_loop"] and r["main_loop"]["division_ops"] == 0
+    assert rc == 0, err

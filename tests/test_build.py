@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,8 +22,8 @@ _NO_TORCH = "import sys; sys.modules['torch'] = None; "
 
 
 def _build_config():
-    spec = importlib.util.spec_from_file_location("_cfg_under_test", os.path.join(ROOT, "drn_kernels",
-                                                                                  "_build_config.py"))
+    spec = importlib.util.spec_from_file_location("_cfg_under_test", os.path.join(ROOT, "drn_kernels", "_build",
+                                                                                  "config.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -44,16 +45,30 @@ def test_setup_py_without_torch():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "drn-kernels"
     assert "torch is not importable at build time" in out.stderr
-    forced = _run(code, env={**os.environ, "DRN_FORCE_CUDA": "1"})
-    assert forced.returncode != 0 and "DRN_FORCE_CUDA=1" in forced.stderr
+    # make test exports DRN_BUILD_CUDA=1 and installs the package first (pip's isolated build): no error there,
+    # the setting applies to the build on first use
+    forced = _run(code, env={**os.environ, "DRN_BUILD_CUDA": "1"})
+    assert forced.returncode == 0 and "(DRN_BUILD_CUDA=1)" in forced.stderr, forced.stderr
+
+
+def test_the_product_library_defines_no_schema_and_no_test_op():
+    """drn_kernels._C's sources register kernels only (TORCH_LIBRARY_IMPL against drn_kernels/_schemas.py); the
+    test-only ops (csrc/testing, their own namespace drn_testing) are compiled into the test library alone."""
+    cfg = _build_config()
+    product = cfg.cpu_sources() + cfg.cuda_sources()
+    testing = cfg.testing_sources()
+    assert product and any("testing" in os.path.relpath(s, cfg.CSRC).split(os.sep)[0] for s in testing)
+    defines = [s for s in product if re.search(r"TORCH_LIBRARY(_FRAGMENT)?\s*\(", open(s).read())]
+    assert defines == [], f"schemas defined in C++ (they belong in drn_kernels/_schemas.py): {defines}"
+    assert not [s for s in product if os.path.relpath(s, cfg.CSRC).startswith("testing")]
 
 
 def test_build_config_is_torch_free():
     code = _NO_TORCH + textwrap.dedent("""
         import importlib.util
-        spec = importlib.util.spec_from_file_location("cfg", "drn_kernels/_build_config.py")
+        spec = importlib.util.spec_from_file_location("cfg", "drn_kernels/_build/config.py")
         cfg = importlib.util.module_from_spec(spec); spec.loader.exec_module(cfg)
-        print(len(cfg.cpu_sources()), cfg.cuda_decision(None)[0])
+        print(len(cfg.cpu_sources()), cfg.cuda_decision(None, mode="auto")[0])
     """)
     out = _run(code)
     assert out.returncode == 0, out.stderr
@@ -119,15 +134,25 @@ def test_cuda_home_through_wrapper_script(tmp_path, monkeypatch):
 
 def test_cuda_decision_switches(monkeypatch):
     cfg = _build_config()
-    monkeypatch.setenv("DRN_FORCE_CPU", "1")
+    for var in ("DRN_FORCE_CPU", "DRN_FORCE_CUDA"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DRN_BUILD_CUDA", "0")
     ok, _, reason = cfg.cuda_decision("13.0")
-    assert not ok and "DRN_FORCE_CPU" in reason
-    monkeypatch.delenv("DRN_FORCE_CPU")
+    assert not ok and "DRN_BUILD_CUDA=0" in reason
+    monkeypatch.setenv("DRN_BUILD_CUDA", "auto")
     ok, _, reason = cfg.cuda_decision(None)
     assert not ok and "CPU-only" in reason
-    monkeypatch.setenv("DRN_FORCE_CUDA", "1")
-    with pytest.raises(RuntimeError, match="DRN_FORCE_CUDA"):
+    monkeypatch.setenv("DRN_BUILD_CUDA", "1")
+    with pytest.raises(RuntimeError, match="DRN_BUILD_CUDA=1"):
         cfg.cuda_decision(None)
+    assert not cfg.cuda_decision(None, mode="auto")[0]  # the caller's request (the build command) over the variable
+    with pytest.raises(ValueError, match="build mode"):
+        cfg.cuda_decision("13.0", mode="cpu")
+    monkeypatch.delenv("DRN_BUILD_CUDA")
+    monkeypatch.setenv("DRN_FORCE_CUDA", "1")  # the deprecated name of DRN_BUILD_CUDA=1
+    with pytest.warns(DeprecationWarning, match="DRN_BUILD_CUDA=1"):
+        with pytest.raises(RuntimeError, match="DRN_BUILD_CUDA=1"):
+            cfg.cuda_decision(None)
 
 
 def test_cuda_kernels_without_gpu_only_on_request(tmp_path, monkeypatch):
@@ -142,7 +167,7 @@ def test_cuda_kernels_without_gpu_only_on_request(tmp_path, monkeypatch):
     monkeypatch.setenv("DRN_BUILD_CUDA", "1")
     ok, _, reason = cfg.cuda_decision("13.0", gpu_visible=False)
     assert ok and "on request" in reason
-    monkeypatch.setenv("DRN_FORCE_CPU", "1")
+    monkeypatch.setenv("DRN_BUILD_CUDA", "0")
     assert not cfg.cuda_decision("13.0", gpu_visible=True)[0]
 
 
@@ -160,7 +185,7 @@ def test_one_ninja_whatever_path(monkeypatch):
 
 def _ninja_dir(tmp_path):
     """A build folder whose build.ninja copies src.txt to lib.so, built once; ({settings}, library, source)."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     ninja, _ = _build_config().find_ninja()
     (tmp_path / "src.txt").write_text("a")
@@ -173,7 +198,7 @@ def _ninja_dir(tmp_path):
 
 def test_staleness_is_ninjas_answer(tmp_path):
     """The check before a build says what ninja will do: up to date, a changed input, other settings."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     settings, library, src = _ninja_dir(tmp_path)
     assert _extension._stale_reason(library, settings) is None
@@ -190,7 +215,7 @@ def test_staleness_is_ninjas_answer(tmp_path):
 
 def test_compile_steps_are_announced_and_logged(tmp_path, capfd):
     """Whatever ninja writes goes to build.log; each step also gives one progress line on stderr."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     with _extension._compiler_output_to_log(str(tmp_path)) as steps:
         os.write(1, f"[1/2] c++ -O3 -c {ROOT}/csrc/cpu/x.cpp -o x.o\nptxas info : Used 40 registers\n".encode())
@@ -205,21 +230,22 @@ def test_compile_steps_are_announced_and_logged(tmp_path, capfd):
     assert capfd.readouterr() == ("", "")
 
 
-def test_in_place_module_freshness_and_force_cpu(tmp_path, monkeypatch):
-    """An in-place _C older than csrc/ is not loaded, nor any under DRN_FORCE_CPU=1 (it may hold CUDA kernels)."""
-    from drn_kernels import _extension
+def test_in_place_module_freshness_and_cpu_only(tmp_path, monkeypatch):
+    """An in-place _C older than csrc/ is not loaded, nor any under DRN_BUILD_CUDA=0 (it may hold CUDA kernels)."""
+    from drn_kernels._build import extension as _extension
 
     lib = tmp_path / "_C.so"
     lib.write_bytes(b"")
-    monkeypatch.delenv("DRN_FORCE_CPU", raising=False)
+    for var in ("DRN_FORCE_CPU", "DRN_FORCE_CUDA", "DRN_BUILD_CUDA"):
+        monkeypatch.delenv(var, raising=False)
     newest = max(os.path.getmtime(f) for f in _build_config().all_inputs())
     os.utime(lib, (newest + 10, newest + 10))
     assert _extension.in_place_skip_reason(str(lib)) is None
     os.utime(lib, (newest - 10, newest - 10))
     assert "older than" in _extension.in_place_skip_reason(str(lib))
     os.utime(lib, (newest + 10, newest + 10))
-    monkeypatch.setenv("DRN_FORCE_CPU", "1")
-    assert "DRN_FORCE_CPU=1" in _extension.in_place_skip_reason(str(lib))
+    monkeypatch.setenv("DRN_BUILD_CUDA", "0")
+    assert "DRN_BUILD_CUDA=0" in _extension.in_place_skip_reason(str(lib))
 
 
 @pytest.mark.build
@@ -232,7 +258,7 @@ def test_build_module_and_jit_loaded_extension():
     assert "(jit-cpu;" in out.stdout or "(jit-cuda;" in out.stdout
     code = textwrap.dedent("""
         import os, torch
-        from drn_kernels import _extension
+        from drn_kernels._build import extension as _extension
         m = _extension.load()
         assert m is not None, _extension.why_unavailable("cpu")
         assert _extension.why_unavailable("cpu") is None
@@ -252,12 +278,12 @@ def test_build_module_and_jit_loaded_extension():
 
 
 def test_no_jit_build_reports_reason(tmp_path):
-    """Nothing built in the build folder and DRN_NO_JIT_BUILD=1: no module, and why. DRN_FORCE_CPU=1 makes this
+    """Nothing built in the build folder and DRN_NO_JIT_BUILD=1: no module, and why. DRN_BUILD_CUDA=0 makes this
     hold with an in-place drn_kernels._C present too (it is not loaded then)."""
-    code = ("from drn_kernels import _extension; assert _extension.load() is None; "
+    code = ("from drn_kernels._build import extension as _extension; assert _extension.load() is None; "
             "assert _extension.loaded_variant() is None; print(_extension.why_unavailable('cpu'))")
     out = _run(code, env={**os.environ, "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_DIR": str(tmp_path),
-                          "DRN_FORCE_CPU": "1"})
+                          "DRN_BUILD_CUDA": "0"})
     assert out.returncode == 0, out.stderr
     assert "DRN_NO_JIT_BUILD=1" in out.stdout and "python -m drn_kernels.build" in out.stdout
 
@@ -266,9 +292,9 @@ def test_no_jit_build_reports_reason(tmp_path):
 def test_why_unavailable_kinds():
     import torch
 
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
-    from drn_kernels import _sim
+    from drn_kernels._build import sim as _sim
 
     # cuda-sim's answer is the simulator's own: None exactly when its ops are registered, else a reason
     sim = _extension.why_unavailable("cuda-sim")
@@ -291,7 +317,7 @@ def test_why_unavailable_kinds():
 def test_setup_py_builds_extension_with_torch(tmp_path):
     """What `pip install --no-build-isolation -e .` runs: setup.py sees torch and builds drn_kernels._C (CPU-only
     here to keep it to about a minute; built into tmp_path, then loaded in a fresh process)."""
-    env = {**os.environ, "DRN_FORCE_CPU": "1", "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
+    env = {**os.environ, "DRN_BUILD_CUDA": "0", "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
     out = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
                           "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=1800)
@@ -329,5 +355,5 @@ def test_pip_wheel_isolated_has_no_extension(tmp_path):
 
     (wheel,) = tmp_path.glob("drn_kernels-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "drn_kernels/_build_config.py" in names
+    assert "drn_kernels/_build/config.py" in names
     assert not [n for n in names if n.endswith(".so")]

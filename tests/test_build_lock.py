@@ -1,4 +1,4 @@
-"""Many processes starting the build on first use at once: drn_kernels._build_lock, and the builds under it.
+"""Many processes starting the build on first use at once: drn_kernels._build.lock, and the builds under it.
 
 The lock tests hold the lock from small helper processes (the module loaded by path: no torch, no compile). The
 slow test starts three builders into one empty build folder at once — `python -m drn_kernels.build --cpu` and a
@@ -23,7 +23,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCK_MODULE = os.path.join(ROOT, "drn_kernels", "_build_lock.py")
+LOCK_MODULE = os.path.join(ROOT, "drn_kernels", "_build", "lock.py")
 
 # A helper process: holds the lock of the folder argv[1] from the module loaded by path, says what happens.
 _PROLOGUE = textwrap.dedent(f"""
@@ -120,7 +120,7 @@ def test_killed_holder_is_taken_over_after_its_compilers_exit(tmp_path):
 def test_no_jit_build_waits_for_a_build_under_way(tmp_path, monkeypatch):
     """DRN_NO_JIT_BUILD=1 loads only: it waits for the build another process runs in the folder, then loads (here
     the holder builds nothing, so there is nothing to load, and the reason says so)."""
-    from drn_kernels import _extension
+    from drn_kernels._build import extension as _extension
 
     monkeypatch.setenv("DRN_BUILD_DIR", str(tmp_path))
     folder = _extension.build_directory(with_cuda=False, create=True)
@@ -130,9 +130,9 @@ def test_no_jit_build_waits_for_a_build_under_way(tmp_path, monkeypatch):
             sys.stdin.readline()
     """), folder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _line_with(holder, "held")
-    env = {**os.environ, "DRN_BUILD_DIR": str(tmp_path), "DRN_NO_JIT_BUILD": "1", "DRN_FORCE_CPU": "1",
+    env = {**os.environ, "DRN_BUILD_DIR": str(tmp_path), "DRN_NO_JIT_BUILD": "1", "DRN_BUILD_CUDA": "0",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    loader = subprocess.Popen([sys.executable, "-c", "from drn_kernels import _extension; "
+    loader = subprocess.Popen([sys.executable, "-c", "from drn_kernels._build import extension as _extension; "
                                "print('loaded:', _extension.load(), _extension.why_unavailable('cpu'))"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -234,7 +234,7 @@ def test_three_builders_at_once_into_an_empty_folder(tmp_path, cpu_settings, cap
     cpu_settings.set("DRN_CPU_CONV", "winograd")
     args = ["segment", "--data", str(data), "--model", "drn_d_22", "--weights", str(data / "seg.pth"), "--json",
             "--device", "cpu", "--fused"]
-    env = {**os.environ, "DRN_BUILD_DIR": str(build_dir), "DRN_FORCE_CPU": "1", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "DRN_BUILD_DIR": str(build_dir), "DRN_BUILD_CUDA": "0", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("DRN_NO_JIT_BUILD", None)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",

@@ -238,3 +238,21 @@ def test_torch_compile_decides_as_eager_does(pin):
     assert len(prep.SEARCHES) == searched
     convs = [m for m in model.modules() if isinstance(m, FusedConv)]
     assert all(m._conv.algorithms for m in convs if m._conv.on_cpu)
+
+
+@pytest.mark.parametrize("costs, calls", [((1.0, 2.0, 1.4), 2), ((1.0, 1.2, 3.0), 1 + prep.TIMING_ROUNDS)])
+def test_search_stops_after_one_round_only_for_a_clear_winner(monkeypatch, costs, calls):
+    """A first timed round whose fastest is CLEAR_MARGIN ahead of every other decides; a closer one takes every
+    round (times from a fake clock: each candidate advances it by its cost)."""
+    clock = [0.0]
+    monkeypatch.setattr(prep.time, "perf_counter", lambda: clock[0])
+    counts = {}
+
+    def run(name, cost):
+        counts[name] = counts.get(name, 0) + 1
+        clock[0] += cost
+
+    runs = {f"c{i}": (lambda i=i, cost=cost: run(f"c{i}", cost)) for i, cost in enumerate(costs)}
+    medians = prep.median_times(runs)
+    assert counts == {name: calls for name in runs}
+    assert medians == pytest.approx({f"c{i}": cost for i, cost in enumerate(costs)})

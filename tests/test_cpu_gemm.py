@@ -1,12 +1,13 @@
-"""The cpu backend's own GEMM (csrc/cpu/gemm.cpp: drn::gemm_pack_b / drn::gemm_packed), which the Winograd
-convolution runs for its per-point products: against float64 on random odd shapes, on each ISA build (DRN_CPU_ISA,
-capped by this CPU), bit-identical across ISAs (every build accumulates the same float32 FMAs in the same order),
-packing, empty sizes, hostile arguments."""
+"""The cpu backend's own GEMM (csrc/cpu/gemm.cpp, as the test library's drn_testing::gemm_pack_b / gemm_packed:
+drn_kernels.build.load_testing_library()), which the Winograd convolution runs for its per-point products: against
+float64 on random odd shapes, on each ISA build (DRN_CPU_ISA, capped by this CPU), bit-identical across ISAs (every
+build accumulates the same float32 FMAs in the same order), packing, empty sizes, hostile arguments."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from drn_kernels.build import load_testing_library
 from helpers import require_backend
 from tolerance import assert_within_torch_error
 
@@ -18,6 +19,7 @@ ISAS = ["baseline", "avx2", "avx512"]
 @pytest.fixture(autouse=True)
 def _cpu_built():
     require_backend("cpu")
+    load_testing_library()  # torch.ops.drn_testing.*
 
 
 def _rand(*shape, seed):
@@ -26,7 +28,7 @@ def _rand(*shape, seed):
 
 
 def _gemm(a, b):
-    return torch.ops.drn.gemm_packed(a, torch.ops.drn.gemm_pack_b(b), b.shape[-1])
+    return torch.ops.drn_testing.gemm_packed(a, torch.ops.drn_testing.gemm_pack_b(b), b.shape[-1])
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -87,7 +89,7 @@ def test_bit_identical_across_prefetch_targets(cpu_settings, isa):
 def test_pack_layout():
     """Panels of 32 columns, each (K x 32) row-major, the last zero-padded."""
     b = _rand(2, 5, 40, seed=3)
-    packed = torch.ops.drn.gemm_pack_b(b)
+    packed = torch.ops.drn_testing.gemm_pack_b(b)
     assert packed.shape == (2, 2, 5, 32)
     assert torch.equal(packed[:, 0], b[:, :, :32])
     assert torch.equal(packed[:, 1, :, :8], b[:, :, 32:])
@@ -99,8 +101,8 @@ def test_views_and_non_finite():
     a, b = _rand(3, 20, 40, seed=4), _rand(3, 40, 36, seed=5)
     want = _gemm(a.contiguous(), b.contiguous())
     at = a.transpose(1, 2).contiguous().transpose(1, 2)
-    assert torch.equal(torch.ops.drn.gemm_packed(at, torch.ops.drn.gemm_pack_b(b.transpose(1, 2).contiguous()
-                                                                              .transpose(1, 2)), 36), want)
+    b_strided = b.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(torch.ops.drn_testing.gemm_packed(at, torch.ops.drn_testing.gemm_pack_b(b_strided), 36), want)
     a1, b1 = a[:1].expand(3, -1, -1), b[:1].expand(3, -1, -1)
     assert torch.equal(_gemm(a1, b1), _gemm(a1.contiguous(), b1.contiguous()))
     a[0, 3, 5], a[1, 0, 0], b[2, 7, 1] = float("nan"), float("inf"), float("-inf")
@@ -119,26 +121,27 @@ def test_empty_sizes(batch, m, k, n):
 
 def test_hostile_arguments_name_the_argument():
     a, b = _rand(2, 3, 4, seed=8), _rand(2, 4, 5, seed=9)
-    packed = torch.ops.drn.gemm_pack_b(b)
+    packed = torch.ops.drn_testing.gemm_pack_b(b)
     with pytest.raises(ValueError, match="gemm_pack_b: b must be"):
-        torch.ops.drn.gemm_pack_b(b.double())
+        torch.ops.drn_testing.gemm_pack_b(b.double())
     with pytest.raises(ValueError, match="gemm_pack_b: b must be"):
-        torch.ops.drn.gemm_pack_b(b[0])
+        torch.ops.drn_testing.gemm_pack_b(b[0])
     with pytest.raises(ValueError, match="gemm_packed: a must be"):
-        torch.ops.drn.gemm_packed(a.half(), packed, 5)
+        torch.ops.drn_testing.gemm_packed(a.half(), packed, 5)
     with pytest.raises(ValueError, match="gemm_packed: n must be"):
-        torch.ops.drn.gemm_packed(a, packed, -1)
+        torch.ops.drn_testing.gemm_packed(a, packed, -1)
     for bad_n in (33, 2**62, 2**63 - 1):  # n that does not fit the packed panels
         with pytest.raises(ValueError, match="gemm_packed: b_packed must be"):
-            torch.ops.drn.gemm_packed(a, packed, bad_n)
+            torch.ops.drn_testing.gemm_packed(a, packed, bad_n)
     with pytest.raises(ValueError, match="gemm_packed: b_packed must be"):
-        torch.ops.drn.gemm_packed(a[:1], packed, 5)
+        torch.ops.drn_testing.gemm_packed(a[:1], packed, 5)
 
 
 def _bf16_supported() -> bool:
     a = torch.ones(1, 1, 2, dtype=torch.bfloat16)
     try:
-        torch.ops.drn.gemm_packed(a, torch.ops.drn.gemm_pack_b(torch.ones(1, 2, 1, dtype=torch.bfloat16)), 1)
+        packed = torch.ops.drn_testing.gemm_pack_b(torch.ones(1, 2, 1, dtype=torch.bfloat16))
+        torch.ops.drn_testing.gemm_packed(a, packed, 1)
     except RuntimeError as e:
         assert "AVX512-BF16" in str(e)
         return False
@@ -159,4 +162,4 @@ def test_bfloat16_matches_float64(batch, m, k, n):
     assert ours.dtype == torch.float32 and ours.shape == (batch, m, n)
     assert_within_torch_error(ours, torch.bmm(a.float(), b.float()), exact, what="gemm bf16")
     with pytest.raises(ValueError, match="gemm_packed: b_packed must be"):
-        torch.ops.drn.gemm_packed(a, torch.ops.drn.gemm_pack_b(b.float()), n)  # a float32 packing for bf16 a
+        torch.ops.drn_testing.gemm_packed(a, torch.ops.drn_testing.gemm_pack_b(b.float()), n)  # float32 packing, bf16 a

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import drn_kernels
-from drn_kernels import _extension, reference, settings
+from drn_kernels import reference, settings
+from drn_kernels._build import extension as _extension
 
 pytestmark = pytest.mark.build
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import drn_kernels
+from drn_kernels.build import load_testing_library
 from helpers import require_backend
 
 pytestmark = pytest.mark.build
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.build
 @pytest.fixture(autouse=True)
 def _cpu_built():
     require_backend("cpu")
+    load_testing_library()  # torch.ops.drn_testing.* (the trace and GEMM ops)
 
 
 @contextlib.contextmanager
@@ -30,7 +32,7 @@ def _threads(n):
 
 
 def _trace(bounds, run=1, slow=-1, slow_us=0.0):
-    return torch.ops.drn.parallel_shares_trace(bounds, run, slow, slow_us)
+    return torch.ops.drn_testing.parallel_shares_trace(bounds, run, slow, slow_us)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -70,7 +72,7 @@ def test_parallel_even(threads, n, run):
     """parallel_even: every item once, on no more threads than there are runs of `run` items; a pass of one run
     stays on the calling thread (as at::parallel_for's grain had it: the class head's runs each allocate buffers)."""
     with _threads(threads):
-        out = torch.ops.drn.parallel_even_trace(n, run)
+        out = torch.ops.drn_testing.parallel_even_trace(n, run)
     assert out.shape == (n, 2)
     assert torch.equal(out[:, 0], torch.ones(n, dtype=torch.long))
     assert bool((out[:, 1] >= 0).all() and (out[:, 1] < min(threads, max(-(-n // run), 1))).all())
@@ -92,18 +94,18 @@ def test_trace_rejects_bad_arguments():
             _trace([0, 1, 2], 1, slow=0, slow_us=float("nan"))
         for n, run, match in ((-1, 1, "n must"), (1 << 40, 1, "n must"), (5, 0, "run"), (5, 1 << 40, "run")):
             with pytest.raises(ValueError, match=match):
-                torch.ops.drn.parallel_even_trace(n, run)
+                torch.ops.drn_testing.parallel_even_trace(n, run)
 
 
 def test_gemm_same_bits_at_any_thread_count():
     """Each (problem, panel) pair is computed whole by one thread: 1, 2 and 3 threads give the same bits."""
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(9, 61, 70, generator=g), torch.randn(9, 70, 100, generator=g)
-    packed = torch.ops.drn.gemm_pack_b(b)
+    packed = torch.ops.drn_testing.gemm_pack_b(b)
     outs = []
     for threads in (1, 2, 3):
         with _threads(threads):
-            outs.append(torch.ops.drn.gemm_packed(a, packed, 100))
+            outs.append(torch.ops.drn_testing.gemm_packed(a, packed, 100))
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 

@@ -356,7 +356,8 @@ def test_large_integers_within_range_give_the_right_answer(backend):
 
 _DIRECT_CALLS = """
 import torch, drn_kernels
-from drn_kernels import _extension, _sim
+from drn_kernels._build import extension as _extension
+from drn_kernels._build import sim as _sim
 x, w, b = torch.randn(1, 4, 5, 6), torch.randn(3, 4, 3, 3), torch.randn(3)
 ops = []
 if _extension.load() is not None:

@@ -85,8 +85,8 @@ def _circle(function_level: bool) -> list[str] | None:
 def test_the_import_reader_sees_imports():
     modules = _modules()
     assert "drn.commands" in _imports(modules["drn.cli"], "drn.cli", modules, False)
-    assert "drn_kernels.settings" in _imports(modules["drn_kernels._extension"], "drn_kernels._extension", modules,
-                                              False)
+    assert "drn_kernels.settings" in _imports(modules["drn_kernels._build.extension"], "drn_kernels._build.extension",
+                                              modules, False)
 
 
 def test_no_module_level_import_circle():
@@ -117,7 +117,7 @@ def _private_kernel_names(path: pathlib.Path) -> list[str]:
 def test_the_private_name_reader_sees_them(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import drn_kernels\nfrom drn_kernels import _backends\nfrom drn_kernels._checks import pair\n"
-                   "drn_kernels._sim.load()\n")
+                   "drn_kernels._build.load()\n")
     assert len(_private_kernel_names(bad)) == 3
 
 
@@ -126,3 +126,13 @@ def test_drn_and_benchmarks_use_only_public_names_of_drn_kernels():
     used = {str(path.relative_to(ROOT)): names for folder in ("drn", "benchmarks")
             for path in (ROOT / folder).rglob("*.py") if (names := _private_kernel_names(path))}
     assert not used, used
+
+
+def test_build_machinery_imports_nothing_of_the_op_core():
+    """drn_kernels._build (building and loading the compiled libraries) is below the op core: the op core imports
+    it to load a library; it imports nothing of drn_kernels but drn_kernels.settings (and itself)."""
+    modules = _modules()
+    upward = {m: sorted(t for t in _imports(p, m, modules, function_level=True)
+                        if not t.startswith("drn_kernels._build") and t != "drn_kernels.settings")
+              for m, p in modules.items() if m.startswith("drn_kernels._build")}
+    assert len(upward) >= 6 and not any(upward.values()), upward

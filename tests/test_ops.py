@@ -81,7 +81,7 @@ def test_torch_compile_fullgraph():
 _FIRST_USE_COMPILED = """
 import sys, torch
 import drn_kernels
-from drn_kernels import _extension
+from drn_kernels._build import extension as _extension
 backend = sys.argv[1]
 assert not _extension._tried, "the extension was loaded before the compiled call"
 x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)

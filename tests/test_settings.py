@@ -71,10 +71,60 @@ def test_bad_values_raise_naming_the_variable(monkeypatch, name, bad):
 def test_one_truthy_rule(monkeypatch):
     for raw, want in [("1", True), ("yes", True), ("ON", True), (" true ", True), ("", False), ("0", False),
                       ("off", False), ("No", False)]:
-        monkeypatch.setenv("DRN_BUILD_CUDA", raw)
-        assert settings.flag("DRN_BUILD_CUDA") is want, raw
-    monkeypatch.delenv("DRN_BUILD_CUDA")
-    assert settings.flag("DRN_BUILD_CUDA") is False
+        monkeypatch.setenv("DRN_NO_JIT_BUILD", raw)
+        assert settings.flag("DRN_NO_JIT_BUILD") is want, raw
+    monkeypatch.delenv("DRN_NO_JIT_BUILD")
+    assert settings.flag("DRN_NO_JIT_BUILD") is False
+
+
+@pytest.fixture
+def build_settings(monkeypatch):
+    """The build settings unset, and each deprecated flag's warning not yet given in this process."""
+    for name in ("DRN_BUILD_CUDA", *settings.DEPRECATED_BUILD_FLAGS):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(settings, "_warned", set())
+    return monkeypatch
+
+
+def test_one_build_setting(build_settings):
+    assert settings.build_cuda() == "auto"
+    for raw, want in [("auto", "auto"), ("0", "0"), ("1", "1"), (" AUTO ", "auto")]:
+        build_settings.setenv("DRN_BUILD_CUDA", raw)
+        assert settings.build_cuda() == want == settings.value("DRN_BUILD_CUDA")
+    for bad in ("yes", "2", "cuda"):
+        build_settings.setenv("DRN_BUILD_CUDA", bad)
+        with pytest.raises(ValueError, match="DRN_BUILD_CUDA must be one of auto, 0, 1"):
+            settings.build_cuda()
+
+
+@pytest.mark.parametrize("old, new", [("DRN_FORCE_CPU", "0"), ("DRN_FORCE_CUDA", "1")])
+def test_the_old_build_flags_still_work_with_one_warning(build_settings, old, new):
+    """DRN_FORCE_CPU=1 reads as DRN_BUILD_CUDA=0 (over DRN_BUILD_CUDA, as it always won), DRN_FORCE_CUDA=1 as 1:
+    one DeprecationWarning per process naming the new setting; set to 0 they ask for nothing."""
+    build_settings.setenv(old, "1")
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated.*DRN_BUILD_CUDA={new}") as caught:
+        assert settings.build_cuda() == new
+        assert settings.build_cuda() == new
+    assert len(caught) == 1
+    build_settings.setenv(old, "0")
+    assert settings.build_cuda() == "auto"
+    build_settings.setenv(old, "maybe")
+    with pytest.raises(ValueError, match=old):
+        settings.build_cuda()
+
+
+def test_contradicting_build_flags_raise_naming_both(build_settings):
+    build_settings.setenv("DRN_FORCE_CPU", "1")
+    build_settings.setenv("DRN_BUILD_CUDA", "1")
+    with pytest.warns(DeprecationWarning):
+        assert settings.build_cuda() == "0"  # DRN_FORCE_CPU=1 won over DRN_BUILD_CUDA=1 before, and still does
+    build_settings.setenv("DRN_FORCE_CUDA", "1")
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="DRN_FORCE_CPU=1 and DRN_FORCE_CUDA=1"):
+        settings.build_cuda()
+    build_settings.delenv("DRN_FORCE_CPU")
+    build_settings.setenv("DRN_BUILD_CUDA", "0")
+    with pytest.raises(ValueError, match="DRN_FORCE_CUDA=1 and DRN_BUILD_CUDA=0"):
+        settings.build_cuda()
 
 
 def test_cpu_options_defaults_and_codes(cpu_settings):

@@ -158,13 +158,17 @@ def _check_fresh(fused, x, expect_paths=()):
     paths = set()
     for conv, inp, residual, y in layers:
         geometry = [[v, v] if isinstance(v, int) else list(v) for v in (conv.stride, conv.padding, conv.dilation)]
+        weight, bias = conv.weight, conv.bias
+        if inp.dtype != weight.dtype:  # a bfloat16 model computed in float32 (prepared.widens_bfloat16)
+            assert conv._conv.widened and inp.dtype == torch.float32, conv.name
+            weight, bias = weight.float(), bias.float()
         chosen = conv._conv.algorithm(inp, *geometry) if conv._conv.on_cpu else None
         if chosen is not None and chosen.startswith("winograd"):  # the algorithm the layer chose, fresh weights
-            form = torch.ops.drn.winograd_weight(conv.weight, int(chosen[-1]))
-            fresh = torch.ops.drn.conv_bn_act_prepared_native(inp, conv.weight, conv.bias, form, *geometry,
-                                                              residual, conv.relu)
+            form = torch.ops.drn.winograd_weight(weight, int(chosen[-1]))
+            fresh = torch.ops.drn.conv_bn_act_prepared_native(inp, weight, bias, form, *geometry, residual,
+                                                              conv.relu)
         else:
-            fresh = drn_kernels.conv_bn_act(inp, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding,
+            fresh = drn_kernels.conv_bn_act(inp, weight, bias, stride=conv.stride, padding=conv.padding,
                                             dilation=conv.dilation, residual=residual, relu=conv.relu,
                                             backend=conv.backend)
         assert torch.equal(y, fresh), conv.name

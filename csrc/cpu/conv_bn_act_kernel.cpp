@@ -38,6 +38,7 @@
 #include "cpu/conv_bn_act_winograd.h"
 #include "input_checks.h"
 #include "cpu/cpu_options.h"
+#include "cpu/gemm.h"
 #include "cpu/parallel.h"
 
 #include <array>
@@ -386,8 +387,19 @@ Tensor onednn_weight_cpu(const Tensor& weight, IntArrayRef padding, IntArrayRef 
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(drn, m) {
-  m.def("cpu_winograd_tiles(Tensor x, Tensor weight, int[] stride) -> int[]");
+// drn::cpu_isa: the ISA our own kernels run now (cpu_isa(): the CPU's best, capped by DRN_CPU_ISA).
+std::string cpu_isa_name() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+// The ops without a tensor argument (what this CPU runs) have no dispatch key of their own.
+TORCH_LIBRARY_IMPL(drn, CompositeImplicitAutograd, m) {
+  m.impl("cpu_isa", &cpu_isa_name);
+  m.impl("cpu_bf16_gemm", &gemm_bf16_supported);
 }
 
 TORCH_LIBRARY_IMPL(drn, CPU, m) {

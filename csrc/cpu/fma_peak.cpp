@@ -71,8 +71,8 @@ double cpu_fma_peak(int64_t isa, int64_t iters) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(drn, m) {
-  m.def("cpu_fma_peak(int isa=-1, int iters=1000000) -> float", &cpu_fma_peak);
+TORCH_LIBRARY_IMPL(drn, CompositeImplicitAutograd, m) {  // no tensor argument, so no dispatch key of its own
+  m.impl("cpu_fma_peak", &cpu_fma_peak);
 }
 
 }  // namespace drn::cpu

@@ -64,20 +64,13 @@ void gemm_packed_bf16(int64_t batch, int64_t m, int64_t pairs, int64_t panels, c
                       int64_t c_batch, const RowRange* rows = nullptr);
 
 // The packed layout's shape for `batch` (k × n) matrices: float32 (batch, panels_of(n), k, kPanel), bfloat16
-// (batch, panels_of(n), ceil(k/2), kPanel, 2). The one rule: the Winograd weight form and drn::gemm_pack_b use it.
+// (batch, panels_of(n), ceil(k/2), kPanel, 2). The one rule: the Winograd weight form and the test library's
+// gemm_pack_b use it.
 std::vector<int64_t> packed_shape(int64_t batch, int64_t k, int64_t n, bool bf16);
 
 // `batch` consecutive (k × n) row-major float32 matrices at src, packed (pack_b, or pack_b_bf16 when bf16) into a
 // new tensor of packed_shape with `options` (its dtype float32 or bfloat16, as bf16 says); in parallel over batch.
 at::Tensor pack_batch(const float* src, int64_t batch, int64_t k, int64_t n, bool bf16,
                       const at::TensorOptions& options);
-
-// drn::gemm_pack_b(b) for a (B, K, N) float32 tensor: (B, panels_of(N), K, kPanel); bfloat16: (B, panels_of(N),
-// ceil(K/2), kPanel, 2).
-at::Tensor gemm_pack_b(const at::Tensor& b);
-
-// drn::gemm_packed(a, b_packed, n): (B, M, n) float32 = a (B, M, K) · b, b given packed (gemm_pack_b of a
-// (B, K, n) of a's dtype, float32 or bfloat16).
-at::Tensor gemm_packed_op(const at::Tensor& a, const at::Tensor& b_packed, int64_t n);
 
 }  // namespace drn::cpu

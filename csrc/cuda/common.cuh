@@ -60,26 +60,87 @@ __device__ __forceinline__ T from_float(float v) {
 __device__ __forceinline__ bool is_nan(float v) { return v != v; }
 __device__ __forceinline__ bool is_finite(float v) { return v - v == 0.f; }  // false for NaN and +-inf
 
+// High 64 bits of the 128-bit product a * b.
+__device__ __forceinline__ uint64_t umulhi64(uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umul64hi(a, b);
+#else
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
+#endif
+}
+
+// Division by a divisor fixed for a launch, without a divide instruction or a call: n / d = (magic * 2n) >> (64 +
+// shift) for 0 <= n < 2^63 and 1 <= d < 2^31, with shift = ceil(log2 d) and magic = ceil(2^(63 + shift) / d) < 2^64
+// (Granlund and Montgomery 1994, theorem 4.2 with N = 63: magic * d - 2^(63 + shift) < d <= 2^shift). The host
+// computes it once per launch (make_fast_div); the kernel then divides with one 64-bit high multiply and a shift,
+// where a runtime int64 division would be an out-of-line routine (a CALL in SASS) and an int32 one a ~20-instruction
+// sequence.
+struct FastDiv {
+  uint64_t magic = uint64_t(1) << 63;  // d = 1
+  int shift = 0;
+  __device__ __forceinline__ int64_t div(int64_t n) const {
+    return static_cast<int64_t>(umulhi64(magic, static_cast<uint64_t>(n) << 1) >> shift);
+  }
+};
+
+inline FastDiv make_fast_div(int64_t d) {  // host side; 1 <= d < 2^31 (checked by the callers' index limits)
+  FastDiv f;
+  while ((int64_t(1) << f.shift) < d) ++f.shift;
+  const unsigned __int128 num = static_cast<unsigned __int128>(1) << (63 + f.shift);
+  f.magic = static_cast<uint64_t>((num + static_cast<unsigned __int128>(d) - 1) / static_cast<unsigned __int128>(d));
+  return f;
+}
+
+// Dynamic shared memory of the block (the size is the launch's). The kernels using it declare no static shared
+// memory, so it starts at the block's shared window, which is 128-byte aligned: the bank arithmetic of the
+// swizzled layouts holds for absolute addresses. The simulator hands out a 128-byte-aligned buffer per launch.
+__device__ __forceinline__ void* dynamic_shared_memory() {
+#if defined(DRN_SIMT_HOST)
+  return sim::dynamic_shared();
+#else
+  extern __shared__ __align__(128) unsigned char drn_dynamic_smem[];
+  return drn_dynamic_smem;
+#endif
+}
+
+// A shared-memory address as ldmatrix and cp.async take it: on the GPU the 32-bit offset in the shared window
+// (converted from a pointer once, so address arithmetic in a loop is 32-bit byte arithmetic), in the simulator the
+// host pointer.
+#if defined(DRN_SIMT_HOST)
+using smem_addr_t = unsigned char*;
+#else
+using smem_addr_t = uint32_t;
+#endif
+
+__device__ __forceinline__ smem_addr_t smem_addr(const void* p) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#elif defined(DRN_SIMT_HOST)
+  return static_cast<unsigned char*>(const_cast<void*>(p));
+#else
+  return 0;
+#endif
+}
+
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: four 8x8 matrices of 16-bit elements from shared memory, one
 // instruction per warp. Lane l gives the (16-byte aligned) address of row l % 8 of matrix l / 8; register j of
 // lane l receives elements (l / 4, 2 * (l % 4)) and (l / 4, 2 * (l % 4) + 1) of matrix j — the mma fragment layout.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* smem_row) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], smem_addr_t row) {
 #if defined(__CUDA_ARCH__)
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
+               : "r"(row));
 #elif defined(DRN_SIMT_HOST)
-  sim::ldmatrix_x4(r, smem_row);
+  sim::ldmatrix_x4(r, row);
 #endif
 }
 
 // 16-byte global->shared copy; zero-fills when !valid (src is then never read, but must be a mapped address).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+__device__ __forceinline__ void cp_async16(smem_addr_t smem, const void* gmem, bool valid) {
 #if defined(__CUDA_ARCH__)
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
 #elif defined(DRN_SIMT_HOST)
+  sim::log_store16(smem);
   if (valid) std::memcpy(smem, gmem, 16);
   else std::memset(smem, 0, 16);
 #endif

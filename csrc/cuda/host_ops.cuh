@@ -19,14 +19,37 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include <limits>
+#include <mutex>
+#include <set>
+#include <utility>
+
 namespace drn {
 
+// Launches kernel<<<grid, block, shared_bytes>>>(args...) on the current stream (the simulator: sim::launch).
+// Dynamic shared memory beyond the default 48 KB needs the kernel's opt-in attribute, set once per kernel and
+// device.
 template <class... P, class... A>
-void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
+void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes, A... args) {
 #if defined(DRN_SIMT_HOST)
-  sim::launch(grid, block, kernel, args...);
+  sim::launch(grid, block, shared_bytes, kernel, args...);
 #else
-  kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  if (shared_bytes > 48 * 1024) {
+    // The attribute belongs to the kernel on one device; kernels of one signature share this template
+    // instance, so the record of where it is set is keyed by (kernel, device).
+    static std::mutex lock;
+    static std::set<std::pair<const void*, int>> opted_in;
+    int device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    const std::lock_guard<std::mutex> guard(lock);
+    if (opted_in.insert({reinterpret_cast<const void*>(kernel), device}).second) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(shared_bytes));
+      if (err != cudaSuccess) opted_in.erase({reinterpret_cast<const void*>(kernel), device});
+      C10_CUDA_CHECK(err);
+    }
+  }
+  kernel<<<grid, block, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(args...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif
 }
@@ -49,15 +72,95 @@ void dispatch_float(at::ScalarType dtype, const char* what, F&& f) {
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Launches conv_bn_act_kernel<T, OutT> for prepared NHWC tensors: x (N,H,W,C) dense, w (K,R,S,C) dense.
+// The conv's block tiles (conv_bn_act_kernel.cuh), numbered as conv_tile_rule returns them.
+enum ConvTileId : int { kTile64x64 = 0, kTile128x128 = 1, kTile128x64 = 2, kTile64x128 = 3, kConvTiles = 4 };
+
+template <class F>
+void dispatch_conv_tile(int tile, F&& f) {
+  switch (tile) {
+    case kTile128x128: return f(TypeTag<conv::Tile128x128>{});
+    case kTile128x64: return f(TypeTag<conv::Tile128x64>{});
+    case kTile64x128: return f(TypeTag<conv::Tile64x128>{});
+    default: return f(TypeTag<conv::Tile64x64>{});
+  }
+}
+
+// Which tile a vector-path conv launches with: the least roofline bound of drn_kernels/perf_model.py
+// (docs/gpu-performance-model.md) over the four tiles, with that model's H100 figures. Per unit of reduction length
+// (R*S*C, common to every tile, so it cancels), with tm = ceil(M / BM) row tiles and tn = ceil(K / BN) column tiles:
+//   L2 time       ~ (tn M + tm K) elt / l2_bw            (every column tile reads all M input rows, every row
+//                                                         tile all K weight rows)
+//   compute time  ~ ceil(tm tn / sms) 2 BM BN sms / peak  (the busiest SM's tiles at 1/sms of the peak, masked rows
+//                                                         and columns included: the tail of the last wave)
+// Both are compared in L2-element units: compute' = ceil(tm tn / sms) BM BN sms / f with f = peak elt / (2 l2_bw)
+// (16-bit tensor cores: 989 TFLOP/s x 2 B / (2 x 5.5 TB/s) = 180; fp32 FFMA: 67 TFLOP/s x 4 B / 11 TB/s = 24).
+// The bound is the larger of the two; the least bound wins, ties to the tile listed first. So big layers take the
+// 128x128 tile (half the L2 bytes per FLOP of 64x64), a narrow K (<= 64) a 64-wide tile (a 128-wide one would
+// issue masked columns), and a grid of fewer tiles than SMs smaller tiles that spread over more SMs. The model's
+// DRAM roof and the output's bytes are the same for every tile and left out. Tiles whose shared memory exceeds
+// the device's opt-in limit are skipped. Unmeasured: a model, as the Triton autotuner's prediction is.
+inline int conv_tile_rule(int64_t M, int64_t K, int64_t elt_bytes, int64_t sms, int64_t smem_optin) {
+  struct Cand {
+    int id;
+    int64_t bm, bn, shared;
+  };
+  const Cand cands[] = {{kTile64x64, 64, 64, conv::Tile64x64::kSharedBytes},
+                        {kTile128x64, 128, 64, conv::Tile128x64::kSharedBytes},
+                        {kTile64x128, 64, 128, conv::Tile64x128::kSharedBytes},
+                        {kTile128x128, 128, 128, conv::Tile128x128::kSharedBytes}};
+  const double peak = elt_bytes == 2 ? 989e12 : 67e12, l2_bw = 5.5e12;
+  const double f = peak * static_cast<double>(elt_bytes) / (2 * l2_bw);
+  sms = std::max<int64_t>(1, sms);
+  int best = kTile64x64;
+  double best_cost = std::numeric_limits<double>::infinity();
+  for (const Cand& c : cands) {
+    if (c.id != kTile64x64 && c.shared > smem_optin) continue;
+    const int64_t tm = (M + c.bm - 1) / c.bm, tn = (K + c.bn - 1) / c.bn;
+    const double l2 = static_cast<double>(tn) * M + static_cast<double>(tm) * K;
+    const double compute = static_cast<double>((tm * tn + sms - 1) / sms) * c.bm * c.bn * sms / f;
+    const double cost = std::max(l2, compute);
+    if (cost < best_cost) best = c.id, best_cost = cost;
+  }
+  return best;
+}
+
+// (SMs, opt-in shared memory per block) of the device the conv launches on; the simulator stands for an H100 SXM.
+inline std::pair<int64_t, int64_t> conv_device_limits() {
+#if defined(DRN_SIMT_HOST)
+  return {132, 227 * 1024};
+#else
+  int device = 0, sms = 0, smem = 0;  // cudaDeviceGetAttribute reads cached driver state: cheap per launch
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return {sms, smem};
+#endif
+}
+
+// Launches conv_bn_act_kernel<T, OutT, kVec, Tile> for prepared NHWC tensors: x (N,H,W,C) dense, w (K,R,S,C)
+// dense. The vector path (C a multiple of a 16-byte chunk, aligned pointers) with OutT == T takes the tile
+// conv_tile_rule picks, or `tile` when given (>= 0: tests force each one); the scalar-gather path (the C=3 stems)
+// and the classifier's fp32 logits (OutT = float) keep 64x64. Returns the tile launched.
 template <class T, class OutT>
-void launch_conv(ConvParams p) {
+int launch_conv(ConvParams p, int tile = -1) {
   constexpr int vec = 16 / sizeof(T);
   const bool vec_ok = p.C % vec == 0 && aligned16(p.x) && aligned16(p.w);
-  const dim3 grid(static_cast<unsigned>((p.M + conv::kBlockM - 1) / conv::kBlockM),
-                  static_cast<unsigned>((p.K + conv::kBlockN - 1) / conv::kBlockN));
-  if (vec_ok) launch_kernel(conv_bn_act_kernel<T, OutT, true>, grid, dim3(conv::kThreads), p);
-  else launch_kernel(conv_bn_act_kernel<T, OutT, false>, grid, dim3(conv::kThreads), p);
+  if (!vec_ok || !std::is_same_v<T, OutT>) tile = kTile64x64;
+  if (tile < 0) {
+    const auto [sms, smem] = conv_device_limits();
+    tile = conv_tile_rule(p.M, p.K, sizeof(T), sms, smem);
+  }
+  dispatch_conv_tile(tile, [&](auto tag) {
+    using Tile = typename decltype(tag)::type;
+    const dim3 grid(static_cast<unsigned>((p.M + Tile::kBlockM - 1) / Tile::kBlockM),
+                    static_cast<unsigned>((p.K + Tile::kBlockN - 1) / Tile::kBlockN));
+    const auto run = [&](auto kernel) { launch_kernel(kernel, grid, dim3(Tile::kThreads), Tile::kSharedBytes, p); };
+    if constexpr (std::is_same_v<T, OutT> || std::is_same_v<Tile, conv::Tile64x64>) {
+      if (vec_ok) return run(conv_bn_act_kernel<T, OutT, true, Tile>);
+    }
+    if constexpr (std::is_same_v<Tile, conv::Tile64x64>) run(conv_bn_act_kernel<T, OutT, false, Tile>);
+  });
+  return tile;
 }
 
 inline ConvParams conv_params(const at::Tensor& x_nhwc, const at::Tensor& w_krsc, const at::Tensor& bias,
@@ -88,6 +191,10 @@ inline ConvParams conv_params(const at::Tensor& x_nhwc, const at::Tensor& w_krsc
   p.dil_w = static_cast<int>(dilation[1]);
   p.M = static_cast<int64_t>(p.N) * P * Q;
   p.Kdim = p.R * p.S * p.C;
+  p.div_pq = make_fast_div(std::max<int64_t>(1, P * Q));
+  p.div_q = make_fast_div(std::max<int64_t>(1, Q));
+  p.div_c = make_fast_div(std::max(1, p.C));
+  p.div_s = make_fast_div(std::max(1, p.S));
   return p;
 }
 
@@ -97,9 +204,12 @@ inline at::Tensor weight_krsc(const at::Tensor& weight) {
   return weight.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
+// `tile` >= 0 forces a block tile (launch_conv), `poison` fills the output with NaN before the launch (tests:
+// an element the kernel does not write shows); `launched` receives the tile that ran.
 inline at::Tensor conv_bn_act_host(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                   const std::optional<at::Tensor>& residual, bool relu) {
+                                   const std::optional<at::Tensor>& residual, bool relu, int tile = -1,
+                                   bool poison = false, int* launched = nullptr) {
   check_conv_args("conv_bn_act", x_in, weight, stride, padding, dilation);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w = weight_krsc(weight);
@@ -116,9 +226,12 @@ inline at::Tensor conv_bn_act_host(const at::Tensor& x_in, const at::Tensor& wei
   }
   p.y = y.data_ptr();
   p.relu = relu;
+  if (poison) y.fill_(std::numeric_limits<double>::quiet_NaN());
+  if (p.M == 0 || p.K == 0) return y;
   dispatch_float(x.scalar_type(), "conv_bn_act", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    launch_conv<T, T>(p);
+    const int ran = launch_conv<T, T>(p, tile);
+    if (launched != nullptr) *launched = ran;
   });
   return y;
 }
@@ -158,7 +271,7 @@ void launch_pixels(const at::Tensor& logits, at::Tensor& labels, at::Tensor& pro
   TORCH_CHECK_VALUE(labels.size(1) * labels.size(2) <= kIndexLimit,
                     "class_head (CUDA kernels): more than 2**31-1 output pixels per image: ", labels.sizes());
   const dim3 grid(static_cast<unsigned>((total + head::kPixelThreads - 1) / head::kPixelThreads));
-  launch_kernel(class_head_pixel_kernel<LabelT>, grid, dim3(head::kPixelThreads), logits.data_ptr<float>(),
+  launch_kernel(class_head_pixel_kernel<LabelT>, grid, dim3(head::kPixelThreads), 0, logits.data_ptr<float>(),
                 labels.data_ptr<LabelT>(), probs.data_ptr<float>(), static_cast<int>(logits.size(0)),
                 static_cast<int>(logits.size(1)), static_cast<int>(logits.size(2)),
                 static_cast<int>(logits.size(3)), static_cast<int>(upsample));
@@ -195,7 +308,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> localize_host(
   at::Tensor boxes = at::empty({N, 4}, x.options().dtype(at::kFloat));
   dispatch_float(x.scalar_type(), "localize", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    launch_kernel(localize_image_kernel<T>, dim3(static_cast<unsigned>(N)), dim3(head::kImageThreads),
+    launch_kernel(localize_image_kernel<T>, dim3(static_cast<unsigned>(N)), dim3(head::kImageThreads), 0,
                   maps.data_ptr<float>(), labels.data_ptr<int64_t>(), scores.data_ptr<float>(),
                   static_cast<T*>(logits.data_ptr()), boxes.data_ptr<float>(), static_cast<int>(h),
                   static_cast<int>(w), static_cast<int>(K), static_cast<float>(threshold), stride);

@@ -6,6 +6,8 @@
 //   __syncthreads()        -> std::barrier over the block's threads
 //   __shared__             -> `static` (one copy per kernel instantiation, shared by all threads: right for one
 //                             block at a time; launches are serialised by a mutex)
+//   extern __shared__      -> dynamic_shared(): one 128-byte-aligned buffer of the launch's size, reused by
+//                             every block (drn::dynamic_shared_memory() in csrc/cuda/common.cuh)
 //   threadIdx, blockIdx... -> thread_local variables set by the launcher
 //   *_sync warp intrinsics -> a per-warp std::barrier plus per-warp scratch registers (write, barrier, read,
 //                             barrier: the second barrier keeps the next exchange from overwriting this one)
@@ -23,6 +25,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -53,19 +56,34 @@ constexpr int warpSize = 32;
 namespace sim {
 
 constexpr int kScratchWords = 16;  // per lane: enough for an mma's A, B fragments (6 words) or a 64-bit shuffle
+constexpr int kStoreSlots = 64;    // cp.async stores a lane may run ahead of its warp (far more than between barriers)
+
+// The n-th 16-byte shared store of each lane of a warp (slot n % kStoreSlots): addresses, and per quarter warp how
+// many of its 8 lanes have made it.
+struct StoreSlot {
+  std::atomic<int> arrived[4] = {};
+  uintptr_t address[32] = {};
+};
 
 struct Warp {
   explicit Warp(std::ptrdiff_t lanes) : bar(lanes) {}
   std::barrier<> bar;
   uint32_t scratch[32][kScratchWords] = {};
+  unsigned stores_made[32] = {};  // per lane, written by that lane only
+  StoreSlot stores[kStoreSlots];
 };
 
 struct Launch {
-  explicit Launch(unsigned threads) : block(threads) {
+  Launch(unsigned threads, std::size_t shared_bytes)
+      : block(threads), shared(static_cast<unsigned char*>(::operator new[](shared_bytes + 1, std::align_val_t{128}))) {
     for (unsigned t = 0; t < threads; t += 32) warps.push_back(std::make_unique<Warp>(std::min(32u, threads - t)));
   }
+  ~Launch() { ::operator delete[](shared, std::align_val_t{128}); }
+  Launch(const Launch&) = delete;
+  Launch& operator=(const Launch&) = delete;
   std::barrier<> block;
   std::vector<std::unique_ptr<Warp>> warps;
+  unsigned char* shared;  // dynamic shared memory
 };
 
 inline thread_local Launch* current = nullptr;
@@ -73,14 +91,46 @@ inline thread_local unsigned linear_tid = 0;
 
 inline unsigned lane_id() { return linear_tid % 32; }
 inline Warp& warp() { return *current->warps[linear_tid / 32]; }
+inline void* dynamic_shared() { return current->shared; }
 
-// Runs kernel(args...) over grid x block. Arguments are copied per thread, as kernel parameters are.
+// Shared-memory bank conflicts the models saw, over the process: ldmatrix phases whose 8 rows share a 16-byte bank
+// group, and quarter warps whose 8 cp.async 16-byte stores do. The conflict-free layouts are checked by reading
+// them (race_check.cpp).
+inline std::atomic<long> bank_conflicts{0};
+inline std::atomic<long> store_bank_conflicts{0};
+
+// True when 8 addresses fall in 8 distinct 16-byte bank groups ((address / 16) % 8; the buffers are 128-byte aligned).
+inline bool distinct_bank_groups(const uintptr_t* address) {
+  unsigned groups = 0;
+  for (int l = 0; l < 8; ++l) groups |= 1u << ((address[l] / 16) % 8);
+  return groups == 0xffu;
+}
+
+// cp.async's 16-byte store into shared memory, as the hardware serves it: a quarter warp (8 lanes) per wavefront.
+// Each lane logs its n-th store; the last of a quarter warp's 8 lanes to log it checks the 8 addresses. Lanes of a
+// warp make the same sequence of stores (the kernels' copies are warp-uniform), and no lane runs kStoreSlots
+// stores ahead of another (a __syncthreads comes first), so a slot is never reused early.
+inline void log_store16(const void* dst) {
+  Warp& w = warp();
+  const unsigned lane = lane_id();
+  StoreSlot& slot = w.stores[w.stores_made[lane]++ % kStoreSlots];
+  slot.address[lane] = reinterpret_cast<uintptr_t>(dst);
+  std::atomic<int>& arrived = slot.arrived[lane / 8];
+  if (arrived.fetch_add(1, std::memory_order_acq_rel) == 7) {
+    arrived.store(0, std::memory_order_relaxed);
+    if (!distinct_bank_groups(&slot.address[lane / 8 * 8]))
+      store_bank_conflicts.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// Runs kernel(args...) over grid x block with `shared_bytes` of dynamic shared memory. Arguments are copied per
+// thread, as kernel parameters are.
 template <class... P, class... A>
-void launch(dim3 grid, dim3 block, void (*kernel)(P...), A... args) {
+void launch(dim3 grid, dim3 block, std::size_t shared_bytes, void (*kernel)(P...), A... args) {
   static std::mutex serial;  // __shared__ statics are per process: one launch at a time
   std::lock_guard<std::mutex> lock(serial);
   const unsigned threads = block.x * block.y * block.z;
-  Launch state(threads);
+  Launch state(threads, shared_bytes);
   std::tuple<P...> params(args...);
   {
     std::vector<std::jthread> pool;
@@ -136,12 +186,21 @@ void mma_m16n8k16(float c[4], const uint32_t a[4], const uint32_t b[2], Decode d
 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16 (drn::ldmatrix_x4): every lane publishes its row address, then lane
 // l reads, for each matrix j, the 4 bytes at column 2 * (l % 4) of row l / 4, i.e. of the address lane 8j + l / 4
-// gave.
+// gave. Lane 0 also checks each matrix (one phase of the instruction: 8 rows of 16 bytes) for bank conflicts: the
+// 8 row addresses must fall in 8 distinct 16-byte bank groups, (address / 16) % 8 (a 128-byte-aligned buffer
+// makes that the hardware's bank arithmetic).
 inline void ldmatrix_x4(uint32_t r[4], const void* row) {
   Warp& w = warp();
   const unsigned lane = lane_id();
   std::memcpy(w.scratch[lane], &row, sizeof(row));
   w.bar.arrive_and_wait();
+  if (lane == 0) {
+    for (int j = 0; j < 4; ++j) {
+      uintptr_t rows[8];
+      for (int l = 0; l < 8; ++l) std::memcpy(&rows[l], w.scratch[8 * j + l], sizeof(uintptr_t));
+      if (!distinct_bank_groups(rows)) bank_conflicts.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
   for (int j = 0; j < 4; ++j) {
     const char* src;
     std::memcpy(&src, w.scratch[8 * j + lane / 4], sizeof(src));

@@ -289,7 +289,7 @@ def grid_for(m: int, k: int):
 
 
 def config_list(flat: bool, fp32: bool) -> list:
-    """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.kernel_report compiles the
+    """The autotune space for one (reduction order, fp32 or 16-bit) pair; drn_kernels.aot compiles the
     same."""
     return {(False, False): CONFIGS, (True, False): FLAT_CONFIGS,
             (False, True): FP32_CONFIGS, (True, True): FP32_FLAT_CONFIGS}[(flat, fp32)]

@@ -1,15 +1,11 @@
 """How drn_kernels._C is built: sources, compiler flags, CUDA toolkit discovery.
 
 Torch-free on purpose: setup.py reads this file (by path, without importing drn_kernels or torch) to decide
-what to build, and drn_kernels._extension uses the same answers for the build on first use, so an install-time
+what to build, and drn_kernels._build.extension uses the same answers for the build on first use, so an install-time
 build and a JIT build compile the same thing with the same flags.
 
 Environment (the DRN_* variables are read through drn_kernels/settings.py, loaded here by path too):
-    DRN_FORCE_CPU=1       build the CPU kernels only, even where CUDA could be built
-    DRN_BUILD_CUDA=1      build the CUDA kernels (where torch is a CUDA build and a toolkit is found) even when no
-                          GPU is visible: for the static kernel report (`make test`, `python -m drn_kernels.kernel_report`);
-                          without it a machine without a GPU builds the CPU kernels only (what it can run)
-    DRN_FORCE_CUDA=1      build the CUDA kernels, and fail (raise) instead of falling back to a CPU-only build
+    DRN_BUILD_CUDA        auto | 0 | 1: which kernels are built (cuda_decision; docs/install.md)
     TORCH_CUDA_ARCH_LIST  CUDA archs, default "8.0;8.6;9.0a" (an arch with "+PTX" also embeds PTX)
     CUDA_HOME / CUDA_PATH the toolkit, used when it has include/cuda_runtime.h
     MAX_JOBS              parallel compile jobs (read by torch's ninja build)
@@ -26,22 +22,23 @@ import subprocess
 import sys
 import sysconfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")
 
 DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;9.0a"
 EXTENSION_NAME = "drn_kernels._C"          # the in-place module setup.py builds
 JIT_NAME_CPU = "drn_kernels_C_cpu"          # cpp_extension.load names: one per variant, so both stay cached
 JIT_NAME_CUDA = "drn_kernels_C_cuda"
+JIT_NAME_TESTING = "drn_kernels_C_testing"  # the test library (drn_kernels._build.testing), never shipped
 
 
 def _load_settings():
     """drn_kernels.settings: imported as usual inside the package, loaded by path when setup.py loads this file."""
     if __package__:
-        from . import settings as module
+        from .. import settings as module
         return module
-    spec = importlib.util.spec_from_file_location("_drn_settings", os.path.join(os.path.dirname(__file__),
-                                                                                "settings.py"))
+    spec = importlib.util.spec_from_file_location("_drn_settings", os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "settings.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -50,19 +47,15 @@ def _load_settings():
 settings = _load_settings()
 
 
-def force_cpu(requested: bool = False) -> bool:
-    """CPU kernels only: asked by the caller (`python -m drn_kernels.build --cpu`) or by DRN_FORCE_CPU=1."""
-    return requested or settings.flag("DRN_FORCE_CPU")
+BUILD_MODES = ("auto", "0", "1")  # DRN_BUILD_CUDA's values (drn_kernels/settings.py says what each builds)
 
 
-def force_cuda() -> bool:
-    return settings.flag("DRN_FORCE_CUDA")
-
-
-def build_cuda_requested(requested: bool = False) -> bool:
-    """The CUDA kernels are wanted even where no GPU is visible: asked by the caller (`python -m drn_kernels.build
-    --cuda`), or by DRN_BUILD_CUDA=1 or DRN_FORCE_CUDA=1."""
-    return requested or settings.flag("DRN_BUILD_CUDA") or force_cuda()
+def build_mode(requested: str | None = None) -> str:
+    """"auto", "0" (CPU kernels only) or "1" (CUDA kernels required): the caller's request (`python -m
+    drn_kernels.build --cpu` asks for "0", `--cuda` for "1"), else DRN_BUILD_CUDA."""
+    if requested is not None and requested not in BUILD_MODES:
+        raise ValueError(f"build mode must be one of {', '.join(BUILD_MODES)}, got {requested!r}")
+    return requested or settings.build_cuda()
 
 
 # ---- sources ------------------------------------------------------------------------------------------------
@@ -77,15 +70,26 @@ def cpu_sources(relative: bool = False) -> list[str]:
     return _rel(found, relative)
 
 
+def testing_sources() -> list[str]:
+    """The test library: csrc/testing/*.cpp (test-only ops), and from the product the module init (csrc/*.cpp), the
+    cpu backend's settings and the GEMM they probe (csrc/cpu/cpu_options.cpp, gemm.cpp)."""
+    return (sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
+            + [os.path.join(CSRC, "cpu", f) for f in ("cpu_options.cpp", "gemm.cpp")]
+            + sorted(glob.glob(os.path.join(CSRC, "testing", "*.cpp"))))
+
+
 def cuda_sources(relative: bool = False) -> list[str]:
     """csrc/cuda/*.cu (the CUDA kernels and their CUDA dispatch-key registration)."""
     return _rel(sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu"))), relative)
 
 
 def all_inputs() -> list[str]:
-    """Every file under csrc/ that a build depends on (sources and headers), for staleness checks."""
+    """Every file under csrc/ that a build of _C may depend on (sources and headers; not the test library's
+    csrc/testing/), for staleness checks."""
     out = []
     for dirpath, _, files in os.walk(CSRC):
+        if os.path.relpath(dirpath, CSRC).split(os.sep)[0] == "testing":
+            continue
         out += [os.path.join(dirpath, f) for f in files
                 if f.endswith((".cpp", ".cu", ".h", ".cuh", ".hpp", ".inl"))]
     return sorted(out)
@@ -246,18 +250,19 @@ def find_cuda_home() -> tuple[str | None, str]:
     return None, "; ".join(tried)
 
 
-def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True, cpu_only: bool = False,
-                  build_cuda: bool = False) -> tuple[bool, str | None, str]:
-    """(build the CUDA kernels?, CUDA_HOME, reason in words). Raises RuntimeError under DRN_FORCE_CUDA=1 when
-    CUDA cannot be built. `torch_cuda_version` is torch.version.cuda (None for a CPU-only torch); `gpu_visible`
-    is torch.cuda.is_available(): without a GPU the CUDA kernels are built only on request (DRN_BUILD_CUDA=1).
-    cpu_only / build_cuda: the caller's own request, as DRN_FORCE_CPU=1 / DRN_BUILD_CUDA=1 would ask."""
+def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True,
+                  mode: str | None = None) -> tuple[bool, str | None, str]:
+    """(build the CUDA kernels?, CUDA_HOME, reason in words), as build_mode(mode) asks: "auto" where a GPU is
+    visible, torch is a CUDA build and a toolkit is found; "0" never; "1" even without a GPU, and RuntimeError where
+    they cannot be built. `torch_cuda_version` is torch.version.cuda (None for a CPU-only torch); `gpu_visible` is
+    torch.cuda.is_available()."""
+    mode = build_mode(mode)
     home, how = find_cuda_home()
-    if force_cpu(cpu_only):
-        ok, reason = False, "DRN_FORCE_CPU=1 (or --cpu) asks for a CPU-only build"
+    if mode == "0":
+        ok, reason = False, "DRN_BUILD_CUDA=0 (or --cpu) asks for the CPU kernels only"
     elif torch_cuda_version is None:
         ok, reason = False, "torch is a CPU-only build (torch.version.cuda is None)"
-    elif not gpu_visible and not build_cuda_requested(build_cuda):
+    elif not gpu_visible and mode == "auto":
         ok, reason = False, ("no GPU visible, so the CPU kernels only (DRN_BUILD_CUDA=1 or "
                              "`python -m drn_kernels.build --cuda` compiles the CUDA kernels anyway)")
     elif home is None:
@@ -268,6 +273,6 @@ def cuda_decision(torch_cuda_version: str | None, gpu_visible: bool = True, cpu_
         ok, reason = True, f"CUDA toolkit {home} (found via {how}), archs {';'.join(cuda_arch_list())}"
         if not gpu_visible:
             reason += ", no GPU visible: built on request (DRN_BUILD_CUDA=1)"
-    if force_cuda() and not ok:
-        raise RuntimeError(f"DRN_FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
+    if mode == "1" and not ok:
+        raise RuntimeError(f"DRN_BUILD_CUDA=1 (or --cuda) but the CUDA kernels cannot be built: {reason}")
     return ok, home, reason

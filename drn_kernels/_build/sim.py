@@ -1,8 +1,8 @@
 """The "cuda-sim" backend: the CUDA kernel sources (csrc/cuda/*.cuh) built for the host through the SIMT shim.
 
 `load()` builds csrc/sim/sim_ops.cpp with g++ (no nvcc, no GPU) through torch.utils.cpp_extension.load, cached
-in the torch extensions directory (ninja rebuilds only what changed), and registers torch.ops.drn.*_sim for CPU
-tensors. Each CUDA thread runs as an OS thread, so this is for tests on small shapes only.
+in the build folder ($DRN_BUILD_DIR, else the torch extensions directory; ninja rebuilds only what changed), and
+registers torch.ops.drn.*_sim for CPU tensors. Each CUDA thread runs as an OS thread, so this is for tests on small shapes only.
 
 `build_race_check(drop_sync=False)` compiles csrc/sim/race_check.cpp, a standalone program that runs small
 launches of every kernel under -fsanitize=thread; with drop_sync=True the conv main loop loses its
@@ -18,9 +18,9 @@ import sys
 import threading
 from pathlib import Path
 
-from . import _build_config
+from . import config, extension
 
-_ROOT = Path(__file__).resolve().parent.parent
+_ROOT = Path(__file__).resolve().parents[2]
 CSRC = _ROOT / "csrc"
 NAME = "drn_kernels_sim"
 
@@ -80,16 +80,15 @@ def load(verbose: bool = False) -> None:
             raise RuntimeError(reason)
         from torch.utils import cpp_extension
 
-        from . import _schemas  # noqa: F401  (the schemas the kernels register against)
-
         try:
             with _build_jobs(2):
                 cpp_extension.load(
                     name=NAME,
                     sources=[str(CSRC / "sim" / "sim_ops.cpp")],
-                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={_build_config.sources_digest(_kernel_sources())}"],
+                    extra_cflags=["-O2", "-std=c++20", f"-DDRN_SIM_DIGEST={config.sources_digest(_kernel_sources())}"],
                     extra_ldflags=["-pthread"],
                     is_python_module=False,
+                    build_directory=extension.build_directory(False, create=True, name=NAME),
                     verbose=verbose,
                 )
         except Exception as exc:  # compiler errors: keep the reason, report it from why_unavailable()
@@ -119,10 +118,8 @@ def build_race_check(drop_sync: bool = False) -> Path:
     """Path of csrc/sim/race_check.cpp built with -fsanitize=thread (cached by source digest)."""
     if _compiler() is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
-    from torch.utils.cpp_extension import _get_build_directory
-
-    digest = _build_config.sources_digest(_kernel_sources())
-    out_dir = Path(_get_build_directory("drn_kernels_sim_tsan", verbose=False))
+    digest = config.sources_digest(_kernel_sources())
+    out_dir = Path(extension.build_directory(False, create=True, name="drn_kernels_sim_tsan"))
     exe = out_dir / f"race_check_{'dropsync_' if drop_sync else ''}{digest}"
     if exe.is_file():
         return exe
@@ -144,6 +141,6 @@ def run_race_check(drop_sync: bool = False, timeout: float = 600) -> subprocess.
     return subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-if __name__ == "__main__":  # python -m drn_kernels._sim: build and report
+if __name__ == "__main__":  # python -m drn_kernels._build.sim: build and report
     load(verbose=True)
     print("drn_kernels_sim loaded", file=sys.stderr)

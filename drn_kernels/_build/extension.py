@@ -2,17 +2,17 @@
 
 load() order (loaded_variant() says which one this process uses):
   1. "in-place": `import drn_kernels._C`, built in place by setup.py (`pip install --no-build-isolation -e .`),
-     unless DRN_FORCE_CPU=1 or a file under csrc/ is newer than it (then a note on stderr, and step 2);
+     unless DRN_BUILD_CUDA=0 or a file under csrc/ is newer than it (then a note on stderr, and step 2);
   2. "jit-cpu" / "jit-cuda": the build on first use, torch.utils.cpp_extension.load against the installed torch
-     (always the same ninja, _build_config.find_ninja(); cached in the build folder, rebuilt when csrc/, the
+     (always the same ninja, config.find_ninja(); cached in the build folder, rebuilt when csrc/, the
      flags, torch or ninja change; any compile is announced on stderr with one line per step, the compiler
-     output goes to build.log in the build folder). CUDA kernels only where a GPU is visible, or on request
-     (DRN_BUILD_CUDA=1); DRN_FORCE_CPU=1 builds the CPU kernels only (quick); DRN_FORCE_CUDA=1 makes a build
-     without CUDA an error; DRN_NO_JIT_BUILD=1 only loads an up-to-date cached build.
+     output goes to build.log in the build folder). With or without the CUDA kernels as DRN_BUILD_CUDA asks
+     (config.cuda_decision); DRN_NO_JIT_BUILD=1 only loads an up-to-date cached build.
      `python -m drn_kernels.build` does it ahead of time. One process builds in a build folder at a time
-     (drn_kernels._build_lock): others starting the same build wait, then load its result.
+     (drn_kernels._build.lock): others starting the same build wait, then load its result.
 The result (module or failure) is cached for the process; why_unavailable() reports the failure.
-drn_kernels._schemas is imported first: the kernels register with TORCH_LIBRARY_IMPL against its schemas.
+The op schemas the kernels register against (TORCH_LIBRARY_IMPL) are defined by drn_kernels._schemas, which the
+package imports before anything can call load().
 """
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ import sys
 import threading
 import time
 
-from . import _build_config, _build_lock, settings
+from .. import settings
+from . import config
+from . import lock
 
 _lock = threading.RLock()
 _tried = False
@@ -44,9 +46,10 @@ def error_lines(text: str, lines: int = 12) -> str:
     return "\n".join(errors + tail) if errors else "\n".join(kept[-lines:])
 
 
-def build_directory(with_cuda: bool, create: bool = False) -> str:
+def build_directory(with_cuda: bool, create: bool = False, name: str | None = None) -> str:
     """Where the build on first use keeps its objects and library: $DRN_BUILD_DIR if set, else the torch
-    extensions dir ($TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions), per Python and torch version."""
+    extensions dir ($TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions), per Python and torch version; one folder
+    per library (`name`; default: _C's CPU or CUDA build)."""
     import torch
 
     cpp_extension = _import_cpp_extension()
@@ -55,7 +58,7 @@ def build_directory(with_cuda: bool, create: bool = False) -> str:
     cu = "cpu" if torch.version.cuda is None else "cu" + torch.version.cuda.replace(".", "")
     tv = torch.__version__.split("+")[0]
     folder = f"py{sys.version_info.major}{sys.version_info.minor}_{cu}_torch{tv}"
-    name = _build_config.JIT_NAME_CUDA if with_cuda else _build_config.JIT_NAME_CPU
+    name = name or (config.JIT_NAME_CUDA if with_cuda else config.JIT_NAME_CPU)
     path = os.path.join(root, folder, name)
     if create:
         os.makedirs(path, exist_ok=True)
@@ -98,27 +101,27 @@ def _gpu_visible() -> bool:
         return False
 
 
-def build_decision(cpu_only: bool = False, build_cuda: bool = False) -> tuple[bool, str | None, str]:
-    """_build_config.cuda_decision for this torch and machine (a GPU visible or not)."""
+def build_decision(mode: str | None = None) -> tuple[bool, str | None, str]:
+    """config.cuda_decision for this torch and machine (a GPU visible or not); mode: as DRN_BUILD_CUDA (None: it)."""
     import torch
 
-    return _build_config.cuda_decision(torch.version.cuda, _gpu_visible(), cpu_only, build_cuda)
+    return config.cuda_decision(torch.version.cuda, _gpu_visible(), mode)
 
 
 def _build_settings(name: str, sources: list[str], with_cuda: bool, ninja: str) -> dict:
     """Everything besides the sources' contents that decides what the build produces; a change means rebuild."""
     import torch
 
-    return {"name": name, "sources": sources, "cflags": _build_config.cxx_flags(with_cuda),
-            "cuda_cflags": _build_config.nvcc_flags() if with_cuda else None, "ldflags": _build_config.ld_flags(),
+    return {"name": name, "sources": sources, "cflags": config.cxx_flags(with_cuda),
+            "cuda_cflags": config.nvcc_flags() if with_cuda else None, "ldflags": config.ld_flags(),
             "cuda_home": os.environ.get("CUDA_HOME") if with_cuda else None, "torch": torch.__version__,
-            "ninja": ninja, "ninja_version": _build_config.ninja_version(ninja)}
+            "ninja": ninja, "ninja_version": config.ninja_version(ninja)}
 
 
 def _newer_input(library: str) -> str | None:
     built = os.path.getmtime(library)
-    newer = [f for f in _build_config.all_inputs() if os.path.getmtime(f) > built]
-    return os.path.relpath(newer[0], _build_config.ROOT) if newer else None
+    newer = [f for f in config.all_inputs() if os.path.getmtime(f) > built]
+    return os.path.relpath(newer[0], config.ROOT) if newer else None
 
 
 def _stale_reason(library: str, record: dict) -> str | None:
@@ -157,7 +160,7 @@ def _describe_step(line: str) -> str:
     command = m.group(3)
     src = re.search(r"\s-c\s+(\S+)", command)
     if src:
-        what = os.path.relpath(src.group(1), _build_config.ROOT) if os.path.isabs(src.group(1)) else src.group(1)
+        what = os.path.relpath(src.group(1), config.ROOT) if os.path.isabs(src.group(1)) else src.group(1)
     else:
         lib = re.search(r"-o\s+(\S+\.so)\b", command)
         what = f"link {os.path.basename(lib.group(1))}" if lib else command[:60]
@@ -222,31 +225,49 @@ def _compiler_output_to_log(build_dir: str, echo: bool = False, progress: bool =
             os.remove(partial)
 
 
-def jit_build(verbose: bool = False, progress: bool = True, cpu_only: bool = False, build_cuda: bool = False):
-    """Build (or load the cached build of) the extension with torch.utils.cpp_extension.load; returns the module.
-    Always with the ninja of _build_config.find_ninja() (first on PATH while it runs). A compile is announced on
-    stderr (why, then one line per finished step; the compiler output goes to BUILD_DIR/build.log) — whether or
-    not the check beforehand predicted it. verbose=True also prints the compiler output; progress=False leaves out
-    the per-step lines (the first and last line stay). cpu_only / build_cuda: as DRN_FORCE_CPU=1 / DRN_BUILD_CUDA=1.
-    Raises on failure (RuntimeError carrying the compiler's error lines)."""
+def _decide(mode: str | None) -> tuple[bool, str]:
+    """build_decision, kept for why_unavailable, with CUDA_HOME pointed at the toolkit found (the build records it,
+    so building and loading a cached build must see the same one). (with CUDA kernels?, reason)."""
     global _cuda_reason
 
-    with_cuda, cuda_home, reason = build_decision(cpu_only, build_cuda)
+    with_cuda, cuda_home, reason = build_decision(mode)
     _cuda_reason = None if with_cuda else reason
     if cuda_home is not None and (with_cuda or "torch.utils.cpp_extension" not in sys.modules):
         _set_cuda_home(cuda_home)
-    ninja, how = _build_config.find_ninja()
+    return with_cuda, reason
+
+
+def jit_build(verbose: bool = False, progress: bool = True, mode: str | None = None):
+    """Build (or load the cached build of) the extension with torch.utils.cpp_extension.load; returns the module.
+    Always with the ninja of config.find_ninja() (first on PATH while it runs). A compile is announced on
+    stderr (why, then one line per finished step; the compiler output goes to BUILD_DIR/build.log) — whether or
+    not the check beforehand predicted it. verbose=True also prints the compiler output; progress=False leaves out
+    the per-step lines (the first and last line stay). mode: "auto", "0" or "1", as DRN_BUILD_CUDA (None: it).
+    Raises on failure (RuntimeError carrying the compiler's error lines)."""
+    with_cuda, reason = _decide(mode)
+    ninja, how = config.find_ninja()
     if ninja is None:
         raise RuntimeError(f"ninja is needed to build the C++ extension ({how})")
 
-    name = _build_config.JIT_NAME_CUDA if with_cuda else _build_config.JIT_NAME_CPU
-    sources = _build_config.cpu_sources() + (_build_config.cuda_sources() if with_cuda else [])
+    name = config.JIT_NAME_CUDA if with_cuda else config.JIT_NAME_CPU
+    sources = config.cpu_sources() + (config.cuda_sources() if with_cuda else [])
     if not sources:
-        raise RuntimeError(f"the C++ sources are missing ({_build_config.CSRC} has no *.cpp): the build on first "
+        raise RuntimeError(f"the C++ sources are missing ({config.CSRC} has no *.cpp): the build on first "
                            f"use needs a source checkout installed with `pip install -e .`")
     build_dir = build_directory(with_cuda, create=True)
-    with _build_lock.held(build_dir, _say):  # one build at a time here: the others wait, then load its result
+    with lock.held(build_dir, _say):  # one build at a time here: the others wait, then load its result
         return _build_locked(build_dir, name, sources, with_cuda, ninja, reason, verbose, progress)
+
+
+def build_library(name: str, sources: list[str], what: str, verbose: bool = False, progress: bool = True):
+    """Build (or load the cached build of) another CPU library from csrc/ as the CPU build of _C is built: the
+    same flags, ninja, lock and folder root (a folder `name` of its own). The test library's build."""
+    ninja, how = config.find_ninja()
+    if ninja is None:
+        raise RuntimeError(f"ninja is needed to build the C++ extension ({how})")
+    build_dir = build_directory(False, create=True, name=name)
+    with lock.held(build_dir, _say):
+        return _build_locked(build_dir, name, sources, False, ninja, what, verbose, progress)
 
 
 def _say(text: str) -> None:
@@ -269,16 +290,16 @@ def _build_locked(build_dir: str, name: str, sources: list[str], with_cuda: bool
         announced = True
     start = time.perf_counter()
     old_path = os.environ.get("PATH")
-    os.environ["PATH"] = _build_config.path_with_ninja_first(ninja)
+    os.environ["PATH"] = config.path_with_ninja_first(ninja)
     try:
         with _compiler_output_to_log(build_dir, echo=verbose, progress=progress) as steps:
             module = cpp_extension.load(
                 name=name,
                 sources=sources,
-                extra_cflags=_build_config.cxx_flags(with_cuda),
-                extra_cuda_cflags=_build_config.nvcc_flags() if with_cuda else None,
-                extra_ldflags=_build_config.ld_flags(),
-                extra_include_paths=_build_config.include_dirs(),
+                extra_cflags=config.cxx_flags(with_cuda),
+                extra_cuda_cflags=config.nvcc_flags() if with_cuda else None,
+                extra_ldflags=config.ld_flags(),
+                extra_include_paths=config.include_dirs(),
                 build_directory=build_dir,
                 verbose=True,  # ninja's output to fd 1, which _compiler_output_to_log sends to build.log
                 with_cuda=with_cuda,
@@ -314,18 +335,15 @@ def _read(path: str) -> str:
 
 def _load_cached_build():
     """Import an up-to-date library of the build on first use without running the build (DRN_NO_JIT_BUILD=1)."""
-    global _cuda_reason
-
-    with_cuda, _, reason = build_decision()
-    _cuda_reason = None if with_cuda else reason
-    name = _build_config.JIT_NAME_CUDA if with_cuda else _build_config.JIT_NAME_CPU
+    with_cuda, reason = _decide(None)
+    name = config.JIT_NAME_CUDA if with_cuda else config.JIT_NAME_CPU
     build_dir = build_directory(with_cuda)
     library = os.path.join(build_dir, name + ".so")
-    with _build_lock.held(build_dir, _say, shared=True):  # a build under way there finishes first
+    with lock.held(build_dir, _say, shared=True):  # a build under way there finishes first
         if not os.path.exists(library):
             raise FileNotFoundError(f"no {library}")
-        ninja, _ = _build_config.find_ninja()
-        sources = _build_config.cpu_sources() + (_build_config.cuda_sources() if with_cuda else [])
+        ninja, _ = config.find_ninja()
+        sources = config.cpu_sources() + (config.cuda_sources() if with_cuda else [])
         stale = _stale_reason(library, _build_settings(name, sources, with_cuda, ninja)) if ninja \
             else _newer_input(library)
         if stale:
@@ -342,11 +360,11 @@ def in_place_library() -> str | None:
     return spec.origin if spec is not None and spec.origin and os.path.isfile(spec.origin) else None
 
 
-def in_place_skip_reason(path: str, cpu_only: bool = False) -> str | None:
-    """Why the in-place library at `path` must not be loaded (None: load it): DRN_FORCE_CPU=1 asks for CPU
-    kernels only (setup.py's build may hold CUDA kernels), or a file under csrc/ is newer than it."""
-    if _build_config.force_cpu(cpu_only):
-        return "DRN_FORCE_CPU=1 (or --cpu) asks for the CPU-only build on first use"
+def in_place_skip_reason(path: str, mode: str | None = None) -> str | None:
+    """Why the in-place library at `path` must not be loaded (None: load it): DRN_BUILD_CUDA=0 (or mode "0") asks
+    for CPU kernels only (setup.py's build may hold CUDA kernels), or a file under csrc/ is newer than it."""
+    if config.build_mode(mode) == "0":
+        return "DRN_BUILD_CUDA=0 (or --cpu) asks for the CPU-only build on first use"
     newer = _newer_input(path)
     if newer:
         return (f"it is older than {newer} (rebuild it with `pip install --no-build-isolation -e .`, or delete "
@@ -359,7 +377,7 @@ def variant_of(module) -> str | None:
     without CUDA kernels), or None for no module."""
     if module is None:
         return None
-    if module.__name__ == _build_config.EXTENSION_NAME:
+    if module.__name__ == config.EXTENSION_NAME:
         return "in-place"
     return "jit-cuda" if module.has_cuda() else "jit-cpu"
 
@@ -370,6 +388,7 @@ def loaded_variant() -> str | None:
 
 
 _jit_build_allowed = True
+_also_told: list = []  # libraries with their own copy of the cpu backend's settings (the test library)
 
 
 def forbid_jit_build() -> None:
@@ -388,12 +407,11 @@ def load(verbose: bool = False):
         if _tried:
             return _module
         settings.cpu_options()  # a bad DRN_CPU_* value raises (naming it) before anything is built
-        from . import _schemas  # noqa: F401  (the schemas the kernels register against)
 
         in_place_error = None
         in_place = in_place_library()
         skip = in_place_skip_reason(in_place) if in_place else None
-        if skip and not _build_config.force_cpu():
+        if skip and config.build_mode() != "0":
             print(f"drn_kernels: not loading the in-place {in_place}: {skip}", file=sys.stderr, flush=True)
         try:
             if in_place and not skip:
@@ -424,15 +442,24 @@ def load(verbose: bool = False):
 
 
 def push_cpu_options():
-    """Pass drn_kernels.settings.cpu_options() (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_POISON,
+    """Pass drn_kernels.settings.cpu_options() (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA,
     DRN_CPU_PREFETCH, read and validated now) to the loaded extension's kernels, which never read the environment
     themselves. Done when the extension loads; call it again after changing those variables in this process. Returns the options
     (None when the extension is not loaded: it reads them when it is)."""
-    if _module is None:
+    told = ([_module] if _module is not None else []) + _also_told
+    if not told:
         return None
     options = settings.cpu_options()
-    _module.set_cpu_options(*options.codes())
+    for module in told:
+        module.set_cpu_options(*options.codes())
     return options
+
+
+def also_push_cpu_options_to(module) -> None:
+    """From now on push_cpu_options() passes the settings to `module` too (a library built with its own copy of
+    csrc/cpu/cpu_options.cpp); done once now."""
+    _also_told.append(module)
+    module.set_cpu_options(*settings.cpu_options().codes())
 
 
 def library_path() -> str | None:
@@ -450,9 +477,9 @@ def built_library() -> str | None:
 def why_unavailable(kind: str) -> str | None:
     """None when the extension provides kernels of `kind` ("cpu", "cuda", "cuda-sim"), else the reason."""
     if kind == "cuda-sim":
-        if importlib.util.find_spec("drn_kernels._sim") is None:
-            return "drn_kernels._sim (the CUDA kernel sources built for the host through csrc/sim) is missing"
-        return importlib.import_module("drn_kernels._sim").why_unavailable()
+        if importlib.util.find_spec("drn_kernels._build.sim") is None:
+            return "drn_kernels._build.sim (the CUDA kernel sources built for the host through csrc/sim) is missing"
+        return importlib.import_module("drn_kernels._build.sim").why_unavailable()
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"kind must be 'cpu', 'cuda' or 'cuda-sim', got {kind!r}")
     module = load()

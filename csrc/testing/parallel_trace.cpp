@@ -1,6 +1,6 @@
-// drn::parallel_shares_trace, drn::parallel_even_trace: parallel_shares and parallel_even (parallel.h) run over
-// counters instead of work, for the tests: which thread ran each item and how often, with one thread slowed down so
-// that the others must steal from it.
+// drn_testing::parallel_shares_trace, drn_testing::parallel_even_trace: parallel_shares and parallel_even
+// (csrc/cpu/parallel.h) run over counters instead of work, for the tests (test library only): which thread ran each
+// item and how often, with one thread slowed down so that the others must steal from it.
 #include "cpu/parallel.h"
 
 #include <ATen/ops/zeros.h>
@@ -67,7 +67,7 @@ at::Tensor parallel_even_trace(int64_t n, int64_t run) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(drn, m) {
+TORCH_LIBRARY_FRAGMENT(drn_testing, m) {
   m.def("parallel_shares_trace(int[] bounds, int run, int slow=-1, float slow_us=0) -> Tensor",
         &parallel_shares_trace);
   m.def("parallel_even_trace(int n, int run) -> Tensor", &parallel_even_trace);
