@@ -34,13 +34,13 @@ demo: build
 # where they cannot be built): the static kernel report reads their cubins.
 test: export DRN_BUILD_CUDA := 1
 # The whole suite runs against the default build (CPU + CUDA kernels where torch is a CUDA build and a toolkit is
-# found; DRN_REQUIRE_BUILD=1: a compiled backend that did not build fails its tests instead of skipping them);
+# found; --require-build: a compiled backend that did not build fails its tests instead of skipping them);
 # then the CPU-only variant of the extension is built and the CPU-kernel tests run against it too.
 test: build
-	DRN_REQUIRE_BUILD=1 $(PY) -m pytest $(PYTEST_FLAGS) tests
+	$(PY) -m pytest $(PYTEST_FLAGS) --require-build tests
 	DRN_BUILD_CUDA=0 $(PY) -m drn_kernels.build --quiet
 	DRN_BUILD_CUDA=0 $(PY) -m pytest $(PYTEST_FLAGS) tests/test_cpu_kernels.py tests/test_ops.py
-	$(AVX2_ONLY) DRN_REQUIRE_BUILD=1 $(PY) -m pytest $(PYTEST_FLAGS) $(AVX2_TESTS)
+	$(AVX2_ONLY) $(PY) -m pytest $(PYTEST_FLAGS) --require-build $(AVX2_TESTS)
 	$(PY) -m pytest $(PYTEST_FLAGS) benchmarks --benchmark-disable
 
 # The CPU-kernel, algorithm-choice and weight-state tests again as an AVX2-only x86 CPU (AMD Zen 2/3, Intel
@@ -50,8 +50,9 @@ AVX2_ONLY := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 DRN_CPU_ISA=avx2
 AVX2_TESTS := tests/test_cpu_isa_emulation.py tests/test_cpu_kernels.py tests/test_cpu_algorithm_choice.py \
 	tests/test_cpu_choices.py tests/test_weight_state.py tests/test_hostile_kernels.py
 
+# The fast loop: the unit tier (tests/conftest.py: no compiled extension, nothing built), without the slow tests.
 test-fast: setup
-	$(PY) -m pytest $(PYTEST_FLAGS) -x tests -m "not slow"
+	$(PY) -m pytest $(PYTEST_FLAGS) -x tests -m "unit and not build and not slow"
 
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-only

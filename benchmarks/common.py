@@ -51,7 +51,6 @@ import drn_kernels
 from benchmarks import harness
 from benchmarks.harness import (RESULTS_DIR, LayerShape, cudnn_fused_conv,  # noqa: F401
                                 poisoned_outputs)
-from drn_kernels import settings
 from drn.flops import count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
 from drn.profile import build_meta_model
 
@@ -117,14 +116,20 @@ def set_precision() -> dict:
     return {"tf32": False, "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
-def measured_ceilings(name: Optional[str] = None) -> tuple[Optional[dict], Optional[str]]:
-    """(ceilings, file) measured on this device by the device check: the newest JSON in benchmarks/results/ (or the
-    file DRN_CEILINGS names) holding {"ceilings": {"copy_gbps": ..., "matmul_tflops": {...}}} whose device (a
-    top-level "device" or machine_info.device, compared as device_name() spells it; without one, a file name
+# The JSON file of measured ceilings that the benchmark session was given (--ceilings, benchmarks/conftest.py);
+# None: the newest matching file in benchmarks/results/.
+CEILINGS_FILE: Optional[str] = None
+
+
+def measured_ceilings(name: Optional[str] = None, file: Optional[str] = None) -> tuple[Optional[dict], Optional[str]]:
+    """(ceilings, file) measured on this device by the device check: the newest JSON in benchmarks/results/ (or
+    `file`, by default CEILINGS_FILE) holding {"ceilings": {"copy_gbps": ..., "matmul_tflops": {...}}} whose device
+    (a top-level "device" or machine_info.device, compared as device_name() spells it; without one, a file name
     starting with it) is this one; else (None, None)."""
     name = name or device_name()
-    if settings.path("DRN_CEILINGS"):
-        files = [pathlib.Path(settings.path("DRN_CEILINGS"))]
+    file = file or CEILINGS_FILE
+    if file:
+        files = [pathlib.Path(file)]
     else:
         files = sorted(RESULTS_DIR.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
     for f in files:

@@ -1,8 +1,10 @@
-"""Benchmark session set-up: markers, the default (small) collection, thread count, and the results JSON.
+"""Benchmark session set-up: options, markers, the default (small) collection, thread count, and the results JSON.
 
 `pytest benchmarks --benchmark-disable` (what `make test` runs) runs every collected benchmark once as a plain
-test: only the `quick` subset is collected then, unless DRN_BENCH_FULL=1 or --benchmark-only is given.
-DRN_BENCH_THREADS sets torch's intra-op threads (the CPU goals are stated at 2).
+test: only the `quick` subset is collected then, unless --bench-full or --benchmark-only is given.
+--bench-threads N sets torch's intra-op threads (the CPU goals are stated at 2); --ceilings FILE names the device
+check's JSON of measured copy/matmul ceilings for the roofline columns (default: the newest in benchmarks/results/
+of the same device).
 Timed sessions write benchmarks/results/<device>.json (the pytest-benchmark layout's common subset: group, name,
 stats, extra_info; records of earlier sessions that this one did not re-measure are kept) unless --benchmark-json
 names a file; benchmarks/report.py reads either.
@@ -15,18 +17,37 @@ import pytest
 import torch
 
 from benchmarks.harness import RESULTS_DIR
-from drn_kernels import settings
+from tests.helpers import cpu_settings  # noqa: F401  (the fixture, as in tests/)
 
-if settings.positive_int("DRN_BENCH_THREADS") is not None:
-    torch.set_num_threads(settings.positive_int("DRN_BENCH_THREADS"))
+
+def positive_integer(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"a positive integer, got {text!r}")
+    return int(text)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("drn benchmarks")
+    group.addoption("--bench-threads", type=positive_integer, default=None, metavar="N",
+                    help="torch's intra-op threads in the benchmarks (the CPU goals are stated at 2)")
+    group.addoption("--bench-full", action="store_true",
+                    help="collect every benchmark under plain pytest, not only the quick ones")
+    group.addoption("--ceilings", default=None, metavar="FILE",
+                    help="JSON file of measured copy/matmul ceilings for the roofline columns (default: "
+                         "benchmarks/results/*.json of the same device)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "quick: the quick benchmark subset (runs on a 2-core CPU in minutes)")
+    if config.getoption("--bench-threads") is not None:
+        torch.set_num_threads(config.getoption("--bench-threads"))
+    from benchmarks import common
+
+    common.CEILINGS_FILE = config.getoption("--ceilings")
 
 
 def _full(config) -> bool:
-    return settings.flag("DRN_BENCH_FULL") or bool(config.getoption("benchmark_only", False))
+    return config.getoption("--bench-full") or bool(config.getoption("benchmark_only", False))
 
 
 def pytest_collection_modifyitems(config, items):

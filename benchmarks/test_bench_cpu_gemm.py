@@ -18,6 +18,8 @@ from benchmarks import common
 from drn_kernels.build import load_testing_library
 from drn import flops as flops_model
 
+pytestmark = pytest.mark.build
+
 SHAPES = [  # (batch, M, K, N)
     (36, 49, 512, 512), (36, 113, 512, 512), (36, 49, 256, 256), (36, 196, 128, 128), (36, 784, 64, 64),
     (16, 196, 256, 256)]
@@ -34,22 +36,13 @@ def _params():
                                    marks=marks)
 
 
-@pytest.fixture
-def monkeypatch(monkeypatch):
-    """pytest's monkeypatch, and the cpu settings passed on again once it has undone DRN_CPU_ISA."""
-    yield monkeypatch
-    monkeypatch.undo()
-    drn_kernels.push_cpu_options()
-
-
 @pytest.mark.parametrize(("isa", "shape", "provider"), list(_params()))
-def test_gemm(benchmark, monkeypatch, isa, shape, provider):
+def test_gemm(benchmark, cpu_settings, isa, shape, provider):
     reason = drn_kernels.why_unavailable("cpu", torch.device("cpu"))  # loads the extension
     if reason:
         pytest.skip(f"the compiled extension is unavailable: {reason}")
     load_testing_library()  # torch.ops.drn_testing.gemm_pack_b / gemm_packed
-    monkeypatch.setenv("DRN_CPU_ISA", isa)
-    drn_kernels.push_cpu_options()
+    cpu_settings.set("DRN_CPU_ISA", isa)
     if torch.ops.drn.cpu_isa() != isa:  # DRN_CPU_ISA is capped by what the CPU has
         pytest.skip(f"this CPU has no {isa}")
     batch, m, k, n = shape

@@ -19,6 +19,8 @@ import torch
 
 from benchmarks import common
 
+pytestmark = pytest.mark.build
+
 GOAL_CASES = [  # (model, task, input shape): the cases the CPU goals are judged on
     ("drn_c_26", "classify", (1, 3, 224, 224)),
     ("drn_d_22", "classify", (1, 3, 224, 224)),

@@ -9,12 +9,15 @@ Records: group "new-sizes:drn_d_22:segment:16", providers "eager-cl" and "cpu" f
 and "cpu-warm" for the second, "cpu-cached"; extra_info first_pass_ratio, cached_first_pass_ratio, warm_ratio,
 searches (how many the first pass made) and the labels' agreement. CPU only; --benchmark-only only (one pass takes seconds to a minute on 2 cores).
 """
+import pytest
 import time
 
 import torch
 
 from benchmarks import common
 from drn_kernels import cpu_choices, prepared
+
+pytestmark = pytest.mark.build
 
 SIZES = [(256, 384), (264, 400), (272, 416), (280, 432), (288, 448), (296, 464), (304, 480), (312, 496), (320, 512),
          (328, 528), (336, 544), (344, 392), (352, 424), (360, 456), (368, 488), (376, 520)]

@@ -7,6 +7,8 @@ import torch
 
 from benchmarks import common
 
+pytestmark = pytest.mark.build
+
 SHAPES = common.layer_shapes()
 _FIRST_QUICK = next((s.id for s in SHAPES if common.is_quick_layer(s)), None)
 

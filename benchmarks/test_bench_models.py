@@ -14,6 +14,8 @@ import pytest
 
 from benchmarks import common
 
+pytestmark = pytest.mark.build
+
 CASES = [  # (model, task, input shape, quick)
     ("drn_c_26", "classify", (1, 3, 224, 224), True),
     ("drn_d_22", "classify", (1, 3, 224, 224), True),

@@ -29,6 +29,8 @@ import drn
 from benchmarks import common
 from drn import multiscale
 
+pytestmark = pytest.mark.build
+
 CASES = [  # (model, (H, W)): end to end
     ("drn_d_22", (256, 512)),   # the image-synthesis papers' Cityscapes size
     ("drn_d_22", (512, 1024)),

@@ -9,8 +9,8 @@ Backends: "auto", "triton", "cuda", "cpu", "cuda-sim", "reference" (see drn_kern
     available_backends(device) -> {backend: None or why it cannot run}; why_unavailable(backend, device) asks about
     one; resolve_backend(backend, device, op) -> the concrete backend the op runs ("auto" chosen), or raises.
 conv_output_size(size, kernel, stride, padding, dilation): an output side of conv_bn_act.
-push_cpu_options(): pass the cpu backend's settings (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_POISON,
-    DRN_CPU_PREFETCH), read now, to the loaded kernels (they read them when the extension loads; call it after
+push_cpu_options(): pass the cpu backend's settings (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_PREFETCH),
+    read now, to the loaded kernels (they read them when the extension loads; call it after
     changing them).
 The ops are also registered as torch.ops.drn.* (drn_kernels._schemas; the dispatch path: drn_kernels.ops).
 A process forked from one that imported drn_kernels runs torch with one intra-op thread (drn_kernels._fork: GNU

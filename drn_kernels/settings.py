@@ -24,7 +24,7 @@ FALSE = ("", "0", "false", "no", "off")
 
 class Setting(NamedTuple):
     name: str
-    kind: str                       # "flag", "choice", "int", "path", "url"
+    kind: str                       # "flag", "choice", "path", "url"
     choices: tuple = ()             # allowed values of a "choice" ("" = unset = the default)
     default: object = None
     doc: str = ""
@@ -65,25 +65,9 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
     Setting("DRN_CHOICE_CACHE", "path", doc="folder of the cpu backend's algorithm-choice cache files, one per "
                                             "machine signature (default: cpu_choices/ beside the build on first "
                                             "use); off: measure in every process, keep nothing"),
-    Setting("DRN_CPU_POISON", "flag", doc="fill the Winograd output with NaN before the kernel writes it; tests",
-            user=False),
     # ---- model weights ----
     Setting("DRN_WEIGHTS_MIRROR", "url", doc="base URL tried before the official one for every checkpoint: "
                                              "<base>/<file name> (`drn weights` lists the names and hashes)"),
-    # ---- Triton ----
-    Setting("DRN_FORCE_INT64", "flag", doc="the Triton conv's int64-offset kernel even for small tensors; tests",
-            user=False),
-    # ---- benchmarks and tests ----
-    Setting("DRN_BENCH_THREADS", "int", doc="torch's intra-op threads in benchmarks/ (the CPU goals are at 2)",
-            user=False),
-    Setting("DRN_BENCH_FULL", "flag", doc="collect every benchmark under plain pytest, not only the quick ones",
-            user=False),
-    Setting("DRN_CEILINGS", "path", doc="JSON file of measured copy/matmul ceilings for the benchmark report "
-                                        "(default: benchmarks/results/*.json of the same device)", user=False),
-    Setting("DRN_TEST_PIP", "flag", doc="run the test that pip-installs the package (needs the package index)",
-            user=False),
-    Setting("DRN_REQUIRE_BUILD", "flag", doc="tests: a compiled backend that does not build fails its tests instead "
-                                             "of skipping them (`make test` sets it)", user=False),
 )}
 
 # The DRN_* names in the sources that are not environment variables: C++ macros and symbols.
@@ -126,16 +110,6 @@ def choice(name: str) -> str:
     return raw
 
 
-def positive_int(name: str) -> Optional[int]:
-    _setting(name)
-    raw = _raw(name)
-    if raw == "":
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{name} must be a positive integer (or unset), got {os.environ.get(name)!r}")
-    return int(raw)
-
-
 def path(name: str) -> Optional[str]:
     _setting(name)
     return _raw(name) or None
@@ -154,11 +128,11 @@ def url(name: str) -> Optional[str]:
 
 
 def value(name: str):
-    """The setting `name` as its kind reads it (flag: bool, choice: str, int: int|None, path/url: str|None)."""
+    """The setting `name` as its kind reads it (flag: bool, choice: str, path/url: str|None)."""
     if name == "DRN_BUILD_CUDA":
         return build_cuda()  # the deprecated flags included
     kind = _setting(name).kind
-    return {"flag": flag, "choice": choice, "int": positive_int, "path": path, "url": url}[kind](name)
+    return {"flag": flag, "choice": choice, "path": path, "url": url}[kind](name)
 
 
 # The build flags DRN_BUILD_CUDA replaced, and the value each one asks for; read for one more release.
@@ -207,12 +181,17 @@ def check_all() -> dict:
     return {name: value(name) for name in TABLE}
 
 
+# A test hook, not a setting: True fills the Winograd output with NaN before the kernel writes it, so an element the
+# kernel leaves unwritten shows. The tests set it (and push the options); nothing in the package does.
+_poison_outputs = False
+
+
 class CpuOptions(NamedTuple):
     """What the C++ CPU kernels are told (drn_kernels._C.set_cpu_options takes the integer codes)."""
     conv: str            # DRN_CPU_CONV
     winograd_tile: int   # DRN_WINOGRAD_TILE
     isa: str             # DRN_CPU_ISA
-    poison: bool         # DRN_CPU_POISON
+    poison: bool         # _poison_outputs (a test hook, not a setting)
     prefetch: str        # DRN_CPU_PREFETCH
 
     def codes(self) -> tuple[int, int, int, bool, int]:
@@ -225,7 +204,7 @@ class CpuOptions(NamedTuple):
 
 def cpu_options() -> CpuOptions:
     return CpuOptions(choice("DRN_CPU_CONV"), int(choice("DRN_WINOGRAD_TILE")), choice("DRN_CPU_ISA"),
-                      flag("DRN_CPU_POISON"), choice("DRN_CPU_PREFETCH"))
+                      _poison_outputs, choice("DRN_CPU_PREFETCH"))
 
 
 def markdown_table(user: bool | None = None) -> str:
@@ -235,7 +214,7 @@ def markdown_table(user: bool | None = None) -> str:
     for s in TABLE.values():
         if user is not None and s.user != user:
             continue
-        values = {"flag": "1/true/yes/on; unset, 0/false/no/off", "int": "a positive integer; unset",
+        values = {"flag": "1/true/yes/on; unset, 0/false/no/off",
                   "path": "a path; unset", "url": "a base URL (http, https, file); unset"}.get(s.kind)
         values = values or " \\| ".join(f"`{c}`" + (" (default)" if c == s.default else "") for c in s.choices)
         rows.append(f"| `{s.name}` | {values} | {s.doc} |")

@@ -1,13 +1,24 @@
-"""Test set-up: without a GPU, Triton kernels run in the interpreter on CPU tensors.
+"""Test set-up: fixtures, options and hooks only (what test files share is in tests/helpers.py).
 
-TRITON_INTERPRET must be set before triton (and so drn_kernels.triton) is imported.
-The `monkeypatch` fixture passes a changed DRN_CPU_* / DRN_WINOGRAD_TILE setting on to the loaded C++ kernels (as
-the extension's load does in a fresh process): the kernels never read the environment themselves.
+Without a GPU, Triton kernels run in the interpreter on CPU tensors: TRITON_INTERPRET must be set before triton
+(and so drn_kernels.triton) is imported.
+
+Tiers (markers, pyproject.toml): every test is `unit` (needs no compiled extension: Python, the reference, the
+Triton interpreter) or `build` (needs drn_kernels' compiled extension, the SIMT simulator or a build; a test's
+`build` outranks its module's `unit`), and may also be `slow` (> ~20 s on 2 cores) or `gpu` (needs a CUDA device;
+skipped without one). `make test-fast` runs `-m "unit and not build and not slow"` and compiles nothing: a unit
+test that loads the extension fails, naming its tier.
+
+Options: --require-build (`make test` gives it): a compiled backend that did not build fails its tests instead of
+skipping them. --pip-install: also run the test that builds a wheel with pip (needs the package index).
 """
 import os
 import tempfile
 
 import pytest
+
+import helpers
+from helpers import cpu_settings  # noqa: F401  (the fixture, defined beside the class it yields)
 
 
 def _has_cuda() -> bool:
@@ -19,77 +30,63 @@ def _has_cuda() -> bool:
         return False
 
 
-if not _has_cuda():
+HAS_CUDA = _has_cuda()
+if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # The cpu backend's algorithm-choice cache (drn_kernels.cpu_choices) in a folder of this test session: no test sees
 # choices measured by an earlier run or by another machine's build; subprocesses of the session share it.
 os.environ.setdefault("DRN_CHOICE_CACHE", tempfile.mkdtemp(prefix="drn-choice-cache-"))
 
-HAS_CUDA = _has_cuda()
+# whether the compiled extension had been tried before a test's set-up (its fixtures may load it too)
+_TRIED_BEFORE = pytest.StashKey[bool]()
 
-from drn_kernels import settings  # noqa: E402  (after TRITON_INTERPRET is decided)
+
+def _tier(item) -> str | None:
+    if item.get_closest_marker("build") is not None:
+        return "build"
+    return "unit" if item.get_closest_marker("unit") is not None else None
+
+
+def pytest_addoption(parser):
+    parser.addoption("--require-build", action="store_true",
+                     help="a compiled backend (CPU extension, CUDA kernels on a GPU machine, SIMT simulator, race "
+                          "check) that does not build fails its tests instead of skipping them (make test)")
+    parser.addoption("--pip-install", action="store_true",
+                     help="also run the test that builds a wheel with pip (needs the package index)")
+
+
+def pytest_configure(config):
+    helpers.require_build = config.getoption("--require-build")
 
 
 def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    """Every test here names its tier (unit or build); gpu tests are skipped without a CUDA device."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    untiered = [item.nodeid for item in items if str(item.path).startswith(here) and _tier(item) is None]
+    if untiered:
+        raise pytest.UsageError("every test in tests/ needs a tier marker (unit or build; see tests/conftest.py): "
+                                + ", ".join(untiered[:10]) + (" ..." if len(untiered) > 10 else ""))
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_pip = pytest.mark.skip(reason="give --pip-install to run it (needs the package index)")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        if "pip_install" in item.keywords and not config.getoption("--pip-install"):
+            item.add_marker(skip_pip)
 
 
-# `make test` sets DRN_REQUIRE_BUILD=1: there a compiled backend that did not build (the CPU extension, the CUDA
-# kernels on a GPU machine, the SIMT simulator, the ThreadSanitizer race check) FAILS its tests instead of skipping
-# them, so a broken build cannot pass as a green run. Plain pytest elsewhere skips with the reason.
-REQUIRE_BUILD = settings.flag("DRN_REQUIRE_BUILD")
-COMPILED_BACKENDS = ("cpu", "cuda", "cuda-sim")
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_TRIED_BEFORE] = helpers.extension_tried()
 
 
-def skip_or_fail_unbuilt(what: str, reason: str):
-    """Skip (plain pytest) or fail (DRN_REQUIRE_BUILD=1) because `what` could not be built or loaded."""
-    message = f"{what} unavailable: {reason}"
-    if REQUIRE_BUILD:
-        pytest.fail(f"{message} (DRN_REQUIRE_BUILD=1: a build failure fails the run)", pytrace=False)
-    pytest.skip(message)
-
-
-def require_backend(backend: str, device="cpu"):
-    """Skip unless drn_kernels' `backend` runs on `device` now; a compiled backend that did not build fails
-    under DRN_REQUIRE_BUILD=1."""
-    import drn_kernels
-
-    reason = drn_kernels.available_backends(device)[backend]
-    if reason is None:
-        return
-    if backend in COMPILED_BACKENDS:
-        skip_or_fail_unbuilt(f"backend {backend!r}", reason)
-    pytest.skip(f"backend {backend!r} unavailable: {reason}")
-
-
-CPU_SETTINGS = ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON", "DRN_CPU_PREFETCH")
-
-
-@pytest.fixture
-def monkeypatch(monkeypatch):
-    """pytest's monkeypatch; setenv/delenv of a cpu setting also calls drn_kernels.push_cpu_options()
-    (a bad value raises ValueError there, naming the variable), and so does the undo at the end of the test."""
-    from drn_kernels._build import extension as _extension
-
-    setenv, delenv = monkeypatch.setenv, monkeypatch.delenv
-
-    def pushing_setenv(name, value, prepend=None):
-        setenv(name, value, prepend)
-        if name in CPU_SETTINGS:
-            _extension.push_cpu_options()
-
-    def pushing_delenv(name, raising=True):
-        delenv(name, raising)
-        if name in CPU_SETTINGS:
-            _extension.push_cpu_options()
-
-    monkeypatch.setenv, monkeypatch.delenv = pushing_setenv, pushing_delenv
-    yield monkeypatch
-    monkeypatch.undo()
-    _extension.push_cpu_options()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A unit test must not load the compiled extension: when this process had not tried to load it before the
+    test's set-up and has after its call, the test fails (its tier is build)."""
+    result = yield
+    if _tier(item) == "unit" and not item.stash[_TRIED_BEFORE] and helpers.extension_tried():
+        pytest.fail(f"{item.nodeid} is marked unit but loaded the compiled extension: mark it build",
+                    pytrace=False)
+    return result

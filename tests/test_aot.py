@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,7 @@ def _check_record(r):
         assert r["tensor_core_instructions"] > 0, where
 
 
+@pytest.mark.slow
 def test_aot_subset():
     rc, recs, err = _run_aot("--no-cuda", "--max-configs", "1", "--dtypes", "fp16", "--kernels", "conv_bn_act",
                              "class_head")
@@ -97,10 +100,11 @@ def test_problems_flags_cuda_conv_calls_division_and_missing_ldmatrix():
     assert aot.problems([{**good, "kernel": "class_head_pixel_kernel", "calls": 2, "ldsm": 0}]) == []
 
 
+@pytest.mark.build
 def test_cuda_report_every_conv_tile():
     """The CUDA half of the report (--no-triton): every conv tile on sm_80 and sm_90 passes the proof (0 spills,
     ldmatrix at 16 bit, no CALL, no integer division) and carries its main-loop mix."""
-    from conftest import skip_or_fail_unbuilt
+    from helpers import skip_or_fail_unbuilt
     from drn_kernels._build import cuda_cubins as _cuda_cubins
 
     reason = _cuda_cubins.why_unavailable()

@@ -13,6 +13,8 @@ import drn_kernels
 from benchmarks import common
 from drn import flops
 
+pytestmark = pytest.mark.unit
+
 # Tiny layers (fast on 2 cores) that differ in geometry, so each is a recompile of ConvBNAct.forward.
 TINY = [common.LayerShape(1, 4, 7, 6, 5, 3, 3, 1, d, d, residual=d % 2 == 0, relu=True, first_seen=f"tiny{d}")
         for d in (1, 2, 3, 4)]
@@ -86,7 +88,7 @@ def _layer_case(provider, shape=TINY[1], dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("provider", ["eager-cl", "cpu"])
+@pytest.mark.parametrize("provider", ["eager-cl", pytest.param("cpu", marks=pytest.mark.build)])
 def test_output_check_passes_a_right_kernel(provider, dtype):
     if common.why_unavailable(provider, dtype):
         pytest.skip(common.why_unavailable(provider, dtype))
@@ -99,6 +101,7 @@ def test_output_check_passes_a_right_kernel(provider, dtype):
     assert bench.extra_info["dtype"] == common.dtype_name(dtype) and bench.calls == 1
 
 
+@pytest.mark.build
 def test_output_check_fails_a_wrong_kernel():
     shape = TINY[1]
     runner, reference = _layer_case("cpu", shape)
@@ -109,6 +112,7 @@ def test_output_check_fails_a_wrong_kernel():
                    reference=reference)
 
 
+@pytest.mark.build
 def test_output_check_sees_an_unwritten_element():
     shape = TINY[1]
     runner, reference = _layer_case("cpu", shape)
@@ -142,7 +146,7 @@ def test_output_check_of_labels():
 
 # ---- 2: dtype and precision ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("provider", ["eager-nchw", "eager-cl", "cpu"])
+@pytest.mark.parametrize("provider", ["eager-nchw", "eager-cl", pytest.param("cpu", marks=pytest.mark.build)])
 def test_dtype_reaches_the_provider(provider):
     runner = common.layer_runner(provider, TINY[2], torch.bfloat16, sets=2)
     assert len(runner.calls) == 2
@@ -183,9 +187,10 @@ def test_peaks_per_dtype_and_measured_ceilings_first(tmp_path, monkeypatch):
     assert (p32.flops, p32.bytes_per_s, p32.source) == (67e12, 4300e9, "flops:datasheet+bytes:device-check")
     f = tmp_path / "check.json"
     f.write_text(json.dumps({"device": h200, "ceilings": ceilings}))
-    monkeypatch.setenv("DRN_CEILINGS", str(f))
+    assert common.measured_ceilings("NVIDIA_H200", file=str(f)) == (ceilings, str(f))
+    assert common.measured_ceilings("NVIDIA_H100_80GB_HBM3", file=str(f)) == (None, None)
+    monkeypatch.setattr(common, "CEILINGS_FILE", str(f))  # what --ceilings sets for a benchmark session
     assert common.measured_ceilings("NVIDIA_H200") == (ceilings, str(f))
-    assert common.measured_ceilings("NVIDIA_H100_80GB_HBM3") == (None, None)
 
 
 def test_run_records_timing_and_roofline_per_dtype(benchmark):

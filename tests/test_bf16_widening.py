@@ -17,7 +17,9 @@ import drn
 import drn_kernels
 from drn.fused import FusedConv
 from drn_kernels import prepared
-from conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.build
 
 BF16 = torch.bfloat16
 

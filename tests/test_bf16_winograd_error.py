@@ -8,6 +8,8 @@ from tolerance import FACTOR
 
 from benchmarks import bf16_winograd_error as emu
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("tile", [(2, 2), (3, 2), (2, 4), (4, 4)])
 def test_float64_winograd_is_the_convolution(tile):

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from drn_kernels import settings
+pytestmark = pytest.mark.unit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -248,6 +248,7 @@ def test_in_place_module_freshness_and_cpu_only(tmp_path, monkeypatch):
     assert "DRN_BUILD_CUDA=0" in _extension.in_place_skip_reason(str(lib))
 
 
+@pytest.mark.build
 def test_build_module_and_jit_loaded_extension():
     """`python -m drn_kernels.build` builds (or finds cached) the extension; a fresh process loads it on first use."""
     out = subprocess.run([sys.executable, "-m", "drn_kernels.build", "--quiet"], cwd=ROOT, capture_output=True,
@@ -287,6 +288,7 @@ def test_no_jit_build_reports_reason(tmp_path):
     assert "DRN_NO_JIT_BUILD=1" in out.stdout and "python -m drn_kernels.build" in out.stdout
 
 
+@pytest.mark.build
 def test_why_unavailable_kinds():
     import torch
 
@@ -310,6 +312,7 @@ def test_why_unavailable_kinds():
         _extension.why_unavailable("gpu")
 
 
+@pytest.mark.build
 @pytest.mark.slow
 def test_setup_py_builds_extension_with_torch(tmp_path):
     """What `pip install --no-build-isolation -e .` runs: setup.py sees torch and builds drn_kernels._C (CPU-only
@@ -335,8 +338,9 @@ def test_setup_py_builds_extension_with_torch(tmp_path):
     assert loaded.returncode == 0, loaded.stderr
 
 
+@pytest.mark.build
 @pytest.mark.slow
-@pytest.mark.skipif(not settings.flag("DRN_TEST_PIP"), reason="set DRN_TEST_PIP=1 (needs the package index)")
+@pytest.mark.pip_install
 def test_pip_wheel_isolated_has_no_extension(tmp_path):
     """pip's default build isolation has no torch: the wheel carries the Python package and no compiled _C."""
     import shutil

@@ -20,6 +20,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCK_MODULE = os.path.join(ROOT, "drn_kernels", "_build", "lock.py")
 
@@ -218,8 +220,9 @@ def _segmentation_set(root):
     torch.save(drn.build("drn_d_22", task="segment", num_classes=19).state_dict(), root / "seg.pth")
 
 
+@pytest.mark.build
 @pytest.mark.slow
-def test_three_builders_at_once_into_an_empty_folder(tmp_path, monkeypatch, capsys):
+def test_three_builders_at_once_into_an_empty_folder(tmp_path, cpu_settings, capsys):
     """`python -m drn_kernels.build --cpu` and a two-process torchrun `drn evaluate segment --fused` start at once
     on a build folder nothing was built in: one compiles, the others wait and load its build; the evaluation is
     that of one process (the algorithm pinned, so the answers are bit-identical)."""
@@ -228,7 +231,7 @@ def test_three_builders_at_once_into_an_empty_folder(tmp_path, monkeypatch, caps
     data, build_dir = tmp_path / "data", tmp_path / "build"
     data.mkdir()
     _segmentation_set(data)
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
     args = ["segment", "--data", str(data), "--model", "drn_d_22", "--weights", str(data / "seg.pth"), "--json",
             "--device", "cpu", "--fused"]
     env = {**os.environ, "DRN_BUILD_DIR": str(build_dir), "DRN_BUILD_CUDA": "0", "OMP_NUM_THREADS": "1",

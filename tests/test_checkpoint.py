@@ -10,6 +10,8 @@ import drn
 from drn import registry
 from seeded_weights import seeded_input, seeded_state_dict
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def weights():

@@ -18,6 +18,8 @@ from drn import cli, data, predict
 from drn.palette import CITYSCAPES_PALETTE, generic_palette
 from test_multiscale import oracle_ms
 
+pytestmark = pytest.mark.unit
+
 HAS_FUSED = importlib.util.find_spec("drn.fused") is not None
 
 

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 
 import drn_kernels
 from drn_kernels import prepared as prep
-from conftest import require_backend
+from helpers import require_backend
 from tolerance import FACTOR
+
+pytestmark = pytest.mark.build
 
 CL = torch.channels_last
 
@@ -33,9 +35,9 @@ def _case(c, k, h, w, seed):
 
 
 @pytest.fixture(autouse=True)
-def _auto(monkeypatch):
-    monkeypatch.delenv("DRN_CPU_CONV", raising=False)
-    monkeypatch.delenv("DRN_WINOGRAD_TILE", raising=False)
+def _auto(cpu_settings):
+    cpu_settings.unset("DRN_CPU_CONV")
+    cpu_settings.unset("DRN_WINOGRAD_TILE")
 
 
 @pytest.mark.parametrize("dil", [1, 2])
@@ -63,10 +65,10 @@ def test_choice_is_a_candidate_and_repeats_bit_identical(dil):
 
 @pytest.mark.parametrize("mode, tile, expect", [("direct", "", "onednn"), ("winograd", "2", "winograd2"),
                                                 ("winograd", "4", "winograd4"), ("winograd", "", "winograd4")])
-def test_setting_pins_the_choice(monkeypatch, mode, tile, expect):
+def test_setting_pins_the_choice(cpu_settings, mode, tile, expect):
     _cpu()
-    monkeypatch.setenv("DRN_CPU_CONV", mode)
-    monkeypatch.setenv("DRN_WINOGRAD_TILE", tile)
+    cpu_settings.set("DRN_CPU_CONV", mode)
+    cpu_settings.set("DRN_WINOGRAD_TILE", tile)
     x, w, b = _case(64, 64, 9, 10, seed=7)
     conv = prep.PreparedConv(w, b, "cpu")
     n_searches = len(prep.SEARCHES)
@@ -94,7 +96,7 @@ def test_each_candidate_matches_float64_and_is_what_runs():
         torch.ops.drn.winograd_weight(w, 3)
 
 
-def test_no_search_where_only_one_algorithm_applies(monkeypatch):
+def test_no_search_where_only_one_algorithm_applies(cpu_settings):
     _cpu()
     x, w, b = _case(16, 16, 9, 10, seed=5)  # under 64 channels: oneDNN only
     conv = prep.PreparedConv(w, b, "cpu")
@@ -107,7 +109,7 @@ def test_no_search_where_only_one_algorithm_applies(monkeypatch):
     assert conv.algorithm(x2, (2, 2), (1, 1), (1, 1)) == "onednn"
     assert len(prep.SEARCHES) == n_searches
     with pytest.raises(ValueError, match="DRN_CPU_CONV"):  # where the value is passed on, or where it is read
-        monkeypatch.setenv("DRN_CPU_CONV", "fastest")
+        cpu_settings.set("DRN_CPU_CONV", "fastest")
         prep.PreparedConv(w, b, "cpu").conv_bn_act(x, stride=1, padding=1, dilation=1)
 
 

@@ -14,7 +14,9 @@ import torch
 import drn
 from drn.fused import FusedConv
 from drn_kernels import cpu_choices, prepared as prep
-from conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.build
 
 CL = torch.channels_last
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,11 +27,11 @@ def _rand(*shape, seed, scale=1.0):
 
 
 @pytest.fixture(autouse=True)
-def _auto(monkeypatch, tmp_path):
+def _auto(cpu_settings, monkeypatch, tmp_path):
     """Choices measured (DRN_CPU_CONV unset), into a cache folder of this test only."""
     require_backend("cpu")
-    monkeypatch.delenv("DRN_CPU_CONV", raising=False)
-    monkeypatch.delenv("DRN_WINOGRAD_TILE", raising=False)
+    cpu_settings.unset("DRN_CPU_CONV")
+    cpu_settings.unset("DRN_WINOGRAD_TILE")
     monkeypatch.setenv("DRN_CHOICE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(cpu_choices, "_tables", {})  # this process's table and cache reads start empty
     monkeypatch.setattr(cpu_choices, "_files", {})

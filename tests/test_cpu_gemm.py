@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import require_backend
 from drn_kernels.build import load_testing_library
+from helpers import require_backend
 from tolerance import assert_within_torch_error
+
+pytestmark = pytest.mark.build
 
 ISAS = ["baseline", "avx2", "avx512"]
 
@@ -33,10 +35,10 @@ def _gemm(a, b):
 @pytest.mark.parametrize("batch, m, k, n", [
     (1, 1, 1, 1), (2, 13, 7, 31), (3, 14, 64, 32), (1, 15, 33, 33), (2, 29, 5, 65), (36, 49, 96, 64),
     (1, 6, 17, 16), (1, 7, 130, 96), (2, 100, 3, 40)])
-def test_matches_float64(monkeypatch, isa, batch, m, k, n):
+def test_matches_float64(cpu_settings, isa, batch, m, k, n):
     """Every row and column written (NaN-free where the poisoned padding would show), error within 4x torch's own
     float32 bmm error against the float64 product."""
-    monkeypatch.setenv("DRN_CPU_ISA", isa)
+    cpu_settings.set("DRN_CPU_ISA", isa)
     a, b = _rand(batch, m, k, seed=m * 1000 + k), _rand(batch, k, n, seed=n * 1000 + k)
     ours = _gemm(a, b)
     exact = torch.bmm(a.double(), b.double())
@@ -44,27 +46,27 @@ def test_matches_float64(monkeypatch, isa, batch, m, k, n):
     assert_within_torch_error(ours, torch.bmm(a, b), exact, what=f"gemm {isa}")
 
 
-def test_bit_identical_across_isas(monkeypatch):
+def test_bit_identical_across_isas(cpu_settings):
     """Same float32 FMAs in the same order on AVX-512, AVX2 and the baseline loop: equal bit for bit (a choice of
     ISA changes the speed, never the answer). ISAs this CPU lacks are capped to the best it has."""
     a, b = _rand(4, 31, 77, seed=1), _rand(4, 77, 70, seed=2)
     outs = {}
     for isa in ISAS:
-        monkeypatch.setenv("DRN_CPU_ISA", isa)
+        cpu_settings.set("DRN_CPU_ISA", isa)
         outs[isa] = _gemm(a, b)
     assert torch.equal(outs["baseline"], outs["avx2"]) and torch.equal(outs["avx2"], outs["avx512"])
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_bit_identical_across_prefetch_targets(monkeypatch, isa):
+def test_bit_identical_across_prefetch_targets(cpu_settings, isa):
     """DRN_CPU_PREFETCH=l1|l2 runs the other instantiation of every kernel and the other k-block depth (256 or 512
     steps; only one of them is the default on a given CPU): k = 1100 is cut into 5 or 3 blocks (float32) and 3 or 2
     (bfloat16 pairs). Both correct against float64 and equal bit for bit, float32 and (AVX512-BF16 CPUs) bfloat16."""
-    monkeypatch.setenv("DRN_CPU_ISA", isa)
+    cpu_settings.set("DRN_CPU_ISA", isa)
     a, b = _rand(3, 31, 1100, seed=6), _rand(3, 1100, 70, seed=7)
     outs = {}
     for where in ("l1", "l2", "auto"):
-        monkeypatch.setenv("DRN_CPU_PREFETCH", where)
+        cpu_settings.set("DRN_CPU_PREFETCH", where)
         outs[where] = _gemm(a, b)
         assert_within_torch_error(outs[where], torch.bmm(a, b), torch.bmm(a.double(), b.double()),
                                   what=f"gemm {isa} prefetch {where}")
@@ -74,7 +76,7 @@ def test_bit_identical_across_prefetch_targets(monkeypatch, isa):
         try:
             bf = {}
             for where in ("l1", "l2"):
-                monkeypatch.setenv("DRN_CPU_PREFETCH", where)
+                cpu_settings.set("DRN_CPU_PREFETCH", where)
                 bf[where] = _gemm(ab, bb)
         except RuntimeError as e:  # no AVX512-BF16 on this CPU
             assert "BF16" in str(e)

@@ -14,7 +14,9 @@ import textwrap
 import pytest
 import torch
 
-from conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "DRN_CPU_ISA": "avx2"}

@@ -15,6 +15,8 @@ import drn_kernels
 from drn_kernels import reference, settings
 from drn_kernels._build import extension as _extension
 
+pytestmark = pytest.mark.build
+
 CL = torch.channels_last
 
 
@@ -58,15 +60,15 @@ PATHS = ["onednn", "aten", "winograd2", "winograd4"]
 
 
 @pytest.fixture(params=PATHS)
-def conv_path(request, monkeypatch):
+def conv_path(request, cpu_settings):
     """The oneDNN fused path (DRN_CPU_CONV=direct), the ATen convolution + fused epilogue fallback
     (DRN_CPU_CONV=aten), and Winograd F(2x2,3x3) / F(4x4,3x3) for every float32 3x3 stride-1 conv
     (DRN_CPU_CONV=winograd; other convs fall through to oneDNN). Outputs of the Winograd path are poisoned
-    (DRN_CPU_POISON=1: filled with NaN before the kernel runs) so an unwritten element shows."""
-    monkeypatch.setenv("DRN_CPU_CONV", {"onednn": "direct", "aten": "aten"}.get(request.param, "winograd"))
-    monkeypatch.setenv("DRN_CPU_POISON", "1")
+    (cpu_settings.poison(): filled with NaN before the kernel runs) so an unwritten element shows."""
+    cpu_settings.set("DRN_CPU_CONV", {"onednn": "direct", "aten": "aten"}.get(request.param, "winograd"))
+    cpu_settings.poison()
     if request.param.startswith("winograd"):
-        monkeypatch.setenv("DRN_WINOGRAD_TILE", request.param[-1])
+        cpu_settings.set("DRN_WINOGRAD_TILE", request.param[-1])
     return request.param
 
 
@@ -153,14 +155,14 @@ WINOGRAD_CASES = [
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 @pytest.mark.parametrize("tile", ["2", "4"])
 @pytest.mark.parametrize("n, c, k, h, w, dil", WINOGRAD_CASES)
-def test_winograd_parity(monkeypatch, isa, tile, n, c, k, h, w, dil):
+def test_winograd_parity(cpu_settings, isa, tile, n, c, k, h, w, dil):
     """Winograd F(m,3) against the float64 reference: contiguous and channels_last x, with and without a
     residual, poisoned outputs, each build of the transforms (DRN_CPU_ISA, capped by this CPU); the per-element
     error stays at float32 level (relative to the output scale)."""
-    monkeypatch.setenv("DRN_CPU_ISA", isa)
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
-    monkeypatch.setenv("DRN_CPU_POISON", "1")
-    monkeypatch.setenv("DRN_WINOGRAD_TILE", tile)
+    cpu_settings.set("DRN_CPU_ISA", isa)
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
+    cpu_settings.poison()
+    cpu_settings.set("DRN_WINOGRAD_TILE", tile)
     wt = _rand(k, c, 3, 3, scale=(9 * c) ** -0.5, seed=21)
     b = _rand(k, seed=22)
     for fmt in (torch.contiguous_format, CL):
@@ -176,13 +178,13 @@ def test_winograd_parity(monkeypatch, isa, tile, n, c, k, h, w, dil):
             assert _max_err(y, ref) <= (2e-6 if tile == "2" else 2e-5) * scale
 
 
-def test_winograd_bf16_partial_tiles_across_chunks(monkeypatch):
+def test_winograd_bf16_partial_tiles_across_chunks(cpu_settings):
     """bfloat16 Winograd (F(2x2) with the bf16 GEMM of AVX512-BF16 CPUs; elsewhere F(4x4) computing in float32)
     where partial tiles (odd phases at dilation 3) come in all four classes and their GEMM row ranges cross
     workspace chunks (4 images of 3 x 61x59 phases = 3720 F(2x2) tiles, chunks of 2044): every output written
     (poisoned), within the 4x-torch bound of the bf16 parity test."""
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
-    monkeypatch.setenv("DRN_CPU_POISON", "1")
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
+    cpu_settings.poison()
     x = _rand(4, 64, 61, 59, dtype=torch.bfloat16, fmt=CL, seed=27)
     wt = _rand(64, 64, 3, 3, dtype=torch.bfloat16, scale=(9 * 64) ** -0.5, seed=28)
     b = _rand(64, dtype=torch.bfloat16, seed=29)
@@ -194,7 +196,7 @@ def test_winograd_bf16_partial_tiles_across_chunks(monkeypatch):
     assert _max_err(y, ref) <= 4 * _max_err(own, ref) + 1e-3 * ref.abs().max().item()
 
 
-def test_winograd_is_the_default_for_wide_fp32_3x3(monkeypatch):
+def test_winograd_is_the_default_for_wide_fp32_3x3(cpu_settings):
     """With DRN_CPU_CONV unset, a float32 3x3 stride-1 conv with >= 64 channels in and out takes the Winograd
     path (bit-identical to forcing it), a 32-channel one and a stride-2 one take oneDNN's."""
     x = _rand(1, 64, 15, 14, fmt=CL, seed=24)
@@ -202,16 +204,16 @@ def test_winograd_is_the_default_for_wide_fp32_3x3(monkeypatch):
     b = _rand(64, seed=26)
 
     def run(mode, **kw):
-        monkeypatch.setenv("DRN_CPU_CONV", mode)
+        cpu_settings.set("DRN_CPU_CONV", mode)
         return drn_kernels.conv_bn_act(x, wt, b, padding=2, dilation=2, backend="cpu", **kw)
 
     assert torch.equal(run(""), run("winograd"))
     assert not torch.equal(run(""), run("direct"))
     assert torch.equal(run("", stride=2), run("direct", stride=2))
     narrow_x, narrow_w = x[:, :32], wt[:32, :32]
-    monkeypatch.setenv("DRN_CPU_CONV", "")
+    cpu_settings.set("DRN_CPU_CONV", "")
     auto = drn_kernels.conv_bn_act(narrow_x, narrow_w, b[:32], padding=1, backend="cpu")
-    monkeypatch.setenv("DRN_CPU_CONV", "direct")
+    cpu_settings.set("DRN_CPU_CONV", "direct")
     assert torch.equal(auto, drn_kernels.conv_bn_act(narrow_x, narrow_w, b[:32], padding=1, backend="cpu"))
 
 
@@ -247,13 +249,13 @@ def test_conv_bn_act_into_residual(conv_path, dtype, c, k, stride, dil):
 
 
 @pytest.mark.parametrize("env, value", [("DRN_WINOGRAD_TILE", "3"), ("DRN_CPU_ISA", "neon"),
-                                        ("DRN_CPU_CONV", "onednn"), ("DRN_CPU_POISON", "2")])
-def test_winograd_env_is_checked(monkeypatch, env, value):
-    """A bad value is refused (naming the variable) when it is passed to the kernels (conftest's monkeypatch does
-    what the extension's load does), not silently ignored."""
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+                                        ("DRN_CPU_CONV", "onednn"), ("DRN_CPU_PREFETCH", "l3")])
+def test_winograd_env_is_checked(cpu_settings, env, value):
+    """A bad value is refused (naming the variable) when it is passed to the kernels (the cpu_settings fixture
+    does what the extension's load does), not silently ignored."""
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
     with pytest.raises(ValueError, match=env):
-        monkeypatch.setenv(env, value)
+        cpu_settings.set(env, value)
 
 
 def test_conv_bn_act_empty_batch():

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import drn_kernels
-from conftest import require_backend
 from drn_kernels.build import load_testing_library
+from helpers import require_backend
+
+pytestmark = pytest.mark.build
 
 
 @pytest.fixture(autouse=True)
@@ -108,10 +110,10 @@ def test_gemm_same_bits_at_any_thread_count():
 
 
 @pytest.mark.parametrize("tile", ["2", "4"])
-def test_winograd_same_bits_at_any_thread_count(monkeypatch, tile):
+def test_winograd_same_bits_at_any_thread_count(cpu_settings, tile):
     """The transforms' tiles and the GEMMs' pairs shared among 1, 2 or 3 threads: the same output bits."""
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
-    monkeypatch.setenv("DRN_WINOGRAD_TILE", tile)
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
+    cpu_settings.set("DRN_WINOGRAD_TILE", tile)
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, 37, 23, 29, generator=g).contiguous(memory_format=torch.channels_last)
     w, bias = torch.randn(45, 37, 3, 3, generator=g) * 0.1, torch.randn(45, generator=g)

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 import drn_kernels
 from benchmarks import common
 from drn_kernels import reference
-from conftest import require_backend
+from helpers import require_backend
 from margins import clear_top2
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.build, pytest.mark.gpu]
 BACKEND = "cuda"
 DTYPES = [(torch.float32, 2e-4, 2e-4), (torch.float16, None, None), (torch.bfloat16, None, None)]
 

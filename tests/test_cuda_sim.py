@@ -9,17 +9,19 @@ import pytest
 import torch
 
 import drn_kernels
-from conftest import skip_or_fail_unbuilt
 from drn_kernels import reference
 from drn_kernels._build import cuda_cubins as _cuda_cubins
 from drn_kernels._build import sim as _sim
+from helpers import skip_or_fail_unbuilt
 from margins import clear_top2
+
+pytestmark = pytest.mark.build
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _simulator():
     """Builds the simulator (first use, cached in the torch extensions dir) when a test here runs, not when the
-    module is collected; skips, or fails under DRN_REQUIRE_BUILD=1, when it does not build."""
+    module is collected; skips, or fails under --require-build, when it does not build."""
     reason = _sim.why_unavailable()
     if reason is not None:
         skip_or_fail_unbuilt("cuda-sim", reason)

@@ -5,6 +5,8 @@ import torch
 
 from drn import demo
 
+pytestmark = pytest.mark.unit
+
 
 def test_canvases_and_boxes():
     canvases, labels, boxes = demo.make_canvases(16, np.random.default_rng(0), "test")
@@ -32,6 +34,7 @@ def test_splits_are_disjoint():
     assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))
 
 
+@pytest.mark.build
 def test_boxes_at_matches_the_op(tmp_path):
     model, fused, _ = demo.localizer()
     canvases, _, _ = demo.make_canvases(6, np.random.default_rng(2), "val")
@@ -50,6 +53,7 @@ def test_two_training_steps_change_the_weights():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+@pytest.mark.build
 def test_committed_weights_are_small_and_load():
     assert demo.WEIGHTS.is_file(), "run `python -m drn.demo train` and commit drn/assets/digits_drn.pth"
     assert demo.WEIGHTS.stat().st_size < 5_000_000
@@ -58,6 +62,7 @@ def test_committed_weights_are_small_and_load():
     assert fused is not None or "not available" in note
 
 
+@pytest.mark.build
 def test_localize_part_reports_accuracies(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "OUT", tmp_path)
     result = demo.demo_localize(n=40, val=40)
@@ -68,6 +73,7 @@ def test_localize_part_reports_accuracies(tmp_path, monkeypatch):
     assert (tmp_path / "localize_grid.png").is_file()
 
 
+@pytest.mark.build
 def test_models_part(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "OUT", tmp_path)
     result = demo.demo_models(seg_size=(48, 64))
@@ -103,6 +109,7 @@ def test_one_segmentation_training_step_writes_loadable_weights(tmp_path):
     demo.segmentation_model().load_state_dict({k: v.float() for k, v in state.items()})
 
 
+@pytest.mark.build
 def test_segment_part_with_committed_weights(tmp_path, monkeypatch):
     from PIL import Image
 

@@ -15,6 +15,8 @@ from benchmarks import device_check
 from drn.flops import count_layers
 from drn.profile import build_meta_model
 
+pytestmark = pytest.mark.unit
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -51,6 +53,8 @@ def _dry_run(tmp_path, *args, returncodes=(0,), timeout=400):
     return proc, files, results
 
 
+@pytest.mark.slow
+@pytest.mark.build
 def test_dry_run_every_step(tmp_path):
     proc, files, results = _dry_run(tmp_path)
     assert {f"device_check-dry-run.{ext}" for ext in ("json", "log", "md", "png")} <= set(files)
@@ -134,6 +138,7 @@ def test_per_test_timeout_plugin(tmp_path):
     assert "TimeoutError" in proc.stdout
 
 
+@pytest.mark.build
 def test_dry_run_tiny_budget_still_writes(tmp_path):
     """A budget far too small: the phases that do not fit are skipped (saying why), the files are written; on a
     machine so loaded that even that overruns, the watchdog writes them and ends the run (exit status 3)."""

@@ -17,6 +17,8 @@ from PIL import Image
 import drn
 from drn import data, evaluate
 
+pytestmark = pytest.mark.unit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -107,6 +109,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(segset):
     root, _ = segset
     args = ["segment", "--data", str(root), "--model", "drn_d_22", "--weights", str(root / "seg.pth"),
@@ -302,7 +305,7 @@ def _expected(model, root, cases, ms=False):
             "pixel_accuracy": tp.sum() / hist.sum(), "pixel_accuracy_all": tp.sum() / pixels}
 
 
-@pytest.mark.parametrize("ms", [False, True])
+@pytest.mark.parametrize("ms", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_images_against_cityscapes_label_ids(generated, capsys, ms):
     """Generated-size images vs full-size gtFine *_labelIds.png: pairs by stem, ids -> train ids, labels resized
     to the images by nearest (the default), the JSON fields; the sides 29x45 are not multiples of 8."""
@@ -387,11 +390,12 @@ def test_images_options_refused_with_data(segset, capsys):
     assert rc == 2 and "--labels" in capsys.readouterr().err
 
 
-def test_fused_evaluation_says_where_its_choices_came_from_and_pins_them(segset, capsys, tmp_path, monkeypatch):
+@pytest.mark.build
+def test_fused_evaluation_says_where_its_choices_came_from_and_pins_them(segset, capsys, tmp_path, cpu_settings):
     """drn evaluate --fused prints its choices' source; --save-cpu-choices writes the table, --cpu-choices pins it
     (no search, 'pinned' in the line) and gives the same numbers."""
     root, _ = segset
-    monkeypatch.delenv("DRN_CPU_CONV", raising=False)
+    cpu_settings.unset("DRN_CPU_CONV")
     table = tmp_path / "choices.json"
     base = ["segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19", "--weights",
             str(root / "seg.pth"), "--json", "--device", "cpu", "--fused"]

@@ -12,6 +12,8 @@ from drn.heads import classifier_weights
 from margins import clear_top2
 from tolerance import assert_within_torch_error
 
+pytestmark = pytest.mark.unit
+
 ort = pytest.importorskip("onnxruntime")
 
 

@@ -10,6 +10,8 @@ import drn
 import drn_kernels
 from drn.export import fold_batchnorm
 
+pytestmark = pytest.mark.unit
+
 
 def _conv_bn(bias: bool, seed: int = 0, k: int = 6, c: int = 5):
     """A conv (optionally biased) and an eval-mode BN with running stats and affine terms far from identity."""

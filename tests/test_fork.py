@@ -4,11 +4,14 @@ Without the hook this hangs on Linux builds of torch (GNU OpenMP): the parent ru
 forked child's first parallel region waits forever for pool threads fork did not copy. The script runs in its own
 process group, killed whole at the timeout, so a hang fails the test instead of leaving sleeping children behind.
 """
+import pytest
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+
+pytestmark = pytest.mark.build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,9 @@ from drn.fused import FusedConv, FusedModel
 from drn.heads import DRNSeg, as_localizer, classifier_weights
 from margins import clear_top2
 from tolerance import assert_within_torch_error
-from conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.unit
 
 # Fused and unfused outputs are each judged against the model run in float64, the fused one within tolerance.FACTOR
 # of the unfused float32 model's own error (tests/tolerance.py): a fixed fused-vs-unfused tolerance held on one CPU
@@ -118,6 +120,7 @@ def check_localize(model, fused, x, exact, threshold=0.0):
         torch.testing.assert_close(out.boxes, ex.boxes.to(out.boxes.dtype))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", drn.list_models())
 def test_fused_equals_unfused(name):
     cls, seg, loc = unfused_models(name)
@@ -250,6 +253,7 @@ def _require(backend):
     require_backend(backend)
 
 
+@pytest.mark.build
 @pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26"])
 def test_cpu_backend(name):
     _require("cpu")
@@ -280,6 +284,7 @@ def test_triton_backend_interpreted():
 
 # ---- memory-frugal segmentation predict (drn.banded) -------------------------------------------------------------
 
+@pytest.mark.build
 @pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26", "drn_c_58", "drn_b_26", "drn_d_38"])
 def test_low_memory_predict_equals_plain(name):
     """Row bands (stem re-computing its halo rows, blocks over their own storage, plain convs written over their
@@ -324,6 +329,7 @@ def test_low_memory_predict_on_the_reference_backend():
                               what="banded predict")
 
 
+@pytest.mark.build
 def test_low_memory_predict_is_the_cpu_default_for_large_inputs(monkeypatch):
     """predict() takes the banded path on CPU from LOW_MEMORY_PIXELS on (and when forced), the plain one below."""
     _require("cpu")
@@ -342,6 +348,7 @@ def test_low_memory_predict_is_the_cpu_default_for_large_inputs(monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.build
 def test_low_memory_predict_bounds_peak_memory():
     """The point of the banded path: at 256x512 with bands of ~0.5 MB (as 8 MB bands are at 1024x2048) its
     steady-state peak allocation (torch.profiler's CPU allocator events) is well under the plain fused predict's,

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import drn_kernels
-from conftest import require_backend
+from helpers import backend_params, require_backend
+
+pytestmark = pytest.mark.unit
 
 BACKENDS = ["cpu", "triton", "cuda", "cuda-sim", "reference"]
 INF, NAN = float("inf"), float("nan")
@@ -63,7 +65,7 @@ def _views(t: torch.Tensor):
     return {"strided": strided, "expanded": expanded}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_conv_bn_act_honours_every_arguments_strides(backend):
     device = _need(backend)
     x = _rand(2, 5, 6, 7, seed=1, device=device)
@@ -83,7 +85,7 @@ def test_conv_bn_act_honours_every_arguments_strides(backend):
             _assert_same(got.double(), expect, rtol=1e-4, atol=1e-4), (name, kind)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 @pytest.mark.parametrize("op", ["class_head", "class_head_up8", "localize"])
 def test_heads_honour_every_arguments_strides(backend, op):
     device = _need(backend)
@@ -145,7 +147,7 @@ def _check_conv_nonfinite(backend, device, dtype, where, value, channels=8):
         _assert_same(got, expect, **TOL[dtype])
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda", "cuda-sim", "reference"])
+@pytest.mark.parametrize("backend", backend_params("triton", "cuda", "cuda-sim", "reference"))
 @pytest.mark.parametrize("where", ["x", "weight", "bias", "residual"])
 @pytest.mark.parametrize("value", [NAN, INF, -INF])
 def test_conv_bn_act_keeps_nan_and_inf_like_torch(backend, where, value):
@@ -153,10 +155,11 @@ def test_conv_bn_act_keeps_nan_and_inf_like_torch(backend, where, value):
     _check_conv_nonfinite(backend, device, torch.float32, where, value)
 
 
+@pytest.mark.build
 @pytest.mark.parametrize("path", list(CPU_PATHS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("where", ["x", "weight", "bias", "residual"])
-def test_cpu_conv_paths_keep_nan_and_inf_like_torch(monkeypatch, path, dtype, where):
+def test_cpu_conv_paths_keep_nan_and_inf_like_torch(cpu_settings, path, dtype, where):
     """Every CPU path (oneDNN, Winograd, ATen fallback) x dtype: ReLU keeps NaN. Winograd spreads a non-finite
     input over its output tile (docs/cpu-backend.md), so there x is covered by the direct paths only."""
     _need("cpu")
@@ -166,7 +169,7 @@ def test_cpu_conv_paths_keep_nan_and_inf_like_torch(monkeypatch, path, dtype, wh
         pytest.skip(f"no Winograd for {dtype} on the cpu backend (float32 and bfloat16 only)")
     # Winograd's weight transform also spreads a weight's ±inf over the filter (as NaN): NaN weights only there
     values = (NAN,) if path == "winograd" and where == "weight" else (NAN, INF, -INF)
-    monkeypatch.setenv("DRN_CPU_CONV", CPU_PATHS[path])
+    cpu_settings.set("DRN_CPU_CONV", CPU_PATHS[path])
     x, w, _, _, _ = _conv_nonfinite_case(where, NAN, "cpu", dtype, 8)
     algorithm = drn_kernels.ops.cpu_conv_algorithm(x, w)
     assert algorithm == path or (path == "onednn" and algorithm == "aten" and dtype != torch.float32)
@@ -187,11 +190,12 @@ def _winograd_runs(dtype) -> bool:
     return bool(tiles)
 
 
+@pytest.mark.build
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_in_place_residual_keeps_nan(monkeypatch, dtype):
+def test_cpu_in_place_residual_keeps_nan(cpu_settings, dtype):
     _need("cpu")
     for mode in CPU_PATHS.values():
-        monkeypatch.setenv("DRN_CPU_CONV", mode)
+        cpu_settings.set("DRN_CPU_CONV", mode)
         x, w, b, r, _ = _conv_nonfinite_case("residual", NAN, "cpu", dtype, 8)
         r = r.contiguous(memory_format=torch.channels_last)
         expect = drn_kernels.conv_bn_act(x.double(), w.double(), b.double(), residual=r.double(), padding=1,
@@ -201,7 +205,8 @@ def test_cpu_in_place_residual_keeps_nan(monkeypatch, dtype):
         _assert_same(got, expect, **TOL[dtype])
 
 
-def test_cpu_bf16_winograd_views_and_inference_mode(monkeypatch):
+@pytest.mark.build
+def test_cpu_bf16_winograd_views_and_inference_mode(cpu_settings):
     """The bfloat16 Winograd path (bf16 GEMM with AVX512-BF16, float32 GEMM elsewhere) on strided and expanded
     views of x, weight, bias and residual:
     the same bits as on contiguous copies, in and out of inference_mode; a Winograd form made from a weight that
@@ -209,7 +214,7 @@ def test_cpu_bf16_winograd_views_and_inference_mode(monkeypatch):
     _need("cpu")
     if not _winograd_runs(torch.bfloat16):
         pytest.skip("no bfloat16 Winograd on the cpu backend of this build")
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
     c = 64
     x = _rand(2, c, 11, 9, seed=30, dtype=torch.bfloat16).transpose(2, 3)          # strided
     w = _rand(c, c, 3, 3, seed=31, dtype=torch.bfloat16)[:, :, :, :]
@@ -232,6 +237,7 @@ def test_cpu_bf16_winograd_views_and_inference_mode(monkeypatch):
     assert not torch.equal(flipped, plain)
 
 
+@pytest.mark.build
 def test_fused_model_returns_nan_for_a_nan_pixel():
     """One NaN pixel: the unfused model's logits are NaN, and so are the fused model's (cpu backend)."""
     _need("cpu")
@@ -280,7 +286,7 @@ HEAD_CASES = ["+inf", "two +inf", "-inf", "-inf first tile", "all -inf", "nan", 
               "nan pixel"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 @pytest.mark.parametrize("upsample", [1, 8])
 def test_class_head_follows_torch_softmax_and_argmax_for_inf_and_nan(backend, upsample):
     device = _need(backend)
@@ -294,7 +300,7 @@ def test_class_head_follows_torch_softmax_and_argmax_for_inf_and_nan(backend, up
         _assert_same(got, expect, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_localize_follows_torch_for_inf_and_nan(backend):
     device = _need(backend)
     for case in HEAD_CASES:
@@ -309,7 +315,7 @@ def test_localize_follows_torch_for_inf_and_nan(backend):
 HUGE = [2**31, 2**62, 2**63 - 1, 2**64]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_absurd_integers_raise_naming_the_argument(backend):
     device = _need(backend)
     x, w, b = _rand(1, 4, 5, 6, device=device), _rand(3, 4, 3, 3, device=device), _rand(3, device=device)
@@ -329,7 +335,7 @@ def test_absurd_integers_raise_naming_the_argument(backend):
                 drn_kernels.localize(x, hw, b, threshold=0.5, stride=v, backend=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_large_integers_within_range_give_the_right_answer(backend):
     """dilation = padding = 2**29 with a 3x3 kernel: only the centre tap lands in the image (a 1x1 conv)."""
     device = _need(backend)
@@ -380,6 +386,7 @@ print("ok", len(ops))
 """
 
 
+@pytest.mark.build
 def test_compiled_ops_guard_their_integer_arguments():
     """torch.ops.drn.*_native / *_sim called directly (no Python checks): an exception, never a crash. In a
     subprocess, so a crash fails this test instead of killing the session."""
@@ -394,7 +401,7 @@ def test_compiled_ops_guard_their_integer_arguments():
 
 # ---- 7. zero-height / zero-width images -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_zero_size_image_raises_like_torch(backend):
     device = _need(backend)
     w, b, hw = _rand(3, 4, 3, 3, device=device), _rand(3, device=device), _rand(3, 4, 1, 1, device=device)
@@ -410,6 +417,7 @@ def test_zero_size_image_raises_like_torch(backend):
         torch.nn.functional.conv2d(torch.zeros(1, 4, 0, 5), w.cpu(), padding=2)
 
 
+@pytest.mark.build
 def test_compiled_ops_reject_zero_size_image():
     _need("cpu")
     x, w, b = torch.zeros(1, 4, 0, 5), torch.randn(3, 4, 3, 3), torch.randn(3)
@@ -432,7 +440,7 @@ def _public_calls(backend, device, requires_grad):
             "localize": (x, hw, hb, 0.25, 8)}
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_backward_raises_inference_only_for_every_op(backend):
     device = _need(backend)
     suffix = {"cpu": "native", "cuda": "native", "cuda-sim": "sim", "triton": "triton", "reference": "reference"}

@@ -8,7 +8,9 @@ import torch
 import drn
 import drn_kernels
 from drn_kernels import _checks
-from tests.conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
@@ -85,9 +87,9 @@ def test_triton_launch_facts_follow_force_int64(monkeypatch):
     monkeypatch.setattr(conv_mod, "_FACTS", {})
     x, w, b = _conv(hw=6)
     drn_kernels.conv_bn_act(x, w, b, padding=1, backend="triton")
-    monkeypatch.setenv("DRN_FORCE_INT64", "1")
+    monkeypatch.setattr("drn_kernels.triton.common._force_int64", True)
     drn_kernels.conv_bn_act(x, w, b, padding=1, backend="triton")
-    monkeypatch.delenv("DRN_FORCE_INT64")
+    monkeypatch.setattr("drn_kernels.triton.common._force_int64", False)
     drn_kernels.conv_bn_act(x, w, b, padding=1, backend="triton")
     assert seen == [False, True, False] and len(conv_mod._FACTS) == 2
 
@@ -97,6 +99,7 @@ def _small_classifier():
     return drn.build("drn_d_22", num_classes=5).eval()
 
 
+@pytest.mark.build
 @pytest.mark.slow
 @pytest.mark.parametrize("grad_mode", ["inference_mode", "no_grad"])
 def test_fused_model_under_reduce_overhead_fullgraph_cpu(grad_mode):

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 import drn_kernels
-from conftest import require_backend
+from helpers import backend_marks, backend_params, require_backend
+
+pytestmark = pytest.mark.unit
 
 THRESHOLD = 0.5
 STRONG = 500.0  # T's logit in a '#' cell: T is the image's top-1 class even with one '#' among 300 cells
@@ -131,7 +133,7 @@ def _features(drawings, k):
 
 
 # K=1000 on the large map only where it is fast (not in the Triton interpreter or the simulator)
-PARAMS = [pytest.param(b, cases, k, id=f"{b}-{name}-{k}") for b in BACKENDS
+PARAMS = [pytest.param(b, cases, k, id=f"{b}-{name}-{k}", marks=backend_marks(b)) for b in BACKENDS
           for name, cases in (("7x9", CASES_7x9), ("18x17", CASES_18x17)) for k in (4, 1000)
           if not (k == 1000 and name == "18x17" and b in ("triton", "cuda-sim"))]
 
@@ -155,7 +157,7 @@ def test_boxes_known_by_construction(backend, cases, k):
             assert boxes[n].tolist() == list(map(float, want)), f"{backend} {name} K={k}"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 def test_no_box_above_a_threshold_of_one_and_batch_independence(backend):
     """Threshold 1: no probability exceeds it, every box is -1; then the same images with threshold 0.5
     give each its own box (a box of image 0 never leaks into image 1's)."""

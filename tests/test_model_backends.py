@@ -17,10 +17,12 @@ import torch
 from torch import nn
 
 import drn
-from conftest import require_backend
+from helpers import backend_params, require_backend
 from drn.heads import DRNSeg, as_localizer
 from drn.models import DRN, DRN_A, BasicBlock, BatchNorm, Bottleneck, _init_weights
 from margins import clear_top2
+
+pytestmark = pytest.mark.unit
 
 CLASSES = 5
 SHAPE = (1, 3, 24, 32)  # 3 x 4 cells at output stride 8
@@ -102,7 +104,7 @@ def _rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backend_params(*BACKENDS))
 @pytest.mark.parametrize("name", list(FAMILIES))
 @torch.no_grad()
 def test_family_on_backend(models, name, backend):

@@ -12,6 +12,8 @@ from drn_kernels.reference import upsample8
 from seeded_weights import seeded_input, seeded_state_dict
 from tolerance import assert_within_torch_error
 
+pytestmark = pytest.mark.unit
+
 DATA = pathlib.Path(__file__).parent / "data"
 REF_SHAPES = json.loads((DATA / "reference_state_dict_shapes.json").read_text())
 

@@ -18,6 +18,8 @@ from PIL import Image
 import drn
 from drn import multiscale, predict
 
+pytestmark = pytest.mark.unit
+
 MEAN, STD = (0.3, 0.35, 0.3), (0.2, 0.2, 0.21)
 SIZES = [(64, 80), (61, 77), (45, 70)]
 

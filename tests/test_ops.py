@@ -6,7 +6,9 @@ import torch
 
 import drn_kernels
 from drn_kernels import _backends
-from conftest import require_backend
+from helpers import backend_params, require_backend
+
+pytestmark = pytest.mark.unit
 
 
 def _conv_sample(n=2, channels_last=False):
@@ -33,7 +35,7 @@ def test_opcheck_class_head(upsample, label_dtype):
                           (x, torch.randn(4, 6, 1, 1), torch.randn(4), upsample, label_dtype, "reference"))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton", "cuda-sim"])
+@pytest.mark.parametrize("backend", backend_params("reference", "cpu", "triton", "cuda-sim"))
 @pytest.mark.parametrize("upsample", [1, 8])
 def test_one_byte_labels_equal_int64_labels_on_every_backend(backend, upsample):
     """label_dtype=torch.uint8 at K = 256 (the most one byte holds): the same labels as int64, class 255 included,
@@ -99,7 +101,7 @@ print("compiled first use ok")
 """
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", backend_params("cpu", "triton"))
 def test_torch_compile_fullgraph_as_first_use_in_a_fresh_process(backend):
     """cpu: the C++ kernels; triton: the interpreter without a GPU (TRITON_INTERPRET=1 comes from conftest)."""
     import subprocess
@@ -205,6 +207,7 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
         drn_kernels.conv_bn_act(x, w, b)  # only once
 
 
+@pytest.mark.build
 def test_available_backends_reports_reasons():
     report = drn_kernels.available_backends("cpu")
     assert report["reference"] is None

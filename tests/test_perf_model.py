@@ -5,6 +5,8 @@ import pytest
 
 from drn_kernels import perf_model as pm
 
+pytestmark = pytest.mark.unit
+
 H100 = pm.DEVICES["H100"]
 
 

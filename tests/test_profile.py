@@ -10,7 +10,9 @@ import drn
 from drn import profile
 from drn.fused import FusedConv
 from drn.flops import conv_count, count_layers, device_peaks, roofline_fraction
-from conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.unit
 
 # OpenVINO Open Model Zoo, public model "drn-d-38" (Cityscapes, 19 classes, 1x3x1024x2048):
 # 1768.3276 GFLOPs, 25.9939 M parameters (BatchNorm folded into the convs).
@@ -52,6 +54,7 @@ def test_counts_follow_the_model_structure():
         assert sorted(r.name for r in fused_rows) == sorted(r.name for r in rows if r.name not in skipped)
 
 
+@pytest.mark.build
 def test_roofline_fraction():
     peaks = device_peaks("cpu")
     assert peaks.flops > 0 and peaks.bytes_per_s > 0
@@ -79,13 +82,14 @@ def test_profiled_run_small_cpu():
     assert stem.count.flops == 2 * 16 * 32 * 48 * 3 * 7 * 7
 
 
-def test_profile_names_the_cpu_algorithm(monkeypatch):
+@pytest.mark.build
+def test_profile_names_the_cpu_algorithm(cpu_settings):
     """The cpu backend's rows say which algorithm each layer chose: fp32 3x3 stride-1 convs with >= 64 channels
     by measurement among Winograd F(4x4), F(2x2) and oneDNN (drn_kernels.prepared), oneDNN for the rest;
     DRN_CPU_CONV=winograd / direct pins it."""
     require_backend("cpu")
-    monkeypatch.delenv("DRN_CPU_CONV", raising=False)
-    monkeypatch.delenv("DRN_WINOGRAD_TILE", raising=False)
+    cpu_settings.unset("DRN_CPU_CONV")
+    cpu_settings.unset("DRN_WINOGRAD_TILE")
     x = torch.randn(1, 3, 32, 48)
 
     def rows():
@@ -96,9 +100,9 @@ def test_profile_names_the_cpu_algorithm(monkeypatch):
     assert {measured["layer6.1.conv2"], measured["layer3.0.conv2"]} <= {"cpu:winograd4", "cpu:winograd2",
                                                                         "cpu:onednn"}
     assert measured["layer1.0"] == measured["layer4.0.conv1"] == measured["layer4.0.downsample.0"] == "cpu:onednn"
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
     assert rows()["layer6.1.conv2"] == "cpu:winograd4"
-    monkeypatch.setenv("DRN_CPU_CONV", "direct")
+    cpu_settings.set("DRN_CPU_CONV", "direct")
     assert rows()["layer6.1.conv2"] == "cpu:onednn"
 
 
@@ -122,6 +126,7 @@ def test_cli_json_flops_only():
     assert isinstance(result["layers"], list) and result["layers"][0]["name"] == "base.0.0"
 
 
+@pytest.mark.build
 def test_cli_json_timed_and_table():
     result = json.loads(run_cli("drn_d_22", "--fused", "--backend", "reference", "--size", "32", "32",
                                 "--iters", "1", "--json"))
@@ -139,7 +144,8 @@ def test_cli_json_timed_and_table():
     assert "total:" in table and "layer8.0.conv2" in table
 
 
-def test_cpu_roofline_peak_is_the_fma_peak(monkeypatch):
+@pytest.mark.build
+def test_cpu_roofline_peak_is_the_fma_peak(cpu_settings):
     """The CPU's float32 roofline ceiling is drn::cpu_fma_peak (FMA chains on every thread), per ISA; no speed
     is asserted, only that it measured something and says so."""
     require_backend("cpu")
@@ -150,6 +156,6 @@ def test_cpu_roofline_peak_is_the_fma_peak(monkeypatch):
         torch.ops.drn.cpu_fma_peak(7, 10)
     with pytest.raises(ValueError, match="iters"):
         torch.ops.drn.cpu_fma_peak(-1, 0)
-    monkeypatch.setenv("DRN_CPU_ISA", "avx2")
+    cpu_settings.set("DRN_CPU_ISA", "avx2")
     peaks = flops.device_peaks("cpu", torch.float32)
     assert peaks.source == "measured FMA peak" and "avx2" in peaks.device and peaks.flops > 0

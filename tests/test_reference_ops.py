@@ -7,6 +7,8 @@ import drn_kernels
 from drn_kernels import reference
 from margins import clear_top2
 
+pytestmark = pytest.mark.unit
+
 
 def _conv_case(n, c, k, h, w, r, stride, pad, dil, channels_last, residual, seed=0):
     g = torch.Generator().manual_seed(seed)

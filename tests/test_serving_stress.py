@@ -15,6 +15,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.build
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RSS_BOUND_MIB = 8
 

@@ -7,7 +7,9 @@ import re
 import pytest
 
 from drn_kernels import settings
-from conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.unit
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = [p for pattern in ("drn_kernels/**/*.py", "drn/**/*.py", "benchmarks/**/*.py", "tests/**/*.py", "csrc/**/*",
@@ -56,10 +58,11 @@ def test_the_docs_tables_are_the_table():
 @pytest.mark.parametrize("name, bad", [("DRN_FORCE_CPU", "maybe"), ("DRN_CPU_CONV", "fast"),
                                        ("DRN_WINOGRAD_TILE", "3"), ("DRN_CPU_ISA", "neon"),
                                        ("DRN_CPU_PREFETCH", "l3"),
-                                       ("DRN_BENCH_THREADS", "-2"), ("DRN_BENCH_THREADS", "two")])
+                                       ("DRN_WEIGHTS_MIRROR", "ftp://mirror"),
+                                       ("DRN_WEIGHTS_MIRROR", "mirror.example.org")])
 def test_bad_values_raise_naming_the_variable(monkeypatch, name, bad):
+    monkeypatch.setenv(name, bad)
     with pytest.raises(ValueError, match=name) as err:
-        monkeypatch.setenv(name, bad)  # a cpu setting is passed on to a loaded extension here (conftest): raises
         settings.value(name)
     if settings.TABLE[name].kind == "choice":
         assert all(c in str(err.value) for c in settings.TABLE[name].choices)
@@ -124,19 +127,22 @@ def test_contradicting_build_flags_raise_naming_both(build_settings):
         settings.build_cuda()
 
 
-def test_cpu_options_defaults_and_codes(monkeypatch):
-    for name in ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_POISON", "DRN_CPU_PREFETCH"):
-        monkeypatch.delenv(name, raising=False)
+def test_cpu_options_defaults_and_codes(cpu_settings):
+    for name in ("DRN_CPU_CONV", "DRN_WINOGRAD_TILE", "DRN_CPU_ISA", "DRN_CPU_PREFETCH"):
+        cpu_settings.unset(name)
     assert settings.cpu_options() == ("auto", 4, "best", False, "auto")
     assert settings.cpu_options().codes() == (0, 4, -1, False, 0)
-    monkeypatch.setenv("DRN_CPU_CONV", "ATEN")
-    monkeypatch.setenv("DRN_CPU_ISA", "avx2")
-    monkeypatch.setenv("DRN_CPU_PREFETCH", "l2")
+    cpu_settings.set("DRN_CPU_CONV", "ATEN")
+    cpu_settings.set("DRN_CPU_ISA", "avx2")
+    cpu_settings.set("DRN_CPU_PREFETCH", "l2")
     assert settings.cpu_options().codes() == (3, 4, 1, False, 2)
+    cpu_settings.poison()
+    assert settings.cpu_options().poison and settings.cpu_options().codes()[3] is True
 
 
-def test_the_kernels_take_the_pushed_options(monkeypatch):
-    """DRN_CPU_CONV reaches the C++ kernels through push_cpu_options (conftest's monkeypatch calls it)."""
+@pytest.mark.build
+def test_the_kernels_take_the_pushed_options(cpu_settings):
+    """DRN_CPU_CONV reaches the C++ kernels through push_cpu_options (the cpu_settings fixture calls it)."""
     import torch
 
     from drn_kernels.ops import cpu_conv_algorithm
@@ -144,7 +150,7 @@ def test_the_kernels_take_the_pushed_options(monkeypatch):
     require_backend("cpu")
     x, w = torch.randn(1, 64, 5, 5), torch.randn(64, 64, 3, 3)
     for mode, path in [("", "winograd"), ("direct", "onednn"), ("aten", "aten"), ("winograd", "winograd")]:
-        monkeypatch.setenv("DRN_CPU_CONV", mode)
+        cpu_settings.set("DRN_CPU_CONV", mode)
         if path == "onednn" and not torch.backends.mkldnn.is_available():
             path = "aten"
         assert cpu_conv_algorithm(x, w) == path, mode

@@ -11,6 +11,8 @@ import drn_kernels
 from drn_kernels import reference
 from margins import clear_top2
 
+pytestmark = pytest.mark.unit
+
 head_mod = pytest.importorskip("drn_kernels.triton.class_head")
 
 DTYPES = [
@@ -228,7 +230,7 @@ def test_localize_parity_gpu(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forced_int64_gpu(monkeypatch, dtype, poisoned):
     """The int64-offset kernels (what a > 2**31-element tensor gets) at a small size, both stages of upsample=8."""
-    monkeypatch.setenv("DRN_FORCE_INT64", "1")
+    monkeypatch.setattr("drn_kernels.triton.common._force_int64", True)
     n, c, h, w, k, upsample = GPU_CASES[4]
     x, weight, bias = (t.cuda() for t in _inputs(n, c, h, w, k, dtype, True))
     labels, probs = drn_kernels.class_head(x, weight, bias, upsample=upsample, backend="triton")

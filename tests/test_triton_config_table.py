@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+pytestmark = pytest.mark.unit
+
 config_table = pytest.importorskip("drn_kernels.triton.config_table")
 
 

@@ -16,6 +16,8 @@ import drn_kernels
 from benchmarks import common as bench_common
 from drn_kernels import reference
 
+pytestmark = pytest.mark.unit
+
 conv_mod = pytest.importorskip("drn_kernels.triton.conv_bn_act")
 common = pytest.importorskip("drn_kernels.triton.common")
 
@@ -126,7 +128,7 @@ def test_residual_relu_combinations(relu, with_residual, poisoned, no_tf32):
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[7]], ids=["flat", "nested", "1x1"])
 def test_forced_int64(case, monkeypatch, poisoned, no_tf32):
-    monkeypatch.setenv("DRN_FORCE_INT64", "1")
+    monkeypatch.setattr("drn_kernels.triton.common._force_int64", True)
     x, weight, bias, residual, geo = _inputs(case, torch.float32, False, True, seed=2)
     assert common.needs_int64(x)
     y = drn_kernels.conv_bn_act(x, weight, bias, residual=residual, backend="triton", **geo)
@@ -372,7 +374,7 @@ def test_benchmarked_kinds_gpu(kind, dtype, atol, rtol, poisoned, no_tf32):
 
 @pytest.mark.gpu
 def test_forced_int64_gpu(monkeypatch, no_tf32):
-    monkeypatch.setenv("DRN_FORCE_INT64", "1")
+    monkeypatch.setattr("drn_kernels.triton.common._force_int64", True)
     x, weight, bias, residual, geo = _inputs(GPU_CASES[4], torch.float16, True, True)
     y = drn_kernels.conv_bn_act(x.cuda(), weight.cuda(), bias.cuda(), residual=residual.cuda(), backend="triton",
                                 **geo)

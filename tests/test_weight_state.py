@@ -24,7 +24,9 @@ import drn_kernels
 from drn.fused import FusedConv
 from drn.models import DRN, BasicBlock
 from drn_kernels.ops import cpu_conv_algorithm
-from conftest import require_backend
+from helpers import require_backend
+
+pytestmark = pytest.mark.build
 
 CL = torch.channels_last
 
@@ -75,9 +77,9 @@ def _mutate(w, route):
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("backend, conv_env, c, fmt, path", OP_CASES)
-def test_op_sees_every_weight_update(backend, conv_env, c, fmt, path, route, monkeypatch):
+def test_op_sees_every_weight_update(backend, conv_env, c, fmt, path, route, cpu_settings):
     _available(backend)
-    monkeypatch.setenv("DRN_CPU_CONV", conv_env)
+    cpu_settings.set("DRN_CPU_CONV", conv_env)
     x = _rand(1, c, 6, 7, seed=1).contiguous(memory_format=CL)
     b = _rand(c, seed=2)
     if route == "inference_mode":
@@ -96,10 +98,10 @@ def test_op_sees_every_weight_update(backend, conv_env, c, fmt, path, route, mon
 
 
 @pytest.mark.parametrize("backend, conv_env, c, fmt, path", OP_CASES)
-def test_op_sees_dtype_change(backend, conv_env, c, fmt, path, monkeypatch):
+def test_op_sees_dtype_change(backend, conv_env, c, fmt, path, cpu_settings):
     """.to(dtype) makes a new tensor; the bf16 call must use its values, not a float32 form of the old ones."""
     _available(backend)
-    monkeypatch.setenv("DRN_CPU_CONV", conv_env)
+    cpu_settings.set("DRN_CPU_CONV", conv_env)
     x = _rand(1, c, 6, 7, seed=1).contiguous(memory_format=CL)
     w, b = _rand(c, c, 3, 3, seed=3, scale=0.1).contiguous(memory_format=fmt), _rand(c, seed=2)
     _op(x, w, b, backend)
@@ -185,10 +187,10 @@ def _state_equal(a, b):
 
 
 @pytest.fixture(autouse=True)
-def _winograd_pinned(monkeypatch):
+def _winograd_pinned(cpu_settings):
     """Model-level tests check both kinds of prepared forms: Winograd pinned (DRN_CPU_CONV=winograd) so that the
     3x3 stride-1 convs take it whatever the measurement would choose (op-level tests set their own mode)."""
-    monkeypatch.setenv("DRN_CPU_CONV", "winograd")
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
 
 
 @pytest.fixture
@@ -303,13 +305,13 @@ def test_model_backend_switch_and_copies(source):
 
 
 @pytest.mark.parametrize("c, path", [(64, "winograd"), (16, "onednn")])
-def test_prepared_op_uses_what_it_is_given(c, path, monkeypatch):
+def test_prepared_op_uses_what_it_is_given(c, path, cpu_settings):
     """drn::conv_bn_act_prepared_native computes with the prepared form it is passed (so the fused model's
     forms are what runs, not a per-call transform), and ignores one that does not fit the call. A Winograd form
     chooses the Winograd path, a oneDNN copy oneDNN's, whatever the settings would pick (the choice by
     measurement, drn_kernels.prepared)."""
     _available("cpu")
-    monkeypatch.delenv("DRN_CPU_CONV")
+    cpu_settings.unset("DRN_CPU_CONV")
     x = _rand(1, c, 6, 7, seed=1).contiguous(memory_format=CL)
     w, other, b = _rand(c, c, 3, 3, seed=3, scale=0.1), _rand(c, c, 3, 3, seed=4, scale=0.1), _rand(c, seed=2)
     assert cpu_conv_algorithm(x, w) == path
@@ -326,7 +328,7 @@ def test_prepared_op_uses_what_it_is_given(c, path, monkeypatch):
     swapped = (torch.ops.drn.onednn_weight(other, [1, 1], [1, 1], [1, 1], list(x.shape))
                if path == "winograd" else torch.ops.drn.winograd_weight(other))  # the other algorithm's form
     got = torch.ops.drn.conv_bn_act_prepared_native(x, w, b, swapped, *geo)
-    monkeypatch.setenv("DRN_CPU_CONV", "direct" if path == "winograd" else "winograd")
+    cpu_settings.set("DRN_CPU_CONV", "direct" if path == "winograd" else "winograd")
     assert torch.equal(got, drn_kernels.conv_bn_act(x, other, b, padding=1, backend="cpu"))
 
 

@@ -11,6 +11,8 @@ import drn
 from drn import cli, hub, weights
 from drn.registry import CITYSCAPES, PRETRAINED, Weights
 
+pytestmark = pytest.mark.unit
+
 REFUSED = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused at once
 
 

@@ -1,5 +1,5 @@
-// The cpu backend's settings (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_POISON, DRN_CPU_PREFETCH): read
-// and validated in Python by drn_kernels/settings.py, passed here once when the extension loads
+// The cpu backend's settings (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_PREFETCH, and the tests' poison
+// hook): read and validated in Python by drn_kernels/settings.py, passed here once when the extension loads
 // (drn_kernels._C.set_cpu_options, csrc/drn_kernels.cpp) and whenever Python passes them again. The kernels never
 // read the environment.
 #pragma once

@@ -442,7 +442,7 @@ def load(verbose: bool = False):
 
 
 def push_cpu_options():
-    """Pass drn_kernels.settings.cpu_options() (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA, DRN_CPU_POISON,
+    """Pass drn_kernels.settings.cpu_options() (DRN_CPU_CONV, DRN_WINOGRAD_TILE, DRN_CPU_ISA,
     DRN_CPU_PREFETCH, read and validated now) to the loaded extension's kernels, which never read the environment
     themselves. Done when the extension loads; call it again after changing those variables in this process. Returns the options
     (None when the extension is not loaded: it reads them when it is)."""

@@ -19,11 +19,13 @@ def size_bucket(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def force_int64() -> bool:
-    """DRN_FORCE_INT64=1 selects the int64-offset kernels even for small tensors (read per call, for tests)."""
-    from .. import settings
+# A test hook, not a setting: True selects the int64-offset kernels even for small tensors (read per call; the
+# tests set it to run the int64 path on small inputs). Nothing in the package sets it.
+_force_int64 = False
 
-    return settings.flag("DRN_FORCE_INT64")
+
+def force_int64() -> bool:
+    return _force_int64
 
 
 def max_offset(t: Tensor) -> int:
@@ -35,7 +37,7 @@ def max_offset(t: Tensor) -> int:
 
 def needs_int64(*tensors: Optional[Tensor]) -> bool:
     """Whether a kernel over these tensors must compute its offsets in int64 (USE_INT64): some tensor reaches past
-    2**31-1 elements, or DRN_FORCE_INT64=1."""
+    2**31-1 elements, or the tests' _force_int64 hook is on."""
     return force_int64() or any(t is not None and max_offset(t) > INT32_LIMIT for t in tensors)
 
 

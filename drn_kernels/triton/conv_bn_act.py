@@ -20,7 +20,7 @@
 #     into (r, s, c) per element, so a 3-channel stem does not waste 13/16 of every dot on masked channels.
 #   Epilogue in registers: + bias (folded BN shift), + residual, ReLU (NaN-preserving), cast, store; the widest
 #   tile (128x256) runs it on two column halves to stay within registers.
-# Offsets are int32 unless a tensor can exceed 2**31-1 elements (or DRN_FORCE_INT64=1; common.needs_int64): then
+# Offsets are int32 unless a tensor can exceed 2**31-1 elements (or the tests force it; common.needs_int64): then
 #   USE_INT64 widens every row offset before it is multiplied by a stride. fp32 dots: TF32 exactly when cuDNN would
 #   use it (common.precision_as_cudnn).
 from __future__ import annotations
@@ -316,7 +316,7 @@ def packed_weight(weight: Tensor) -> Tensor:
 
 # Launch facts that depend only on the call's sizes and strides, computed once per signature (a fused model's
 # layers pay the Python for them once per input shape): (M, reduction order, C_VEC, USE_INT64, M_BUCKET).
-# DRN_FORCE_INT64 is read per call and is part of the key. Bounded: cleared when full.
+# common.force_int64() is read per call and is part of the key. Bounded: cleared when full.
 _FACTS: dict[tuple, tuple[int, bool, int, bool, int]] = {}
 FACTS_LIMIT = 4096
 
