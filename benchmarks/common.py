@@ -34,6 +34,7 @@ import functools
 import io
 import itertools
 import json
+import os
 import pathlib
 import re
 import statistics
@@ -93,6 +94,11 @@ def device_name() -> str:
             if "cpu family" in fields and "model" in fields:
                 name += f" f{fields['cpu family']}m{fields['model']}"
         name += f" {torch.get_num_threads()}t"
+        capped = os.environ.get("DRN_CPU_ISA", "best") not in ("", "best")
+        if capped or os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("ATEN_CPU_CAPABILITY"):
+            # an emulated CPU class (ISA capped by these variables): its own file, never the native one's
+            name += " as " + "_".join(os.environ.get(v, "-") for v in ("DRN_CPU_ISA", "ONEDNN_MAX_CPU_ISA",
+                                                                        "ATEN_CPU_CAPABILITY"))
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
