@@ -49,6 +49,7 @@ from torch import nn
 
 import drn
 import drn_kernels
+from drn_kernels import settings
 from benchmarks import harness
 from benchmarks.harness import (RESULTS_DIR, LayerShape, cudnn_fused_conv,  # noqa: F401
                                 poisoned_outputs)
@@ -94,11 +95,11 @@ def device_name() -> str:
             if "cpu family" in fields and "model" in fields:
                 name += f" f{fields['cpu family']}m{fields['model']}"
         name += f" {torch.get_num_threads()}t"
-        capped = os.environ.get("DRN_CPU_ISA", "best") not in ("", "best")
-        if capped or os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("ATEN_CPU_CAPABILITY"):
+        isa = settings.choice("DRN_CPU_ISA")
+        onednn, aten = os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("ATEN_CPU_CAPABILITY")
+        if isa != "best" or onednn or aten:
             # an emulated CPU class (ISA capped by these variables): its own file, never the native one's
-            name += " as " + "_".join(os.environ.get(v, "-") for v in ("DRN_CPU_ISA", "ONEDNN_MAX_CPU_ISA",
-                                                                        "ATEN_CPU_CAPABILITY"))
+            name += f" as {isa}_{onednn or '-'}_{aten or '-'}"
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
