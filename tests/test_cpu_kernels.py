@@ -43,7 +43,7 @@ def _max_err(a, b):
 # ---- conv_bn_act --------------------------------------------------------------------------------------------
 
 # (C, K, R, stride, dilation, H, W): every conv shape of the DRN family at a small spatial size.
-DRN_LAYER_SHAPES = [
+LAYER_SHAPES = [
     pytest.param(3, 16, 7, 1, 1, 13, 11, id="stem7x7-s1"),
     pytest.param(3, 16, 7, 2, 1, 13, 11, id="stem7x7-s2"),
     pytest.param(17, 19, 3, 1, 1, 9, 13, id="3x3-s1"),
@@ -81,7 +81,7 @@ def _torch_same_dtype_conv(x, w, b, stride, pad, dil, res, relu):
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-@pytest.mark.parametrize("c, k, r, stride, dil, h, w", DRN_LAYER_SHAPES)
+@pytest.mark.parametrize("c, k, r, stride, dil, h, w", LAYER_SHAPES)
 def test_conv_bn_act_parity(conv_path, dtype, atol, rtol, c, k, r, stride, dil, h, w):
     pad = dil * (r - 1) // 2
     for batch in (1, 3):
