@@ -64,7 +64,9 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
     if backend == "cuda-sim":
         if device.type != "cpu":
             return f"backend 'cuda-sim' runs CUDA kernel sources on CPU tensors, got {device.type}"
-        return _extension.why_unavailable("cuda-sim")
+        from ._build import sim as _sim
+
+        return _sim.why_unavailable()
     check_backend(backend)
     raise ValueError(f"no availability rule for backend {backend!r}")
 

@@ -292,14 +292,15 @@ def test_no_jit_build_reports_reason(tmp_path):
 def test_why_unavailable_kinds():
     import torch
 
+    import drn_kernels
     from drn_kernels._build import extension as _extension
-
     from drn_kernels._build import sim as _sim
 
     # cuda-sim's answer is the simulator's own: None exactly when its ops are registered, else a reason
-    sim = _extension.why_unavailable("cuda-sim")
+    sim = drn_kernels.why_unavailable("cuda-sim", torch.device("cpu"))
     assert sim == _sim.why_unavailable()
-    import drn_kernels
+    with pytest.raises(ValueError, match="kind"):
+        _extension.why_unavailable("cuda-sim")  # a library of its own, not the extension's
 
     x, w, b = torch.randn(1, 2, 3, 3), torch.randn(3, 2, 1, 1), torch.randn(3)
     if sim is None:  # the backend runs

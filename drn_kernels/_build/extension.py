@@ -475,13 +475,10 @@ def built_library() -> str | None:
 
 
 def why_unavailable(kind: str) -> str | None:
-    """None when the extension provides kernels of `kind` ("cpu", "cuda", "cuda-sim"), else the reason."""
-    if kind == "cuda-sim":
-        if importlib.util.find_spec("drn_kernels._build.sim") is None:
-            return "drn_kernels._build.sim (the CUDA kernel sources built for the host through csrc/sim) is missing"
-        return importlib.import_module("drn_kernels._build.sim").why_unavailable()
+    """None when the extension provides kernels of `kind` ("cpu", "cuda"), else the reason (cuda-sim, a library
+    of its own: drn_kernels._build.sim.why_unavailable)."""
     if kind not in ("cpu", "cuda"):
-        raise ValueError(f"kind must be 'cpu', 'cuda' or 'cuda-sim', got {kind!r}")
+        raise ValueError(f"kind must be 'cpu' or 'cuda', got {kind!r}")
     module = load()
     if module is None:
         return _error
