@@ -48,7 +48,7 @@ test: build
 # ATen, ours; tests/test_cpu_isa_emulation.py checks that each honours it). On an AVX2-only CPU it changes nothing.
 AVX2_ONLY := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 DRN_CPU_ISA=avx2
 AVX2_TESTS := tests/test_cpu_isa_emulation.py tests/test_cpu_kernels.py tests/test_cpu_algorithm_choice.py \
-	tests/test_cpu_choices.py tests/test_weight_state.py tests/test_hostile_kernels.py
+	tests/test_cpu_choices.py tests/test_weight_state.py tests/test_hostile_kernels.py tests/test_bf16_widening.py
 
 # The fast loop: the unit tier (tests/conftest.py: no compiled extension, nothing built), without the slow tests.
 test-fast: setup
