@@ -1,6 +1,6 @@
 """Why the bfloat16 Winograd convolution runs F(2×2, 3×3) only: each tile size's error, emulated.
 
-The cpu backend's bf16 Winograd (csrc/cpu/conv_bn_act_winograd.cpp) computes the transforms in float32 and rounds
+The cpu backend's bf16 Winograd (csrc/cpu/winograd/winograd.cpp) computes the transforms in float32 and rounds
 V = Bᵀ d B and U = G g Gᵀ to bfloat16, the operands of its `vdpbf16ps` GEMM, which accumulates in float32. This
 script emulates that for F(m×n, 3×3) with Toom-Cook matrices built from interpolation points (any m, n, including
 rectangular tiles), on DRN-like layers (ReLU inputs, He-initialised weights, bf16-valued), and prints each tile's

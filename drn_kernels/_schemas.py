@@ -65,10 +65,10 @@ def _(x, weight, bias, prepared, stride, padding, dilation, residual, relu):
 
 @torch.library.register_fake("drn::winograd_weight")
 def _(weight, tile=0):
-    # packed for csrc/cpu/gemm.cpp: panels of 32 output channels; for the bfloat16 GEMM (a bfloat16 weight on a CPU
+    # packed for csrc/cpu/gemm/gemm.cpp: panels of 32 output channels; for the bfloat16 GEMM (a bfloat16 weight on a CPU
     # with AVX512-BF16: drn::cpu_bf16_gemm) in pairs of input channels, F(2x2) only; else float32
     panels, c = -(-weight.shape[0] // 32), weight.shape[1]
-    if weight.dtype == torch.bfloat16 and torch.ops.drn.cpu_bf16_gemm():  # as conv_bn_act_winograd.cpp
+    if weight.dtype == torch.bfloat16 and torch.ops.drn.cpu_bf16_gemm():  # as winograd/winograd.cpp
         if tile == 4:
             raise ValueError("winograd_weight: tile 4 is not offered in bfloat16 on this CPU; use tile 2")
         return weight.new_empty((16, panels, -(-c // 2), 32, 2))

@@ -1,4 +1,4 @@
-"""How the cpu backend shares work among torch's threads (csrc/cpu/parallel.h: each thread starts on its own share
+"""How the cpu backend shares work among torch's threads (csrc/cpu/threading/parallel.h: each thread starts on its own share
 and, once done, takes the back half of the largest share left): every item runs exactly once, a slowed thread's
 work is taken over by the others, and the kernels built on it give the same bits at any thread count and split."""
 from __future__ import annotations

@@ -33,7 +33,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/parallel.h"
+#include "cpu/threading/parallel.h"
 #include "input_checks.h"
 
 // Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time (GCC function multi-

@@ -4,7 +4,7 @@
 // Layout: x any memory format (made channels_last), w (K,C,R,S) any format, residual any strides;
 //         y (N,K,P,Q) channels_last, i.e. memory (N,P,Q,K) — the layout oneDNN's fast direct/brgemm convolutions
 //         use, and the one the fused model keeps between layers.
-// Winograd: float32 3×3 stride-1 convolutions with ≥ 64 channels in and out go to conv_bn_act_winograd.cpp
+// Winograd: float32 3×3 stride-1 convolutions with ≥ 64 channels in and out go to winograd/winograd.cpp
 //         (F(4×4,3×3): 4× fewer multiplies; DRN_CPU_CONV=direct turns it off), and so do the bfloat16 ones
 //         whose caller chose it by measurement (a prepared F(2×2) form; AVX512-BF16 CPUs). Everything else:
 // Tiling: none of our own. The GEMM-like core is oneDNN's (it ships inside torch), reached through the fused
@@ -35,11 +35,11 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#include "cpu/conv_bn_act_winograd.h"
+#include "cpu/winograd/winograd.h"
 #include "input_checks.h"
 #include "cpu/cpu_options.h"
-#include "cpu/gemm.h"
-#include "cpu/parallel.h"
+#include "cpu/gemm/gemm.h"
+#include "cpu/threading/parallel.h"
 
 #include <array>
 #include <atomic>

@@ -1,7 +1,7 @@
-// drn_testing::gemm_pack_b, drn_testing::gemm_packed: the cpu backend's own GEMM (csrc/cpu/gemm.cpp) as ops, for
+// drn_testing::gemm_pack_b, drn_testing::gemm_packed: the cpu backend's own GEMM (csrc/cpu/gemm/gemm.cpp) as ops, for
 // its tests (tests/test_cpu_gemm.py, test_cpu_parallel.py) and its benchmark (benchmarks/test_bench_cpu_gemm.py
 // measures the rate against drn::cpu_fma_peak). Test library only (drn_kernels.build.load_testing_library()).
-#include "cpu/gemm.h"
+#include "cpu/gemm/gemm.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>

@@ -1,7 +1,7 @@
 // drn_testing::parallel_shares_trace, drn_testing::parallel_even_trace: parallel_shares and parallel_even
-// (csrc/cpu/parallel.h) run over counters instead of work, for the tests (test library only): which thread ran each
+// (csrc/cpu/threading/parallel.h) run over counters instead of work, for the tests (test library only): which thread ran each
 // item and how often, with one thread slowed down so that the others must steal from it.
-#include "cpu/parallel.h"
+#include "cpu/threading/parallel.h"
 
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>

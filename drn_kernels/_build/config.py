@@ -65,16 +65,18 @@ def _rel(paths: list[str], relative: bool) -> list[str]:
 
 
 def cpu_sources(relative: bool = False) -> list[str]:
-    """csrc/*.cpp (module init, registration) and csrc/cpu/*.cpp (CPU kernels); sorted for a stable build."""
-    found = sorted(glob.glob(os.path.join(CSRC, "*.cpp"))) + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    """csrc/*.cpp (module init, registration) and csrc/cpu/**/*.cpp (the CPU ops, and their winograd/, gemm/ and
+    threading/ layers); sorted for a stable build."""
+    found = sorted(glob.glob(os.path.join(CSRC, "*.cpp"))) + sorted(glob.glob(os.path.join(CSRC, "cpu", "**", "*.cpp"),
+                                                                              recursive=True))
     return _rel(found, relative)
 
 
 def testing_sources() -> list[str]:
     """The test library: csrc/testing/*.cpp (test-only ops), and from the product the module init (csrc/*.cpp), the
-    cpu backend's settings and the GEMM they probe (csrc/cpu/cpu_options.cpp, gemm.cpp)."""
+    cpu backend's settings and the GEMM they probe (csrc/cpu/cpu_options.cpp, gemm/gemm.cpp)."""
     return (sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
-            + [os.path.join(CSRC, "cpu", f) for f in ("cpu_options.cpp", "gemm.cpp")]
+            + [os.path.join(CSRC, "cpu", f) for f in ("cpu_options.cpp", os.path.join("gemm", "gemm.cpp"))]
             + sorted(glob.glob(os.path.join(CSRC, "testing", "*.cpp"))))
 
 

@@ -30,10 +30,10 @@
 //   convolution on DRN layers; in F(4×4) (factors up to 25) it is ~15×, so that tile is refused there
 //   (winograd_tiles, winograd_weight). Elsewhere (AVX2-only CPUs, or DRN_CPU_ISA below avx512) V, U and the GEMM
 //   are float32, as for a float32 conv, both tiles: bf16 is storage only, rounded once at the output.
-#include "cpu/conv_bn_act_winograd.h"
+#include "cpu/winograd/winograd.h"
 #include "cpu/cpu_options.h"
-#include "cpu/gemm.h"
-#include "cpu/parallel.h"
+#include "cpu/gemm/gemm.h"
+#include "cpu/threading/parallel.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>

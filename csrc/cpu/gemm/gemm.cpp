@@ -27,10 +27,10 @@
 //          pool of MKL's own.
 // ISA:     cpu_isa(): AVX-512F, AVX2+FMA or the baseline (a plain loop), each compiled with its own target
 //          attribute, so one build runs on every x86-64 CPU; DRN_CPU_ISA forces a lower one (tests, benchmarks).
-#include "cpu/gemm.h"
+#include "cpu/gemm/gemm.h"
 
 #include "cpu/cpu_options.h"
-#include "cpu/parallel.h"
+#include "cpu/threading/parallel.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
