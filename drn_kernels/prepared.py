@@ -12,7 +12,8 @@ oneDNN copy, at most MAX_ONEDNN kept), and never looks at it again: its owner mu
 else writes, and make a new PreparedConv whenever the values change. drn.fused.FusedConv does: it keeps the
 tensors to itself (its `weight`, `bias` and state_dict() are copies) and re-prepares on load_state_dict, .to()
 and assignment. The Triton and CUDA kernels need no prepared form: a channels_last weight already is the (K, R,
-S, C) layout they stream (a free view).
+S, C) layout they stream (a free view). On a CPU without the bfloat16 GEMM, a bfloat16 PreparedConv keeps float32
+copies of its weights as what the kernels run (widens_bfloat16): the fused model then computes in float32.
 
 Algorithm choice, by measurement (like cudnn.benchmark): a 3x3 stride-1 conv that Winograd applies to (>= 64
 channels in and out; float32 and bfloat16) has candidates — the Winograd tiles offered for its dtype on this CPU
