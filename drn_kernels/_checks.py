@@ -42,7 +42,8 @@ def _float_dtype(t, name: str, backend: str):
                         f"got {t.dtype}")
 
 
-def _like(t, ref, name: str, ref_name: str):
+def like(t, ref, name: str, ref_name: str):
+    """t on ref's device with ref's dtype, else an error naming both."""
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
     if t.dtype != ref.dtype:
@@ -125,8 +126,8 @@ def _check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, rel
     _tensor(weight, "weight", 4)
     _tensor(bias, "bias", 1)
     _float_dtype(x, "x", backend)
-    _like(weight, x, "weight", "x")
-    _like(bias, x, "bias", "x")
+    like(weight, x, "weight", "x")
+    like(bias, x, "bias", "x")
     _check_backend_device(x, backend)
     if not isinstance(relu, bool):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
@@ -156,7 +157,7 @@ def _check_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, rel
             f"kernel extent {dilation[0] * (r - 1) + 1}x{dilation[1] * (s - 1) + 1} (weight, dilation)")
     if residual is not None:
         _tensor(residual, "residual", 4)
-        _like(residual, x, "residual", "x")
+        like(residual, x, "residual", "x")
         if tuple(residual.shape) != (n, k, p, q):
             raise ValueError(f"residual must have the output's shape {(n, k, p, q)}, got {tuple(residual.shape)}")
     return n, k, p, q
@@ -167,8 +168,8 @@ def _check_head_weights(x, weight, bias, backend):
     _float_dtype(x, "x", backend)
     _tensor(weight, "weight", (2, 4))
     _tensor(bias, "bias", 1)
-    _like(weight, x, "weight", "x")
-    _like(bias, x, "bias", "x")
+    like(weight, x, "weight", "x")
+    like(bias, x, "bias", "x")
     _check_backend_device(x, backend)
     _check_spatial(x)
     c = x.shape[1]

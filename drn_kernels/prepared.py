@@ -48,7 +48,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from . import _backends, cpu_choices, ops
+from . import _backends, _checks, cpu_choices, ops
 from ._checks import conv_output_size
 
 WINOGRAD = "winograd"
@@ -312,8 +312,8 @@ class PreparedConv:
         """Whether this call's bfloat16 x (and residual) is computed as float32 and rounded back."""
         if not (self.widened and isinstance(x, Tensor) and x.dtype == self.weight.dtype):
             return False
-        if isinstance(residual, Tensor) and residual.dtype != x.dtype:
-            raise TypeError(f"residual has dtype {residual.dtype} but x has dtype {x.dtype}")
+        if isinstance(residual, Tensor):
+            _checks.like(residual, x, "residual", "x")  # widened together, or the op's own error
         return True
 
     def conv_bn_act(self, x: Tensor, *, stride, padding, dilation, residual=None, relu=True) -> Tensor:
