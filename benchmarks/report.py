@@ -86,7 +86,7 @@ CPU_PEERS = ("eager-cl", "inductor", "onnxruntime", "openvino")  # what a CPU us
 
 
 def cpu_goals(records: list[dict]) -> list[dict]:
-    """Issue 11's CPU goals, per case of one run: the fused `cpu` provider against the fastest fp32 peer
+    """The CPU speed goals, per case of one run: the fused `cpu` provider against the fastest fp32 peer
     (eager-cl, inductor, onnxruntime, openvino) of the same model, task and input — fp32 (goal >= 1.5x) and bf16
     (goal >= 2.5x where the CPU computes bfloat16 natively; elsewhere bf16 computes in float32 and the goal is
     fused bf16 time <= 1.0x fused fp32: "bf16_vs_fp32"). Groups are "<kind>:<name>:<task>:<shape>:<dtype>": kind "goal" (test_bench_cpu_goals.py, the

@@ -272,7 +272,7 @@ def test_report_has_a_column_against_cudnn_fused():
 
 
 def test_cpu_goals_take_the_fastest_fp32_peer():
-    """Issue 11's goal ratios: fused cpu against the *fastest* fp32 peer of the same case (not eager alone), and
+    """The CPU goal ratios: fused cpu against the *fastest* fp32 peer of the same case (not eager alone), and
     fused bf16 against that same fp32 peer; cases without the fused provider or any peer are left out."""
     from benchmarks import report
 

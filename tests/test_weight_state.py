@@ -1,4 +1,4 @@
-"""No kernel ever computes with other weights than the current ones (issue: stale weight caches).
+"""No kernel ever computes with other weights than the current ones (no stale weight caches).
 
 Every way a weight can change — an in-place write through `.data`, through a numpy view, to an inference tensor
 under torch.inference_mode(), load_state_dict in and out of inference mode, .to(dtype), assigning a new
