@@ -859,7 +859,7 @@ def _model(name: str, task: str, dry: bool = False):
     import torch
 
     import drn
-    from drn.models import DRN, BasicBlock
+    from drn.zoo.models import DRN, BasicBlock
 
     torch.manual_seed(0)
     if not dry:

@@ -41,8 +41,8 @@ from PIL import Image
 from drn_kernels.reference import cell_boxes
 
 from . import data
-from .heads import OUTPUT_STRIDE, DRNSeg, as_localizer
-from .models import DRN, BasicBlock
+from .zoo.heads import OUTPUT_STRIDE, DRNSeg, as_localizer
+from .zoo.models import DRN, BasicBlock
 from .palette import draw_box, label_image
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -385,7 +385,7 @@ def train_segmentation(steps: int = SEG_STEPS, seed: int = 0, path: Path | None 
     backbone already tells digits from clutter; the 1×1 classifier starts fresh). Writes SEG_WEIGHTS."""
     import warnings
 
-    from .checkpoint import load_checkpoint
+    from .zoo.checkpoint import load_checkpoint
 
     path = path or SEG_WEIGHTS
     torch.manual_seed(seed)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from . import data, predict
 from .commands import add_model_args, add_run_args, command_main, report_cpu_choices
 from .palette import CITYSCAPES_CLASSES
-from .registry import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
+from .zoo.registry import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 # --------------------------------------------------------------------------------------------- processes

@@ -21,7 +21,7 @@ from torch import nn
 
 from drn_kernels.perf_model import DEVICES, datasheet_peaks
 
-from .heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
+from .zoo.heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
 
 __all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "peaks_from", "dtype_key",
            "cudnn_tf32", "GPU_PEAKS", "roofline_fraction"]

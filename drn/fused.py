@@ -37,8 +37,8 @@ from drn_kernels.prepared import PreparedConv
 from drn_kernels.reference import bilinear_up_weight, upsample8
 
 from . import banded
-from .heads import OUTPUT_STRIDE, DRNSeg, Localization, LocalizeMixin, clip_boxes
-from .models import DRN, DRN_A, BasicBlock, Bottleneck, global_avg_pool
+from .zoo.heads import OUTPUT_STRIDE, DRNSeg, Localization, LocalizeMixin, clip_boxes
+from .zoo.models import DRN, DRN_A, BasicBlock, Bottleneck, global_avg_pool
 
 __all__ = ["fuse", "FusedConv", "FusedModel", "FusedClassifier", "FusedSegmenter", "FusedLocalizer"]
 

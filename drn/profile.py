@@ -65,7 +65,7 @@ def _conv_modules(model: nn.Module):
 def _backbone_bounds(model: nn.Module):
     """(first module, last module) of the feature extractor: the "features" range opens and closes on them."""
     from .fused import FusedModel
-    from .heads import DRNSeg
+    from .zoo.heads import DRNSeg
 
     if isinstance(model, FusedModel):
         return model.backbone, model.backbone

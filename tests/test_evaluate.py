@@ -288,7 +288,7 @@ def generated(tmp_path_factory):
 def _expected(model, root, cases, ms=False):
     """Confusion matrix by hand from predict.segment and the known train-id maps; Cityscapes' mean/std."""
     from drn import predict
-    from drn.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
+    from drn.zoo.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
 
     hist = np.zeros((19, 19), dtype=np.int64)
     pixels = 0
@@ -344,7 +344,7 @@ def test_images_against_train_ids_same_size(generated, capsys):
 def test_resize_images_to_labels(generated, capsys):
     """--resize images: the image is brought to the label map's size (PIL bicubic) before the model."""
     from drn import predict
-    from drn.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
+    from drn.zoo.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
 
     root, model, cases = generated
     torch.save(model.state_dict(), root / "seg.pth")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import drn
 from drn.fused import FusedConv, FusedModel
-from drn.heads import DRNSeg, as_localizer, classifier_weights
+from drn.zoo.heads import DRNSeg, as_localizer, classifier_weights
 from margins import clear_top2
 from tolerance import assert_within_torch_error
 from helpers import require_backend
