@@ -17,7 +17,7 @@ What fusing does, once, when the model is built:
 - heads: classify = global average pool + fc (a few KFLOPs: plain torch), segment predict() = one
   drn_kernels.class_head(upsample=8) call that never materialises the (N, K, H, W) maps, localize =
   drn_kernels.localize, all with the model's backend. On CPU, predict() of a large input runs in row bands
-  (drn.banded; FusedSegmenter.low_memory) so that the backbone never holds more than two whole maps.
+  (drn.fused.banded; FusedSegmenter.low_memory) so that the backbone never holds more than two whole maps.
 The source model is never modified (weights are folded into new tensors). The result is eval-only: train(True)
 raises and no parameter requires grad. BatchNorm is folded from its running statistics whatever mode the source
 model is in, i.e. the fused model computes what the source computes in eval mode.
@@ -36,9 +36,9 @@ from drn_kernels.cpu_choices import load_table as load_choice_table
 from drn_kernels.prepared import PreparedConv
 from drn_kernels.reference import bilinear_up_weight, upsample8
 
+from ..zoo.heads import OUTPUT_STRIDE, DRNSeg, Localization, LocalizeMixin, clip_boxes
+from ..zoo.models import DRN, DRN_A, BasicBlock, Bottleneck, global_avg_pool
 from . import banded
-from .zoo.heads import OUTPUT_STRIDE, DRNSeg, Localization, LocalizeMixin, clip_boxes
-from .zoo.models import DRN, DRN_A, BasicBlock, Bottleneck, global_avg_pool
 
 __all__ = ["fuse", "FusedConv", "FusedModel", "FusedClassifier", "FusedSegmenter", "FusedLocalizer"]
 
@@ -183,7 +183,7 @@ class FusedConv(InferenceOnly):
         return self._conv.conv_bn_act_into_residual(x, residual=residual, stride=self.stride, padding=self.padding,
                                                     dilation=self.dilation, relu=self.relu)
 
-    # drn.banded's unit protocol: output shape, rows read by a band of output rows, a band of output rows.
+    # drn.fused.banded's unit protocol: output shape, rows read by a band of output rows, a band of output rows.
     def out_shape(self, c: int, h: int, w: int) -> tuple[int, int, int]:
         k, _, r, s = self.weight_shape
         return (k, conv_output_size(h, r, self.stride[0], self.padding[0], self.dilation[0]),
@@ -232,7 +232,7 @@ def _fused_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: boo
 
 
 class _BandedBlock(InferenceOnly):
-    """drn.banded's unit protocol for a block: the chain of its convs, plus its shortcut."""
+    """drn.fused.banded's unit protocol for a block: the chain of its convs, plus its shortcut."""
 
     def convs(self) -> list[FusedConv]:
         raise NotImplementedError
@@ -487,7 +487,7 @@ class FusedSegmenter(FusedModel):
         feats = self._features_low_memory(x, units) if self._low_memory(x, units) else self.features(x)
         return F.conv2d(feats, self.head_weight, self.head_bias)
 
-    # predict() in row bands (drn.banded) to bound memory: None = on CPU for inputs of at least LOW_MEMORY_PIXELS
+    # predict() in row bands (drn.fused.banded) to bound memory: None = on CPU for inputs of at least LOW_MEMORY_PIXELS
     # pixels; True / False force it. Band sizes: ~band_bytes per band of a map, stem_band_bytes in the stem.
     low_memory: bool | None = None
     LOW_MEMORY_PIXELS = 1 << 19
