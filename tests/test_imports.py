@@ -84,7 +84,7 @@ def _circle(function_level: bool) -> list[str] | None:
 
 def test_the_import_reader_sees_imports():
     modules = _modules()
-    assert "drn.commands" in _imports(modules["drn.cli"], "drn.cli", modules, False)
+    assert "drn.apps.commands" in _imports(modules["drn.apps.cli"], "drn.apps.cli", modules, False)
     assert "drn_kernels.settings" in _imports(modules["drn_kernels._build.extension"], "drn_kernels._build.extension",
                                               modules, False)
 

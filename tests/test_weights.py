@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import drn
-from drn import cli
+from drn.apps import cli
 from drn.zoo import hub, weights
 from drn.zoo.registry import CITYSCAPES, PRETRAINED, Weights
 

@@ -31,10 +31,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..zoo.registry import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 from . import data, predict
 from .commands import add_model_args, add_run_args, command_main, report_cpu_choices
 from .palette import CITYSCAPES_CLASSES
-from .zoo.registry import CITYSCAPES_MEAN, CITYSCAPES_STD, IMAGENET_MEAN, IMAGENET_STD
 
 
 # --------------------------------------------------------------------------------------------- processes

@@ -13,10 +13,10 @@ from PIL import Image
 
 from drn_kernels.reference import cell_boxes
 
+from ..zoo.heads import OUTPUT_STRIDE
+from ..zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 from . import multiscale
 from .data import classify_inputs, resize_shorter, to_tensor
-from .zoo.heads import OUTPUT_STRIDE
-from .zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 MS_SCALES = multiscale.REFERENCE_SCALES
 
@@ -27,7 +27,7 @@ def default_device() -> str:
 
 def checkpoint_classes(weights) -> int | None:
     """Number of classes of a checkpoint's classifier (fc or seg), or None when it has none."""
-    from .zoo.checkpoint import read_state_dict
+    from ..zoo.checkpoint import read_state_dict
 
     sd = read_state_dict(weights)
     for key in ("seg.weight", "fc.weight"):

@@ -54,7 +54,7 @@ def build_meta_model(name: str, task: str = "classify", num_classes: int | None 
 
 def _conv_modules(model: nn.Module):
     """(name, module) of every conv profiled as its own row."""
-    from .fused import FusedConv, FusedModel
+    from ..fused import FusedConv, FusedModel
 
     if isinstance(model, FusedModel):
         return [(m.name, m) for m in model.modules() if isinstance(m, FusedConv)]
@@ -64,8 +64,8 @@ def _conv_modules(model: nn.Module):
 
 def _backbone_bounds(model: nn.Module):
     """(first module, last module) of the feature extractor: the "features" range opens and closes on them."""
-    from .fused import FusedModel
-    from .zoo.heads import DRNSeg
+    from ..fused import FusedModel
+    from ..zoo.heads import DRNSeg
 
     if isinstance(model, FusedModel):
         return model.backbone, model.backbone
@@ -117,7 +117,7 @@ class _Ranges:
 def profile_model(model: nn.Module, x: torch.Tensor, task: str = "classify", iters: int = 3, warmup: int = 1,
                   trace: str | None = None) -> tuple[list[LayerProfile], float]:
     """Per-layer times (seconds per forward) of `model` on `x`; returns (rows, total seconds per forward)."""
-    from .fused import FusedModel
+    from ..fused import FusedModel
 
     device = x.device
     on_cuda = device.type == "cuda"
