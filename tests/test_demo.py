@@ -55,7 +55,7 @@ def test_two_training_steps_change_the_weights():
 
 @pytest.mark.build
 def test_committed_weights_are_small_and_load():
-    assert demo.WEIGHTS.is_file(), "run `python -m drn.demo train` and commit drn/assets/digits_drn.pth"
+    assert demo.WEIGHTS.is_file(), "run `python -m drn.demo train` and commit drn/demo/assets/digits_drn.pth"
     assert demo.WEIGHTS.stat().st_size < 5_000_000
     model, fused, note = demo.localizer()
     assert isinstance(note, str)

@@ -20,8 +20,8 @@ Part 3 (the foundation): drn_c_26 (classify) and drn_d_22 (segment, 19 classes) 
 on a photograph: output shapes, first-call and warm times, fused-vs-unfused parity (no picture: random weights).
 
     python -m drn.demo                 # all parts; trains first if a committed weights file is missing
-    python -m drn.demo train           # train the digits classifier, write drn/assets/digits_drn.pth
-    python -m drn.demo train-segment   # train the segmenter, write drn/assets/digits_seg_drn.pth
+    python -m drn.demo train           # train the digits classifier, write drn/demo/assets/digits_drn.pth
+    python -m drn.demo train-segment   # train the segmenter, write drn/demo/assets/digits_seg_drn.pth
     python -m drn.demo localize|segment|models   # one part
 """
 from __future__ import annotations
@@ -40,10 +40,10 @@ from PIL import Image
 
 from drn_kernels.reference import cell_boxes
 
-from . import data
-from .zoo.heads import OUTPUT_STRIDE, DRNSeg, as_localizer
-from .zoo.models import DRN, BasicBlock
-from .palette import draw_box, label_image
+from ..apps import data
+from ..apps.palette import draw_box, label_image
+from ..zoo.heads import OUTPUT_STRIDE, DRNSeg, as_localizer
+from ..zoo.models import DRN, BasicBlock
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 WEIGHTS = ASSETS / "digits_drn.pth"
@@ -385,7 +385,7 @@ def train_segmentation(steps: int = SEG_STEPS, seed: int = 0, path: Path | None 
     backbone already tells digits from clutter; the 1×1 classifier starts fresh). Writes SEG_WEIGHTS."""
     import warnings
 
-    from .zoo.checkpoint import load_checkpoint
+    from ..zoo.checkpoint import load_checkpoint
 
     path = path or SEG_WEIGHTS
     torch.manual_seed(seed)
