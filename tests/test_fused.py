@@ -282,7 +282,7 @@ def test_triton_backend_interpreted():
     print(f"triton (interpreted) drn_d_22 levels 0-3 at 16x16: {time.perf_counter() - start:.1f} s")
 
 
-# ---- memory-frugal segmentation predict (drn.fused.banded) -------------------------------------------------------------
+# ---- memory-frugal segmentation predict (drn.fused.banded) -------------------------------------------------------
 
 @pytest.mark.build
 @pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26", "drn_c_58", "drn_b_26", "drn_d_38"])

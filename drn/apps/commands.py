@@ -1,6 +1,6 @@
-"""What every command line of drn shares (drn.cli, drn.evaluate, drn.export): argument types, the model, weights
-and run options declared once, and the main() of a stand-alone command. Imports no command module, so none of
-them imports another back.
+"""What every command line of drn shares (drn.apps.cli, drn.apps.evaluate, drn.apps.export): argument types, the
+model, weights and run options declared once, and the main() of a stand-alone command. Imports no command module,
+so none of them imports another back.
 """
 from __future__ import annotations
 

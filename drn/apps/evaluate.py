@@ -8,7 +8,7 @@
                           (docs/evaluation.md: the image-synthesis papers' protocols).
     classify  --data DIR  ImageFolder tree DIR/<class>/<image>, classes sorted; top-1 / top-5 of the paper's
                           1-crop (centre 224 of the 256-resized image) or 10-crop (--ten-crop) protocol.
-    localize  --data DIR  images plus ground-truth boxes (DIR/boxes.csv or VOC/ImageNet XML, see drn.data);
+    localize  --data DIR  images plus ground-truth boxes (DIR/boxes.csv or VOC/ImageNet XML, see drn.apps.data);
                           the paper's localization error: an image counts as right when the predicted class is one
                           of its objects' and the box has IoU > 0.5 with one of that class's boxes (top-1, and
                           top-5 over the five most probable classes' boxes).
@@ -244,7 +244,7 @@ def add_arguments(parser: argparse.ArgumentParser):
         if task == "segment":
             p.add_argument("--ms", action="store_true",
                            help="the reference's multi-scale protocol exactly (scales 1, 0.5, 0.75, 1.25, 1.5, 1.75; "
-                                "see drn.multiscale)")
+                                "see drn.apps.multiscale)")
             p.add_argument("--phase", default="val", help="list prefix: <phase>_images.txt (default val)")
         else:
             p.add_argument("--ten-crop", action="store_true", help="10-crop class prediction (paper protocol)")
@@ -252,7 +252,7 @@ def add_arguments(parser: argparse.ArgumentParser):
             p.add_argument("--crop", type=int, default=224, help="crop side (224)")
         if task == "localize":
             p.add_argument("--boxes", help="CSV file or folder of XML files (default: DIR/boxes.csv or XMLs)")
-            p.add_argument("--classes", help="class names, one a line (default: see drn.data.read_boxes)")
+            p.add_argument("--classes", help="class names, one a line (default: see drn.apps.data.read_boxes)")
             p.add_argument("--threshold", type=float, default=0.5, help="cell score threshold (0.5)")
             p.add_argument("--loc-resize", type=int, default=0,
                            help="shorter side of the image the maps are computed on (0: its own size)")

@@ -2,7 +2,7 @@
 
 - load_model: drn.build with the weights' class count read from the checkpoint when not given, fused on request.
 - classify: probabilities of the 1-crop / 10-crop input (10-crop averages the ten softmaxes).
-- segment: labels at the input size; with ms=True the reference's multi-scale protocol exactly (drn.multiscale:
+- segment: labels at the input size; with ms=True the reference's multi-scale protocol exactly (drn.apps.multiscale:
   its scales and order, the whole up-sampled map resized by PIL's bilinear filter, log-probabilities summed).
 - localize: the localization model on the whole image (optionally resized), the box in the image's pixels.
 """
@@ -84,7 +84,7 @@ def classify(model, img: Image.Image, *, resize=256, crop=224, ten_crop=False, m
 @torch.no_grad()
 def segment(model, img: Image.Image, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, ms=False,
             scales=MS_SCALES) -> torch.Tensor:
-    """(H, W) int64 labels at the image's size; ms=True: the reference's multi-scale protocol (drn.multiscale)."""
+    """(H, W) int64 labels at the image's size; ms=True: the reference's multi-scale protocol (drn.apps.multiscale)."""
     if ms:
         return multiscale.segment(model, img, mean=mean, std=std, scales=scales)
     labels, _ = model.predict(to_tensor(img, mean, std)[None].to(model_device(model)))

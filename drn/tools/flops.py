@@ -212,7 +212,7 @@ def peaks_from(name: str, dtype: torch.dtype, ceilings: dict | None = None, tf32
 
 def synchronize(device) -> None:
     """Wait for the work queued on `device` (a CUDA device; nothing to wait for elsewhere): the one place timing
-    code (drn.profile, drn.flops, benchmarks/) synchronises."""
+    code (drn.tools.profile, drn.tools.flops, benchmarks/) synchronises."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
