@@ -101,25 +101,25 @@ def test_no_import_circle_even_inside_functions():
 # drn by job, from the ground up: each job imports only its own and the jobs below it (at module level or inside
 # functions). drn/__init__.py (the public names: drn.build joins the zoo and the fused assembly) stands between the
 # fused assembly and its users; drn.profile and drn.evaluate are the entry points of python -m.
-DRN_JOBS = ("drn.zoo", "drn.fused", "drn", "drn.tools", "drn.apps", "drn.demo", "drn.profile", "drn.evaluate")
+JOBS = ("drn.zoo", "drn.fused", "drn", "drn.tools", "drn.apps", "drn.demo", "drn.profile", "drn.evaluate")
 
 
 def _job(module: str) -> str:
-    return max((j for j in DRN_JOBS if module == j or module.startswith(j + ".")), key=len)
+    return max((j for j in JOBS if module == j or module.startswith(j + ".")), key=len)
 
 
 def test_drn_jobs_import_downward_only():
     """drn.zoo imports nothing else of drn, drn.fused only the zoo; the tools, the apps and the demo build on those;
     nothing imports the demo."""
     modules = _modules()
-    assert {_job(m) for m in modules if m.split(".")[0] == "drn"} == set(DRN_JOBS)
+    assert {_job(m) for m in modules if m.split(".")[0] == "drn"} == set(JOBS)
     upward = {}
     for m, path in modules.items():
         if m.split(".")[0] != "drn":
             continue
-        rank = DRN_JOBS.index(_job(m))
+        rank = JOBS.index(_job(m))
         bad = sorted(t for t in _imports(path, m, modules, function_level=True)
-                     if t.split(".")[0] == "drn" and DRN_JOBS.index(_job(t)) > rank)
+                     if t.split(".")[0] == "drn" and JOBS.index(_job(t)) > rank)
         if bad:
             upward[m] = bad
     assert not upward, upward
