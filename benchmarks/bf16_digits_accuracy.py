@@ -9,16 +9,16 @@ import copy
 import numpy as np
 import torch
 
-from drn import demo
+from drn.demo import digits, parts
 
 
 def main():
     torch.manual_seed(0)
-    model, fused, note = demo.localizer()
+    model, fused, note = parts.localizer()
     print(note)
-    threshold, _ = demo.pick_threshold(fused, 200)
-    canvases, labels, truth = demo.make_canvases(500, np.random.default_rng(1234), "test", canvas=demo.TEST_CANVAS)
-    x = demo.to_input(canvases)
+    threshold, _ = parts.pick_threshold(fused, 200)
+    canvases, labels, truth = digits.make_canvases(500, np.random.default_rng(1234), "test", canvas=digits.TEST_CANVAS)
+    x = digits.to_input(canvases)
     fused_bf16 = copy.deepcopy(fused).to(torch.bfloat16)
     eager_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     with torch.no_grad():
@@ -27,7 +27,7 @@ def main():
                                ("eager fp32", model, x), ("eager bf16", eager_bf16, x.bfloat16())):
             out = run(xin, threshold=threshold)
             pred = out.logits.float().argmax(1).numpy()
-            loc, _ = demo.loc_accuracy(pred, labels, out.boxes.float().numpy(), truth)
+            loc, _ = parts.loc_accuracy(pred, labels, out.boxes.float().numpy(), truth)
             err, scale = float((out.logits.double() - exact).abs().max()), float(exact.abs().max())
             print(f"{name}: classification {100 * (pred == labels).mean():.1f}%  localization {100 * loc:.1f}%  "
                   f"logits max|err| vs float64 {err:.3e} (|logit| up to {scale:.1f})")

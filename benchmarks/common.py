@@ -53,8 +53,8 @@ from drn_kernels import settings
 from benchmarks import harness
 from benchmarks.harness import (RESULTS_DIR, LayerShape, cudnn_fused_conv,  # noqa: F401
                                 poisoned_outputs)
-from drn.flops import count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
-from drn.profile import build_meta_model
+from drn.tools.flops import count_layers, device_peaks, dtype_key, roofline_fraction, synchronize
+from drn.tools.profile import build_meta_model
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 GPU_PROVIDERS = ("cudnn", "cudnn-fused", "inductor", "triton", "cuda")

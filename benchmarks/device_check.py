@@ -203,11 +203,11 @@ def key_cost(keys, cost: dict, arch: str = PLAN_ARCH) -> float:
 
 @functools.lru_cache(maxsize=None)
 def model_layers(name: str, task: str, shape: tuple) -> tuple[LayerShape, ...]:
-    """The conv_bn_act calls of the fused model (drn.flops' walk of a meta-device model: no weights, no time)."""
+    """The conv_bn_act calls of the fused model (drn.tools.flops' walk of a meta-device model: no weights, no time)."""
     import torch
 
-    from drn.flops import count_layers
-    from drn.profile import build_meta_model
+    from drn.tools.flops import count_layers
+    from drn.tools.profile import build_meta_model
 
     meta = build_meta_model(name, task, 19 if task == "segment" else None, fused=True)
     out = []
@@ -859,7 +859,7 @@ def _model(name: str, task: str, dry: bool = False):
     import torch
 
     import drn
-    from drn.models import DRN, BasicBlock
+    from drn.zoo.models import DRN, BasicBlock
 
     torch.manual_seed(0)
     if not dry:

@@ -42,8 +42,8 @@ class LayerShape(Layer):
         return self.p, self.q
 
     def count(self, itemsize=4):
-        """drn.flops' LayerCount: FLOPs, and bytes with every input read once and the output written once."""
-        from drn.flops import conv_count
+        """drn.tools.flops' LayerCount: FLOPs, and bytes with every input read once and the output written once."""
+        from drn.tools.flops import conv_count
 
         p, q = self.out_hw
         return conv_count(self.id, (self.n, self.c, self.h, self.w), (self.n, self.k, p, q),

@@ -1,6 +1,6 @@
 """The cpu backend's own GEMM (csrc/cpu/gemm/gemm.cpp) on the Winograd products of DRN layers, on each ISA this CPU has
 (DRN_CPU_ISA), against MKL's batched sgemm (torch.bmm, the baseline it replaced) — and as a fraction of the FMA
-peak measured in the same case (drn.flops.cpu_fma_peak on the same ISA and threads, the best of 5 runs), the figure
+peak measured in the same case (drn.tools.flops.cpu_fma_peak on the same ISA and threads, the best of 5 runs), the figure
 that should reach 85% on every x86 vendor. The peak is measured right before and right after the timed rounds and
 the larger kept: on a shared VM a core may be busy during one of the two, and the smaller would flatter the GEMM.
 extra_info: fraction_of_peak_best (the best round), roofline (the median round: the report's "% roofline").
@@ -16,7 +16,7 @@ import torch
 import drn_kernels
 from benchmarks import common
 from drn_kernels.build import load_testing_library
-from drn import flops as flops_model
+from drn.tools import flops as flops_model
 
 pytestmark = pytest.mark.build
 

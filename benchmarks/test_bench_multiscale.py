@@ -1,4 +1,4 @@
-"""The reference's multi-scale protocol (drn.multiscale, `--ms`): time and peak memory per image of
+"""The reference's multi-scale protocol (drn.apps.multiscale, `--ms`): time and peak memory per image of
 
 - unfused:           the unfused model, each scale's whole log-probability map (the exact path; on the CPU the
                      maps are resized by PIL, as the reference does);
@@ -27,7 +27,7 @@ from PIL import Image
 
 import drn
 from benchmarks import common
-from drn import multiscale
+from drn.apps import multiscale
 
 pytestmark = pytest.mark.build
 

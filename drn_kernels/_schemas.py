@@ -91,7 +91,7 @@ torch.library.define("drn::cpu_winograd_tiles", "(Tensor x, Tensor weight, int[]
 
 # What this CPU runs (csrc/cpu): the ISA of the cpu backend's own kernels ("avx512", "avx2", "baseline": the CPU's
 # best, capped by DRN_CPU_ISA); whether bfloat16 Winograd computes in bfloat16 (AVX512-BF16) rather than float32;
-# the float32 FMA peak in FLOP/s on torch's threads (isa 2: AVX-512, 1: AVX2, -1: the best; drn.flops' roofline).
+# the float32 FMA peak in FLOP/s on torch's threads (isa 2: AVX-512, 1: AVX2, -1: the best; drn.tools.flops' roofline).
 torch.library.define("drn::cpu_isa", "() -> str")
 torch.library.define("drn::cpu_bf16_gemm", "() -> bool")
 torch.library.define("drn::cpu_fma_peak", "(int isa=-1, int iters=1000000) -> float")

@@ -14,7 +14,7 @@ The config with the least bound is the model's prediction of the autotuner's cho
 forecast: pipelines that do not hide latency, bank conflicts and the epilogue's own time are not in it. The
 first GPU run checks it (benchmarks record the autotuner's choice and the achieved fraction of the roofline).
 
-The device figures (DEVICES) say where each number comes from; drn.flops' datasheet peaks are read from here.
+The device figures (DEVICES) say where each number comes from; drn.tools.flops' datasheet peaks are read from here.
 benchmarks/perf_model.py prints the model for every layer shape the benchmarks time; docs/gpu-performance-model.md
 explains it with its results.
 """
@@ -59,7 +59,7 @@ DEVICES = {
 
 
 def datasheet_peaks(device: Device) -> dict:
-    """The roofline peaks in drn.flops' form: FLOP/s per dtype key and DRAM bytes per second."""
+    """The roofline peaks in drn.tools.flops' form: FLOP/s per dtype key and DRAM bytes per second."""
     return {"fp16": device.tensor_flops, "bf16": device.tensor_flops, "tf32": device.tf32_flops,
             "fp32": device.fp32_flops, "bytes_per_s": device.dram_bytes_per_s}
 

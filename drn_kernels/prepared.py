@@ -336,7 +336,7 @@ class PreparedConv:
                                    relu, self.backend, self._prepared, into_residual=True)
 
     def tensors(self) -> list[Tensor]:
-        """The tensors this object holds (weights, float32 copies, Winograd form): for copying it (drn.flops)."""
+        """The tensors this object holds (weights, float32 copies, Winograd form): for copying it (drn.tools.flops)."""
         kernel = [self.kernel_weight, self.kernel_bias] if self.widened else []
         return [self.weight, self.bias, *kernel, *self.winograd.values()]
 

@@ -11,7 +11,7 @@ import torch
 
 import drn_kernels
 from benchmarks import common
-from drn import flops
+from drn.tools import flops
 
 pytestmark = pytest.mark.unit
 

@@ -16,6 +16,7 @@ import torch
 import drn
 import drn_kernels
 from drn.fused import FusedConv
+from drn.zoo.models import global_avg_pool
 from drn_kernels import prepared
 from helpers import require_backend
 
@@ -68,7 +69,7 @@ def test_model_equals_the_float32_model_on_the_same_weights(widen):
         logits = bf(xb)
         assert logits.dtype == BF16
         expected = torch.nn.functional.linear(
-            drn.fused.global_avg_pool(feats).flatten(1), bf.head_weight, bf.head_bias)
+            global_avg_pool(feats).flatten(1), bf.head_weight, bf.head_bias)
         assert torch.equal(logits, expected)
         assert bf(xb[:0]).shape == (0, 1000)
 

@@ -228,7 +228,7 @@ def test_three_builders_at_once_into_an_empty_folder(tmp_path, cpu_settings, cap
     """`python -m drn_kernels.build --cpu` and a two-process torchrun `drn evaluate segment --fused` start at once
     on a build folder nothing was built in: one compiles, the others wait and load its build; the evaluation is
     that of one process (the algorithm pinned, so the answers are bit-identical)."""
-    from drn import evaluate
+    from drn.apps import evaluate
 
     data, build_dir = tmp_path / "data", tmp_path / "build"
     data.mkdir()

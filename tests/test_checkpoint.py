@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import drn
-from drn import registry
+from drn.zoo import registry
 from seeded_weights import seeded_input, seeded_state_dict
 
 pytestmark = pytest.mark.unit

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import drn
-from drn import cli, data, predict
-from drn.palette import CITYSCAPES_PALETTE, generic_palette
+from drn.apps import cli, data, predict
+from drn.apps.palette import CITYSCAPES_PALETTE, generic_palette
 from test_multiscale import oracle_ms
 
 pytestmark = pytest.mark.unit
@@ -53,7 +53,7 @@ def files(tmp_path_factory):
 
 
 def _pixels(img: Image.Image, mean, std) -> torch.Tensor:
-    """(1, 3, H, W): the model input written here with numpy, independently of drn.data."""
+    """(1, 3, H, W): the model input written here with numpy, independently of drn.apps.data."""
     a = (np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0 - np.asarray(mean)) / np.asarray(std)
     return torch.from_numpy(a.transpose(2, 0, 1)[None].astype(np.float32))
 
@@ -71,7 +71,7 @@ def _one_crop(path, resize: int, crop: int) -> Image.Image:
 
 
 def test_normalisation_by_hand():
-    """A few pixels of drn.data.to_tensor worked out by hand: (value / 255 - mean) / std per channel."""
+    """A few pixels of drn.apps.data.to_tensor worked out by hand: (value / 255 - mean) / std per channel."""
     img = Image.fromarray(np.array([[[255, 0, 51], [102, 204, 0]]], dtype=np.uint8))  # 1 x 2 pixels
     x = data.to_tensor(img, mean=(0.5, 0.25, 0.2), std=(0.5, 0.25, 0.1))
     assert x.shape == (3, 1, 2)
@@ -224,9 +224,9 @@ def test_fused_paths_match_unfused(files, capsys):
 
 def test_profile_and_bench_forward(monkeypatch):
     seen = {}
-    fake = types.ModuleType("drn.profile")
+    fake = types.ModuleType("drn.tools.profile")
     fake.main = lambda argv=None: seen.setdefault("profile", argv) and 0
-    monkeypatch.setitem(sys.modules, "drn.profile", fake)
+    monkeypatch.setitem(sys.modules, "drn.tools.profile", fake)
     assert cli.main(["profile", "drn_c_42", "--flops-only", "--json"]) == 0
     assert seen["profile"] == ["drn_c_42", "--flops-only", "--json"]
     monkeypatch.setattr(subprocess, "call", lambda cmd: seen.setdefault("bench", cmd) and 0)
@@ -339,7 +339,7 @@ def test_imagenet_class_names(files, capsys, tmp_path):
 
 
 def test_module_entry_point(files):
-    r = subprocess.run([sys.executable, "-m", "drn.cli", "classify", str(files.images[0]), "--model", "drn_d_22",
+    r = subprocess.run([sys.executable, "-m", "drn.apps.cli", "classify", str(files.images[0]), "--model", "drn_d_22",
                         "--weights", str(files.root / "cls7.pth"), "--resize", "0", "--crop", "0", "--top", "2",
                         "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from benchmarks import device_check
-from drn.flops import count_layers
-from drn.profile import build_meta_model
+from drn.tools.flops import count_layers
+from drn.tools.profile import build_meta_model
 
 pytestmark = pytest.mark.unit
 

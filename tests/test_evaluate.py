@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import drn
-from drn import data, evaluate
+from drn.apps import data, evaluate
 
 pytestmark = pytest.mark.unit
 
@@ -205,7 +205,7 @@ def test_localize_error(localize_set, capsys, source):
 
 
 def test_cli_forwards_evaluate(segset, capsys):
-    from drn import cli
+    from drn.apps import cli
 
     root, _ = segset
     argv = ["segment", "--data", str(root), "--model", "drn_d_22", "--num-classes", "19", "--weights",
@@ -229,7 +229,7 @@ def test_cli_forwards_evaluate(segset, capsys):
 def test_localize_sizes_reach_the_right_step(localize_set, capsys, monkeypatch):
     """--loc-resize sizes the image the boxes' maps are computed on, --resize/--crop the 10-crop classification:
     each reaches its own step (they were easy to swap: both are resizes)."""
-    from drn import predict
+    from drn.apps import predict
 
     seen = {"localize": set(), "classify": set()}
     localize, classify = predict.localize, predict.classify
@@ -287,8 +287,8 @@ def generated(tmp_path_factory):
 
 def _expected(model, root, cases, ms=False):
     """Confusion matrix by hand from predict.segment and the known train-id maps; Cityscapes' mean/std."""
-    from drn import predict
-    from drn.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
+    from drn.apps import predict
+    from drn.zoo.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
 
     hist = np.zeros((19, 19), dtype=np.int64)
     pixels = 0
@@ -343,8 +343,8 @@ def test_images_against_train_ids_same_size(generated, capsys):
 
 def test_resize_images_to_labels(generated, capsys):
     """--resize images: the image is brought to the label map's size (PIL bicubic) before the model."""
-    from drn import predict
-    from drn.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
+    from drn.apps import predict
+    from drn.zoo.registry import CITYSCAPES_MEAN, CITYSCAPES_STD
 
     root, model, cases = generated
     torch.save(model.state_dict(), root / "seg.pth")

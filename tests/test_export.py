@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import drn
-from drn import cli
-from drn.export import export_onnx, fold_batchnorm
-from drn.heads import classifier_weights
+from drn.apps import cli
+from drn.apps.export import export_onnx, fold_batchnorm
+from drn.zoo.heads import classifier_weights
 from margins import clear_top2
 from tolerance import assert_within_torch_error
 

@@ -1,5 +1,5 @@
 """BatchNorm folding: drn_kernels.fold_bn with and without a conv bias, and both of its users (drn.fuse and
-drn.export's fold_batchnorm), against conv -> BatchNorm2d computed by torch in float64."""
+drn.apps.export's fold_batchnorm), against conv -> BatchNorm2d computed by torch in float64."""
 import copy
 
 import pytest
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import drn
 import drn_kernels
-from drn.export import fold_batchnorm
+from drn.apps.export import fold_batchnorm
 
 pytestmark = pytest.mark.unit
 

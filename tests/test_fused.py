@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import drn
 from drn.fused import FusedConv, FusedModel
-from drn.heads import DRNSeg, as_localizer, classifier_weights
+from drn.zoo.heads import DRNSeg, as_localizer, classifier_weights
 from margins import clear_top2
 from tolerance import assert_within_torch_error
 from helpers import require_backend
@@ -282,7 +282,7 @@ def test_triton_backend_interpreted():
     print(f"triton (interpreted) drn_d_22 levels 0-3 at 16x16: {time.perf_counter() - start:.1f} s")
 
 
-# ---- memory-frugal segmentation predict (drn.banded) -------------------------------------------------------------
+# ---- memory-frugal segmentation predict (drn.fused.banded) -------------------------------------------------------
 
 @pytest.mark.build
 @pytest.mark.parametrize("name", ["drn_d_22", "drn_c_26", "drn_c_58", "drn_b_26", "drn_d_38"])
@@ -371,7 +371,7 @@ def test_low_memory_predict_bounds_peak_memory():
 
 
 def test_conv_over_rows_checks_its_bands():
-    from drn import banded
+    from drn.fused import banded
 
     conv = FusedConv("c", torch.randn(8, 8, 3, 3), torch.randn(8), [1, 1], [4, 4], [4, 4], True, "reference")
     x = torch.randn(1, 8, 20, 9).contiguous(memory_format=torch.channels_last)

@@ -84,7 +84,7 @@ def _circle(function_level: bool) -> list[str] | None:
 
 def test_the_import_reader_sees_imports():
     modules = _modules()
-    assert "drn.commands" in _imports(modules["drn.cli"], "drn.cli", modules, False)
+    assert "drn.apps.commands" in _imports(modules["drn.apps.cli"], "drn.apps.cli", modules, False)
     assert "drn_kernels.settings" in _imports(modules["drn_kernels._build.extension"], "drn_kernels._build.extension",
                                               modules, False)
 
@@ -96,6 +96,33 @@ def test_no_module_level_import_circle():
 def test_no_import_circle_even_inside_functions():
     circle = _circle(function_level=True)
     assert circle is None, " -> ".join(circle)
+
+
+# drn by job, from the ground up: each job imports only its own and the jobs below it (at module level or inside
+# functions). drn/__init__.py (the public names: drn.build joins the zoo and the fused assembly) stands between the
+# fused assembly and its users; drn.profile and drn.evaluate are the entry points of python -m.
+JOBS = ("drn.zoo", "drn.fused", "drn", "drn.tools", "drn.apps", "drn.demo", "drn.profile", "drn.evaluate")
+
+
+def _job(module: str) -> str:
+    return max((j for j in JOBS if module == j or module.startswith(j + ".")), key=len)
+
+
+def test_drn_jobs_import_downward_only():
+    """drn.zoo imports nothing else of drn, drn.fused only the zoo; the tools, the apps and the demo build on those;
+    nothing imports the demo."""
+    modules = _modules()
+    assert {_job(m) for m in modules if m.split(".")[0] == "drn"} == set(JOBS)
+    upward = {}
+    for m, path in modules.items():
+        if m.split(".")[0] != "drn":
+            continue
+        rank = JOBS.index(_job(m))
+        bad = sorted(t for t in _imports(path, m, modules, function_level=True)
+                     if t.split(".")[0] == "drn" and JOBS.index(_job(t)) > rank)
+        if bad:
+            upward[m] = bad
+    assert not upward, upward
 
 
 def _private_kernel_names(path: pathlib.Path) -> list[str]:

@@ -2,7 +2,7 @@
 the unfused one, on reference, cpu, triton (interpreter off a GPU) and cuda-sim.
 
 The interpreter and the simulator run a conv thousands of times slower than a compiled kernel, so the models here
-are the zoo's structures at narrow widths (drn.models' own classes and blocks, channels 4-32), on 1x3x24x32:
+are the zoo's structures at narrow widths (drn.zoo.models' own classes and blocks, channels 4-32), on 1x3x24x32:
 DRN-A with its max-pool stem and Bottlenecks (a dilated block after the undilated first one), DRN-B (residual kept
 in levels 7-8), DRN-C with drn_c_58's Bottlenecks and its level 7 (a block without residual whose projection the
 reference computes and discards), DRN-D (plain conv levels). The full-width zoo is covered on the reference and cpu
@@ -18,8 +18,8 @@ from torch import nn
 
 import drn
 from helpers import backend_params, require_backend
-from drn.heads import DRNSeg, as_localizer
-from drn.models import DRN, DRN_A, BasicBlock, BatchNorm, Bottleneck, _init_weights
+from drn.zoo.heads import DRNSeg, as_localizer
+from drn.zoo.models import DRN, DRN_A, BasicBlock, BatchNorm, Bottleneck, _init_weights
 from margins import clear_top2
 
 pytestmark = pytest.mark.unit
@@ -30,7 +30,7 @@ RTOL = 1e-4  # fp32: max |fused - unfused| / max |unfused|
 
 
 class _NarrowDRNA(DRN_A):
-    """drn.models.DRN_A (conv1/bn1/relu/maxpool stem, levels 1-4 with levels 3-4 dilated) at narrow widths."""
+    """drn.zoo.models.DRN_A (conv1/bn1/relu/maxpool stem, levels 1-4 with levels 3-4 dilated) at narrow widths."""
 
     def __init__(self, block, layers, widths, num_classes):
         nn.Module.__init__(self)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import drn
-from drn.heads import DRNSeg, as_localizer
+from drn.zoo.heads import DRNSeg, as_localizer
 from drn_kernels.reference import upsample8
 from seeded_weights import seeded_input, seeded_state_dict
 from tolerance import assert_within_torch_error

@@ -1,5 +1,5 @@
 """The reference's single- and multi-scale segmentation protocols (fyu/drn segment.py test / test_ms), re-written
-here as an oracle from their documented behaviour, against drn.predict.segment / drn.multiscale.
+here as an oracle from their documented behaviour, against drn.apps.predict.segment / drn.apps.multiscale.
 
 Oracle of test_ms: inputs = the image, then PIL bicubic resizes to (int(W*s), int(H*s)) for s = 0.5, 0.75, 1.25,
 1.5, 1.75; each normalised as the reference's ToTensor/Normalize (uint8 / 255, then (x - mean) / std, float32);
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import drn
-from drn import multiscale, predict
+from drn.apps import multiscale, predict
 
 pytestmark = pytest.mark.unit
 

@@ -92,7 +92,7 @@ def test_big_dilated_layer_prefers_a_big_tile():
 
 
 def test_flops_peaks_read_from_the_model():
-    from drn import flops
+    from drn.tools import flops
 
     assert flops.GPU_PEAKS["H100"]["fp16"] == H100.tensor_flops
     assert flops.GPU_PEAKS["H200"]["bytes_per_s"] == pm.DEVICES["H200"].dram_bytes_per_s

@@ -1,4 +1,4 @@
-"""drn.flops and drn.profile: FLOP counts match published figures; a real profiled run; the CLI's JSON."""
+"""drn.tools.flops and drn.tools.profile: FLOP counts match published figures; a real profiled run; the CLI's JSON."""
 import json
 import subprocess
 import sys
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import drn
-from drn import profile
 from drn.fused import FusedConv
-from drn.flops import conv_count, count_layers, device_peaks, roofline_fraction
+from drn.tools import profile
+from drn.tools.flops import conv_count, count_layers, device_peaks, roofline_fraction
 from helpers import require_backend
 
 pytestmark = pytest.mark.unit
@@ -149,7 +149,7 @@ def test_cpu_roofline_peak_is_the_fma_peak(cpu_settings):
     """The CPU's float32 roofline ceiling is drn::cpu_fma_peak (FMA chains on every thread), per ISA; no speed
     is asserted, only that it measured something and says so."""
     require_backend("cpu")
-    from drn import flops
+    from drn.tools import flops
 
     assert flops.cpu_fma_peak("avx2") > 0
     with pytest.raises(ValueError, match="isa"):

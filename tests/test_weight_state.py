@@ -22,7 +22,7 @@ import torch
 import drn
 import drn_kernels
 from drn.fused import FusedConv
-from drn.models import DRN, BasicBlock
+from drn.zoo.models import DRN, BasicBlock
 from drn_kernels.ops import cpu_conv_algorithm
 from helpers import require_backend
 

@@ -1,6 +1,6 @@
-"""drn.hub and `drn weights` (drn.weights): the catalogue, importing a file into the torch hub cache, the mirror setting,
-and the error when nothing works. Local files only: the hub folder is a tmp_path, downloads are file:// URLs or a
-refused local port."""
+"""drn.zoo.hub and `drn weights` (drn.zoo.weights): the catalogue, importing a file into the torch hub cache, the
+mirror setting, and the error when nothing works. Local files only: the hub folder is a tmp_path, downloads are
+file:// URLs or a refused local port."""
 import hashlib
 import json
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import drn
-from drn import cli, hub, weights
-from drn.registry import CITYSCAPES, PRETRAINED, Weights
+from drn.apps import cli
+from drn.zoo import hub, weights
+from drn.zoo.registry import CITYSCAPES, PRETRAINED, Weights
 
 pytestmark = pytest.mark.unit
 

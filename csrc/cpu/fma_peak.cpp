@@ -1,4 +1,4 @@
-// drn::cpu_fma_peak: the CPU's float32 FMA peak, measured (the profiler's roofline ceiling, drn/flops.py): every
+// drn::cpu_fma_peak: the CPU's float32 FMA peak, measured (the profiler's roofline ceiling, drn/tools/flops.py): every
 // torch thread runs independent chains of vector FMAs (acc = acc·a + b) that never touch memory, enough chains to
 // cover the FMA latency (4-5 cycles) on two FMA ports, few enough that they and the two constants stay in
 // registers: 16 of AVX-512's 32 zmm, 12 of AVX2's 16 ymm (16 chains there spill to the stack and read well below

@@ -5,7 +5,7 @@
     drn localize IMAGE... --model NAME (--weights PATH | --pretrained | --random-weights) --out DIR
     drn evaluate segment|classify|localize --data DIR ...       (= python -m drn.evaluate)
     drn evaluate segment --images DIR --labels DIR ...          (generated images vs label maps)
-    drn weights  [--json] | drn weights import FILE...            (released checkpoints; see drn.weights)
+    drn weights  [--json] | drn weights import FILE...            (released checkpoints; see drn.zoo.weights)
     drn export   --model NAME (--weights PATH | --pretrained | --random-weights) --onnx OUT [--task T] [--size H W]
     drn profile  ...                                            (= python -m drn.profile)
     drn bench    [-h] [PYTEST ARGS...]                          (pytest on the benchmarks, --benchmark-only)
@@ -13,7 +13,7 @@
 IMAGE may be a folder (its images, recursively). Classify and localize normalise with ImageNet's mean/std; segment
 with --info's (a reference-style info.json), else ImageNet's. Weights are always named: a checkpoint, the official
 ones, or --random-weights (then a warning: the outputs mean nothing). Classify names ImageNet's classes
-(drn/assets/imagenet_classes.txt) for a 1000-class model; --labels overrides.
+(drn/apps/assets/imagenet_classes.txt) for a 1000-class model; --labels overrides.
 """
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from . import data, evaluate, export, predict, weights
+from ..zoo import weights
+from ..zoo.registry import IMAGENET_MEAN, IMAGENET_STD
+from . import data, evaluate, export, predict
 from .commands import (add_model_args, add_run_args, non_negative_int, positive_int,  # noqa: F401 (re-exported)
                        report_cpu_choices, run_reporting_errors, warn_if_random)
 from .palette import draw_box, save_label_png
-from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 
 IMAGENET_CLASSES = Path(__file__).resolve().parent / "assets" / "imagenet_classes.txt"
@@ -145,7 +146,7 @@ Benchmarks: {where}
 
 def benchmarks_dir() -> Path | None:
     """The benchmarks/ folder next to the drn package (a source checkout or an editable install), or None."""
-    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
     return folder if (folder / "conftest.py").is_file() else None
 
 
@@ -165,7 +166,7 @@ def cmd_bench(extra: list[str]) -> int:
 
 
 def cmd_profile(extra: list[str]) -> int:
-    from .profile import main as profile_main
+    from ..tools.profile import main as profile_main
 
     rc = profile_main(extra)
     return 0 if rc is None else int(rc)

@@ -2,7 +2,7 @@
 
 - load_model: drn.build with the weights' class count read from the checkpoint when not given, fused on request.
 - classify: probabilities of the 1-crop / 10-crop input (10-crop averages the ten softmaxes).
-- segment: labels at the input size; with ms=True the reference's multi-scale protocol exactly (drn.multiscale:
+- segment: labels at the input size; with ms=True the reference's multi-scale protocol exactly (drn.apps.multiscale:
   its scales and order, the whole up-sampled map resized by PIL's bilinear filter, log-probabilities summed).
 - localize: the localization model on the whole image (optionally resized), the box in the image's pixels.
 """
@@ -13,10 +13,10 @@ from PIL import Image
 
 from drn_kernels.reference import cell_boxes
 
+from ..zoo.heads import OUTPUT_STRIDE
+from ..zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 from . import multiscale
 from .data import classify_inputs, resize_shorter, to_tensor
-from .heads import OUTPUT_STRIDE
-from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 MS_SCALES = multiscale.REFERENCE_SCALES
 
@@ -27,7 +27,7 @@ def default_device() -> str:
 
 def checkpoint_classes(weights) -> int | None:
     """Number of classes of a checkpoint's classifier (fc or seg), or None when it has none."""
-    from .checkpoint import read_state_dict
+    from ..zoo.checkpoint import read_state_dict
 
     sd = read_state_dict(weights)
     for key in ("seg.weight", "fc.weight"):
@@ -84,7 +84,7 @@ def classify(model, img: Image.Image, *, resize=256, crop=224, ten_crop=False, m
 @torch.no_grad()
 def segment(model, img: Image.Image, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, ms=False,
             scales=MS_SCALES) -> torch.Tensor:
-    """(H, W) int64 labels at the image's size; ms=True: the reference's multi-scale protocol (drn.multiscale)."""
+    """(H, W) int64 labels at the image's size; ms=True: the reference's multi-scale protocol (drn.apps.multiscale)."""
     if ms:
         return multiscale.segment(model, img, mean=mean, std=std, scales=scales)
     labels, _ = model.predict(to_tensor(img, mean, std)[None].to(model_device(model)))

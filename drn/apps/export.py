@@ -21,8 +21,8 @@ from torch import nn
 import drn_kernels
 from drn_kernels import reference
 
+from ..zoo.heads import OUTPUT_STRIDE, classifier_weights, clip_boxes
 from .commands import add_model_args, command_main, positive_int, warn_if_random
-from .heads import OUTPUT_STRIDE, classifier_weights, clip_boxes
 
 _STEM_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 

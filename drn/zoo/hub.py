@@ -1,5 +1,5 @@
 """Released checkpoints through the torch hub cache: the catalogue, the mirror, the download, the error that says
-what to look for. drn.weights (the `drn weights` command) lists and imports; this module only fetches, so the
+what to look for. drn.zoo.weights (the `drn weights` command) lists and imports; this module only fetches, so the
 model factory can use it without importing the command.
 
 The official host of the reference's weights (dl.yf.io) has been unreachable since 2022: a download tries

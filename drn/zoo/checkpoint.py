@@ -119,7 +119,7 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, *, strict: bool = True
 
 
 def pretrained_state_dict(name: str, progress: bool = True) -> dict:
-    """Official weights of `name` through the torch.hub cache (drn.hub: the mirror first where one is set;
+    """Official weights of `name` through the torch.hub cache (drn.zoo.hub: the mirror first where one is set;
     the hash prefix in the file name is checked)."""
     entry = hub.find(name)
     if entry.weights.note:

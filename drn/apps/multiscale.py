@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..zoo.heads import DRNSeg
+from ..zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 from .data import to_tensor
-from .heads import DRNSeg
-from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 REFERENCE_SCALES = (1.0, 0.5, 0.75, 1.25, 1.5, 1.75)
 

@@ -1,4 +1,4 @@
-"""drn.build: one entry point for every model, task, weight source and execution mode."""
+"""The unfused model of every name, task and weight source: what drn.build returns, or fuses when fused=True."""
 from __future__ import annotations
 
 import torch
@@ -12,21 +12,11 @@ TASKS = ("classify", "segment", "localize")
 
 
 def build(name: str, *, task: str = "classify", num_classes: int | None = None, pretrained=False,
-          fused: bool = False, backend: str = "auto", dtype: torch.dtype | None = None,
-          device=None, cpu_choices=None) -> nn.Module:
-    """Build a DRN by registry name (see drn.list_models()).
-
-    task: "classify" (forward(x) -> logits), "segment" (forward(x) -> (log_probs, logits_low); needs
-    num_classes), "localize" (forward(x, threshold) -> drn.Localization).
-    pretrained: False, True (official weights through the torch.hub cache, hash-checked) or a checkpoint path.
-    fused: inference-only model running drn_kernels ops (BatchNorm folded, channels_last), see drn.fuse.
-    cpu_choices (fused only): a table of the cpu backend's algorithm choices to pin on every machine, a dict or a
-    JSON file (FusedModel.cpu_choices() writes one; see drn.fused.FusedModel.pin_cpu_choices).
-    """
+          dtype: torch.dtype | None = None, device=None) -> nn.Module:
+    """The reference model `name` (see drn.list_models()) for `task`, in eval mode: drn.build's unfused model
+    (its docstring says what each argument means)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if cpu_choices is not None and not fused:
-        raise ValueError("cpu_choices pins a fused model's algorithms: it needs fused=True")
     ctor = registry.constructor(name)
     if task == "segment" and num_classes is None:
         raise ValueError("task='segment' needs num_classes (19 for Cityscapes)")
@@ -49,12 +39,6 @@ def build(name: str, *, task: str = "classify", num_classes: int | None = None, 
         load_checkpoint(model, pretrained)
 
     model.eval()
-    if fused:
-        # Fold BatchNorm in float64 from the float32 statistics first, then cast: folding after a cast to
-        # fp16/bf16 would fold from rounded statistics.
-        from .fused import fuse
-
-        return fuse(model, backend=backend, device=device, dtype=dtype, cpu_choices=cpu_choices)
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

@@ -1,6 +1,6 @@
-"""What every command line of drn shares (drn.cli, drn.evaluate, drn.export): argument types, the model, weights
-and run options declared once, and the main() of a stand-alone command. Imports no command module, so none of
-them imports another back.
+"""What every command line of drn shares (drn.apps.cli, drn.apps.evaluate, drn.apps.export): argument types, the
+model, weights and run options declared once, and the main() of a stand-alone command. Imports no command module,
+so none of them imports another back.
 """
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ def run_reporting_errors(prog: str, run, args) -> int:
 
 
 def command_main(prog: str, description: str, add_arguments, run, argv=None) -> int:
-    """The main() of a stand-alone command (python -m drn.evaluate, drn.export): parse with add_arguments, run."""
+    """The main() of a stand-alone command (python -m drn.evaluate, python -m drn.apps.export): parse with
+    add_arguments, run."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)
     return run_reporting_errors(prog, run, parser.parse_args(argv))

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..zoo.registry import IMAGENET_MEAN, IMAGENET_STD
 from .palette import IGNORE_LABEL
-from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 

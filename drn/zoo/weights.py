@@ -6,7 +6,7 @@
 - `drn weights import FILE` puts a file obtained elsewhere (a web archive, a colleague) into the cache under its
   official name, after checking it: the SHA-256 prefix where one is known (a file of another name is recognised
   by its hash), else the name and a strict load into the model it belongs to (the Cityscapes checkpoints).
-Downloads, the mirror (DRN_WEIGHTS_MIRROR) and the error when nothing works: drn.hub.
+Downloads, the mirror (DRN_WEIGHTS_MIRROR) and the error when nothing works: drn.zoo.hub.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from drn_kernels.perf_model import DEVICES, datasheet_peaks
 
-from .heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
+from ..zoo.heads import OUTPUT_STRIDE, DRNSeg, LocalizeMixin
 
 __all__ = ["LayerCount", "count_layers", "conv_count", "Peaks", "device_peaks", "peaks_from", "dtype_key",
            "cudnn_tf32", "GPU_PEAKS", "roofline_fraction"]
@@ -81,7 +81,7 @@ def _numel(shape) -> int:
 
 def _meta_copy(model: nn.Module) -> nn.Module:
     """A copy of `model` whose tensors live on the meta device (no data copied, any size runs anywhere)."""
-    from .fused import FusedConv, FusedModel
+    from ..fused import FusedConv, FusedModel
 
     memo = {}
     owned = [t for m in model.modules() if isinstance(m, FusedConv) for t in m._conv.tensors()]
@@ -108,7 +108,7 @@ def count_layers(model: nn.Module, input_shape, dtype: torch.dtype | None = None
     Works for unfused (drn.build) and fused (drn.fuse) models of the three tasks; nothing is computed: the model
     is copied onto the meta device and its convs report their shapes through forward hooks.
     """
-    from .fused import FusedClassifier, FusedConv, FusedLocalizer, FusedSegmenter
+    from ..fused import FusedClassifier, FusedConv, FusedLocalizer, FusedSegmenter
 
     dtype = dtype or _dtype_of(model)
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -212,7 +212,7 @@ def peaks_from(name: str, dtype: torch.dtype, ceilings: dict | None = None, tf32
 
 def synchronize(device) -> None:
     """Wait for the work queued on `device` (a CUDA device; nothing to wait for elsewhere): the one place timing
-    code (drn.profile, drn.flops, benchmarks/) synchronises."""
+    code (drn.tools.profile, drn.tools.flops, benchmarks/) synchronises."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
