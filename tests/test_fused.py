@@ -234,6 +234,31 @@ def test_build_fused_folds_in_float32_then_casts():
         built.train()
 
 
+def test_fuse_builds_each_layer_once_where_it_runs(monkeypatch):
+    """fuse(device=, dtype=, backend=, cpu_choices=) prepares each conv exactly once, already in its final dtype,
+    on its final backend and with the pinned table: no layer is built elsewhere and then moved or re-prepared."""
+    from drn_kernels import prepared
+
+    made, init = [], prepared.PreparedConv.__init__
+
+    def counting(self, weight, bias, backend, pinned=None):
+        made.append((weight.dtype, bias.dtype, backend, pinned))
+        init(self, weight, bias, backend, pinned)
+
+    monkeypatch.setattr(prepared.PreparedConv, "__init__", counting)
+    table = {}
+    _, seg, loc = unfused_models("drn_d_22")
+    for source in (seg, loc):
+        made.clear()
+        fused = drn.fuse(source, backend="triton", device="cpu", dtype=torch.bfloat16, cpu_choices=table)
+        convs = [m for m in fused.modules() if isinstance(m, FusedConv)]
+        assert len(made) == len(convs) > 0
+        assert all(m == (torch.bfloat16, torch.bfloat16, "triton", table) for m in made)
+        assert fused.backend == "triton" and fused.head_weight.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="dtype"):
+        drn.fuse(seg, dtype=torch.int32)
+
+
 def test_fuse_rejects():
     _, seg, _ = unfused_models("drn_d_22")
     bad = copy.deepcopy(seg)

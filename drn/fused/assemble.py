@@ -13,7 +13,7 @@ from drn_kernels.reference import bilinear_up_weight
 
 from ..zoo.heads import DRNSeg, LocalizeMixin
 from ..zoo.models import DRN, DRN_A, BasicBlock, Bottleneck
-from .layers import FusedBasicBlock, FusedBottleneck, _fused_conv
+from .layers import FusedBasicBlock, FusedBottleneck, Placement, _fused_conv
 from .models import FusedClassifier, FusedLocalizer, FusedModel, FusedSegmenter
 
 
@@ -28,7 +28,7 @@ def _flatten(named_modules) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _fuse_sequence(named_modules, backend: str) -> nn.Sequential:
+def _fuse_sequence(named_modules, place: Placement) -> nn.Sequential:
     """The stem and levels of a backbone as a flat Sequential of fused units."""
     items = _flatten(named_modules)
     units = []
@@ -36,9 +36,9 @@ def _fuse_sequence(named_modules, backend: str) -> nn.Sequential:
     while i < len(items):
         name, m = items[i]
         if isinstance(m, BasicBlock):
-            units.append(FusedBasicBlock(name, m, backend))
+            units.append(FusedBasicBlock(name, m, place))
         elif isinstance(m, Bottleneck):
-            units.append(FusedBottleneck(name, m, backend))
+            units.append(FusedBottleneck(name, m, place))
         elif isinstance(m, nn.Conv2d):
             bn = relu = None
             if i + 1 < len(items) and isinstance(items[i + 1][1], nn.BatchNorm2d):
@@ -47,7 +47,7 @@ def _fuse_sequence(named_modules, backend: str) -> nn.Sequential:
             if i + 1 < len(items) and isinstance(items[i + 1][1], nn.ReLU):
                 i += 1
                 relu = items[i][1]
-            units.append(_fused_conv(name, m, bn, relu is not None, backend))
+            units.append(_fused_conv(name, m, bn, relu is not None, place))
         elif isinstance(m, (nn.MaxPool2d, nn.Identity)):
             units.append(copy.deepcopy(m))  # DRN-A's stem max-pool stays a torch op (channels_last in and out)
         else:
@@ -81,33 +81,29 @@ def fuse(model: nn.Module, backend: str = "auto", *, device=None, dtype=None, cp
     backend: "auto" (triton on CUDA, cpu on CPU, else the reference with a warning) or a named backend; resolved
     per call from the input's device, so the fused model may be moved with .to() afterwards. `model` is untouched.
     device, dtype: where the fused model goes, as .to(device, dtype) after fusing would (BatchNorm is folded in
-    float64 from the source's statistics first), but with the kernels' weights prepared only once, there.
+    float64 from the source's statistics first): each layer is built there, on its backend, and its kernels'
+    weights prepared once.
     cpu_choices: a table of the cpu backend's algorithm choices to pin (FusedModel.pin_cpu_choices).
     """
     drn_kernels.check_backend(backend)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"fuse: dtype must be a floating-point torch.dtype, got {dtype!r}")
     pinned = None if cpu_choices is None else load_choice_table(cpu_choices)  # a bad table fails before work
-    unprepared = "reference"  # the reference backend prepares nothing: built, moved, then prepared once
+    place = Placement(backend, None if device is None else torch.device(device), dtype, pinned)
     with torch.no_grad():
         if isinstance(model, DRNSeg):
             _check_upsampler(model)
             levels = [(f"base.{i}", m) for i, m in enumerate(model.base)]
-            fused = FusedSegmenter(_fuse_sequence(levels, unprepared), unprepared, model.out_dim,
-                                   model.seg.weight.detach(), model.seg.bias.detach())
-        elif isinstance(model, (DRN, DRN_A)):
+            return FusedSegmenter(_fuse_sequence(levels, place), backend, model.out_dim,
+                                  place.put(model.seg.weight), place.put(model.seg.bias))
+        if isinstance(model, (DRN, DRN_A)):
             if getattr(model, "fc", None) is None:
                 raise ValueError("fuse: the model has no classifier (num_classes=0)")
             cls = FusedLocalizer if isinstance(model, LocalizeMixin) else FusedClassifier
-            fc_bias = model.fc.bias.detach() if model.fc.bias is not None else \
-                model.fc.weight.new_zeros(model.fc.weight.shape[0])
-            fused = cls(_fuse_sequence(_named_levels(model), unprepared), unprepared, model.out_dim,
-                        model.fc.weight.detach(), fc_bias)
-        elif isinstance(model, FusedModel):
-            raise TypeError("fuse: the model is already fused")
-        else:
-            raise TypeError(f"fuse: expected a model from drn.build (DRN, DRN_A, DRNSeg), got {type(model).__name__}")
-    if device is not None or dtype is not None:
-        fused.to(device=device, dtype=dtype)
-    if pinned is not None:
-        fused.pin_cpu_choices(pinned)
-    fused.backend = backend
-    return fused
+            fc = model.fc
+            fc_bias = fc.bias if fc.bias is not None else fc.weight.new_zeros(fc.weight.shape[0])
+            return cls(_fuse_sequence(_named_levels(model), place), backend, model.out_dim, place.put(fc.weight),
+                       place.put(fc_bias))
+    if isinstance(model, FusedModel):
+        raise TypeError("fuse: the model is already fused")
+    raise TypeError(f"fuse: expected a model from drn.build (DRN, DRN_A, DRNSeg), got {type(model).__name__}")

@@ -3,6 +3,8 @@ the residual blocks made of them (FusedBasicBlock, FusedBottleneck), each a unit
 protocol; InferenceOnly, the eval-only base of every fused module."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ class FusedConv(InferenceOnly):
     """
 
     def __init__(self, name: str, weight: torch.Tensor, bias: torch.Tensor, stride, padding, dilation,
-                 relu: bool, backend: str):
+                 relu: bool, backend: str, pinned: dict[str, str] | None = None):
         super().__init__()
         self.name = name
         self.stride = list(stride)
@@ -45,7 +47,7 @@ class FusedConv(InferenceOnly):
         self.dilation = list(dilation)
         self.relu = relu
         object.__setattr__(self, "_conv", None)
-        object.__setattr__(self, "_pinned", None)  # the model's pinned cpu choice table (FusedModel.pin_cpu_choices)
+        object.__setattr__(self, "_pinned", pinned)  # the model's pinned cpu choice table (FusedModel.pin_cpu_choices)
         self._own(weight, bias, backend)
 
     def _own(self, weight: torch.Tensor, bias: torch.Tensor, backend: str, copy_values: bool = True):
@@ -184,14 +186,29 @@ def _check_conv(name: str, conv: nn.Conv2d):
                          f"padding={conv.padding!r}; conv_bn_act needs groups=1 and explicit zero padding")
 
 
-def _fused_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool, backend: str) -> FusedConv:
+@dataclass(frozen=True)
+class Placement:
+    """Where and for what the fused units are built: their weights moved to `device` and cast to `dtype` (None:
+    the source's), then prepared once for `backend` with the pinned cpu choice table `pinned` (or None)."""
+    backend: str
+    device: torch.device | None = None
+    dtype: torch.dtype | None = None
+    pinned: dict[str, str] | None = None
+
+    def put(self, t: torch.Tensor) -> torch.Tensor:
+        """t (detached) on the placement's device and in its dtype."""
+        return t.detach().to(device=self.device, dtype=self.dtype)
+
+
+def _fused_conv(name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, relu: bool, place: Placement) -> FusedConv:
     _check_conv(name, conv)
-    if bn is not None:
+    if bn is not None:  # folded in float64 from the source's values, then placed
         weight, bias = drn_kernels.fold_bn(conv.weight, bn, conv_bias=conv.bias)
     else:
         weight = conv.weight.detach()
         bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
-    return FusedConv(name, weight, bias, conv.stride, conv.padding, conv.dilation, relu, backend)
+    return FusedConv(name, place.put(weight), place.put(bias), conv.stride, conv.padding, conv.dilation, relu,
+                     place.backend, place.pinned)
 
 
 class _BandedBlock(InferenceOnly):
@@ -251,14 +268,14 @@ class _BandedBlock(InferenceOnly):
 class FusedBasicBlock(_BandedBlock):
     """relu(conv2(conv1(x)) + shortcut): two conv_bn_act calls, the second fusing the add and ReLU."""
 
-    def __init__(self, name: str, block: BasicBlock, backend: str):
+    def __init__(self, name: str, block: BasicBlock, place: Placement):
         super().__init__()
-        self.conv1 = _fused_conv(f"{name}.conv1", block.conv1, block.bn1, True, backend)
-        self.conv2 = _fused_conv(f"{name}.conv2", block.conv2, block.bn2, True, backend)
+        self.conv1 = _fused_conv(f"{name}.conv1", block.conv1, block.bn1, True, place)
+        self.conv2 = _fused_conv(f"{name}.conv2", block.conv2, block.bn2, True, place)
         self.residual = bool(block.residual)
         # DRN-C-58 layer7.0 (residual=False) has a projection that the reference computes and then discards; its
         # result never reaches the output, so the fused model does not carry or run it (outputs are unchanged).
-        self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, backend)
+        self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, place)
                            if self.residual and block.downsample is not None else None)
 
     def convs(self) -> list[FusedConv]:
@@ -275,12 +292,12 @@ class FusedBasicBlock(_BandedBlock):
 class FusedBottleneck(_BandedBlock):
     """relu(conv3(conv2(conv1(x))) + shortcut): three conv_bn_act calls, the last fusing the add and ReLU."""
 
-    def __init__(self, name: str, block: Bottleneck, backend: str):
+    def __init__(self, name: str, block: Bottleneck, place: Placement):
         super().__init__()
-        self.conv1 = _fused_conv(f"{name}.conv1", block.conv1, block.bn1, True, backend)
-        self.conv2 = _fused_conv(f"{name}.conv2", block.conv2, block.bn2, True, backend)
-        self.conv3 = _fused_conv(f"{name}.conv3", block.conv3, block.bn3, True, backend)
-        self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, backend)
+        self.conv1 = _fused_conv(f"{name}.conv1", block.conv1, block.bn1, True, place)
+        self.conv2 = _fused_conv(f"{name}.conv2", block.conv2, block.bn2, True, place)
+        self.conv3 = _fused_conv(f"{name}.conv3", block.conv3, block.bn3, True, place)
+        self.downsample = (_fused_downsample(f"{name}.downsample", block.downsample, place)
                            if block.downsample is not None else None)
         self.residual = True
 
@@ -293,8 +310,8 @@ class FusedBottleneck(_BandedBlock):
         return self.conv3(out, residual=shortcut)
 
 
-def _fused_downsample(name: str, downsample: nn.Module, backend: str) -> FusedConv:
+def _fused_downsample(name: str, downsample: nn.Module, place: Placement) -> FusedConv:
     if not (isinstance(downsample, nn.Sequential) and len(downsample) == 2
             and isinstance(downsample[1], nn.BatchNorm2d)):
         raise TypeError(f"fuse: {name} must be Sequential(Conv2d, BatchNorm2d), got {downsample}")
-    return _fused_conv(f"{name}.0", downsample[0], downsample[1], False, backend)
+    return _fused_conv(f"{name}.0", downsample[0], downsample[1], False, place)
