@@ -1,6 +1,6 @@
-"""drn.zoo.hub and `drn weights` (drn.zoo.weights): the catalogue, importing a file into the torch hub cache, the
-mirror setting, and the error when nothing works. Local files only: the hub folder is a tmp_path, downloads are
-file:// URLs or a refused local port."""
+"""drn.zoo.hub, drn.zoo.weights and `drn weights` (drn.apps.weights): the catalogue, importing a file into the
+torch hub cache, the mirror setting, and the error when nothing works. Local files only: the hub folder is a
+tmp_path, downloads are file:// URLs or a refused local port."""
 import hashlib
 import json
 

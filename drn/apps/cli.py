@@ -5,7 +5,7 @@
     drn localize IMAGE... --model NAME (--weights PATH | --pretrained | --random-weights) --out DIR
     drn evaluate segment|classify|localize --data DIR ...       (= python -m drn.evaluate)
     drn evaluate segment --images DIR --labels DIR ...          (generated images vs label maps)
-    drn weights  [--json] | drn weights import FILE...            (released checkpoints; see drn.zoo.weights)
+    drn weights  [--json] | drn weights import FILE...            (released checkpoints; see drn.apps.weights)
     drn export   --model NAME (--weights PATH | --pretrained | --random-weights) --onnx OUT [--task T] [--size H W]
     drn profile  ...                                            (= python -m drn.profile)
     drn bench    [-h] [PYTEST ARGS...]                          (pytest on the benchmarks, --benchmark-only)
@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 
-from ..zoo import weights
 from ..zoo.registry import IMAGENET_MEAN, IMAGENET_STD
-from . import data, evaluate, export, predict
+from . import data, evaluate, export, predict, weights
 from .commands import (add_model_args, add_run_args, non_negative_int, positive_int,  # noqa: F401 (re-exported)
                        report_cpu_choices, run_reporting_errors, warn_if_random)
 from .palette import draw_box, save_label_png
@@ -210,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("weights", help="released checkpoints: list (file, sha256, cached) or import FILE")
     weights.add_arguments(p)
-    p.set_defaults(run=weights.cmd_weights)
+    p.set_defaults(run=weights.run)
 
     p = sub.add_parser("export", help="BN-folded model to ONNX")
     export.add_arguments(p)

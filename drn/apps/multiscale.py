@@ -59,9 +59,9 @@ def pil_bilinear_taps(in_size: int, out_size: int):
     """PIL's bilinear resampling coefficients along one axis (Resample.c precompute_coeffs, in0=0, in1=in_size).
 
     Returns (first (out,) int64 first input index, weights (out, taps) float64, zero past each row's count,
-    count (out,) int64 taps in use; cached per sizes: do not modify). Output pixel i's centre is (i + 0.5)·scale in input coordinates; the
-    triangle filter's support is max(scale, 1); the taps are the inputs whose centres fall within it, clipped to
-    the map, and their weights are normalised to sum to 1.
+    count (out,) int64 taps in use; cached per sizes: do not modify). Output pixel i's centre is (i + 0.5)·scale
+    in input coordinates; the triangle filter's support is max(scale, 1); the taps are the inputs whose centres
+    fall within it, clipped to the map, and their weights are normalised to sum to 1.
     """
     if in_size <= 0 or out_size <= 0:
         raise ValueError(f"resize sizes must be positive, got {in_size} -> {out_size}")

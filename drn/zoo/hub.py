@@ -1,6 +1,6 @@
 """Released checkpoints through the torch hub cache: the catalogue, the mirror, the download, the error that says
-what to look for. drn.zoo.weights (the `drn weights` command) lists and imports; this module only fetches, so the
-model factory can use it without importing the command.
+what to look for. drn.zoo.weights lists and imports (for the `drn weights` command, drn.apps.weights); this
+module only fetches, so the model factory can use it without importing either.
 
 The official host of the reference's weights (dl.yf.io) has been unreachable since 2022: a download tries
 DRN_WEIGHTS_MIRROR's <base>/<file name> first, then the official URL, and when nothing works the error names the

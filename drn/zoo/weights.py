@@ -1,24 +1,21 @@
-"""`drn weights`: the released checkpoints — list them, import a file obtained elsewhere.
+"""The released checkpoints: list them, import a file obtained elsewhere (the library of `drn weights`,
+drn.apps.weights).
 
-- `drn weights [--json]` lists every released checkpoint (ImageNet classifiers, the Cityscapes segmenters): its
+- status() lists every released checkpoint (ImageNet classifiers, the Cityscapes segmenters): its
   file name, the start of its SHA-256 (where one was published: torch.hub's name-<hash>.pth), and whether the
   torch hub cache holds it.
-- `drn weights import FILE` puts a file obtained elsewhere (a web archive, a colleague) into the cache under its
+- import_file(FILE) puts a file obtained elsewhere (a web archive, a colleague) into the cache under its
   official name, after checking it: the SHA-256 prefix where one is known (a file of another name is recognised
   by its hash), else the name and a strict load into the model it belongs to (the Cityscapes checkpoints).
 Downloads, the mirror (DRN_WEIGHTS_MIRROR) and the error when nothing works: drn.zoo.hub.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
-
-from drn_kernels import settings
 
 from .hub import Entry, cache_dir, catalogue, sha256_of
 
@@ -88,36 +85,3 @@ def import_file(path) -> tuple[Entry, Path, str]:
         if os.path.exists(tmp):
             os.remove(tmp)
     return entry, dest, digest
-
-
-# ---------------------------------------------------------------------------------------- command line
-
-def cmd_weights(args) -> int:
-    if args.action == "import":
-        if not args.files:
-            raise ValueError("drn weights import needs at least one FILE")
-        for f in args.files:
-            entry, dest, digest = import_file(f)
-            print(f"{f} -> {dest}  ({entry.model} {entry.task}, sha256 {digest})")
-        return 0
-    if args.files:
-        raise ValueError(f"unexpected arguments {args.files}: `drn weights` lists, `drn weights import FILE` imports")
-    records = status()
-    if args.json:
-        print(json.dumps(records))
-        return 0
-    width = max(len(r["file"]) for r in records)
-    print(f"{'model':<10} {'task':<8} {'file':<{width}}  {'sha256':<8}  cached")
-    for r in records:
-        print(f"{r['model']:<10} {r['task']:<8} {r['file']:<{width}}  {r['sha256_prefix'] or 'unknown':<8}  "
-              f"{'yes' if r['cached'] else 'no'}")
-    mirror = settings.value("DRN_WEIGHTS_MIRROR")
-    print(f"cache: {cache_dir()}; mirror: {mirror or 'none (DRN_WEIGHTS_MIRROR)'}", file=sys.stderr)
-    return 0
-
-
-def add_arguments(p) -> None:
-    p.add_argument("action", nargs="?", choices=["list", "import"], default="list",
-                   help="list (default) or import FILE...")
-    p.add_argument("files", nargs="*", metavar="FILE", help="with import: checkpoint files obtained elsewhere")
-    p.add_argument("--json", action="store_true", help="list as one JSON array")
