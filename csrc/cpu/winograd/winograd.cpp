@@ -26,9 +26,9 @@
 // Threads: the transforms share out the chunk's tiles, the GEMMs the (ξ, column panel) pairs, each thread starting
 //   on its own stretch and taking from the others' once done (parallel.h: parallel_shares).
 // bfloat16: x, the residual and the output in bf16, the transforms in float32. Where the CPU has AVX512-BF16
-//   (gemm_bf16_supported), F(2×2) only: V and U rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16; V
-//   by vcvtneps2bf16: tiles.cpp, store_v), M in float32; the two extra roundings put the error at 1.4–2.1× torch's own bf16
-//   convolution on DRN layers; in F(4×4) (factors up to 25) it is ~15×, so that tile is refused there
+//   (gemm_bf16_supported), F(2×2) only: V and U rounded to bf16 (the GEMM's operands, gemm.h: gemm_packed_bf16;
+//   V by vcvtneps2bf16: tiles.cpp, store_v), M in float32; the two extra roundings put the error at 1.4–2.1×
+//   torch's own bf16 convolution on DRN layers; in F(4×4) (factors up to 25) it is ~15×, so that tile is refused there
 //   (winograd_tiles, winograd_weight). Elsewhere (AVX2-only CPUs, or DRN_CPU_ISA below avx512) V, U and the GEMM
 //   are float32, as for a float32 conv, both tiles: bf16 is storage only, rounded once at the output.
 #include "cpu/winograd/winograd.h"
