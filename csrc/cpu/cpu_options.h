@@ -29,4 +29,8 @@ enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 Isa cpu_isa();
 
+// The best the CPU has, whatever DRN_CPU_ISA says: AVX-512F+DQ+VL (what DRN_TARGET_AVX512 compiles for), else
+// AVX2+FMA, else the baseline.
+Isa best_cpu_isa();
+
 }  // namespace drn::cpu

@@ -5,6 +5,7 @@
 // the true AVX2 peak, below what our AVX2 GEMM reaches); FLOP/s = threads × iterations × chains × lanes × 2 /
 // wall time.
 // isa: 2 AVX-512 (16 lanes), 1 AVX2 + FMA (8 lanes), -1 the best the CPU has; capped by what the CPU has.
+#include "cpu/cpu_options.h"
 #include "cpu/simd.h"
 
 #include <ATen/Parallel.h>
@@ -44,9 +45,8 @@ template <class S, int kChains>
 [[DRN_TARGET_AVX2, gnu::flatten]] float run_avx2(int64_t iters) { return fma_chains<simd::Avx2, kChains256>(iters); }
 
 double cpu_fma_peak(int64_t isa, int64_t iters) {
-  const bool has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vl");  // DRN_TARGET_AVX512
-  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const Isa best = best_cpu_isa();
+  const bool has512 = best == Isa::kAvx512, has2 = best != Isa::kBaseline;
   TORCH_CHECK_VALUE(isa == -1 || isa == 1 || isa == 2, "cpu_fma_peak: isa must be -1 (best), 1 (avx2) or 2 "
                     "(avx512), got ", isa);
   TORCH_CHECK_VALUE(iters > 0 && iters <= (int64_t{1} << 34), "cpu_fma_peak: iters must be in [1, 2^34], got ",
