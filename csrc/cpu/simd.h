@@ -7,7 +7,8 @@
 // rounding. Intrinsics (immintrin.h) appear in this file only.
 //
 // fma is explicit: a·b + c written with operators is fused only where the compiler contracts it (GCC does by
-// default in GNU C++ where the target has FMA, not in ISO C), and the kernels' results must not depend on that.
+// default in C++, -std=c++20 included, where the target has FMA; only its ISO C modes do not), and the kernels'
+// results must not depend on compiler defaults.
 //
 // How a kernel uses it: its body is a template on the ISA struct S (always_inline, no target attribute, calling
 // S::fma etc.), instantiated by an entry point per ISA that carries DRN_TARGET_<ISA> and [[gnu::flatten]]. The
@@ -76,8 +77,8 @@ template <int Write, int Locality, class E>
                      Write, Locality);
 }
 
-// Every lane x. x − 0 is x exactly (−0 included), and a compile-time constant folds to a vector constant; a value
-// known only at run time costs a subtraction here: S::broadcast is one instruction.
+// Every lane x, for compile-time constants: x − 0 is x exactly (−0 included) and folds to a vector constant. GCC
+// builds a value known only at run time lane by lane: use S::broadcast (one instruction) for those.
 template <class V>
 [[gnu::always_inline]] inline V splat(float x) {
   return x - V{};
