@@ -1,4 +1,4 @@
-"""The cpu backend's own GEMM (csrc/cpu/gemm/gemm.cpp) on the Winograd products of DRN layers, on each ISA this CPU has
+"""The cpu backend's own GEMM (csrc/cpu/gemm/) on the Winograd products of DRN layers, on each ISA this CPU has
 (DRN_CPU_ISA), against MKL's batched sgemm (torch.bmm, the baseline it replaced) — and as a fraction of the FMA
 peak measured in the same case (drn.tools.flops.cpu_fma_peak on the same ISA and threads, the best of 5 runs), the figure
 that should reach 85% on every x86 vendor. The peak is measured right before and right after the timed rounds and

@@ -65,7 +65,7 @@ def _(x, weight, bias, prepared, stride, padding, dilation, residual, relu):
 
 @torch.library.register_fake("drn::winograd_weight")
 def _(weight, tile=0):
-    # packed for csrc/cpu/gemm/gemm.cpp: panels of 32 output channels; for the bfloat16 GEMM (a bfloat16 weight on a CPU
+    # packed for csrc/cpu/gemm/ (pack.cpp): panels of 32 output channels; for the bfloat16 GEMM (a bfloat16 weight on a CPU
     # with AVX512-BF16: drn::cpu_bf16_gemm) in pairs of input channels, F(2x2) only; else float32
     panels, c = -(-weight.shape[0] // 32), weight.shape[1]
     if weight.dtype == torch.bfloat16 and torch.ops.drn.cpu_bf16_gemm():  # as winograd/winograd.cpp

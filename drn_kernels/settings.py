@@ -72,8 +72,8 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
 
 # The DRN_* names in the sources that are not environment variables: C++ macros and symbols.
 NOT_SETTINGS = ("DRN_WITH_CUDA", "DRN_SIMT_HOST", "DRN_SIM_DIGEST", "DRN_SIM_DROP_MAINLOOP_SYNC", "DRN_MULTIVERSION",
-                "DRN_TILES", "DRN_STR", "DRN_STR_", "DRN_CAT", "DRN_CAT_", "DRN_FMA_CHAINS", "DRN_TWO_VECTOR_BLOCK",
-                "DRN_BLOCK_TABLE")
+                "DRN_STR", "DRN_STR_", "DRN_CAT", "DRN_CAT_", "DRN_TARGET_AVX512", "DRN_TARGET_AVX512_BF16",
+                "DRN_TARGET_AVX2")
 
 
 def _raw(name: str) -> str:

@@ -1,4 +1,4 @@
-"""The cpu backend's own GEMM (csrc/cpu/gemm/gemm.cpp, as the test library's drn_testing::gemm_pack_b / gemm_packed:
+"""The cpu backend's own GEMM (csrc/cpu/gemm/, as the test library's drn_testing::gemm_pack_b / gemm_packed:
 drn_kernels.build.load_testing_library()), which the Winograd convolution runs for its per-point products: against
 float64 on random odd shapes, on each ISA build (DRN_CPU_ISA, capped by this CPU), bit-identical across ISAs (every
 build accumulates the same float32 FMAs in the same order), packing, empty sizes, hostile arguments."""

@@ -33,16 +33,12 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/simd.h"
 #include "cpu/threading/parallel.h"
 #include "input_checks.h"
 
-// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time (GCC function multi-
-// versioning), so one build is fast on the machine it runs on without -march=native.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DRN_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define DRN_MULTIVERSION
-#endif
+// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time (simd.h: DRN_MULTIVERSION), so
+// one build is fast on the machine it runs on without -march=native.
 
 namespace drn::cpu {
 namespace {

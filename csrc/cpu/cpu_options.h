@@ -23,10 +23,14 @@ CpuOptions& cpu_options();
 
 inline ConvMode conv_mode() { return static_cast<ConvMode>(cpu_options().conv.load(std::memory_order_relaxed)); }
 
-// The instruction set our own kernels (Winograd transforms, gemm.cpp) run with: the best the CPU has
+// The instruction set our own kernels (Winograd transforms, the GEMM) run with: the best the CPU has
 // (AVX-512F+DQ+VL, else AVX2+FMA, else the build's baseline), or the lower one DRN_CPU_ISA asks for.
 enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 Isa cpu_isa();
+
+// The best the CPU has, whatever DRN_CPU_ISA says: AVX-512F+DQ+VL (what DRN_TARGET_AVX512 compiles for), else
+// AVX2+FMA, else the baseline.
+Isa best_cpu_isa();
 
 }  // namespace drn::cpu

@@ -5,11 +5,12 @@
 // the true AVX2 peak, below what our AVX2 GEMM reaches); FLOP/s = threads × iterations × chains × lanes × 2 /
 // wall time.
 // isa: 2 AVX-512 (16 lanes), 1 AVX2 + FMA (8 lanes), -1 the best the CPU has; capped by what the CPU has.
+#include "cpu/cpu_options.h"
+#include "cpu/simd.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
-
-#include <immintrin.h>
 
 #include <atomic>
 #include <chrono>
@@ -19,34 +20,33 @@ namespace {
 
 constexpr int kChains512 = 16, kChains256 = 12;
 
-// kChains independent accumulators acc = acc·a + b, `iters` times; returns a sum of them (so nothing is dead).
-#define DRN_FMA_CHAINS(name, target, kChains, V, set1, fmadd, add)          \
-  target V name(int64_t iters) {                                            \
-    V acc[kChains];                                                         \
-    for (int i = 0; i < kChains; ++i) acc[i] = set1(static_cast<float>(i)); \
-    const V a = set1(0.999999f), b = set1(1e-6f);                           \
-    for (int64_t t = 0; t < iters; ++t) {                                   \
-      _Pragma("GCC unroll 16") for (int i = 0; i < kChains; ++i) acc[i] = fmadd(acc[i], a, b); \
-    }                                                                       \
-    V s = acc[0];                                                           \
-    for (int i = 1; i < kChains; ++i) s = add(s, acc[i]);                   \
-    return s;                                                               \
+// kChains independent accumulators acc = acc·a + b, `iters` times, on the ISA S (simd.h); returns a sum of them (so
+// nothing is dead).
+template <class S, int kChains>
+[[gnu::always_inline]] inline float fma_chains(int64_t iters) {
+  using V = decltype(S::broadcast(0.f));
+  V acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = S::broadcast(static_cast<float>(i));
+  const V a = S::broadcast(0.999999f), b = S::broadcast(1e-6f);
+  for (int64_t t = 0; t < iters; ++t) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kChains; ++i) acc[i] = S::fma(acc[i], a, b);
   }
-DRN_FMA_CHAINS(chains_avx512, [[gnu::target("avx512f")]], kChains512, __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps)
-DRN_FMA_CHAINS(chains_avx2, [[gnu::target("avx2,fma")]], kChains256, __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps)
-#undef DRN_FMA_CHAINS
-
-[[gnu::target("avx512f")]] float run_avx512(int64_t iters) { return _mm512_reduce_add_ps(chains_avx512(iters)); }
-
-[[gnu::target("avx2,fma")]] float run_avx2(int64_t iters) {
-  float lanes[8];
-  _mm256_storeu_ps(lanes, chains_avx2(iters));
-  return lanes[0] + lanes[7];
+  V s = acc[0];
+  for (int i = 1; i < kChains; ++i) s += acc[i];
+  float sum = 0.f;
+  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(float)); ++l) sum += s[l];
+  return sum;
 }
 
+[[DRN_TARGET_AVX512, gnu::flatten]] float run_avx512(int64_t iters) {
+  return fma_chains<simd::Avx512, kChains512>(iters);
+}
+[[DRN_TARGET_AVX2, gnu::flatten]] float run_avx2(int64_t iters) { return fma_chains<simd::Avx2, kChains256>(iters); }
+
 double cpu_fma_peak(int64_t isa, int64_t iters) {
-  const bool has512 = __builtin_cpu_supports("avx512f");
-  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const Isa best = best_cpu_isa();
+  const bool has512 = best == Isa::kAvx512, has2 = best != Isa::kBaseline;
   TORCH_CHECK_VALUE(isa == -1 || isa == 1 || isa == 2, "cpu_fma_peak: isa must be -1 (best), 1 (avx2) or 2 "
                     "(avx512), got ", isa);
   TORCH_CHECK_VALUE(iters > 0 && iters <= (int64_t{1} << 34), "cpu_fma_peak: iters must be in [1, 2^34], got ",

@@ -74,9 +74,10 @@ def cpu_sources(relative: bool = False) -> list[str]:
 
 def testing_sources() -> list[str]:
     """The test library: csrc/testing/*.cpp (test-only ops), and from the product the module init (csrc/*.cpp), the
-    cpu backend's settings and the GEMM they probe (csrc/cpu/cpu_options.cpp, gemm/gemm.cpp)."""
+    cpu backend's settings and the GEMM they probe (csrc/cpu/cpu_options.cpp, gemm/*.cpp)."""
     return (sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
-            + [os.path.join(CSRC, "cpu", f) for f in ("cpu_options.cpp", os.path.join("gemm", "gemm.cpp"))]
+            + [os.path.join(CSRC, "cpu", "cpu_options.cpp")]
+            + sorted(glob.glob(os.path.join(CSRC, "cpu", "gemm", "*.cpp")))
             + sorted(glob.glob(os.path.join(CSRC, "testing", "*.cpp"))))
 
 

@@ -1,6 +1,6 @@
 """The test library drn_kernels_C_testing: ops that probe the cpu backend's internals, for tests and benchmarks only.
 
-    torch.ops.drn_testing.gemm_pack_b, gemm_packed                      the GEMM of csrc/cpu/gemm/gemm.cpp as ops
+    torch.ops.drn_testing.gemm_pack_b, gemm_packed                      the GEMM of csrc/cpu/gemm/ as ops
     torch.ops.drn_testing.parallel_shares_trace, parallel_even_trace    how csrc/cpu/threading/parallel.h shares out work
 
 Its sources (config.testing_sources(): csrc/testing/*.cpp, with the module init and the cpu backend's GEMM and

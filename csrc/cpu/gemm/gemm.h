@@ -1,5 +1,6 @@
 // The CPU backend's own float32 GEMM: the (tiles × C)·(C × K) products of the Winograd convolution
-// (conv_bn_act_winograd.cpp), one per transform point ξ. See gemm.cpp for the kernels and their blocking.
+// (winograd/winograd.cpp), one per transform point ξ: register blocks in microkernel.h, their blocking and threads in
+// gemm.cpp, the packing of b in pack.cpp.
 //
 // Why not MKL (at::bmm): MKL's sgemm is fast on Intel and slow on AMD (well under half the FMA peak on the
 // Winograd shapes there: docs/performance/cpu.md), and its small-M shapes (49 tiles for a

@@ -1,6 +1,6 @@
 // drn::conv_bn_act_native on CPU, Winograd F(m×m, 3×3) path for float32 and bfloat16 3×3 stride-1 convolutions
 // (dilated or not): the convolutions that dominate every DRN (levels 5-8 at 1/8 resolution). See
-// conv_bn_act_winograd.cpp.
+// winograd.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
