@@ -27,10 +27,10 @@ Two implementations of steps 2–4:
   up-sampling (two separable 2-tap passes) and the log-softmax round differently from the reference's
   transposed convolution and F.log_softmax, so labels agree except at near-ties.
 Step 3 on the CPU is PIL itself (the reference's own call, so the values are those of the installed Pillow). On
-other devices it is resize_like_pil_torch: PIL's taps, weights and summation order in float64, horizontal pass
-first as Pillow's Resample.c; single-axis resizes are bit for bit PIL's, and where a Pillow build runs the two
-passes in the other order the float32 rounding of the intermediate differs by a few ulps (labels: near-ties
-only).
+other devices it is resize_like_pil_torch: Pillow's Resample.c arithmetic bit for bit (its taps and weights,
+float64 sums in its order, horizontal pass first). A Pillow wheel's compiled code may round some of those sums
+differently (the 13.0.0 wheel for CPython 3.12: one float32 ulp in ~0.1% of pixels; the one for 3.11 matches), and
+a Pillow build may run the two passes in the other order (a few ulps): labels differ at near-ties only.
 """
 from __future__ import annotations
 
@@ -136,8 +136,8 @@ def resize_like_pil(maps: torch.Tensor, size) -> torch.Tensor:
 def resize_like_pil_torch(maps: torch.Tensor, size) -> torch.Tensor:
     """resize_like_pil in torch ops (any device): PIL's taps and weights (pil_bilinear_taps), horizontal pass
     first rounded to float32, then vertical, each a float64 sum over the taps in PIL's order; an axis already at
-    its size is not resampled. PIL's values bit for bit along one axis; within an ulp of float32 on two (see the
-    module docstring)."""
+    its size is not resampled. Resample.c's arithmetic bit for bit; an installed Pillow's within an ulp or a few
+    (see the module docstring)."""
     height, width = (int(v) for v in size)
     if maps.shape[-1] != width:
         maps = _resample_axis(maps, width, -1)
