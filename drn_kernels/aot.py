@@ -76,6 +76,7 @@ def _tensor_core_counts(cubin: bytes) -> tuple[int, int]:
 # ---- what to compile ----------------------------------------------------------------------------------------
 
 _TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+_ELT = {"fp16": 2, "bf16": 2, "fp32": 4}  # bytes per element
 _CONV_ALWAYS_ALIGNED = ["K", "srn", "srp", "srq"]  # output channels (and so the residual's strides): multiples of 16
 
 
@@ -201,7 +202,7 @@ def records(arches=ARCHES, dtypes=None, kernels=None, max_configs: Optional[int]
                     continue
                 sig, fixed = signature(dt)
                 for label, flags, *aligned_ints in variants(dt):
-                    if name == "conv_bn_act" and flags["USE_INT64"] and not conv_int64_allowed(meta):
+                    if name == "conv_bn_act" and flags["USE_INT64"] and not conv_int64_allowed(meta, _ELT[dt]):
                         continue  # a tile the launcher never runs with int64 offsets
                     aligned_ints = aligned_ints[0] if aligned_ints else aligned(flags)
                     for arch in arches:

@@ -317,6 +317,17 @@ def test_prune_follows_the_device_shared_memory(monkeypatch):
     assert len(conv_mod._prune_configs(conv_mod.CONFIGS, named, FLAT=False)) == 1  # never an empty space
 
 
+@pytest.mark.parametrize("dtype, c, configs", [(torch.float16, 512, "CONFIGS"), (torch.float32, 512, "FP32_CONFIGS"),
+                                                (torch.float32, 16, "FP32_CONFIGS")])
+def test_prune_with_int64_offsets_keeps_only_tiles_that_do_not_spill(dtype, c, configs):
+    """With int64 offsets only the tiles int64_allowed() lets run are timed, also where every other rule would
+    prune them all (C=16 at fp32: the fallback is an allowed tile, not the spilling 64x64)."""
+    elt = torch.empty(0, dtype=dtype).element_size()
+    kept = conv_mod._prune_configs(getattr(conv_mod, configs), _named(c, 512, dtype), FLAT=False, USE_INT64=True)
+    assert kept and all(conv_mod.int64_allowed(cfg.kwargs, elt) for cfg in kept)
+    assert all(bm * bn <= (128 * 128 if elt == 2 else 32 * 64) for bm, bn, _, _ in _tiles(kept))
+
+
 def test_autotune_key_holds_every_flag_that_changes_the_code():
     flags = {"HAS_RES", "RELU", "FLAT", "USE_INT64", "DOT_PRECISION", "C_VEC"}
     constexprs = {"HAS_RES", "RELU", "FLAT", "USE_INT64", "DOT_PRECISION", "DOT_IN_FP32", "C_VEC"}

@@ -114,10 +114,11 @@ def _shared_limit(t: Tensor) -> int:
     return SHARED_LIMIT
 
 
-def int64_allowed(meta: dict) -> bool:
-    """Whether a tile may run with int64 offsets: not the widest (128x256), whose int64 address arithmetic spills
-    registers on sm_80 (its int32 form does not)."""
-    return meta["BLOCK_M"] * meta["BLOCK_N"] <= 128 * 128
+def int64_allowed(meta: dict, elt: int) -> bool:
+    """Whether a tile may run with int64 offsets on elt-byte elements: tiles whose int64 address arithmetic spills
+    registers where their int32 form does not are left out: the widest 16-bit tile (128x256, sm_80) and the
+    float32 tiles above 32x64 (64x64 on 8 warps with the exact "ieee" dot: sm_80 under triton 3.6)."""
+    return meta["BLOCK_M"] * meta["BLOCK_N"] <= (128 * 128 if elt < 4 else 32 * 64)
 
 
 def prune_for(configs, c: int, k: int, elt: int, flat: bool, shared_limit: int, use_int64: bool = False) -> list:
@@ -125,20 +126,19 @@ def prune_for(configs, c: int, k: int, elt: int, flat: bool, shared_limit: int, 
     ring does not fit in shared_limit bytes, column tiles far wider than K (pure masked waste), channel steps
     wider than C rounded up to 16 (masked waste), at 16 bits 16-channel steps where C > 16 (twice the barriers
     per FLOP of a 32-channel step), and with int64 offsets the tiles int64_allowed() refuses; never all of them
-    (the narrowest stays)."""
+    (the narrowest that may run stays)."""
+    allowed = [cfg for cfg in configs if not use_int64 or int64_allowed(cfg.kwargs, elt)] or configs
     kept = []
-    for cfg in configs:
+    for cfg in allowed:
         bm, bn, bc = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_C"]
         if (bm * bc + bc * bn) * elt * cfg.num_stages > shared_limit:
-            continue
-        if use_int64 and not int64_allowed(cfg.kwargs):
             continue
         if bn > 32 and bn >= 2 * k:
             continue
         if not flat and (bc > -(-c // 16) * 16 or (elt == 2 and bc == 16 and c > 16)):
             continue
         kept.append(cfg)
-    return kept or [min(configs, key=lambda cfg: (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_C"]))]
+    return kept or [min(allowed, key=lambda cfg: (cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_C"]))]
 
 
 def _prune_configs(configs, named_args, **kwargs):
