@@ -137,14 +137,17 @@ def test_said_once(monkeypatch):
     assert [str(w.message) for w in said if "run in float32" in str(w.message)].__len__() == 1
 
 
-def test_layer_hostile_inputs(widen):
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
+def test_layer_hostile_inputs(widen, cpu_settings, algorithm):
     """Strided and expanded views, NaN/±inf, inference_mode and an in-place write to the model's weight handle: the
-    widened layer gives its float32 path's answer on the materialised inputs, rounded once."""
+    widened layer gives its float32 path's answer on the materialised inputs, rounded once (Winograd and oneDNN,
+    each forced: a timed choice would test whichever won)."""
+    cpu_settings.set("DRN_CPU_CONV", algorithm)
     w, b = _x(64, 64, 3, 3, seed=6).mul_(0.05).to(BF16), _x(64, seed=7).to(BF16)
     conv = FusedConv("c", w, b, (1, 1), (1, 1), (1, 1), True, "cpu")
     base = _x(1, 64, 26, 34, seed=8).to(BF16)
-    base[0, 3, 5, 7], base[0, 9, 1, 2], base[0, 11, 20, 30] = float("nan"), float("inf"), -float("inf")
-    x = base[:, :, ::2, 1:]                                     # strided, contiguous layout
+    base[0, 3, 4, 7], base[0, 9, 2, 2], base[0, 11, 20, 30] = float("nan"), float("inf"), -float("inf")
+    x = base[:, :, ::2, 1:]                                     # strided (even rows, from column 1): all three kept
     res = _x(1, 64, 1, 1, seed=9).to(BF16).expand(1, 64, 13, 33)  # expanded
     with torch.no_grad():
         expected = conv(x.contiguous().float(), res.contiguous().float()).to(BF16)
