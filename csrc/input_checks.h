@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 
 #include "conv_output_size.h"
 
@@ -16,11 +17,22 @@ namespace drn {
 
 constexpr int64_t kIndexLimit = std::numeric_limits<int32_t>::max();
 
-// x (N, C, H, W), weight (K, C, R, S): torch.conv2d's geometry rules plus the int32 coordinate range.
-inline void check_conv_args(const char* op, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+// x (N, C, H, W), weight (K, C, R, S), bias (K,), residual (N, K, P, Q) or none: torch.conv2d's geometry rules
+// plus the int32 coordinate range; the operands' shapes, dtypes and devices agree, so no kernel reads past one.
+inline void check_conv_args(const char* op, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation) {
   TORCH_CHECK_VALUE(x.dim() == 4 && weight.dim() == 4, op, ": x and weight must have rank 4, got ", x.sizes(),
                     " and ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(1) == x.size(1), op, ": weight must have shape (K, C=", x.size(1),
+                    ", R, S) to match x, got ", weight.sizes());
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == weight.size(0), op, ": bias must have shape (",
+                    weight.size(0), ",) to match weight, got ", bias.sizes());
+  for (const at::Tensor* t : {&weight, &bias}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), op, ": weight and bias must have x's dtype ",
+                     x.scalar_type(), ", got ", weight.scalar_type(), " and ", bias.scalar_type());
+    TORCH_CHECK_VALUE(t->device() == x.device(), op, ": weight and bias must be on x's device ", x.device());
+  }
   TORCH_CHECK_VALUE(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
                     ": stride, padding and dilation must have two values each, got ", stride, ", ", padding, ", ",
                     dilation);
@@ -41,6 +53,16 @@ inline void check_conv_args(const char* op, const at::Tensor& x, const at::Tenso
     TORCH_CHECK_VALUE(conv_output_size(size, kernel, stride[d], padding[d], dilation[d]) >= 1, op,
                       ": empty kernel window: x ", x.sizes(), " with padding ", padding,
                       " is smaller than the dilated kernel (weight ", weight.sizes(), ", dilation ", dilation, ")");
+  }
+  if (residual.has_value() && residual->defined()) {
+    const int64_t P = conv_output_size(x.size(2), weight.size(2), stride[0], padding[0], dilation[0]);
+    const int64_t Q = conv_output_size(x.size(3), weight.size(3), stride[1], padding[1], dilation[1]);
+    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef({x.size(0), weight.size(0), P, Q}), op,
+                      ": residual must have the output's shape (", x.size(0), ", ", weight.size(0), ", ", P, ", ", Q,
+                      "), got ", residual->sizes());
+    TORCH_CHECK_TYPE(residual->scalar_type() == x.scalar_type(), op, ": residual must have x's dtype ",
+                     x.scalar_type(), ", got ", residual->scalar_type());
+    TORCH_CHECK_VALUE(residual->device() == x.device(), op, ": residual must be on x's device ", x.device());
   }
 }
 

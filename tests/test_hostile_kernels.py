@@ -382,14 +382,32 @@ for op in ops:
             print("NO ERROR", op, bad)
         except (ValueError, RuntimeError):
             pass
+    # operands that do not match: an error naming the operand, never a read past its end
+    res = torch.randn(1, 3, 5, 6)
+    for name, args in (("bias", (x, w, b[:1], res)), ("bias", (x, w, torch.randn(3, 1), None)),
+                       ("weight", (x, w[:, :2], b, None)), ("residual", (x, w, b, res[:, :, :2, :2])),
+                       ("residual", (x, w, b, res.half())), ("weight and bias", (x, w.double(), b, None))):
+        try:
+            op(args[0], args[1], args[2], [1, 1], [1, 1], [1, 1], args[3], True)
+            print("NO ERROR", op, name)
+        except (ValueError, TypeError) as e:
+            assert name in str(e), str(e)
+if ops:
+    r = torch.randn(1, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    try:
+        torch.ops.drn.conv_bn_act_residual_native(x, w, b, [1, 1], [1, 1], [1, 1], r, True, None)
+        print("NO ERROR residual_native")
+    except ValueError as e:
+        assert "residual" in str(e), str(e)
 print("ok", len(ops))
 """
 
 
 @pytest.mark.build
 def test_compiled_ops_guard_their_integer_arguments():
-    """torch.ops.drn.*_native / *_sim called directly (no Python checks): an exception, never a crash. In a
-    subprocess, so a crash fails this test instead of killing the session."""
+    """torch.ops.drn.*_native / *_sim called directly (no Python checks) with absurd integers or operands that do
+    not match: an exception, never a crash or a read out of bounds. In a subprocess, so a crash fails this test
+    instead of killing the session."""
     _need("cpu")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])

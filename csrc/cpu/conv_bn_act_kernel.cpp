@@ -264,7 +264,7 @@ Tensor conv_bn_act_cpu_impl(const Tensor& x, const Tensor& weight, const Tensor&
   const std::vector<int64_t> stride = C10_AS_INTARRAYREF_SLOW(stride_s).vec();
   const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
-  check_conv_args("conv_bn_act (cpu)", x, weight, stride, padding, dilation);
+  check_conv_args("conv_bn_act (cpu)", x, weight, bias, residual, stride, padding, dilation);
   if (takes_winograd(x, weight, stride, prepared)) {
     return conv_winograd(x, weight, bias, padding, dilation, residual, relu, std::nullopt, prepared);
   }
@@ -323,7 +323,7 @@ void conv_bn_act_residual_cpu(const Tensor& x, const Tensor& weight, const Tenso
   const std::vector<int64_t> stride = C10_AS_INTARRAYREF_SLOW(stride_s).vec();
   const std::vector<int64_t> padding = C10_AS_INTARRAYREF_SLOW(padding_s).vec();
   const std::vector<int64_t> dilation = C10_AS_INTARRAYREF_SLOW(dilation_s).vec();
-  check_conv_args("conv_bn_act_residual_ (cpu)", x, weight, stride, padding, dilation);
+  check_conv_args("conv_bn_act_residual_ (cpu)", x, weight, bias, residual, stride, padding, dilation);
   const std::optional<Tensor> res = residual;
   if (takes_winograd(x, weight, stride, prepared)) {
     conv_winograd(x, weight, bias, padding, dilation, res, relu, res, prepared);

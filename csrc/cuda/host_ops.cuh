@@ -210,7 +210,7 @@ inline at::Tensor conv_bn_act_host(const at::Tensor& x_in, const at::Tensor& wei
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                    const std::optional<at::Tensor>& residual, bool relu, int tile = -1,
                                    bool poison = false, int* launched = nullptr) {
-  check_conv_args("conv_bn_act", x_in, weight, stride, padding, dilation);
+  check_conv_args("conv_bn_act", x_in, weight, bias, residual, stride, padding, dilation);
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w = weight_krsc(weight);
   const at::Tensor b = bias.contiguous();
