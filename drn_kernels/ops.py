@@ -85,17 +85,19 @@ def run_conv_bn_act(x, weight, bias, stride, padding, dilation, residual, relu, 
     prepared = prepare(x, stride, padding, dilation) if prepare is not None and cpu_kernel else None
     if into_residual:
         tracks_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias, residual))
-        if cpu_kernel and residual.is_contiguous(memory_format=torch.channels_last) and not tracks_grad:
-            # (else the copy below records the op, whose backward raises: inference-only)
+        # In place on the cpu kernel where it can be; else computed below and copied in: that records the op (whose
+        # backward raises: inference-only), and computes before writing where residual shares x's memory.
+        if (cpu_kernel and residual.is_contiguous(memory_format=torch.channels_last) and not tracks_grad
+                and residual.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
             torch.ops.drn.conv_bn_act_residual_native(x, weight, bias, stride, padding, dilation, residual, relu,
                                                       prepared)
             return residual
-        return residual.copy_(backend_op("conv_bn_act", backend, x)(x, weight, bias, stride, padding, dilation,
-                                                                    residual, relu))
     if prepared is not None:
-        return torch.ops.drn.conv_bn_act_prepared_native(x, weight, bias, prepared, stride, padding, dilation,
-                                                         residual, relu)
-    return backend_op("conv_bn_act", backend, x)(x, weight, bias, stride, padding, dilation, residual, relu)
+        out = torch.ops.drn.conv_bn_act_prepared_native(x, weight, bias, prepared, stride, padding, dilation,
+                                                        residual, relu)
+    else:
+        out = backend_op("conv_bn_act", backend, x)(x, weight, bias, stride, padding, dilation, residual, relu)
+    return residual.copy_(out) if into_residual else out
 
 
 def cpu_conv_algorithm(x, weight, stride=1) -> str:

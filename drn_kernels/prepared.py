@@ -107,7 +107,8 @@ def _timing_input(x: Tensor, padding, dilation) -> Tensor:
 
 def median_times(runs: dict, rounds: int = TIMING_ROUNDS) -> dict[str, float]:
     """Median seconds of each callable in `runs`: one warm-up each, then up to `rounds` interleaved rounds — one
-    when it already leaves the fastest CLEAR_MARGIN ahead of every other (more rounds could not change the pick)."""
+    when it already leaves the fastest CLEAR_MARGIN ahead of every other (a clear winner is taken without more rounds;
+    a noisy round could still have misled it, which the margin makes unlikely, not impossible)."""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
@@ -254,7 +255,8 @@ class PreparedConv:
         except RuntimeError:
             pass
         runs = {name: (lambda form=form: torch.ops.drn.conv_bn_act_prepared_native(
-            xt, self.kernel_weight, self.kernel_bias, form, stride, padding, dilation, None, True)) for name, form in forms.items()}
+                    xt, self.kernel_weight, self.kernel_bias, form, stride, padding, dilation, None, True))
+                for name, form in forms.items()}
         times = median_times(runs)
         best = min(times, key=times.get)
         if best.startswith(WINOGRAD):
@@ -307,6 +309,14 @@ class PreparedConv:
         """True where the kernels compute this bfloat16 conv in float32 (widens_bfloat16): the conv then takes
         float32 input (and residual) and returns float32, besides bfloat16 (widened, computed, rounded once)."""
         return self.kernel_weight is not self.weight
+
+    def widens_model_input(self, x) -> bool:
+        """Whether a model made of widened convs like this one runs `x` in float32 from its input on: a CPU tensor,
+        which must then have the weights' dtype (the ops' own error otherwise, as where nothing is widened)."""
+        if not (self.widened and isinstance(x, Tensor) and x.device.type == "cpu"):
+            return False
+        _checks.like(self.weight, x, "weight", "x")
+        return True
 
     def _widens(self, x, residual) -> bool:
         """Whether this call's bfloat16 x (and residual) is computed as float32 and rounded back."""

@@ -134,7 +134,7 @@ def test_said_once(monkeypatch):
         warnings.simplefilter("always")
         drn.fuse(_narrow_d22(), backend="cpu", dtype=BF16)
         drn.fuse(_narrow_d22(), backend="cpu", dtype=BF16)
-    assert [str(w.message) for w in said if "run in float32" in str(w.message)].__len__() == 1
+    assert len([w for w in said if "run in float32" in str(w.message)]) == 1
 
 
 @pytest.mark.parametrize("algorithm", ["winograd", "direct"])
@@ -159,3 +159,13 @@ def test_layer_hostile_inputs(widen, cpu_settings, algorithm):
     assert out.isnan().any()  # the NaN reached the output: nothing filtered it
     with pytest.raises(TypeError, match="residual has dtype"):
         conv(x, res.float())
+
+
+def test_widened_model_takes_only_its_dtype(widen):
+    """A widened bfloat16 model computes in float32 inside, yet, like any bfloat16 model, rejects float32 input with
+    the ops' error naming x (instead of computing with its float32 weight copies)."""
+    model = drn.fuse(_narrow_d22(), backend="cpu", dtype=BF16)
+    x = _x(1, 3, 24, 40, seed=11)
+    with pytest.raises(TypeError, match="x has dtype torch.float32"):
+        model(x)
+    assert model(x.to(BF16)).dtype == BF16

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import drn
+import drn_kernels
 from drn.fused import FusedConv, FusedModel
 from drn.zoo.heads import DRNSeg, as_localizer, classifier_weights
 from margins import clear_top2
@@ -255,6 +256,7 @@ def test_fuse_builds_each_layer_once_where_it_runs(monkeypatch):
         assert len(made) == len(convs) > 0
         assert all(m == (torch.bfloat16, torch.bfloat16, "triton", table) for m in made)
         assert fused.backend == "triton" and fused.head_weight.dtype == torch.bfloat16
+        assert all(t.device.type == "cpu" for t in fused.state_dict().values())
     with pytest.raises(TypeError, match="dtype"):
         drn.fuse(seg, dtype=torch.int32)
 
@@ -406,3 +408,21 @@ def test_conv_over_rows_checks_its_bands():
     out = banded.conv_over_rows(conv, x, 4)
     assert out.data_ptr() == x.data_ptr()
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.build
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
+def test_into_residual_when_residual_is_x(cpu_settings, algorithm):
+    """forward_into_residual(y, y): the result written over y, computed from y before it is overwritten (each
+    path forced)."""
+    _require("cpu")
+    cpu_settings.set("DRN_CPU_CONV", algorithm)
+    torch.manual_seed(5)
+    conv = FusedConv("c", torch.randn(64, 64, 3, 3) * 0.05, torch.randn(64), [1, 1], [1, 1], [1, 1], True, "cpu")
+    y = torch.randn(1, 64, 13, 17).contiguous(memory_format=torch.channels_last)
+    want = drn_kernels.reference.conv_bn_act(y.double(), conv.weight.double(), conv.bias.double(), stride=(1, 1),
+                                             padding=(1, 1), dilation=(1, 1), residual=y.double(), relu=True)
+    with torch.no_grad():
+        out = conv.forward_into_residual(y, y)
+    assert out.data_ptr() == y.data_ptr()
+    torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)

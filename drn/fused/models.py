@@ -73,10 +73,10 @@ class FusedModel(InferenceOnly):
 
     def _widened(self, x) -> bool:
         """True where the cpu backend computes this bfloat16 model's convs in float32 (drn_kernels.prepared.
-        widens_bfloat16): the backbone then runs in float32 from its input to its features, rounded once."""
+        widens_bfloat16): the backbone then runs in float32 from its input to its features, rounded once. Its
+        input must still have the model's dtype (the ops' own error otherwise, as where nothing is widened)."""
         conv = next((m._conv for m in self.backbone.modules() if isinstance(m, FusedConv)), None)
-        return (conv is not None and conv.widened and isinstance(x, torch.Tensor) and x.dtype == conv.weight.dtype
-                and x.device.type == "cpu")
+        return conv is not None and conv.widens_model_input(x)
 
     def features(self, x):
         # channels_last from the first layer on: every conv_bn_act returns channels_last, max-pool keeps it.
@@ -173,7 +173,10 @@ class FusedSegmenter(FusedModel):
         band's neighbours also read; the output-stride-8 blocks on their own storage (forward_low_memory); the
         trailing plain convs written over their input (banded.conv_over_rows)."""
         if self._widened(x):
-            return self._features_low_memory(x.float(), units).to(x.dtype)
+            return self._banded_features(x.float(), units).to(x.dtype)
+        return self._banded_features(x, units)
+
+    def _banded_features(self, x, units):
         heights = banded.chain_heights(units, x)
         strided = [i for i in range(len(units)) if heights[i + 1] < heights[i]]
         split = strided[-1] + 1 if strided else 0
