@@ -43,9 +43,10 @@ test: build
 	$(AVX2_ONLY) $(PY) -m pytest $(PYTEST_FLAGS) --require-build $(AVX2_TESTS)
 	$(PY) -m pytest $(PYTEST_FLAGS) benchmarks --benchmark-disable
 
-# The CPU-kernel, algorithm-choice and weight-state tests again as an AVX2-only x86 CPU (AMD Zen 2/3, Intel
-# Haswell-Skylake client) runs them, emulated on this one: each library capped by its own variable (oneDNN,
-# ATen, ours; tests/test_cpu_isa_emulation.py checks that each honours it). On an AVX2-only CPU it changes nothing.
+# The CPU-kernel, algorithm-choice, weight-state, hostile-input and bf16-widening tests again as an AVX2-only x86
+# CPU (AMD Zen 2/3, Intel Haswell-Skylake client) runs them, emulated on this one: each library capped by its own
+# variable (oneDNN, ATen, ours; tests/test_cpu_isa_emulation.py checks that each honours it). On an AVX2-only CPU
+# it changes nothing.
 AVX2_ONLY := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 DRN_CPU_ISA=avx2
 AVX2_TESTS := tests/test_cpu_isa_emulation.py tests/test_cpu_kernels.py tests/test_cpu_algorithm_choice.py \
 	tests/test_cpu_choices.py tests/test_weight_state.py tests/test_hostile_kernels.py tests/test_bf16_widening.py

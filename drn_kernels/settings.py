@@ -60,7 +60,7 @@ TABLE: dict[str, Setting] = {s.name: s for s in (
     Setting("DRN_CPU_PREFETCH", "choice", ("auto", "l1", "l2"), "auto",
             "how the cpu backend's GEMM walks the packed weights: l1: k blocks of 256 whose weight slice stays "
             "in L1, the next slice prefetched into L1; l2: k blocks of 512, the next slice prefetched into L2; "
-            "auto: l1 where L1d is >= 48 KB, else l2 (measured on Zen 4's 32 KB L1). The speed changes, never "
+            "auto: l1 where L1d is >= 48 KB, else l2 (docs/performance/cpu.md). The speed changes, never "
             "the answer; tests and benchmarks", user=False),
     Setting("DRN_CHOICE_CACHE", "path", doc="folder of the cpu backend's algorithm-choice cache files, one per "
                                             "machine signature (default: cpu_choices/ beside the build on first "

@@ -368,8 +368,8 @@ def test_cuda_cubin_records():
 def test_cuda_conv_main_loop_mix():
     """Static proof from the SASS, per 32-deep slice of the 16-bit main loop (nvcc 13.0): fragments come from
     ldmatrix.x4 (LDSM: 8 per slice for a 32x32 warp tile, 12 for 64x32 / 32x64), no integer division, and the
-    other instructions per HMMA fall with the tile (measured: 64x64 7.3 on sm_80 / 8.7 on sm_90a; 128x128 3.2 /
-    3.9; 128x64 4.2 / 5.0; 64x128 3.8 / 4.4; before the iterator and ldmatrix: 17.6 / 17.9)."""
+    other instructions per HMMA fall with the tile (the counts per tile and arch: benchmarks/results/
+    aot_summary.txt)."""
     reason = _cuda_cubins.why_unavailable()
     if reason is not None:
         skip_or_fail_unbuilt("the CUDA extension's cubins", reason)

@@ -117,7 +117,7 @@ def test_segment_part_with_committed_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(parts, "OUT", tmp_path)
     result = parts.demo_segment(n=24)
     miou = result.get("miou_fused", result["miou_unfused"])
-    assert miou > 0.4  # chance is ~1/11 per digit class; the committed weights measured 0.71 on 200 canvases
+    assert miou > 0.4  # chance is ~1/11 per digit class: well above it, with margin for 24 canvases
     if "fused_unfused_agreement" in result:
         assert result["fused_unfused_agreement"] > 0.99
     labels = Image.open(tmp_path / "segment.png")

@@ -195,9 +195,9 @@ def test_torch_resize_is_resample_c(src, dst):
 @pytest.mark.parametrize("src, dst", RESIZES)
 def test_torch_resize_is_pils(src, dst):
     """resize_like_pil_torch against the installed Pillow, and resize_like_pil (the CPU path: Pillow itself). A
-    Pillow wheel's compiled sums may round differently from its C source (the 13.0.0 wheel for CPython 3.12 does in
-    ~0.1% of pixels, the one for 3.11 not): along one axis within one float32 ulp of Pillow's value; on two within
-    a few ulps of the inputs' magnitude (a Pillow build may also run the passes in the other order)."""
+    Pillow wheel's compiled sums may round differently from its C source (docs/evaluation.md): along one axis within
+    one float32 ulp of Pillow's value; on two within a few ulps of the inputs' magnitude (a Pillow build may also
+    run the passes in the other order)."""
     a = _maps(src, dst)
     want = np.stack([np.asarray(Image.fromarray(c).resize(dst[::-1], Image.BILINEAR)) for c in a])
     got = multiscale.resize_like_pil_torch(torch.from_numpy(a), dst).numpy()

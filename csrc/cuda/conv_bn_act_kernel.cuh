@@ -46,7 +46,7 @@ struct ConvTile {
   static constexpr int kWarpM = BM / WarpsM, kWarpN = BN / WarpsN;
   static constexpr int kRowBytes = 64;  // one BK slice of one row: 4 chunks of 16 bytes
   static constexpr int kSharedBytes = Stages * (BM + BN) * kRowBytes;
-  // 2 blocks per SM for the 4-warp tiles (as before: up to 255 registers at 128 threads); the 8-warp 128x128
+  // 2 blocks per SM for the 4-warp tiles (up to 255 registers at 128 threads); the 8-warp 128x128
   // tile asks for 1 (64 KB of shared memory and 256 threads of ~128+ registers).
   static constexpr int kMinBlocks = kThreads == 128 ? 2 : 1;
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tile: whole m16 rows and pairs of n8 columns");
@@ -66,8 +66,8 @@ using Tile64x128 = ConvTile<64, 128, 2, 2, 4>;
 // starts at group 4 (r & 1) (64-byte rows), so chunk c of row r lies in group 4 (r & 1) + (c ^ ((r >> 1) & 3)).
 //  - ldmatrix: each 8-lane phase reads one chunk c of 8 consecutive rows r0..r0+7 (r0 % 8 == 0): (r & 1, (r >> 1)
 //    & 3) runs through all 8 pairs and c ^ x is a bijection of x, so the 8 groups are distinct. Without the
-//    swizzle they would be groups 4 (r & 1) + c: 2 groups, a 4-way conflict (the former layout padded each row by
-//    a chunk instead, 25% more shared memory).
+//    swizzle they would be groups 4 (r & 1) + c: 2 groups, a 4-way conflict (padding each row by a chunk would
+//    avoid it too, at 25% more shared memory).
 //  - cp.async stores: thread t writes chunk t % 4 of row t / 4 (+ a multiple of 8 rows per pass), so a quarter
 //    warp (8 threads) writes all 4 chunks of rows 2j, 2j+1; the swizzle permutes chunks within a row, so that is
 //    still 128 contiguous bytes: 8 distinct groups.

@@ -1,5 +1,5 @@
 // Standalone race check of the CUDA kernels through the SIMT shim, meant to be built with -fsanitize=thread
-// (drn_kernels/_sim.py build_race_check). No torch runtime: raw arrays in, results checked against a naive
+// (drn_kernels/_build/sim.py build_race_check). No torch runtime: raw arrays in, results checked against a naive
 // double-precision loop, so a wrong answer also fails (exit 1), not only a race report.
 // It runs: the fp16 conv (cp.async path, mma host model) with every block tile (64x64 with its 3-stage ring, the
 // 4-stage 128x128, 128x64 and 64x128) over more k-slices than stages, the fp32 conv with the scalar-gather path

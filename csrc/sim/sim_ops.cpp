@@ -1,6 +1,6 @@
 // Host (SIMT-simulated) build of the CUDA kernels: the same headers as csrc/cuda/*.cu, compiled by g++ through
 // simt.h, registered for CPU tensors as drn::*_sim (backend "cuda-sim"). Slow by design: each CUDA thread is
-// an OS thread. Built by drn_kernels/_sim.py.
+// an OS thread. Built by drn_kernels/_build/sim.py.
 #include "simt.h"  // must come first: defines __global__, __shared__, threadIdx, ... for the kernel headers
 
 #include <torch/library.h>

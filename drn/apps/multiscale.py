@@ -29,8 +29,8 @@ Two implementations of steps 2–4:
 Step 3 on the CPU is PIL itself (the reference's own call, so the values are those of the installed Pillow). On
 other devices it is resize_like_pil_torch: Pillow's Resample.c arithmetic bit for bit (its taps and weights,
 float64 sums in its order, horizontal pass first). A Pillow wheel's compiled code may round some of those sums
-differently (the 13.0.0 wheel for CPython 3.12: one float32 ulp in ~0.1% of pixels; the one for 3.11 matches), and
-a Pillow build may run the two passes in the other order (a few ulps): labels differ at near-ties only.
+differently (by one float32 ulp; which wheels do: docs/evaluation.md), and a Pillow build may run the two passes in
+the other order (a few ulps): labels differ at near-ties only.
 """
 from __future__ import annotations
 

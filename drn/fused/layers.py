@@ -99,7 +99,7 @@ class FusedConv(InferenceOnly):
             return
         super().__setattr__(name, value)
 
-    # state_dict() / load_state_dict() speak plain folded weights, "weight" and "bias", as before.
+    # state_dict() / load_state_dict() speak plain folded weights, "weight" and "bias".
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "weight"] = self.weight

@@ -8,8 +8,8 @@
 //          speed down to 4 rows (enough independent accumulators to cover the FMA latency on two FMA ports), a
 //          1-row block at about a quarter of it; so where the last block would have 1-3 rows, the same number of
 //          blocks is given sizes that differ by at most one (49 rows on AVX2: 6,6,6,6,5,5,5,5,5 rather than 8 × 6
-//          + 1). A last block of 4 rows or more is kept: on AVX-512, 49 = 3 × 14 + 7 runs faster than 13,12,12,12
-//          (docs/performance/cpu.md has both measurements).
+//          + 1). A last block of 4 rows or more is kept (on AVX-512, 49 = 3 × 14 + 7 rather than 13,12,12,12: fewer
+//          blocks, each at full speed; the timings are in docs/performance/cpu.md).
 // Cache:   a thread takes (problem, panel) pairs in order, so it walks one problem's a (tiles × channels, ≤ ~0.5
 //          MB for the Winograd chunks) from L2 panel after panel; where L1 is 48 KB, k runs in blocks of 256, so a
 //          block's slice of the b panel (256 × 32 floats, 32 KB) stays in L1 over all the row blocks (where L1 is

@@ -55,7 +55,7 @@ template <int MR, class E>
 // Two vectors of columns (32 on AVX-512: the whole panel; 16 on AVX2: half of it, b's row stride stays kPanel)
 // for MR rows: 2·MR accumulators, S the ISA (simd.h), V its vector. The cache lines of a panel row the block reads
 // are its lines of b to prefetch: 2, or 1 for the AVX2 half block — were each AVX2 half block to prefetch both
-// lines, every step would carry two needless prefetches beside its 8 loads and 12 FMAs (measured slower:
+// lines, every step would carry two needless prefetches beside its 8 loads and 12 FMAs (timings:
 // docs/performance/cpu.md). CLines, NextRows: the c lines it prefetches at its start and whether it prefetches the
 // next block's rows (BlockAvx2 asks its first half only).
 template <class S, int MR, int Locality, int CLines, bool NextRows>

@@ -10,9 +10,8 @@
 //                         register-blocked kernels (gemm/: AVX-512 or AVX2, alike on every x86 vendor)
 //   y = Aᵀ M A + bias (+ residual), ReLU
 // F(2,3) multiplies 16/36 = 2.25× less than direct convolution, F(4,3) 36/144 = 4× less, at a larger rounding
-// error (its transforms carry factors up to 8 and 1/24): measured on seeded DRN-C-26/D-22/D-105 at 224, the
-// logits' max error relative to their max stays ≤ 5e-7 with either, the same as eager float32 (tests/
-// test_cpu_kernels.py pins the per-layer error). DRN_WINOGRAD_TILE=2|4 picks; 4 is the default.
+// error (its transforms carry factors up to 8 and 1/24), which tests/test_cpu_kernels.py bounds per layer
+// against float64 (the whole-model errors: docs/cpu-backend.md). DRN_WINOGRAD_TILE=2|4 picks; 4 is the default.
 // Dilation d: outputs with equal (p mod d, q mod d) form an ordinary undilated convolution of the inputs with the
 //   same phase, so one tile covers outputs (y0 + d·i, x0 + d·j), i, j < m, and reads inputs y0 - pad + d·u, u < α.
 //   Tiles are laid out phase by phase (tile_origins); a phase whose length is not a multiple of m gets a partial
