@@ -196,6 +196,31 @@ def test_winograd_bf16_partial_tiles_across_chunks(cpu_settings):
     assert _max_err(y, ref) <= 4 * _max_err(own, ref) + 1e-3 * ref.abs().max().item()
 
 
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+@pytest.mark.parametrize("tile", ["2", "4"])
+def test_winograd_bf16_parity_per_isa(cpu_settings, isa, tile):
+    """bfloat16 Winograd on each build of the transforms (DRN_CPU_ISA, capped by this CPU): below AVX512-BF16 the
+    bf16 storage with float32 transforms and GEMM (F(2x2) or F(4x4)), with it F(2x2) on the bf16 GEMM; ragged C
+    and K, both layouts, with and without a residual, poisoned outputs; within 4x torch's own bf16 error."""
+    cpu_settings.set("DRN_CPU_ISA", isa)
+    cpu_settings.set("DRN_CPU_CONV", "winograd")
+    cpu_settings.set("DRN_WINOGRAD_TILE", tile)
+    cpu_settings.poison()
+    wt = _rand(67, 65, 3, 3, dtype=torch.bfloat16, scale=(9 * 65) ** -0.5, seed=31)
+    b = _rand(67, dtype=torch.bfloat16, seed=32)
+    for fmt in (torch.contiguous_format, CL):
+        x = _rand(1, 65, 13, 11, dtype=torch.bfloat16, fmt=fmt, seed=30)
+        for res in (None, _rand(1, 67, 13, 11, dtype=torch.bfloat16, fmt=fmt, seed=33)):
+            y = drn_kernels.conv_bn_act(x, wt, b, padding=2, dilation=2, residual=res, relu=res is None,
+                                        backend="cpu")
+            r64 = None if res is None else res.double()
+            ref = reference.conv_bn_act(x.double(), wt.double(), b.double(), [1, 1], [2, 2], [2, 2], r64,
+                                        res is None)
+            own = _torch_same_dtype_conv(x, wt, b, 1, 2, 2, res, res is None)
+            assert y.dtype == torch.bfloat16 and not y.isnan().any()
+            assert _max_err(y, ref) <= 4 * _max_err(own, ref) + 1e-3 * ref.abs().max().item()
+
+
 def test_winograd_is_the_default_for_wide_fp32_3x3(cpu_settings):
     """With DRN_CPU_CONV unset, a float32 3x3 stride-1 conv with >= 64 channels in and out takes the Winograd
     path (bit-identical to forcing it), a 32-channel one and a stride-2 one take oneDNN's."""
