@@ -377,3 +377,11 @@ class PreparedConv:
         state["algorithms"] = collections.OrderedDict(state.get("algorithms", {}))
         self.__dict__.update(state)
         self._register()
+        # Pickled on another machine, maybe: whether the kernels widen is this machine's rule, as at construction;
+        # where it differs, the forms and choices made for the other compute dtype go.
+        self.on_cpu = self._runs_on_cpu_backend()
+        widen = self.on_cpu and widens_bfloat16(self.weight.dtype)
+        if widen != self.widened:
+            self.kernel_weight, self.kernel_bias = ((self.weight.float(), self.bias.float()) if widen
+                                                    else (self.weight, self.bias))
+            self.winograd, self.algorithms, self.choices = {}, collections.OrderedDict(), {}

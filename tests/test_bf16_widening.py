@@ -8,6 +8,7 @@ the same (bfloat16-valued) weights, whatever this CPU offers: the rule is forced
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 
 import pytest
@@ -169,3 +170,22 @@ def test_widened_model_takes_only_its_dtype(widen):
     with pytest.raises(TypeError, match="x has dtype torch.float32"):
         model(x)
     assert model(x.to(BF16)).dtype == BF16
+
+
+@pytest.mark.parametrize("saved_widened", [True, False])
+def test_a_pickle_follows_the_loading_machines_rule(monkeypatch, saved_widened):
+    """A bfloat16 fused model saved where the rule said one thing and loaded where it says the other computes as
+    a model built there does (widened or not), not as the saving machine did."""
+    monkeypatch.setattr(prepared, "widens_bfloat16", lambda dtype: saved_widened and dtype == BF16)
+    model = drn.fuse(_narrow_d22(), backend="cpu", dtype=BF16)
+    blob = io.BytesIO()
+    torch.save(model, blob)
+    monkeypatch.setattr(prepared, "widens_bfloat16", lambda dtype: (not saved_widened) and dtype == BF16)
+    blob.seek(0)
+    loaded = torch.load(blob, weights_only=False)
+    here = drn.fuse(_narrow_d22(), backend="cpu", dtype=BF16)
+    convs = [m._conv for m in loaded.modules() if isinstance(m, FusedConv)]
+    assert all(c.widened == (not saved_widened) for c in convs)
+    x = _x(1, 3, 24, 40, seed=12).to(BF16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), here(x))

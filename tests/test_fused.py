@@ -259,6 +259,8 @@ def test_fuse_builds_each_layer_once_where_it_runs(monkeypatch):
         assert all(t.device.type == "cpu" for t in fused.state_dict().values())
     with pytest.raises(TypeError, match="dtype"):
         drn.fuse(seg, dtype=torch.int32)
+    with pytest.raises(ValueError, match="device"):
+        drn.fuse(seg, device="bogus")
 
 
 def test_fuse_rejects():

@@ -89,7 +89,11 @@ def fuse(model: nn.Module, backend: str = "auto", *, device=None, dtype=None, cp
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"fuse: dtype must be a floating-point torch.dtype, got {dtype!r}")
     pinned = None if cpu_choices is None else load_choice_table(cpu_choices)  # a bad table fails before work
-    place = Placement(backend, None if device is None else torch.device(device), dtype, pinned)
+    try:
+        device = None if device is None else torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"fuse: device must be a torch.device or a device name, got {device!r}") from e
+    place = Placement(backend, device, dtype, pinned)
     with torch.no_grad():
         if isinstance(model, DRNSeg):
             _check_upsampler(model)
